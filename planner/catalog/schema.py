@@ -1,0 +1,155 @@
+"""Typed shapes of the catalog data files (GPU families, models, recipes).
+
+The catalogs are data, not code: `planner/catalog/data/*.yaml` hold them and these classes refuse a file that
+is malformed, so a typo in a price or a stage name fails at load time with the file and field named.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+STAGES: tuple[str, ...] = ("text_encoder", "denoiser", "vae_decoder")
+"""The ordered stages of every text-to-image pipeline (DESIGN.md vocabulary)."""
+
+Stage = Literal["text_encoder", "denoiser", "vae_decoder"]
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
+FactStatus = Literal["read", "secondary", "computed", "measured", "unverified"]
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9.+_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """One price of one family: an offering at a provider, with where and when it was read."""
+
+    price_per_hour: PositiveFloat
+    provider: str
+    offering: str = Field(description="on-demand, spot, serverless, reserved, ...")
+    source: str
+    as_of: str = Field(description="date or month the price was read, ISO format (2026-03 or 2026-03-14)")
+    status: FactStatus
+
+
+class GpuFamily(_Strict):
+    """A GPU family: what the planner needs to know of a card it may rent."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str
+    vendor: Literal["nvidia", "amd", "other"]
+    memory_gib: PositiveFloat = Field(description="device memory the runtime can use, GiB")
+    memory_bandwidth_tbps: PositiveFloat = Field(description="device memory bandwidth, TB/s (1e12 B/s)")
+    tflops: dict[Precision, PositiveFloat] = Field(
+        description="dense (no 2:4 sparsity) tensor throughput per precision; absent = not supported"
+    )
+    tdp_w: PositiveFloat
+    nvml_patterns: list[str] = Field(
+        default_factory=list,
+        description="case-insensitive regular expressions matched against NVML's product name",
+    )
+    compute_capability: str | None = None
+    prices: list[Price] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    unverified: list[str] = Field(
+        default_factory=list, description="names of the fields whose values are not confirmed in a source"
+    )
+
+    @property
+    def default_price(self) -> Price | None:
+        """The price a plan uses when the fleet names none: the first listed (the catalog orders them)."""
+        return self.prices[0] if self.prices else None
+
+    def peak_tflops(self, precision: str) -> float | None:
+        """Dense peak for a precision, falling back the way the hardware does (fp32 matmul runs as tf32)."""
+        value = self.tflops.get(precision)  # type: ignore[call-overload]
+        if value is None and precision == "fp32":
+            value = self.tflops.get("tf32")
+        return value
+
+
+class Component(_Strict):
+    """One module of a stage, built from its architecture config (diffusers or transformers class)."""
+
+    name: str = Field(description="pipeline component name, e.g. unet, transformer, text_encoder_2, vae")
+    library: Literal["diffusers", "transformers"]
+    class_name: str
+    config: str = Field(description="path of the architecture config JSON, relative to catalog/data/configs")
+    tiny_config: str = Field(description="path of a tiny CPU config of the same class, for tests")
+    params: PositiveInt | None = Field(default=None, description="parameter count at the full config")
+    status: FactStatus = "unverified"
+    source: str = ""
+
+
+class StageSpec(_Strict):
+    name: Stage
+    components: list[Component]
+    tflops_per_call: float | None = Field(
+        default=None,
+        ge=0,
+        description="FLOPs (1e12) of one call at batch 1 and the model's default resolution, CFG not applied",
+    )
+    flops_source: str = ""
+
+
+class ModelSpec(_Strict):
+    """A pipeline (`sdxl`, `flux-dev`, ...): its stages in order and its generation defaults."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str
+    architecture: Literal["sd", "sdxl", "flux", "qwen-image", "z-image"]
+    distilled_from: str | None = None
+    default_steps: PositiveInt
+    height: PositiveInt
+    width: PositiveInt
+    guidance_scale: float = Field(ge=0)
+    cfg: bool = Field(description="classifier-free guidance: the denoiser runs a doubled batch each step")
+    text_tokens: PositiveInt = Field(description="text sequence length the denoiser attends to")
+    latent_channels: PositiveInt
+    vae_scale_factor: PositiveInt = 8
+    stages: list[StageSpec]
+    weights_repo: str = Field(default="", description="where the real weights are published (not fetched)")
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> ModelSpec:
+        names = [s.name for s in self.stages]
+        if names != [s for s in STAGES if s in names] or len(set(names)) != len(names):
+            raise ValueError(f"stages must be a subset of {STAGES} in that order, got {names}")
+        return self
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"model {self.id!r} has no stage {name!r}; its stages are {[s.name for s in self.stages]}")
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+
+class Recipe(_Strict):
+    """A named set of optimizations applied to one stage. Recipes are data (DESIGN.md)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    description: str = ""
+    stages: list[Stage] = Field(description="the stages this recipe can apply to")
+    precision: Precision = "bf16"
+    quantization: Literal["none", "fp8-rowwise", "fp8-tensorwise", "int8-dynamic", "int8-weight-only"] = "none"
+    compile: Literal["none", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = "none"
+    compile_scope: Literal["whole", "regional"] = "regional"
+    attention: Literal["default", "math", "efficient", "flash", "cudnn"] = "default"
+    cache: Literal["none", "first-block-cache"] = "none"
+    cache_threshold: float | None = Field(default=None, gt=0)
+    vae: Literal["full", "tiled", "tiny"] = "full"
+    fused_qkv: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    data_dependent: bool = Field(
+        default=False, description="its speed depends on activations (step caches): synthetic weights mislead"
+    )
+    reference: bool = Field(default=False, description="the recipe quality drift is measured against")

@@ -1,0 +1,1 @@
+"""The measurements CSV contract and its import into the store."""

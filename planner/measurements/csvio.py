@@ -1,0 +1,157 @@
+"""Read and write the measurements CSV contract, reporting every bad row by line and field."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from planner.core.errors import InputError
+from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
+
+MAX_REPORTED_ERRORS = 50
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem in a file: where (line, field) and what."""
+
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}, field {self.field}: {self.message}"
+
+
+class CsvValidationError(InputError):
+    """A measurements file has bad rows; nothing from it was stored."""
+
+    def __init__(self, path: str, errors: Sequence[RowError]) -> None:
+        self.path = path
+        self.errors = list(errors)
+        shown = "\n".join(f"  {e}" for e in self.errors[:MAX_REPORTED_ERRORS])
+        more = len(self.errors) - MAX_REPORTED_ERRORS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{path}: {len(self.errors)} invalid row(s); nothing from this file was stored.\n{shown}{tail}\n"
+            "Fix the rows named above (the contract is in DESIGN.md, 'Measurements CSV') and import again."
+        )
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    return text or None
+
+
+def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[MeasurementRow]:
+    """Parse and validate a whole CSV; raise CsvValidationError listing every bad row, or return all rows."""
+    reader = csv.DictReader(stream)
+    header = reader.fieldnames
+    if header is None:
+        raise CsvValidationError(name, [RowError(1, "header", "the file is empty; expected a header row")])
+    columns = [h.strip() for h in header]
+    missing = [c for c in CONTRACT_COLUMNS if c not in columns]
+    if missing:
+        raise CsvValidationError(
+            name,
+            [RowError(1, c, "missing column (the contract's thirteen columns are required)") for c in missing],
+        )
+    rows: list[MeasurementRow] = []
+    errors: list[RowError] = []
+    seen: dict[tuple[str, str, str, str, int, int, int], int] = {}
+    for raw in reader:
+        line = reader.line_num
+        if None in raw:
+            errors.append(RowError(line, "row", f"has {len(columns) + len(raw[None])} fields, header has {len(columns)}"))  # type: ignore[index]
+            continue
+        values = {k.strip(): _clean(v) for k, v in raw.items() if k is not None}
+        absent = [c for c in CONTRACT_COLUMNS if values.get(c) is None and c in _REQUIRED]
+        if absent:
+            errors.extend(RowError(line, c, "is empty") for c in absent)
+            continue
+        data = {k: v for k, v in values.items() if k in ALL_COLUMNS and v is not None}
+        try:
+            row = MeasurementRow.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"]) or _field_from_message(err["msg"])
+                errors.append(RowError(line, loc, _message(err["msg"], err.get("input"))))
+            continue
+        if row.cell in seen:
+            errors.append(
+                RowError(line, "cell", f"duplicates the cell of line {seen[row.cell]} (one measurement per cell)")
+            )
+            continue
+        seen[row.cell] = line
+        rows.append(row)
+    if errors:
+        raise CsvValidationError(name, errors)
+    return rows
+
+
+_REQUIRED = ("gpu_family", "model", "stage", "recipe", "batch", "height", "width", "weights", "source")
+
+
+def _field_from_message(msg: str) -> str:
+    # Model-level validators prefix their message with the field they are about ("latency_ms: ...").
+    head = msg.removeprefix("Value error, ").split(":", 1)[0]
+    return head if head in ALL_COLUMNS else "row"
+
+
+def _message(msg: str, value: object) -> str:
+    text = msg.removeprefix("Value error, ")
+    if isinstance(value, str) and value.strip().lower() in {"nan", "inf", "-inf", "infinity"}:
+        text = f"{text} (got {value!r}; NaN and infinity are not measurements)"
+    elif isinstance(value, str | int | float) and ":" not in text:
+        text = f"{text} (got {value!r})"
+    return text
+
+
+def read_csv(path: str | Path) -> list[MeasurementRow]:
+    """Read a measurements file from disk."""
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            return parse_rows(fh, name=str(p))
+    except FileNotFoundError as exc:
+        raise InputError(f"{p}: no such file; give the path of a measurements CSV") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8 CSV") from exc
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{round(value, 6)}"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()  # type: ignore[no-any-return]
+    return str(value)
+
+
+def write_rows(rows: Iterable[MeasurementRow], stream: IO[str], *, columns: Sequence[str] = ALL_COLUMNS) -> int:
+    """Write rows in contract order (contract columns first); return how many were written."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([_format(getattr(row, c)) for c in columns])
+        count += 1
+    return count
+
+
+def rows_to_csv(rows: Iterable[MeasurementRow]) -> str:
+    buf = io.StringIO()
+    write_rows(rows, buf)
+    return buf.getvalue()
