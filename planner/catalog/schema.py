@@ -65,9 +65,10 @@ class GpuFamily(_Strict):
 
     def peak_tflops(self, precision: str) -> float | None:
         """Dense peak for a precision, falling back the way the hardware does (fp32 matmul runs as tf32)."""
-        value = self.tflops.get(precision)  # type: ignore[call-overload]
+        table: dict[str, float] = {str(k): v for k, v in self.tflops.items()}
+        value = table.get(precision)
         if value is None and precision == "fp32":
-            value = self.tflops.get("tf32")
+            value = table.get("tf32")
         return value
 
 

@@ -19,6 +19,14 @@ MAX_REPORTED_ERRORS = 50
 
 
 @dataclass(frozen=True)
+class LocatedRow:
+    """A validated row and the line of the file it came from (for errors found later, against the store)."""
+
+    line: int
+    row: MeasurementRow
+
+
+@dataclass(frozen=True)
 class RowError:
     """One problem in a file: where (line, field) and what."""
 
@@ -52,7 +60,7 @@ def _clean(value: str | None) -> str | None:
     return text or None
 
 
-def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[MeasurementRow]:
+def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[LocatedRow]:
     """Parse and validate a whole CSV; raise CsvValidationError listing every bad row, or return all rows."""
     reader = csv.DictReader(stream)
     header = reader.fieldnames
@@ -65,13 +73,15 @@ def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[MeasurementRo
             name,
             [RowError(1, c, "missing column (the contract's thirteen columns are required)") for c in missing],
         )
-    rows: list[MeasurementRow] = []
+    rows: list[LocatedRow] = []
     errors: list[RowError] = []
-    seen: dict[tuple[str, str, str, str, int, int, int], int] = {}
+    seen: dict[tuple[str | None, tuple[str, str, str, str, int, int, int]], int] = {}
     for raw in reader:
         line = reader.line_num
         if None in raw:
-            errors.append(RowError(line, "row", f"has {len(columns) + len(raw[None])} fields, header has {len(columns)}"))  # type: ignore[index]
+            errors.append(
+                RowError(line, "row", f"has {len(columns) + len(raw[None])} fields, header has {len(columns)}")
+            )
             continue
         values = {k.strip(): _clean(v) for k, v in raw.items() if k is not None}
         absent = [c for c in CONTRACT_COLUMNS if values.get(c) is None and c in _REQUIRED]
@@ -86,13 +96,14 @@ def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[MeasurementRo
                 loc = ".".join(str(p) for p in err["loc"]) or _field_from_message(err["msg"])
                 errors.append(RowError(line, loc, _message(err["msg"], err.get("input"))))
             continue
-        if row.cell in seen:
+        key = (row.probe_run, row.cell)
+        if key in seen:
             errors.append(
-                RowError(line, "cell", f"duplicates the cell of line {seen[row.cell]} (one measurement per cell)")
+                RowError(line, "cell", f"duplicates the cell of line {seen[key]} (one measurement per cell per run)")
             )
             continue
-        seen[row.cell] = line
-        rows.append(row)
+        seen[key] = line
+        rows.append(LocatedRow(line, row))
     if errors:
         raise CsvValidationError(name, errors)
     return rows
@@ -116,7 +127,7 @@ def _message(msg: str, value: object) -> str:
     return text
 
 
-def read_csv(path: str | Path) -> list[MeasurementRow]:
+def read_csv(path: str | Path) -> list[LocatedRow]:
     """Read a measurements file from disk."""
     p = Path(path)
     try:

@@ -1,0 +1,61 @@
+"""`planner measurements`: import and export the measurements CSV contract."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from planner.cli.common import DatabaseUrlOption, console, handle_errors
+from planner.db.session import session_scope
+from planner.db.store import open_store
+from planner.measurements.csvio import write_rows
+from planner.measurements.store import import_file, iter_rows, measurements_query
+
+app = typer.Typer(help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True)
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    file: Path = typer.Argument(..., help="A measurements CSV."),
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Validate every row of FILE, then store all of it in one transaction (or nothing, naming the bad rows)."""
+    engine = open_store(database_url)
+    with session_scope(engine) as session:
+        result = import_file(session, path=file)
+    console.print(
+        f"stored {result.stored} measurement(s) in {len(result.runs_created)} run(s)"
+        + (f"; {result.skipped} already stored (same run) skipped" if result.skipped else "")
+        + (f"; new recipes: {', '.join(result.new_recipes)}" if result.new_recipes else "")
+        + (f"; new families: {', '.join(result.new_families)}" if result.new_families else "")
+    )
+
+
+@app.command()
+@handle_errors
+def export(
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write; standard output if absent."),
+    gpu_family: str | None = typer.Option(None, "--family", help="Only this GPU family."),
+    model: str | None = typer.Option(None, help="Only this model."),
+    stage: str | None = typer.Option(None, help="Only this stage."),
+    recipe: str | None = typer.Option(None, help="Only this recipe."),
+    all_runs: bool = typer.Option(False, "--all-runs", help="Every run's rows, not only the newest per cell."),
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Write stored measurements as the CSV contract (newest per cell unless --all-runs)."""
+    engine = open_store(database_url)
+    query = measurements_query(gpu_family=gpu_family, model=model, stage=stage, recipe=recipe, latest_only=not all_runs)
+    with session_scope(engine) as session:
+        rows = iter_rows(session, query)
+        if output is None:
+            count = write_rows(rows, sys.stdout)
+        else:
+            tmp = output.with_suffix(output.suffix + ".tmp")
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                count = write_rows(rows, fh)
+            tmp.replace(output)
+    if output is not None:
+        console.print(f"wrote {count} measurement(s) to {output}")

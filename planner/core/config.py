@@ -1,0 +1,77 @@
+"""The planner's settings, declared once: every default lives here, read from `PLANNER_*` variables.
+
+Outside development the settings refuse unsafe defaults (an admin token left at its placeholder), the way
+FastAPI's full-stack template does: a fleet's planner must not start with a guessable credential.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from planner.core.errors import ConfigError
+
+DEFAULT_ADMIN_TOKEN = "change-me"
+APP_NAME = "gpu-fleet-planner"
+
+
+def default_data_dir() -> Path:
+    """The user's data directory for the embedded store (e.g. ~/.local/share/gpu-fleet-planner)."""
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_data_dir() / 'planner.db'}"
+
+
+class Settings(BaseSettings):
+    """Planner settings. Environment variables: `PLANNER_<FIELD>` (e.g. `PLANNER_DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANNER_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQLAlchemy URL: sqlite:///path (embedded, default) or postgresql+psycopg://... (a fleet)",
+    )
+    admin_token: SecretStr = SecretStr(DEFAULT_ADMIN_TOKEN)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    seed_reference_data: bool = Field(
+        default=True, description="seed catalogs and the shipped reference measurements into an empty store"
+    )
+    heartbeat_stale_s: float = Field(default=60.0, gt=0, description="no heartbeat this long: host is stale")
+    heartbeat_lost_s: float = Field(default=300.0, gt=0, description="no heartbeat this long: host is lost")
+    memory_reserve_gib: float = Field(
+        default=2.0, ge=0, description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)"
+    )
+    max_page_size: int = Field(default=1000, ge=1)
+    job_results_dir: Path = Field(default_factory=lambda: default_data_dir() / "results")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.environment != "development" and self.admin_token.get_secret_value() == DEFAULT_ADMIN_TOKEN:
+            raise ConfigError(
+                f"PLANNER_ADMIN_TOKEN is left at its default while PLANNER_ENVIRONMENT={self.environment}; "
+                "set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`)."
+            )
+        if self.heartbeat_lost_s <= self.heartbeat_stale_s:
+            raise ConfigError(
+                "PLANNER_HEARTBEAT_LOST_S must be longer than PLANNER_HEARTBEAT_STALE_S; raise the former."
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,127 @@
+"""Seed the store from the package's catalogs and shipped reference measurements.
+
+Catalog rows are upserted (a newer package updates them); rows the catalog never had (a family a fleet defined,
+a recipe an imported file named) are left alone. The shipped measurements are imported once: their probe runs
+have ids derived from the file's content, so seeding twice stores them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from planner import catalog
+from planner.db import models as m
+from planner.db.session import session_scope
+
+REFERENCE_DIR = Path(str(resources.files("planner") / "reference"))
+REFERENCE_CSV = REFERENCE_DIR / "measurements.csv"
+SEED_KEY = "seed_digest"
+
+
+def seed_catalogs(session: Session) -> None:
+    """Upsert GPU families (with prices), models (with stages) and recipes from the catalog files."""
+    for fam in catalog.gpu_families().values():
+        row = session.get(m.GpuFamily, fam.id) or m.GpuFamily(id=fam.id)
+        row.name = fam.name
+        row.vendor = fam.vendor
+        row.memory_gib = fam.memory_gib
+        row.memory_bandwidth_tbps = fam.memory_bandwidth_tbps
+        row.tflops = {str(k): v for k, v in fam.tflops.items()}
+        row.tdp_w = fam.tdp_w
+        row.nvml_patterns = list(fam.nvml_patterns)
+        row.compute_capability = fam.compute_capability
+        row.in_catalog = True
+        row.unverified = list(fam.unverified)
+        row.sources = list(fam.sources)
+        session.add(row)
+        session.flush()
+        existing = {(p.provider, p.offering, p.as_of): p for p in row.prices if not p.is_override}
+        for position, price in enumerate(fam.prices):
+            key = (price.provider, price.offering, price.as_of)
+            prow = existing.pop(key, None) or m.GpuPrice(gpu_family_id=fam.id, is_override=False)
+            prow.provider, prow.offering, prow.as_of = key
+            prow.price_per_hour = price.price_per_hour
+            prow.source = price.source
+            prow.status = price.status
+            prow.position = position
+            if prow not in row.prices:
+                row.prices.append(prow)
+        for stale in existing.values():
+            row.prices.remove(stale)
+
+    for spec in catalog.models().values():
+        mrow = session.get(m.Model, spec.id) or m.Model(id=spec.id)
+        mrow.name = spec.name
+        mrow.architecture = spec.architecture
+        mrow.default_steps = spec.default_steps
+        mrow.height = spec.height
+        mrow.width = spec.width
+        mrow.guidance_scale = spec.guidance_scale
+        mrow.cfg = spec.cfg
+        mrow.text_tokens = spec.text_tokens
+        mrow.in_catalog = True
+        session.add(mrow)
+    session.flush()
+    for spec in catalog.models().values():
+        mrow = session.get_one(m.Model, spec.id)
+        mrow.distilled_from = spec.distilled_from
+        have = {s.stage: s for s in mrow.stages}
+        for position, stage in enumerate(spec.stages):
+            srow = have.get(stage.name) or m.ModelStage(model_id=spec.id, stage=stage.name)
+            srow.position = position
+            srow.components = [c.model_dump() for c in stage.components]
+            srow.tflops_per_call = stage.tflops_per_call
+            if srow not in mrow.stages:
+                mrow.stages.append(srow)
+
+    for rec in catalog.recipes().values():
+        rrow = session.get(m.Recipe, rec.id) or m.Recipe(id=rec.id)
+        rrow.description = rec.description
+        rrow.stages = list(rec.stages)
+        rrow.options = rec.model_dump(exclude={"id", "description", "stages"})
+        rrow.in_catalog = True
+        session.add(rrow)
+    session.flush()
+
+
+def seed_reference_measurements(session: Session, *, path: Path = REFERENCE_CSV) -> int:
+    """Import the shipped reference measurements once; returns how many rows were stored now."""
+    if not path.is_file():
+        return 0
+    from planner.measurements.store import import_file
+
+    return import_file(session, path=path).stored
+
+
+def seed_digest(*, reference: bool) -> str:
+    """A digest of what seeding would write: the catalog files (and the reference CSV when seeded too)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in catalog.loader.DATA_DIR.rglob("*") if p.is_file())
+    if reference and REFERENCE_CSV.is_file():
+        files.append(REFERENCE_CSV)
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def seed(engine: Engine, *, reference: bool = True) -> None:
+    """Seed an already-migrated store in one transaction, and remember what it was seeded from."""
+    with session_scope(engine) as session:
+        seed_catalogs(session)
+        if reference:
+            seed_reference_measurements(session)
+        meta = session.get(m.StoreMeta, SEED_KEY) or m.StoreMeta(key=SEED_KEY)
+        meta.value = seed_digest(reference=reference)
+        session.add(meta)
+
+
+def needs_seed(session: Session, *, reference: bool) -> bool:
+    """True when the store was never seeded, or seeded from other catalog files than this package's."""
+    meta = session.get(m.StoreMeta, SEED_KEY)
+    return meta is None or meta.value != seed_digest(reference=reference)

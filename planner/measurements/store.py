@@ -1,0 +1,260 @@
+"""Measurements in and out of the store.
+
+An import is one transaction: every row is validated (by the contract, then against the store: known family,
+model, stage of that model) before anything is written, so a bad row leaves the store as it was. Rows are
+grouped into probe runs by their `probe_run` column (one run per file when absent); a run's id is that column
+when it is a UUID, else derived from the file's content, so importing the same file twice stores it once.
+
+Choices the contract leaves open, written down:
+- A recipe the catalog does not know is accepted and recorded as a non-catalog recipe for that stage
+  (DESIGN.md: "imported measurements may name recipes the code never heard of").
+- A family the catalog does not know is accepted only when its rows carry `gpu_memory_gib` (the file defines
+  it; the planner needs its memory to place anything); otherwise the row is refused with how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from planner.core.errors import InputError
+from planner.db import models as m
+from planner.measurements.contract import ALL_COLUMNS, MeasurementRow
+from planner.measurements.csvio import CsvValidationError, LocatedRow, RowError, read_csv
+
+RUN_NAMESPACE = uuid.UUID("6f1c1d2e-8a53-4c5e-9a43-6c0de1a5e0b1")
+PROVENANCE_FIELDS = ("gpu_name", "driver", "cuda", "torch", "diffusers", "torchao", "agent_version", "host")
+
+
+@dataclass
+class ImportResult:
+    """What an import did: rows stored now, rows skipped because their run was already stored."""
+
+    stored: int = 0
+    skipped: int = 0
+    runs_created: list[str] = field(default_factory=list)
+    runs_skipped: list[str] = field(default_factory=list)
+    new_recipes: list[str] = field(default_factory=list)
+    new_families: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run_id(label: str | None, digest: str) -> str:
+    if label:
+        try:
+            return str(uuid.UUID(label))
+        except ValueError:
+            pass
+    return str(uuid.uuid5(RUN_NAMESPACE, f"{digest}:{label or ''}"))
+
+
+def validate_against_store(session: Session, rows: Sequence[LocatedRow], *, name: str) -> None:
+    """Refuse rows naming an unknown model, a stage the model lacks, or an undefined family; nothing is written."""
+    families = set(session.scalars(select(m.GpuFamily.id)))
+    stages: dict[str, set[str]] = defaultdict(set)
+    for model_id, stage in session.execute(select(m.ModelStage.model_id, m.ModelStage.stage)):
+        stages[model_id].add(stage)
+    errors: list[RowError] = []
+    for located in rows:
+        row, line = located.row, located.line
+        if row.model not in stages:
+            errors.append(
+                RowError(line, "model", f"unknown model {row.model!r}; known models: {', '.join(sorted(stages))}")
+            )
+        elif row.stage not in stages[row.model]:
+            errors.append(
+                RowError(line, "stage", f"model {row.model!r} has no stage {row.stage!r} ({sorted(stages[row.model])})")
+            )
+        if row.gpu_family not in families and row.gpu_memory_gib is None:
+            errors.append(
+                RowError(
+                    line,
+                    "gpu_family",
+                    f"unknown GPU family {row.gpu_family!r}: add a gpu_memory_gib column to define it, "
+                    "or use a catalog id (`planner families`)",
+                )
+            )
+    if errors:
+        raise CsvValidationError(name, errors)
+
+
+def import_rows(
+    session: Session,
+    *,
+    rows: Sequence[LocatedRow],
+    name: str,
+    digest: str,
+    kind: str = "import",
+    host_id: str | None = None,
+) -> ImportResult:
+    """Store validated rows; the caller's transaction commits or rolls back the whole file."""
+    validate_against_store(session, rows, name=name)
+    result = ImportResult()
+    known_families = set(session.scalars(select(m.GpuFamily.id)))
+    recipes = {r.id: r for r in session.scalars(select(m.Recipe))}
+    by_run: dict[str, list[MeasurementRow]] = defaultdict(list)
+    labels: dict[str, str | None] = {}
+    for located in rows:
+        rid = _run_id(located.row.probe_run, digest)
+        by_run[rid].append(located.row)
+        labels[rid] = located.row.probe_run
+    for rid, run_rows in by_run.items():
+        if session.get(m.ProbeRun, rid) is not None:
+            result.runs_skipped.append(rid)
+            result.skipped += len(run_rows)
+            continue
+        for row in run_rows:
+            if row.gpu_family not in known_families:
+                assert row.gpu_memory_gib is not None
+                session.add(
+                    m.GpuFamily(
+                        id=row.gpu_family,
+                        name=row.gpu_name or row.gpu_family,
+                        vendor="other",
+                        memory_gib=row.gpu_memory_gib,
+                        in_catalog=False,
+                    )
+                )
+                known_families.add(row.gpu_family)
+                result.new_families.append(row.gpu_family)
+            rec = recipes.get(row.recipe)
+            if rec is None:
+                rec = m.Recipe(id=row.recipe, description="named by an imported file", stages=[], in_catalog=False)
+                session.add(rec)
+                recipes[row.recipe] = rec
+                result.new_recipes.append(row.recipe)
+            if not rec.in_catalog and row.stage not in rec.stages:
+                rec.stages = [*rec.stages, row.stage]
+        session.flush()
+        first = run_rows[0]
+        fams = {r.gpu_family for r in run_rows}
+        weights = {r.weights for r in run_rows}
+        times = [r.measured_at for r in run_rows if r.measured_at is not None]
+        run = m.ProbeRun(
+            id=rid,
+            kind=kind,
+            host_id=host_id,
+            gpu_family_id=first.gpu_family if len(fams) == 1 else None,
+            weights=weights.pop() if len(weights) == 1 else "mixed",
+            provenance={k: getattr(first, k) for k in PROVENANCE_FIELDS if getattr(first, k) is not None},
+            source_file=name,
+            source_sha256=digest,
+            notes=f"imported run {labels[rid]}" if labels[rid] else "",
+            started_at=min(times) if times else None,
+            finished_at=max(times) if times else None,
+        )
+        session.add(run)
+        session.flush()
+        session.add_all(measurement_from_row(row, probe_run_id=rid) for row in run_rows)
+        session.flush()
+        result.runs_created.append(rid)
+        result.stored += len(run_rows)
+    return result
+
+
+def measurement_from_row(row: MeasurementRow, *, probe_run_id: str) -> m.Measurement:
+    data: dict[str, Any] = row.model_dump(exclude={"gpu_family", "model", "recipe", *PROVENANCE_FIELDS, "probe_run"})
+    data.pop("gpu_memory_gib", None)
+    return m.Measurement(
+        probe_run_id=probe_run_id,
+        gpu_family_id=row.gpu_family,
+        model_id=row.model,
+        recipe_id=row.recipe,
+        provenance={k: getattr(row, k) for k in PROVENANCE_FIELDS if getattr(row, k) is not None},
+        **data,
+    )
+
+
+def import_file(session: Session, *, path: Path) -> ImportResult:
+    """Read, validate and store one measurements CSV (the caller commits)."""
+    rows = read_csv(path)
+    if not rows:
+        raise InputError(f"{path}: no rows after the header; nothing to import")
+    return import_rows(session, rows=rows, name=str(path), digest=sha256_file(path))
+
+
+def measurements_query(
+    *,
+    gpu_family: str | None = None,
+    model: str | None = None,
+    stage: str | None = None,
+    recipe: str | None = None,
+    status: str | None = None,
+    latest_only: bool = True,
+) -> Select[m.Measurement]:
+    """Measurements with filters; `latest_only` keeps the newest run's row of each cell (what plans use)."""
+    q = select(m.Measurement)
+    if gpu_family:
+        q = q.where(m.Measurement.gpu_family_id == gpu_family)
+    if model:
+        q = q.where(m.Measurement.model_id == model)
+    if stage:
+        q = q.where(m.Measurement.stage == stage)
+    if recipe:
+        q = q.where(m.Measurement.recipe_id == recipe)
+    if status:
+        q = q.where(m.Measurement.status == status)
+    if latest_only:
+        cell = (
+            m.Measurement.gpu_family_id,
+            m.Measurement.model_id,
+            m.Measurement.stage,
+            m.Measurement.recipe_id,
+            m.Measurement.batch,
+            m.Measurement.height,
+            m.Measurement.width,
+        )
+        newest = select(*cell, func.max(m.Measurement.id).label("mid")).group_by(*cell).subquery()
+        q = q.join(newest, m.Measurement.id == newest.c.mid)
+    return q.order_by(
+        m.Measurement.model_id,
+        m.Measurement.stage,
+        m.Measurement.gpu_family_id,
+        m.Measurement.recipe_id,
+        m.Measurement.batch,
+        m.Measurement.id,
+    )
+
+
+def row_from_measurement(meas: m.Measurement, *, family_memory_gib: float | None = None) -> MeasurementRow:
+    """The contract row of a stored measurement (provenance columns restored)."""
+    data: dict[str, Any] = {c: getattr(meas, c) for c in ALL_COLUMNS if hasattr(m.Measurement, c)}
+    data.update(meas.provenance or {})
+    data.update(
+        gpu_family=meas.gpu_family_id,
+        model=meas.model_id,
+        recipe=meas.recipe_id,
+        probe_run=meas.probe_run_id,
+        gpu_memory_gib=family_memory_gib,
+    )
+    return MeasurementRow.model_validate(data)
+
+
+def iter_rows(session: Session, query: Select[m.Measurement]) -> Iterator[MeasurementRow]:
+    custom = {f.id: f.memory_gib for f in session.scalars(select(m.GpuFamily).where(m.GpuFamily.in_catalog.is_(False)))}
+    for meas in session.scalars(query):
+        yield row_from_measurement(meas, family_memory_gib=custom.get(meas.gpu_family_id))
+
+
+def stored_rows(session: Session, **filters: Any) -> list[MeasurementRow]:
+    """All (latest per cell by default) stored measurements as contract rows: what the performance model reads."""
+    return list(iter_rows(session, measurements_query(**filters)))
+
+
+def count_measurements(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(m.Measurement)) or 0

@@ -1,0 +1,1 @@
+"""The scheduler: Celery routes generation jobs to pools by the active plan's routing table."""

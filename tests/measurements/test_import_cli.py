@@ -1,0 +1,148 @@
+"""`planner measurements import|export` end to end: bad rows are named by line and field; the store is unchanged."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from planner.db import models as m
+from planner.db.session import make_engine
+from planner.measurements.contract import CONTRACT_COLUMNS
+from tests.helpers import run_cli
+
+GOOD = {
+    "gpu_family": "h100-sxm-80gb",
+    "model": "sdxl",
+    "stage": "denoiser",
+    "recipe": "bf16",
+    "batch": "1",
+    "height": "1024",
+    "width": "1024",
+    "latency_ms": "90.5",
+    "latency_p95_ms": "92.0",
+    "peak_mem_gib": "11.0",
+    "power_w": "650",
+    "weights": "synthetic",
+    "source": "measured",
+}
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] = CONTRACT_COLUMNS) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def store_url(empty_db_url: str) -> str:
+    proc = run_cli("planner", "db", "upgrade", "--no-seed", "--database-url", empty_db_url)
+    assert proc.returncode == 0, proc.stderr
+    # Seed the catalogs only (the shipped reference data would make counts depend on the release).
+    engine = make_engine(empty_db_url)
+    from planner.db.seed import seed_catalogs
+    from planner.db.session import session_scope
+
+    with session_scope(engine) as session:
+        seed_catalogs(session)
+    engine.dispose()
+    return empty_db_url
+
+
+def count(url: str) -> int:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(m.Measurement)).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def rows_with(**changes: str) -> list[dict[str, str]]:
+    good2 = {**GOOD, "batch": "2", "latency_ms": "99", "latency_p95_ms": "101"}
+    bad = {**GOOD, "batch": "4", "latency_ms": "148", "latency_p95_ms": "150", **changes}
+    return [GOOD, good2, bad]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"latency_ms": "-3"}, "latency_ms"),
+        ({"stage": "upscaler"}, "stage"),
+        ({"latency_ms": "NaN"}, "latency_ms"),
+        ({"batch": "2.5"}, "batch"),
+        ({"batch": "four"}, "batch"),
+        ({"weights": "maybe"}, "weights"),
+        ({"peak_mem_gib": "inf"}, "peak_mem_gib"),
+        ({"latency_p95_ms": "100"}, "latency_p95_ms"),  # below the median
+        ({"model": "sdxxl"}, "model"),
+        ({"gpu_family": "mystery-gpu"}, "gpu_family"),
+    ],
+)
+def test_bad_row_names_line_and_field_and_stores_nothing(
+    tmp_path: Path, store_url: str, changes: dict[str, str], field: str
+) -> None:
+    # First a good file, so "unchanged" means more than "empty".
+    good = write_csv(tmp_path / "good.csv", [GOOD])
+    assert run_cli("planner", "measurements", "import", str(good), "--database-url", store_url).returncode == 0
+    before = count(store_url)
+    assert before == 1
+
+    bad = write_csv(tmp_path / "bad.csv", rows_with(**changes))
+    proc = run_cli("planner", "measurements", "import", str(bad), "--database-url", store_url)
+    assert proc.returncode != 0
+    assert "line 4" in proc.stderr, proc.stderr
+    assert f"field {field}" in proc.stderr, proc.stderr
+    assert "nothing from this file was stored" in proc.stderr
+    assert count(store_url) == before
+
+
+def test_missing_column_is_named(tmp_path: Path, store_url: str) -> None:
+    columns = tuple(c for c in CONTRACT_COLUMNS if c != "power_w")
+    bad = write_csv(tmp_path / "bad.csv", [GOOD], columns)
+    proc = run_cli("planner", "measurements", "import", str(bad), "--database-url", store_url)
+    assert proc.returncode != 0
+    assert "field power_w: missing column" in proc.stderr
+    assert count(store_url) == 0
+
+
+def test_import_is_idempotent_and_export_round_trips(tmp_path: Path, store_url: str) -> None:
+    rows = [
+        {**GOOD, "batch": str(b), "latency_ms": str(90 * b), "latency_p95_ms": str(91 * b), "recipe": "my-new-recipe"}
+        for b in (1, 2, 4)
+    ]
+    path = write_csv(tmp_path / "good.csv", rows)
+    first = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
+    assert first.returncode == 0, first.stderr
+    assert "stored 3" in first.stdout
+    assert "new recipes: my-new-recipe" in first.stdout
+    again = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
+    assert again.returncode == 0
+    assert "stored 0" in again.stdout
+    assert "3 already stored" in again.stdout
+    assert count(store_url) == 3
+
+    out = tmp_path / "export.csv"
+    exp = run_cli("planner", "measurements", "export", "-o", str(out), "--database-url", store_url)
+    assert exp.returncode == 0, exp.stderr
+    exported = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(exported[0])[: len(CONTRACT_COLUMNS)] == list(CONTRACT_COLUMNS)
+    assert sorted(float(r["latency_ms"]) for r in exported) == [90.0, 180.0, 360.0]
+    assert {r["recipe"] for r in exported} == {"my-new-recipe"}
+
+
+def test_unknown_family_defined_by_file(tmp_path: Path, store_url: str) -> None:
+    cols = (*CONTRACT_COLUMNS, "gpu_memory_gib")
+    path = write_csv(tmp_path / "lab.csv", [{**GOOD, "gpu_family": "lab-gpu-48g", "gpu_memory_gib": "48"}], cols)
+    proc = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "new families: lab-gpu-48g" in proc.stdout
+    engine = make_engine(store_url)
+    with engine.connect() as conn:
+        mem = conn.execute(select(m.GpuFamily.memory_gib).where(m.GpuFamily.id == "lab-gpu-48g")).scalar_one()
+    engine.dispose()
+    assert mem == 48.0
