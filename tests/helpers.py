@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,3 +25,22 @@ def run_cli(
         cwd=cwd or REPO,
         check=False,
     )
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """Run the `planner` command in-process (typer's runner): the same code path, without interpreter start-up."""
+    from typer.testing import CliRunner
+
+    from planner.cli.main import app
+
+    result = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", **(env or {})}).invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str

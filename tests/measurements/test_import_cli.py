@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from planner.db import models as m
 from planner.db.session import make_engine
 from planner.measurements.contract import CONTRACT_COLUMNS
-from tests.helpers import run_cli
+from tests.helpers import invoke, run_cli
 
 GOOD = {
     "gpu_family": "h100-sxm-80gb",
@@ -37,21 +37,6 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] =
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-@pytest.fixture
-def store_url(empty_db_url: str) -> str:
-    proc = run_cli("planner", "db", "upgrade", "--no-seed", "--database-url", empty_db_url)
-    assert proc.returncode == 0, proc.stderr
-    # Seed the catalogs only (the shipped reference data would make counts depend on the release).
-    engine = make_engine(empty_db_url)
-    from planner.db.seed import seed_catalogs
-    from planner.db.session import session_scope
-
-    with session_scope(engine) as session:
-        seed_catalogs(session)
-    engine.dispose()
-    return empty_db_url
 
 
 def count(url: str) -> int:
@@ -88,12 +73,12 @@ def test_bad_row_names_line_and_field_and_stores_nothing(
 ) -> None:
     # First a good file, so "unchanged" means more than "empty".
     good = write_csv(tmp_path / "good.csv", [GOOD])
-    assert run_cli("planner", "measurements", "import", str(good), "--database-url", store_url).returncode == 0
+    assert invoke("measurements", "import", str(good), "--database-url", store_url).returncode == 0
     before = count(store_url)
     assert before == 1
 
     bad = write_csv(tmp_path / "bad.csv", rows_with(**changes))
-    proc = run_cli("planner", "measurements", "import", str(bad), "--database-url", store_url)
+    proc = invoke("measurements", "import", str(bad), "--database-url", store_url)
     assert proc.returncode != 0
     assert "line 4" in proc.stderr, proc.stderr
     assert f"field {field}" in proc.stderr, proc.stderr
@@ -104,7 +89,7 @@ def test_bad_row_names_line_and_field_and_stores_nothing(
 def test_missing_column_is_named(tmp_path: Path, store_url: str) -> None:
     columns = tuple(c for c in CONTRACT_COLUMNS if c != "power_w")
     bad = write_csv(tmp_path / "bad.csv", [GOOD], columns)
-    proc = run_cli("planner", "measurements", "import", str(bad), "--database-url", store_url)
+    proc = invoke("measurements", "import", str(bad), "--database-url", store_url)
     assert proc.returncode != 0
     assert "field power_w: missing column" in proc.stderr
     assert count(store_url) == 0
@@ -138,7 +123,7 @@ def test_import_is_idempotent_and_export_round_trips(tmp_path: Path, store_url: 
 def test_unknown_family_defined_by_file(tmp_path: Path, store_url: str) -> None:
     cols = (*CONTRACT_COLUMNS, "gpu_memory_gib")
     path = write_csv(tmp_path / "lab.csv", [{**GOOD, "gpu_family": "lab-gpu-48g", "gpu_memory_gib": "48"}], cols)
-    proc = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
+    proc = invoke("measurements", "import", str(path), "--database-url", store_url)
     assert proc.returncode == 0, proc.stderr
     assert "new families: lab-gpu-48g" in proc.stdout
     engine = make_engine(store_url)
