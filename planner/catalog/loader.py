@@ -1,4 +1,9 @@
-"""Load the catalogs shipped as package data, validated once and cached."""
+"""Load the catalogs shipped as package data, validated once and cached.
+
+Every loader takes an optional `data_dir` (a folder holding `gpu_families.yaml`, `models.yaml`,
+`recipes.yaml` and `configs/`) so tests and operators can point it at another copy; by default it reads the
+package's own `data/`. Results are cached per folder.
+"""
 
 from __future__ import annotations
 
@@ -10,77 +15,115 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from planner.catalog.schema import Component, GpuFamily, ModelSpec, Recipe
 from planner.core.errors import CatalogError
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T", GpuFamily, ModelSpec, Recipe)
 
 DATA_DIR = Path(str(resources.files("planner.catalog") / "data"))
 CONFIGS_DIR = DATA_DIR / "configs"
 
+_FIX = "Fix the named entries in that file (the schema is planner/catalog/schema.py) and load again."
 
-def _load_list(filename: str, kind: type[T], key: str) -> dict[str, T]:
-    path = DATA_DIR / filename
+
+def _where(key: str, index: int, item: object) -> str:
+    ident = item.get("id") if isinstance(item, dict) else None
+    return f"{key}[{index}]" + (f" (id {ident!r})" if ident is not None else "")
+
+
+def _load_list(data_dir: Path, filename: str, kind: type[T], key: str) -> dict[str, T]:
+    """Validate each entry under `key:` of a YAML file; errors name the file, the entry and the field."""
+    path = data_dir / filename
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+        raise CatalogError(f"cannot read catalog {path}: {exc}. Check the file exists and is YAML.") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get(key), list):
-        raise CatalogError(f"catalog {path} must be a mapping with a list under {key!r}")
-    try:
-        items = TypeAdapter(list[kind]).validate_python(raw[key])  # type: ignore[valid-type]
-    except ValidationError as exc:
-        raise CatalogError(f"catalog {path} is invalid:\n{exc}") from exc
+        raise CatalogError(f"catalog {path} must be a mapping with a list under {key!r}. {_FIX}")
+    problems: list[str] = []
     out: dict[str, T] = {}
-    for item in items:
-        ident = item.id  # type: ignore[attr-defined]
+    for index, item in enumerate(raw[key]):
+        try:
+            parsed = kind.model_validate(item)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(part) for part in err["loc"]) or "(entry)"
+                problems.append(f"  {_where(key, index, item)} field {field}: {err['msg']}")
+            continue
+        ident = parsed.id
         if ident in out:
-            raise CatalogError(f"catalog {path} defines {ident!r} twice")
-        out[ident] = item
+            problems.append(f"  {_where(key, index, item)} field id: {ident!r} is defined twice")
+            continue
+        out[ident] = parsed
+    if problems:
+        raise CatalogError(f"catalog {path} is invalid:\n" + "\n".join(problems) + f"\n{_FIX}")
     return out
 
 
+def _dir(data_dir: Path | None) -> Path:
+    return DATA_DIR if data_dir is None else Path(data_dir)
+
+
 @cache
-def gpu_families() -> dict[str, GpuFamily]:
+def gpu_families(data_dir: Path | None = None) -> dict[str, GpuFamily]:
     """The GPU family catalog, keyed by family id (`h100-sxm-80gb`)."""
-    return _load_list("gpu_families.yaml", GpuFamily, "families")
+    return _load_list(_dir(data_dir), "gpu_families.yaml", GpuFamily, "families")
 
 
 @cache
-def models() -> dict[str, ModelSpec]:
-    """The model catalog, keyed by model id (`sdxl`)."""
-    found = _load_list("models.yaml", ModelSpec, "models")
+def models(data_dir: Path | None = None) -> dict[str, ModelSpec]:
+    """The model catalog, keyed by model id (`sdxl`); every config file it names must exist."""
+    root = _dir(data_dir)
+    path = root / "models.yaml"
+    found = _load_list(root, "models.yaml", ModelSpec, "models")
+    problems: list[str] = []
     for spec in found.values():
         if spec.distilled_from is not None and spec.distilled_from not in found:
-            raise CatalogError(f"model {spec.id!r} is distilled from unknown model {spec.distilled_from!r}")
-        for stage in spec.stages:
-            for comp in stage.components:
-                for rel in (comp.config, comp.tiny_config):
-                    if not (CONFIGS_DIR / rel).is_file():
-                        raise CatalogError(f"model {spec.id!r} stage {stage.name}: config {rel} is missing")
+            problems.append(f"  model {spec.id!r} field distilled_from: no model {spec.distilled_from!r}")
+        groups = [(f"stage {s.name}", s.components) for s in spec.stages]
+        if spec.tiny_vae is not None:
+            groups.append(("tiny_vae", spec.tiny_vae.components))
+        for where, components in groups:
+            for comp in components:
+                for field, rel in (("config", comp.config), ("tiny_config", comp.tiny_config)):
+                    if not (root / "configs" / rel).is_file():
+                        problems.append(
+                            f"  model {spec.id!r} {where} component {comp.name!r} field {field}: "
+                            f"{rel} is not a file under {root / 'configs'}"
+                        )
+    if problems:
+        raise CatalogError(f"catalog {path} is invalid:\n" + "\n".join(problems) + f"\n{_FIX}")
     return found
 
 
 @cache
-def recipes() -> dict[str, Recipe]:
+def recipes(data_dir: Path | None = None) -> dict[str, Recipe]:
     """The recipe catalog, keyed by recipe id (`bf16`, `fp8-compile`)."""
-    return _load_list("recipes.yaml", Recipe, "recipes")
+    return _load_list(_dir(data_dir), "recipes.yaml", Recipe, "recipes")
 
 
-def component_config(component: Component, *, tiny: bool = False) -> dict[str, Any]:
+def component_config(
+    component: Component, *, tiny: bool = False, data_dir: Path | None = None
+) -> dict[str, Any]:
     """The architecture config of a component as a dict, metadata keys (`_...`) kept for the builders."""
     rel = component.tiny_config if tiny else component.config
-    data: dict[str, Any] = json.loads((CONFIGS_DIR / rel).read_text())
+    path = _dir(data_dir) / "configs" / rel
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(
+            f"cannot read config {path} of component {component.name!r}: {exc}. Restore it or fix its JSON."
+        ) from exc
     return data
 
 
-def match_family(product_name: str) -> GpuFamily | None:
+def match_family(product_name: str, data_dir: Path | None = None) -> GpuFamily | None:
     """The catalog family whose NVML patterns match a product name; None if none does (never a guess)."""
     hits = [
         fam
-        for fam in gpu_families().values()
+        for fam in gpu_families(data_dir).values()
         if any(re.search(p, product_name, flags=re.IGNORECASE) for p in fam.nvml_patterns)
     ]
     if len(hits) == 1:
@@ -88,9 +131,12 @@ def match_family(product_name: str) -> GpuFamily | None:
     return None
 
 
-def known_model(model_id: str) -> ModelSpec:
+def known_model(model_id: str, data_dir: Path | None = None) -> ModelSpec:
     """A model by id, or an error that lists the known ones."""
-    found = models()
+    found = models(data_dir)
     if model_id not in found:
-        raise CatalogError(f"unknown model {model_id!r}; known models: {', '.join(sorted(found))}")
+        raise CatalogError(
+            f"unknown model {model_id!r}; known models: {', '.join(sorted(found))}. Use one of those ids "
+            "or add the model to models.yaml."
+        )
     return found[model_id]

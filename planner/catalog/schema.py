@@ -6,9 +6,18 @@ is malformed, so a typo in a price or a stage name fails at load time with the f
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 STAGES: tuple[str, ...] = ("text_encoder", "denoiser", "vae_decoder")
 """The ordered stages of every text-to-image pipeline (DESIGN.md vocabulary)."""
@@ -51,12 +60,41 @@ class GpuFamily(_Strict):
         default_factory=list,
         description="case-insensitive regular expressions matched against NVML's product name",
     )
+    nvml_examples: list[str] = Field(
+        default_factory=list,
+        description="product names its patterns must match (and no other family's do): tests check them",
+    )
     compute_capability: str | None = None
     prices: list[Price] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
     unverified: list[str] = Field(
-        default_factory=list, description="names of the fields whose values are not confirmed in a source"
+        default_factory=list,
+        description="fields whose values no source confirms (`tflops.fp8` names one precision)",
     )
+    notes: str = Field(default="", description="how values were derived (memory_gib: NVML or datasheet)")
+
+    @field_validator("nvml_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"nvml pattern {pattern!r} is not a valid regex: {exc}") from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _unverified_names_fields(self) -> GpuFamily:
+        for name in self.unverified:
+            field, _, precision = name.partition(".")
+            known = field in type(self).model_fields and (
+                not precision or (field == "tflops" and precision in self.tflops)
+            )
+            if not known:
+                raise ValueError(
+                    f"unverified names {name!r}: neither a field nor tflops.<a precision listed in tflops>"
+                )
+        return self
 
     @property
     def default_price(self) -> Price | None:
@@ -81,7 +119,10 @@ class Component(_Strict):
     config: str = Field(description="path of the architecture config JSON, relative to catalog/data/configs")
     tiny_config: str = Field(description="path of a tiny CPU config of the same class, for tests")
     params: PositiveInt | None = Field(default=None, description="parameter count at the full config")
-    status: FactStatus = "unverified"
+    params_status: FactStatus = Field(
+        default="computed", description="provenance of `params`; computed = counted by building the config"
+    )
+    status: FactStatus = Field(default="unverified", description="provenance of the architecture config file")
     source: str = ""
 
 
@@ -94,6 +135,35 @@ class StageSpec(_Strict):
         description="FLOPs (1e12) of one call at batch 1 and the model's default resolution, CFG not applied",
     )
     flops_source: str = ""
+
+
+class StageVariant(_Strict):
+    """Components that replace a stage's own when a recipe asks for them (`vae: tiny` -> AutoencoderTiny).
+
+    The variant has the stage's contract (same inputs and output shapes) but other weights and cost, so it
+    carries its own FLOPs. Models without a variant cannot run a recipe that needs it.
+    """
+
+    components: list[Component]
+    tflops_per_call: float | None = Field(
+        default=None,
+        ge=0,
+        description="FLOPs (1e12) of one call at batch 1 and the model's default resolution",
+    )
+    flops_source: str = ""
+
+
+class TinyRun(_Strict):
+    """Shapes of a CPU smoke run built from the components' `tiny_config`s.
+
+    The tiny configs keep the real pipeline's contracts (latent channels, VAE scale factor, packing, the
+    denoiser's text width = the text encoders' hidden size), only narrower, so these few numbers are all a
+    stage runner needs beyond the model's own fields.
+    """
+
+    height: PositiveInt = 64
+    width: PositiveInt = 64
+    text_tokens: PositiveInt = Field(default=16, description="text sequence length of the tiny run")
 
 
 class ModelSpec(_Strict):
@@ -114,6 +184,11 @@ class ModelSpec(_Strict):
     stages: list[StageSpec]
     weights_repo: str = Field(default="", description="where the real weights are published (not fetched)")
     notes: str = ""
+    tiny_vae: StageVariant | None = Field(
+        default=None,
+        description="the AutoencoderTiny (TAESD family) of a `vae: tiny` recipe; None = none exists",
+    )
+    tiny: TinyRun = Field(default_factory=TinyRun, description="shapes of a CPU run of the tiny configs")
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> ModelSpec:
@@ -126,7 +201,9 @@ class ModelSpec(_Strict):
         for s in self.stages:
             if s.name == name:
                 return s
-        raise KeyError(f"model {self.id!r} has no stage {name!r}; its stages are {[s.name for s in self.stages]}")
+        raise KeyError(
+            f"model {self.id!r} has no stage {name!r}; its stages are {[s.name for s in self.stages]}"
+        )
 
     @property
     def stage_names(self) -> list[str]:
@@ -140,8 +217,12 @@ class Recipe(_Strict):
     description: str = ""
     stages: list[Stage] = Field(description="the stages this recipe can apply to")
     precision: Precision = "bf16"
-    quantization: Literal["none", "fp8-rowwise", "fp8-tensorwise", "int8-dynamic", "int8-weight-only"] = "none"
-    compile: Literal["none", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = "none"
+    quantization: Literal["none", "fp8-rowwise", "fp8-tensorwise", "int8-dynamic", "int8-weight-only"] = (
+        "none"
+    )
+    compile: Literal["none", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = (
+        "none"
+    )
     compile_scope: Literal["whole", "regional"] = "regional"
     attention: Literal["default", "math", "efficient", "flash", "cudnn"] = "default"
     cache: Literal["none", "first-block-cache"] = "none"

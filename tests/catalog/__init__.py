@@ -1,0 +1,1 @@
+"""Tests of the catalogs shipped as data (planner.catalog)."""
