@@ -104,9 +104,7 @@ def recipes(data_dir: Path | None = None) -> dict[str, Recipe]:
     return _load_list(_dir(data_dir), "recipes.yaml", Recipe, "recipes")
 
 
-def component_config(
-    component: Component, *, tiny: bool = False, data_dir: Path | None = None
-) -> dict[str, Any]:
+def component_config(component: Component, *, tiny: bool = False, data_dir: Path | None = None) -> dict[str, Any]:
     """The architecture config of a component as a dict, metadata keys (`_...`) kept for the builders."""
     rel = component.tiny_config if tiny else component.config
     path = _dir(data_dir) / "configs" / rel

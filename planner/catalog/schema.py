@@ -201,9 +201,7 @@ class ModelSpec(_Strict):
         for s in self.stages:
             if s.name == name:
                 return s
-        raise KeyError(
-            f"model {self.id!r} has no stage {name!r}; its stages are {[s.name for s in self.stages]}"
-        )
+        raise KeyError(f"model {self.id!r} has no stage {name!r}; its stages are {[s.name for s in self.stages]}")
 
     @property
     def stage_names(self) -> list[str]:
@@ -217,12 +215,8 @@ class Recipe(_Strict):
     description: str = ""
     stages: list[Stage] = Field(description="the stages this recipe can apply to")
     precision: Precision = "bf16"
-    quantization: Literal["none", "fp8-rowwise", "fp8-tensorwise", "int8-dynamic", "int8-weight-only"] = (
-        "none"
-    )
-    compile: Literal["none", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = (
-        "none"
-    )
+    quantization: Literal["none", "fp8-rowwise", "fp8-tensorwise", "int8-dynamic", "int8-weight-only"] = "none"
+    compile: Literal["none", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = "none"
     compile_scope: Literal["whole", "regional"] = "regional"
     attention: Literal["default", "math", "efficient", "flash", "cudnn"] = "default"
     cache: Literal["none", "first-block-cache"] = "none"

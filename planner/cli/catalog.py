@@ -34,7 +34,8 @@ def families(database_url: DatabaseUrlOption = None) -> None:
                 _fmt(fam.tflops.get("fp8")),
                 _fmt(fam.tflops.get("int8")),
                 _fmt(prices[0].price_per_hour, 2) if prices else "-",
-                ", ".join(fam.unverified) or ("(not in catalog)" if not fam.in_catalog else ""),
+                (f"{len(fam.unverified)} fields" if fam.unverified else "")
+                + ("" if fam.in_catalog else "not in catalog"),
             )
     console.print(table)
 

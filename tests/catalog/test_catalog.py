@@ -100,16 +100,11 @@ def _text_width(spec: ModelSpec, *, tiny: bool) -> tuple[int, int | None]:
     """(width of the denoiser's text context, width of the pooled vector) the text encoders produce."""
     encs = spec.stage("text_encoder").components
     cfgs = {c.name: component_config(c, tiny=tiny) for c in encs}
-    hidden = {
-        name: int(cfg["hidden_size"] if "hidden_size" in cfg else cfg["d_model"])
-        for name, cfg in cfgs.items()
-    }
+    hidden = {name: int(cfg["hidden_size"] if "hidden_size" in cfg else cfg["d_model"]) for name, cfg in cfgs.items()}
     if spec.architecture == "sd":
         return hidden["text_encoder"], None
     if spec.architecture == "sdxl":
-        return hidden["text_encoder"] + hidden["text_encoder_2"], int(
-            cfgs["text_encoder_2"]["projection_dim"]
-        )
+        return hidden["text_encoder"] + hidden["text_encoder_2"], int(cfgs["text_encoder_2"]["projection_dim"])
     if spec.architecture == "flux":
         return hidden["text_encoder_2"], hidden["text_encoder"]  # T5 sequence, CLIP pooler_output
     return hidden["text_encoder"], None
@@ -218,10 +213,7 @@ def test_model_configs_keep_the_pipeline_contracts(model_id: str) -> None:
 
 
 def test_planner_catalog_imports_no_torch() -> None:
-    code = (
-        "import sys, planner.catalog as c; c.models(); c.gpu_families(); c.recipes();"
-        " print('torch' in sys.modules)"
-    )
+    code = "import sys, planner.catalog as c; c.models(); c.gpu_families(); c.recipes(); print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -282,14 +274,9 @@ def test_loader_error_for_duplicates_bad_yaml_and_missing_configs(tmp_path: Path
 
 
 def test_schema_rejects_unknown_unverified_names_and_bad_patterns(tmp_path: Path) -> None:
-    base = (
-        "  - {id: g, name: G, vendor: nvidia, memory_gib: 1, memory_bandwidth_tbps: 1,"
-        " tflops: {bf16: 1}, tdp_w: 1"
-    )
+    base = "  - {id: g, name: G, vendor: nvidia, memory_gib: 1, memory_bandwidth_tbps: 1, tflops: {bf16: 1}, tdp_w: 1"
     with pytest.raises(CatalogError, match=r"families\[0\] \(id 'g'\) field .*tflops\.fp8"):
-        gpu_families(
-            _write(tmp_path, "gpu_families.yaml", f"families:\n{base}, unverified: [tflops.fp8]}}\n")
-        )
+        gpu_families(_write(tmp_path, "gpu_families.yaml", f"families:\n{base}, unverified: [tflops.fp8]}}\n"))
     other = tmp_path / "re"
     other.mkdir()
     with pytest.raises(CatalogError, match=r"field nvml_patterns.*not a valid regex"):
@@ -382,9 +369,7 @@ def _denoise_once(spec: ModelSpec, text: dict[str, torch.Tensor], latents: torch
         pred: torch.Tensor = model(latents, torch.tensor([999]), encoder_hidden_states=text["context"]).sample
         return pred
     if spec.architecture == "sdxl":
-        time_ids = torch.tensor(
-            [[spec.tiny.height, spec.tiny.width, 0, 0, spec.tiny.height, spec.tiny.width]]
-        )
+        time_ids = torch.tensor([[spec.tiny.height, spec.tiny.width, 0, 0, spec.tiny.height, spec.tiny.width]])
         cond = {"text_embeds": text["pooled"], "time_ids": time_ids.float()}
         sample: torch.Tensor = model(
             latents, torch.tensor([999]), encoder_hidden_states=text["context"], added_cond_kwargs=cond
