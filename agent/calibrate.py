@@ -9,7 +9,7 @@ copy, a pinned host-to-device copy. A ratio below `flag_ratio` of the catalog fi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,7 +59,9 @@ class CalibrationOptions:
     matmul_size: int = 8192
     copy_mib: int = 1024
     h2d_mib: int = 256
-    timer: TimerOptions = TimerOptions(warmup_calls=3, calls_per_window=10, min_window_s=0.2, max_windows=8)
+    timer: TimerOptions = field(
+        default_factory=lambda: TimerOptions(warmup_calls=3, calls_per_window=10, min_window_s=0.2, max_windows=8)
+    )
 
     @classmethod
     def for_device(cls, device: torch.device) -> CalibrationOptions:
@@ -126,8 +128,11 @@ def compare(
         ratios["fp8"] = result.fp8_tflops / peak_fp8
     if result.memory_tbps is not None and peak_tbps:
         ratios["memory"] = result.memory_tbps / peak_tbps
-    reasons = [f"{k} at {v:.0%} of the catalog figure (threshold {flag_ratio:.0%})" for k, v in ratios.items()
-               if v < flag_ratio]
+    reasons = [
+        f"{k} at {v:.0%} of the catalog figure (threshold {flag_ratio:.0%})"
+        for k, v in ratios.items()
+        if v < flag_ratio
+    ]
     if result.power_limit_w is not None and tdp_w and result.power_limit_w < 0.9 * tdp_w:
         reasons.append(f"power limit {result.power_limit_w:.0f} W is below 90% of the family TDP {tdp_w:.0f} W")
     if reasons and result.clocks_event_reasons:

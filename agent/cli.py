@@ -66,9 +66,15 @@ def discover(as_json: Annotated[bool, typer.Option("--json", help="Print the inv
         table = Table("index", "uuid", "product", "family", "memory GiB", "cc", "MIG", "power limit W", "max SM MHz")
         for g in inv.gpus:
             table.add_row(
-                str(g.index), g.uuid, g.product_name, g.gpu_family or "unknown", f"{g.memory_gib:.1f}",
-                g.compute_capability or "-", "on" if g.mig_mode else "off",
-                f"{g.power_limit_w:.0f}" if g.power_limit_w else "-", str(g.max_sm_clock_mhz or "-"),
+                str(g.index),
+                g.uuid,
+                g.product_name,
+                g.gpu_family or "unknown",
+                f"{g.memory_gib:.1f}",
+                g.compute_capability or "-",
+                "on" if g.mig_mode else "off",
+                f"{g.power_limit_w:.0f}" if g.power_limit_w else "-",
+                str(g.max_sm_clock_mhz or "-"),
             )
         console.print(table)
     if inv.note:
@@ -109,30 +115,43 @@ def calibrate(
     if report:
         from agent.report import probe_run_body
 
-        body = probe_run_body(run_id=str(uuid.uuid4()), host_id=None, kind="calibration", target=target,
-                              weights=None, started_at=started, calibrations=[result])
+        body = probe_run_body(
+            run_id=str(uuid.uuid4()),
+            host_id=None,
+            kind="calibration",
+            target=target,
+            weights=None,
+            started_at=started,
+            calibrations=[result],
+        )
         _report(body)
     target.close()
 
 
 def _report(body: dict[str, Any]) -> None:
     """Spool first, then try to send everything spooled (the daemon resends what stays)."""
-    from agent.daemon import host_identity
-    from agent.config import get_settings
     from agent.client import PlannerClient, flush
+    from agent.config import get_settings
+    from agent.daemon import host_identity
     from agent.spool import Spool
 
     settings = get_settings()
     ident = host_identity(settings)
     if ident is None:
-        _fail(f"this host is not registered (no token at {settings.resolved_token_file}); run `agent run` once "
-              "with AGENT_ENROLLMENT_TOKEN set, or use --output FILE.csv for offline use")
+        _fail(
+            f"this host is not registered (no token at {settings.resolved_token_file}); run `agent run` once "
+            "with AGENT_ENROLLMENT_TOKEN set, or use --output FILE.csv for offline use"
+        )
         return
     body["host_id"] = ident["host_id"]
     spool = Spool(settings.resolved_spool_dir)
     spool.put(body)
-    with PlannerClient(settings.planner_url, token=ident["token"], timeout_s=settings.request_timeout_s,
-                       attempts=settings.retry_attempts) as client:
+    with PlannerClient(
+        settings.planner_url,
+        token=ident["token"],
+        timeout_s=settings.request_timeout_s,
+        attempts=settings.retry_attempts,
+    ) as client:
         sent, pending = flush(spool, client, log=lambda m: err.print(m, highlight=False))
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
 
@@ -194,11 +213,30 @@ def probe(
         console.print(f"{target.inventory.note or 'No GPU selected.'} Probing on the CPU.", highlight=False)
     if calibration is not None:
         cal = json.loads(calibration.read_text())
-        target.ceilings = {k: float(v) for k, v in (("bf16", cal.get("bf16_tflops")), ("fp8", cal.get("fp8_tflops")),
-                                                      ("memory", cal.get("memory_tbps"))) if v}
-    base = TimerOptions() if target.is_gpu else TimerOptions(
-        warmup_calls=1, warmup_s=0.0, calls_per_window=2, min_window_s=0.0, min_windows=2, stable_windows=2,
-        max_windows=4, spread_threshold=0.25, max_cell_s=10.0)
+        target.ceilings = {
+            k: float(v)
+            for k, v in (
+                ("bf16", cal.get("bf16_tflops")),
+                ("fp8", cal.get("fp8_tflops")),
+                ("memory", cal.get("memory_tbps")),
+            )
+            if v
+        }
+    base = (
+        TimerOptions()
+        if target.is_gpu
+        else TimerOptions(
+            warmup_calls=1,
+            warmup_s=0.0,
+            calls_per_window=2,
+            min_window_s=0.0,
+            min_windows=2,
+            stable_windows=2,
+            max_windows=4,
+            spread_threshold=0.25,
+            max_cell_s=10.0,
+        )
+    )
     timer = TimerOptions(
         warmup_calls=warmup_calls if warmup_calls is not None else base.warmup_calls,
         warmup_s=base.warmup_s if warmup_calls is None else 0.0,
@@ -211,17 +249,34 @@ def probe(
         max_cell_s=max_cell_s or base.max_cell_s,
     )
     opts = ProbeOptions(
-        model=model, recipes=chosen, batches=tuple(batch or [1]), stages=tuple(stage) if stage else None,
-        height=height, width=width, tiny=tiny, weights_dir=weights_dir, timer=timer, budget_s=budget_s,
-        memory_cap_gib=memory_cap_gib, quality=quality, quality_steps=quality_steps,
-        recipe_options=RecipeOptions(quant_backend=quant_backend,
-                                     quant_min_features=quant_min_features or (16 if tiny else 128)),
+        model=model,
+        recipes=chosen,
+        batches=tuple(batch or [1]),
+        stages=tuple(stage) if stage else None,
+        height=height,
+        width=width,
+        tiny=tiny,
+        weights_dir=weights_dir,
+        timer=timer,
+        budget_s=budget_s,
+        memory_cap_gib=memory_cap_gib,
+        quality=quality,
+        quality_steps=quality_steps,
+        recipe_options=RecipeOptions(
+            quant_backend=quant_backend, quant_min_features=quant_min_features or (16 if tiny else 128)
+        ),
     )
     previous = load_existing(output) if output is not None else []
     sink = CsvSink(output, previous) if output is not None else None
     started = datetime.now(UTC)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
         sweep = Sweep(opts, target, done={r.cell for r in previous}, on_row=sink)
         task = bar.add_task(f"{model}", total=sweep.total())
 
@@ -234,16 +289,24 @@ def probe(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     console.print(
-        f"probe run {sweep.probe_run}: {len(rows)} cell(s) measured ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "
+        f"probe run {sweep.probe_run}: {len(rows)} cell(s) measured ({summary}), "
         f"{state.skipped} already done" + (f"; stopped: {state.stopped}" if state.stopped else ""),
         highlight=False,
     )
     if output is not None:
         console.print(f"wrote {output}", highlight=False)
     if report and rows:
-        body = probe_run_body(run_id=sweep.probe_run, host_id=None, kind="probe", target=target,
-                              weights=sweep.weights, started_at=started, rows=rows)
+        body = probe_run_body(
+            run_id=sweep.probe_run,
+            host_id=None,
+            kind="probe",
+            target=target,
+            weights=sweep.weights,
+            started_at=started,
+            rows=rows,
+        )
         _report(body)
     target.close()
 
@@ -251,7 +314,8 @@ def probe(
 @app.command()
 def flush() -> None:
     """Send the spooled results to the planner now."""
-    from agent.client import PlannerClient, flush as send
+    from agent.client import PlannerClient
+    from agent.client import flush as send
     from agent.config import get_settings
     from agent.daemon import host_identity
     from agent.spool import Spool

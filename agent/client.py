@@ -65,8 +65,15 @@ class PlannerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
-                 token: str | None = None) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> httpx.Response:
         headers = {}
         bearer = token or self.token
         if bearer:

@@ -87,10 +87,13 @@ class Daemon:
     def client(self) -> PlannerClient:
         if self._client is None:
             token = self.identity["token"] if self.identity else None
-            self._client = PlannerClient(self.settings.planner_url, token=token,
-                                         timeout_s=self.settings.request_timeout_s,
-                                         attempts=self.settings.retry_attempts,
-                                         max_wait_s=self.settings.retry_max_wait_s)
+            self._client = PlannerClient(
+                self.settings.planner_url,
+                token=token,
+                timeout_s=self.settings.request_timeout_s,
+                attempts=self.settings.retry_attempts,
+                max_wait_s=self.settings.retry_max_wait_s,
+            )
         return self._client
 
     # -- registration -------------------------------------------------------------------------------------------
@@ -101,8 +104,10 @@ class Daemon:
             return True
         enrollment = self.settings.enrollment_token
         if enrollment is None:
-            self.log(f"not registered and AGENT_ENROLLMENT_TOKEN is not set; set it (the planner's enrollment "
-                     f"token) so the agent can register, or place a token file at {self.settings.resolved_token_file}")
+            self.log(
+                f"not registered and AGENT_ENROLLMENT_TOKEN is not set; set it (the planner's enrollment "
+                f"token) so the agent can register, or place a token file at {self.settings.resolved_token_file}"
+            )
             return False
         body = {
             "name": self.settings.host_name,
@@ -134,19 +139,29 @@ class Daemon:
         try:
             started = datetime.now(UTC)
             result = calibrate(
-                target.device, family=target.family, gpu_uuid=target.gpu.uuid if target.gpu else None,
+                target.device,
+                family=target.family,
+                gpu_uuid=target.gpu.uuid if target.gpu else None,
                 gpu_name=target.gpu.product_name if target.gpu else "cpu",
                 power_limit_w=target.gpu.power_limit_w if target.gpu else None,
                 clocks_event_reasons=target.nvml.clocks_event_reasons(target.handle) if target.nvml else None,
                 flag_ratio=self.settings.calibration_flag_ratio,
             )
             run_id = str(uuid.uuid4())
-            body = probe_run_body(run_id=run_id, host_id=self.identity["host_id"] if self.identity else None,
-                                  kind="calibration", target=target, weights=None, started_at=started,
-                                  calibrations=[result])
+            body = probe_run_body(
+                run_id=run_id,
+                host_id=self.identity["host_id"] if self.identity else None,
+                kind="calibration",
+                target=target,
+                weights=None,
+                started_at=started,
+                calibrations=[result],
+            )
             self._spool_and_send(body)
-            self.log(f"calibrated ({reason}): bf16 {result.bf16_tflops:.0f} TFLOP/s"
-                     + (f", flagged: {result.flag_reason}" if result.flagged else ""))
+            self.log(
+                f"calibrated ({reason}): bf16 {result.bf16_tflops:.0f} TFLOP/s"
+                + (f", flagged: {result.flag_reason}" if result.flagged else "")
+            )
             return run_id
         finally:
             target.close()
@@ -171,9 +186,15 @@ class Daemon:
             started = datetime.now(UTC)
             sweep = Sweep(opts, target, should_stop=self.stop_event.is_set)
             state = sweep.run()
-            body = probe_run_body(run_id=sweep.probe_run, host_id=self.identity["host_id"] if self.identity else None,
-                                  kind="probe", target=target, weights=sweep.weights, started_at=started,
-                                  rows=state.rows)
+            body = probe_run_body(
+                run_id=sweep.probe_run,
+                host_id=self.identity["host_id"] if self.identity else None,
+                kind="probe",
+                target=target,
+                weights=sweep.weights,
+                started_at=started,
+                rows=state.rows,
+            )
             self._spool_and_send(body)
             return sweep.probe_run
         finally:

@@ -63,11 +63,11 @@ def _tensor_bytes(tree: Any) -> int:
     return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
 
 
-class ByteCounter(TorchDispatchMode):
+class ByteCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Sums the bytes that ops read and write (views and allocations excluded)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.bytes = 0
 
     def __torch_dispatch__(

@@ -40,11 +40,11 @@ def tensors_bytes(tree: Any) -> int:
     return sum(t.untyped_storage().nbytes() for t in leaves if isinstance(t, torch.Tensor))
 
 
-class LiveBytesTracker(TorchDispatchMode):
+class LiveBytesTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Tracks the bytes of tensors produced by ops and still alive; keeps the peak; enforces a cap."""
 
     def __init__(self, *, baseline_bytes: int, cap_bytes: int | None, known: Iterable[torch.Tensor] = ()) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.baseline = baseline_bytes
         self.cap = cap_bytes
         self.live = 0

@@ -175,8 +175,12 @@ class Nvml:
                 if self._xid_set is None:
                     return found
                 for i in range(self.count()):
-                    self._try("nvmlDeviceRegisterEvents", self.handle(i), self._nv.nvmlEventTypeXidCriticalError,
-                              self._xid_set)
+                    self._try(
+                        "nvmlDeviceRegisterEvents",
+                        self.handle(i),
+                        self._nv.nvmlEventTypeXidCriticalError,
+                        self._xid_set,
+                    )
             for _ in range(64):
                 data = self._try("nvmlEventSetWait_v2", self._xid_set, 0)
                 if data is None:

@@ -133,7 +133,9 @@ class StageSetup:
         return 2 if self.spec.cfg else 1
 
 
-def _rand(shape: tuple[int, ...], setup: StageSetup, generator: torch.Generator, dtype: torch.dtype | None = None) -> Any:
+def _rand(
+    shape: tuple[int, ...], setup: StageSetup, generator: torch.Generator, dtype: torch.dtype | None = None
+) -> Any:
     # Generate on the CPU for determinism across devices, then move: inputs are built once per cell.
     t = torch.randn(shape, generator=generator, dtype=torch.float32)
     return t.to(device=setup.device, dtype=dtype or setup.dtype)
@@ -247,7 +249,11 @@ class StageRunner:
             timestep = torch.tensor(t * 999.0, device=s.device)
             out = module(x, timestep, return_dict=False, **cond)[0]
         elif arch in ("flux", "qwen-image"):
-            packed = x.view(rows, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(rows, (h // 2) * (w // 2), c * 4)
+            packed = (
+                x.view(rows, c, h // 2, 2, w // 2, 2)
+                .permute(0, 2, 4, 1, 3, 5)
+                .reshape(rows, (h // 2) * (w // 2), c * 4)
+            )
             timestep = torch.full((rows,), t, device=s.device, dtype=s.dtype)
             if arch == "flux":
                 img_ids = torch.zeros(h // 2, w // 2, 3, device=s.device, dtype=s.dtype)
@@ -275,7 +281,8 @@ class StageRunner:
         if s.cfg_factor == 2:
             c_out, u_out = out.chunk(2)
             out = u_out + max(s.spec.guidance_scale, 1.0) * (c_out - u_out)
-        return out
+        result: torch.Tensor = out
+        return result
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode latents (batch, C, h, w) to images (batch, 3, H, W) in about [-1, 1]."""
@@ -384,7 +391,9 @@ def tile_size(vae: nn.Module, height: int, width: int) -> int:
     own resolution `enable_tiling()` alone changes nothing; half the image (512 px at 1024) is the usual tile.
     """
     cfg = _config(vae)
-    native = int(getattr(cfg, "sample_size", 0) or 0)
+    raw = getattr(cfg, "sample_size", 0) or 0
+    native = int(raw[0] if isinstance(raw, list | tuple) else raw)
     if native and native < min(height, width):
         return native
-    return max(32, 2 ** int(math.log2(max(min(height, width) // 2, 1))))
+    edge: int = max(32, 2 ** int(math.log2(max(min(height, width) // 2, 1))))
+    return edge

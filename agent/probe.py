@@ -55,13 +55,13 @@ class ProbeOptions:
     width: int | None = None
     tiny: bool = False
     weights_dir: Path | None = None
-    timer: TimerOptions = TimerOptions()
+    timer: TimerOptions = field(default_factory=TimerOptions)
     budget_s: float | None = None
     memory_cap_gib: float | None = None
     quality: bool = True
     quality_steps: int = 4
     max_batch_by_recipe: dict[str, int] = field(default_factory=dict)
-    recipe_options: RecipeOptions = RecipeOptions()
+    recipe_options: RecipeOptions = field(default_factory=RecipeOptions)
     seed: int = 0
 
 
@@ -175,8 +175,13 @@ class Sweep:
         return sorted(b for b in set(self.opts.batches) if cap is None or b <= cap)
 
     def cells(self) -> list[CellKey]:
-        return [self.key(s, r.id, b) for s in self.stages for r in self.recipes for b in self.batches_for(r)
-                if s in r.stages]
+        return [
+            self.key(s, r.id, b)
+            for s in self.stages
+            for r in self.recipes
+            for b in self.batches_for(r)
+            if s in r.stages
+        ]
 
     def total(self) -> int:
         return len([c for c in self.cells() if c not in self.done])
@@ -378,8 +383,7 @@ class Sweep:
         def call() -> object:
             for m in prepared.cache_modules:
                 reset_cache(m)
-            out = prepared.runner.call()
-            return out
+            return prepared.runner.call()
 
         return call
 
@@ -411,6 +415,7 @@ class Sweep:
                         reset_cache(m)
                 return runner.step(latents, 1.0 - (i % steps) / steps)
         else:
+
             def fn(i: int) -> object:
                 return runner.call()
 
@@ -428,7 +433,11 @@ class Sweep:
         power: dict[str, float | None] = {}
         if sampler is not None:
             summary = sampler.summary()
-            power = {"power_w": summary.mean_power_w, "energy_j": summary.energy_j, "util": summary.mean_utilization_pct}
+            power = {
+                "power_w": summary.mean_power_w,
+                "energy_j": summary.energy_j,
+                "util": summary.mean_utilization_pct,
+            }
         skip = None
         if counter is not None:
             skip = counter.skip_rate
@@ -475,8 +484,15 @@ class Sweep:
             return None
         try:
             ref = prepare(
-                self.spec, stage, ref_recipe, device=self.target.device, tiny=self.opts.tiny, height=self.height,
-                width=self.width, text_tokens=self.text_tokens, weights_dir=self.opts.weights_dir,
+                self.spec,
+                stage,
+                ref_recipe,
+                device=self.target.device,
+                tiny=self.opts.tiny,
+                height=self.height,
+                width=self.width,
+                text_tokens=self.text_tokens,
+                weights_dir=self.opts.weights_dir,
             )
             out = self._stage_outputs(stage, ref)
         except Exception:
@@ -489,10 +505,24 @@ class Sweep:
     def _decoder(self) -> StageRunner | None:
         """The reference VAE (bf16) that turns denoised latents into images for the image metrics."""
         if self._ref_vae is None and "vae_decoder" in self.spec.stage_names:
-            built = build_stage(self.spec, "vae_decoder", tiny=self.opts.tiny, device=self.target.device,
-                                dtype=torch.bfloat16, weights_dir=self.opts.weights_dir)
-            setup = StageSetup(self.spec, "vae_decoder", self.height, self.width, self.text_tokens, self.opts.tiny,
-                               self.target.device, torch.bfloat16)
+            built = build_stage(
+                self.spec,
+                "vae_decoder",
+                tiny=self.opts.tiny,
+                device=self.target.device,
+                dtype=torch.bfloat16,
+                weights_dir=self.opts.weights_dir,
+            )
+            setup = StageSetup(
+                self.spec,
+                "vae_decoder",
+                self.height,
+                self.width,
+                self.text_tokens,
+                self.opts.tiny,
+                self.target.device,
+                torch.bfloat16,
+            )
             self._ref_vae = StageRunner(setup, built.modules)
         return self._ref_vae
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, *, data_range: float | None = None) -> float:
@@ -67,7 +67,7 @@ def ssim(
     c2 = (k2 * data_range) ** 2
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, w, groups=channels)
+        return functional.conv2d(t, w, groups=channels)
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2

@@ -60,8 +60,8 @@ class Fp8RowwiseLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         a_scale = _rowwise_scale(x2, FP8_MAX)
         a_fp8 = (x2.float() / a_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        w_fp8: torch.Tensor = self.weight_fp8
-        w_scale: torch.Tensor = self.weight_scale
+        w_fp8 = self.get_buffer("weight_fp8")
+        w_scale = self.get_buffer("weight_scale")
         if self.emulate:
             y = ((a_fp8.float() * a_scale) @ (w_fp8.float() * w_scale.t()).t()).to(self.out_dtype)
         else:
@@ -96,8 +96,8 @@ class Int8DynamicLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         a_scale = _rowwise_scale(x2, INT8_MAX)
         a_q = torch.round(x2.float() / a_scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-        w_q: torch.Tensor = self.weight_int8
-        w_scale: torch.Tensor = self.weight_scale
+        w_q = self.get_buffer("weight_int8")
+        w_scale = self.get_buffer("weight_scale")
         if self.emulate:
             acc = a_q.float() @ w_q.float().t()
         else:

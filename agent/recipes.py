@@ -87,8 +87,12 @@ def _enable_tiling(vae: Any, setup: StageSetup) -> str:
     edge = tile_size(vae, setup.height, setup.width)
     name = type(vae).__name__
     if name == "AutoencoderKLQwenImage":
-        vae.enable_tiling(tile_sample_min_height=edge, tile_sample_min_width=edge,
-                          tile_sample_stride_height=edge * 3 // 4, tile_sample_stride_width=edge * 3 // 4)
+        vae.enable_tiling(
+            tile_sample_min_height=edge,
+            tile_sample_min_width=edge,
+            tile_sample_stride_height=edge * 3 // 4,
+            tile_sample_stride_width=edge * 3 // 4,
+        )
     else:
         vae.enable_tiling()
         if hasattr(vae, "tile_sample_min_size"):
@@ -108,13 +112,15 @@ def _fuse_qkv(module: nn.Module) -> None:
 
 
 def _enable_first_block_cache(module: nn.Module, threshold: float) -> None:
-    from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.hooks import first_block_cache
+
+    config = first_block_cache.FirstBlockCacheConfig(threshold=threshold)
 
     enable = getattr(module, "enable_cache", None)
     if enable is None:
         raise StageUnsupported(f"{type(module).__name__} has no diffusers cache hooks (CacheMixin)")
     try:
-        enable(FirstBlockCacheConfig(threshold=threshold))
+        enable(config)
     except (ValueError, KeyError, IndexError, AttributeError) as exc:
         raise StageUnsupported(f"{type(module).__name__}: First-Block-Cache cannot apply: {exc}") from exc
 
@@ -139,11 +145,12 @@ def compile_stage(prepared: PreparedStage, recipe: Recipe, options: RecipeOption
     repeated blocks and the recipe asks for it, the whole module otherwise; static shapes (dynamic=False)."""
     notes: list[str] = []
     mode = None if recipe.compile == "default" else recipe.compile
-    fullgraph = options.compile_fullgraph or recipe.compile_scope == "whole" and recipe.compile == "max-autotune"
+    fullgraph = options.compile_fullgraph or (recipe.compile_scope == "whole" and recipe.compile == "max-autotune")
     for name, module in prepared.modules.items():
         repeated = getattr(module, "_repeated_blocks", None)
         if recipe.compile_scope == "regional" and repeated and hasattr(module, "compile_repeated_blocks"):
-            module.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=options.compile_fullgraph)
+            regional: Any = module
+            regional.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=options.compile_fullgraph)
             notes.append(f"{name}: regional compile of {list(repeated)} (mode {recipe.compile})")
         else:
             target = _compile_target(module, prepared.runner.setup.stage)
@@ -211,10 +218,10 @@ def prepare(
         notes.append("fused QKV projections")
     if recipe.channels_last:
         for module in built.modules.values():
-            module.to(memory_format=torch.channels_last)
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         notes.append("channels_last")
     if recipe.quantization in ("fp8-rowwise", "int8-dynamic"):
-        mode: quant.QuantMode = recipe.quantization  # type: ignore[assignment]
+        mode: quant.QuantMode = "fp8-rowwise" if recipe.quantization == "fp8-rowwise" else "int8-dynamic"
         for name, module in built.modules.items():
             if opts.quant_backend == "torchao":
                 if not quant.torchao_available():
@@ -224,7 +231,9 @@ def prepare(
                 report = quant.swap_linears(module, mode, min_features=opts.quant_min_features)
             if report.count == 0:
                 raise StageUnsupported(f"{name}: no Linear layer is eligible for {mode} quantization")
-            notes.append(f"{name}: {report.count} Linear layers {mode} ({opts.quant_backend}), {len(report.skipped)} kept")
+            notes.append(
+                f"{name}: {report.count} Linear layers {mode} ({opts.quant_backend}), {len(report.skipped)} kept"
+            )
     if recipe.cache == "first-block-cache":
         threshold = recipe.cache_threshold or 0.08
         for module in built.modules.values():
@@ -234,6 +243,7 @@ def prepare(
         notes.append(f"First-Block-Cache threshold {threshold}")
     runner.call_context = _call_context(recipe, prepared.cache_modules)
     if recipe.compile != "none":
+
         def _do() -> None:
             notes.extend(compile_stage(prepared, recipe, opts))
 

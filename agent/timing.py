@@ -73,8 +73,8 @@ class _Clock:
 
     def run_window(self, fn: Callable[[int], object], calls: int) -> list[float]:
         if self.cuda:
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]  # type: ignore[no-untyped-call]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]  # type: ignore[no-untyped-call]
             for i in range(calls):
                 starts[i].record()
                 fn(i)
