@@ -57,6 +57,7 @@ class CalibrationOptions:
     """Sizes of the probes: large on a GPU (saturate it), small on a CPU (development only)."""
 
     matmul_size: int = 8192
+    matmul_dtype: torch.dtype = torch.bfloat16
     copy_mib: int = 1024
     h2d_mib: int = 256
     timer: TimerOptions = field(
@@ -67,8 +68,10 @@ class CalibrationOptions:
     def for_device(cls, device: torch.device) -> CalibrationOptions:
         if device.type == "cuda":
             return cls()
+        # CPUs have no fast bf16 matmul (torch's fallback takes minutes): the CPU figure is the fp32 rate.
         return cls(
-            matmul_size=512,
+            matmul_size=256,
+            matmul_dtype=torch.float32,
             copy_mib=32,
             h2d_mib=0,
             timer=TimerOptions(warmup_calls=1, warmup_s=0.0, calls_per_window=3, min_window_s=0.01, max_windows=4),
@@ -166,7 +169,7 @@ def calibrate(
         matmul_size=opts.matmul_size,
     )
     update: dict[str, Any] = {
-        "bf16_tflops": matmul_tflops(device, opts.matmul_size, torch.bfloat16, opts.timer),
+        "bf16_tflops": matmul_tflops(device, opts.matmul_size, opts.matmul_dtype, opts.timer),
         "memory_tbps": copy_tbps(device, opts.copy_mib, opts.timer),
     }
     if quant.fp8_supported(device)[0]:

@@ -395,5 +395,5 @@ def tile_size(vae: nn.Module, height: int, width: int) -> int:
     native = int(raw[0] if isinstance(raw, list | tuple) else raw)
     if native and native < min(height, width):
         return native
-    edge: int = max(32, 2 ** int(math.log2(max(min(height, width) // 2, 1))))
+    edge: int = max(16, 2 ** int(math.log2(max(min(height, width) // 2, 1))))
     return edge

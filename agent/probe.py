@@ -155,7 +155,7 @@ class Sweep:
         self.target = target
         self.spec = known_model(opts.model)
         self.probe_run = probe_run or str(uuid.uuid4())
-        self.done = done or set()
+        self.done = done if done is not None else set()
         self.on_row = on_row
         self.progress = progress
         self.height, self.width, self.text_tokens = sizes(self.spec, opts)

@@ -114,7 +114,10 @@ def measure(
         fn(done)
         done += 1
     clock.sync()
-    per_call_estimate = max((time.perf_counter() - warm_start) / max(done - 1, 1), 1e-6)
+    # Size windows from the warm calls (the first call may include compilation, so it is used only alone).
+    warm_calls = done - 1
+    per_call = (time.perf_counter() - warm_start) / warm_calls if warm_calls > 0 else first_call_s
+    per_call_estimate = max(per_call, 1e-6)
     calls = max(options.calls_per_window, math.ceil(options.min_window_s / per_call_estimate))
     calls = min(calls, 1000)
 
