@@ -186,11 +186,6 @@ def probe(
     report: Annotated[bool, typer.Option("--report", help="Send to the planner (spooled if it is down).")] = False,
 ) -> None:
     """Sweep stages x recipes x batches of a model; write the measurements CSV and/or report to the planner."""
-    from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
-    from agent.report import CsvSink, load_existing, probe_run_body
-    from agent.target import resolve_target
-    from agent.timing import TimerOptions
     from planner.catalog import known_model, recipes
     from planner.core.errors import PlannerError as CatalogProblem
 
@@ -208,6 +203,12 @@ def probe(
         _fail(f"model {model} has no stage(s) {bad_stages}; its stages are {spec.stage_names}")
     if quant_backend not in ("agent", "torchao"):
         _fail("--quant-backend must be agent or torchao")
+    from agent.probe import ProbeOptions, Sweep
+    from agent.recipes import RecipeOptions
+    from agent.report import CsvSink, load_existing, probe_run_body
+    from agent.target import resolve_target
+    from agent.timing import TimerOptions
+
     target = resolve_target(gpu_index=gpu, family_override=gpu_family, force_cpu=cpu)
     if not target.is_gpu:
         console.print(f"{target.inventory.note or 'No GPU selected.'} Probing on the CPU.", highlight=False)

@@ -64,11 +64,21 @@ def package_version(name: str) -> str | None:
 
 
 def torch_versions() -> tuple[str | None, str | None]:
-    try:
-        import torch
-    except ImportError:
+    """torch's version and the CUDA runtime it was built with, read without importing torch (seconds)."""
+    import sys
+
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        return str(torch.__version__), torch.version.cuda
+    version = package_version("torch")
+    if version is None:
         return None, None
-    return str(torch.__version__), torch.version.cuda
+    local = version.partition("+")[2]
+    cuda = None
+    if local.startswith("cu") and local[2:].isdigit():
+        digits = local[2:]
+        cuda = f"{digits[:-1]}.{digits[-1]}"
+    return version, cuda
 
 
 def family_of(product_name: str) -> str | None:

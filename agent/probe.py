@@ -311,22 +311,30 @@ class Sweep:
             runner.prepare(batch, seed=self.opts.seed)
             # FLOPs and bytes on the eager module (counting through compiled code is not reliable); later
             # batches of a compiled group scale the first batch's count (FLOPs are linear in the batch).
+            # On the CPU the footprint pass (live-tensor tracking, memory cap) shares the counting call.
+            footprint: dict[str, int] = {}
+            plain = self._plain_call(prepared)
+
+            def counted() -> object:
+                if device.type == "cuda":
+                    return plain()
+                cap = int(self.opts.memory_cap_gib * GIB) if self.opts.memory_cap_gib else None
+                footprint["peak"] = cpu_footprint(
+                    plain, modules=prepared.modules.values(), inputs=runner.input_tensors, cap_bytes=cap
+                )
+                return None
+
             if base_cost is None:
-                cost = count_cost(self._plain_call(prepared))
+                cost = count_cost(counted)
                 base_cost = (batch, cost)
             else:
                 cost = _scale_cost(base_cost, batch, prepared.modules.values())
+                if device.type != "cuda":
+                    counted()
+            peak_bytes: int | None = footprint.get("peak")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
-                peak_bytes: int | None = None
-            else:
-                peak_bytes = cpu_footprint(
-                    self._plain_call(prepared),
-                    modules=prepared.modules.values(),
-                    inputs=runner.input_tensors,
-                    cap_bytes=int(self.opts.memory_cap_gib * GIB) if self.opts.memory_cap_gib else None,
-                )
             compile_s: float | None = None
             if prepared.compile_pending is not None and not prepared.compiled:
                 prepared.apply_compile()

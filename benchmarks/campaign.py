@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-variants", action="store_true", help="leave out flux-schnell / sdxl-lightning")
     p.add_argument("--no-quality", action="store_true", help="skip the drift (PSNR/SSIM) runs")
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
+    p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: each model's own)")
     args = p.parse_args(argv)
 
     t_start = time.monotonic()
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             batches=step.batches,
             stages=step.stages,
             tiny=args.tiny,
+            height=args.height,
+            width=args.width,
             timer=timer,
             budget_s=remaining,
             quality=not args.no_quality,
