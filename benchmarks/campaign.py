@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in state.rows:
             if r.status == "ok":
                 log(
-                    f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.latency_ms:9.2f} ms  p95 {r.latency_p95_ms:9.2f}  "
+                    f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.latency_ms:9.2f} ms  "
+                    f"p95 {r.latency_p95_ms:9.2f}  "
                     f"{r.peak_mem_gib or 0:6.2f} GiB  {r.achieved_tflops or 0:7.1f} TF/s  {r.bound or '-'}"
                     + (f"  compile {r.compile_s:.1f}s" if r.compile_s else "")
                 )

@@ -18,10 +18,13 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
 def test_discover_says_no_gpu() -> None:
     proc = run_cli("agent", "discover", env=NO_GPU)
     assert proc.returncode == 0, proc.stderr
-    assert "No GPU found" in proc.stdout and "CPU" in proc.stdout
+    assert "No GPU found" in proc.stdout
+    assert "CPU" in proc.stdout
     proc = run_cli("agent", "discover", "--json", env=NO_GPU)
     inv = json.loads(proc.stdout)
-    assert inv["gpus"] == [] and "No GPU found" in inv["note"] and inv["torch_version"]
+    assert inv["gpus"] == []
+    assert "No GPU found" in inv["note"]
+    assert inv["torch_version"]
 
 
 def test_probe_on_the_cpu_writes_the_csv(tmp_path: Path) -> None:
@@ -49,9 +52,11 @@ def test_probe_on_the_cpu_writes_the_csv(tmp_path: Path) -> None:
     ]
     proc = run_cli("agent", *args, env=NO_GPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "No GPU found" in proc.stdout and "Probing on the CPU" in proc.stdout
+    assert "No GPU found" in proc.stdout
+    assert "Probing on the CPU" in proc.stdout
     rows = {r.row.recipe: r.row for r in read_csv(out)}
-    assert rows["bf16"].status == "ok" and rows["bf16"].latency_ms
+    assert rows["bf16"].status == "ok"
+    assert rows["bf16"].latency_ms
     assert rows["fp8"].status == "unsupported"
     # Run again (in this process: the subprocess path is proven above): nothing is measured twice.
     again = CliRunner().invoke(app, [*args, "--cpu"])
@@ -62,7 +67,8 @@ def test_probe_on_the_cpu_writes_the_csv(tmp_path: Path) -> None:
 
 def test_probe_refuses_an_unknown_recipe() -> None:
     proc = run_cli("agent", "probe", "--model", "sd15", "-r", "bf17", env=NO_GPU)
-    assert proc.returncode == 2 and "unknown recipe" in proc.stderr
+    assert proc.returncode == 2
+    assert "unknown recipe" in proc.stderr
 
 
 def test_campaign_dry_run_on_tiny_models(tmp_path: Path) -> None:
@@ -89,7 +95,9 @@ def test_campaign_dry_run_on_tiny_models(tmp_path: Path) -> None:
     }
     assert all(r.status == "ok" and r.recipe == "bf16" for r in rows)
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["torch"] and prov["weights"] == "synthetic" and len(prov["calls"]) == 1
+    assert prov["torch"]
+    assert prov["weights"] == "synthetic"
+    assert len(prov["calls"]) == 1
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["bf16_tflops"] > 0
     # A second call resumes from the first one's CSV: nothing is re-measured, provenance gains a call.
@@ -110,14 +118,17 @@ def test_campaign_dry_run_on_tiny_models(tmp_path: Path) -> None:
     )
     assert len(read_csv(second / "measurements.csv")) == len(rows)
     calls = json.loads((second / "provenance.json").read_text())["calls"]
-    assert len(calls) == 2 and calls[-1]["new_rows"] == 0
+    assert len(calls) == 2
+    assert calls[-1]["new_rows"] == 0
 
 
 def test_campaign_plan_is_in_priority_order() -> None:
     steps = campaign.plan(("sdxl", "flux-dev"), compile_levels=True, variants=True)
     levels = [int(s.level.split("-")[0]) for s in steps]
     assert levels == sorted(levels)  # a budget cut drops whole later levels first
-    assert steps[0].recipes == ("bf16",) and steps[0].batches == (1, 2, 4, 8, 16)
+    assert steps[0].recipes == ("bf16",)
+    assert steps[0].batches == (1, 2, 4, 8, 16)
     fp32 = [s for s in steps if s.recipes == ("fp32",)]
-    assert fp32 and all(s.batches == (1, 2) for s in fp32)
+    assert fp32
+    assert all(s.batches == (1, 2) for s in fp32)
     assert any("fp8-compile" in s.recipes for s in steps)

@@ -103,16 +103,29 @@ def test_ok_cells_have_plausible_values(rows: list[MeasurementRow]) -> None:
     ok = [r for r in rows if r.status == "ok"]
     assert len(ok) >= 20
     for r in ok:
-        assert r.latency_ms is not None and 0 < r.latency_ms < 60_000
-        assert r.latency_p95_ms is not None and r.latency_p95_ms >= r.latency_ms
-        assert r.peak_mem_gib is not None and 0 < r.peak_mem_gib < 1  # tiny models: well under a GiB
-        assert r.weights == "synthetic" and r.source == "measured" and r.gpu_family == "cpu"
+        assert r.latency_ms is not None
+        assert 0 < r.latency_ms < 60_000
+        assert r.latency_p95_ms is not None
+        assert r.latency_p95_ms >= r.latency_ms
+        assert r.peak_mem_gib is not None
+        assert 0 < r.peak_mem_gib < 1
+        assert r.weights == "synthetic"
+        assert r.source == "measured"
+        assert r.gpu_family == "cpu"
         assert (r.height, r.width) in ((32, 32), (64, 64))
-        assert r.windows is not None and r.windows >= 2 and r.calls is not None and r.calls >= 2
-        assert r.tflops_per_call is not None and r.tflops_per_call > 0
-        assert r.achieved_tflops is not None and r.achieved_tbps is not None
+        assert r.windows is not None
+        assert r.windows >= 2
+        assert r.calls is not None
+        assert r.calls >= 2
+        assert r.tflops_per_call is not None
+        assert r.tflops_per_call > 0
+        assert r.achieved_tflops is not None
+        assert r.achieved_tbps is not None
         assert r.bound in ("compute", "memory", "overhead")
-        assert r.torch and r.agent_version and r.probe_run and r.measured_at is not None
+        assert r.torch
+        assert r.agent_version
+        assert r.probe_run
+        assert r.measured_at is not None
         assert r.error is None or r.error.startswith("unstable")
 
 
@@ -125,42 +138,56 @@ def test_batch_two_costs_twice_the_flops(rows: list[MeasurementRow]) -> None:
 
 def test_quality_drift_against_the_reference(rows: list[MeasurementRow]) -> None:
     ref = _get(rows, "sd15", "denoiser", "bf16", 1)
-    assert ref.psnr_latent == math.inf and ref.ssim_image == pytest.approx(1.0)
+    assert ref.psnr_latent == math.inf
+    assert ref.ssim_image == pytest.approx(1.0)
     fp32 = _get(rows, "sd15", "denoiser", "fp32", 1)
     assert fp32.quality_weights == "synthetic"
-    assert fp32.psnr_latent is not None and 10 < fp32.psnr_latent < math.inf
-    assert fp32.psnr_image is not None and fp32.ssim_image is not None and fp32.ssim_image <= 1.0
+    assert fp32.psnr_latent is not None
+    assert 10 < fp32.psnr_latent < math.inf
+    assert fp32.psnr_image is not None
+    assert fp32.ssim_image is not None
+    assert fp32.ssim_image <= 1.0
     tiny_vae = _get(rows, "sd15", "vae_decoder", "bf16-tiny-vae", 1)
     cl_vae = _get(rows, "sd15", "vae_decoder", "bf16-channels-last", 1)
     # Another network decodes worse than the same network in another memory layout.
     assert tiny_vae.psnr_image < cl_vae.psnr_image  # type: ignore[operator]
     assert tiny_vae.psnr_latent is None
     tiled = _get(rows, "sd15", "vae_decoder", "bf16-tiled-vae", 1)
-    assert tiled.status == "ok" and tiled.psnr_image is not None and tiled.psnr_image < math.inf  # seams
+    assert tiled.status == "ok"
+    assert tiled.psnr_image is not None
+    assert tiled.psnr_image < math.inf
     te = _get(rows, "sd15", "text_encoder", "fp32", 2)
-    assert te.psnr_latent is not None and te.psnr_image is None
+    assert te.psnr_latent is not None
+    assert te.psnr_image is None
 
 
 def test_fp8_is_unsupported_on_the_cpu_with_the_reason(rows: list[MeasurementRow]) -> None:
     for stage in ("text_encoder", "denoiser"):
         for b in (1, 2):
             r = _get(rows, "sd15", stage, "fp8", b)
-            assert r.status == "unsupported" and r.latency_ms is None
-            assert r.error and "compute capability" in r.error
+            assert r.status == "unsupported"
+            assert r.latency_ms is None
+            assert r.error
+            assert "compute capability" in r.error
 
 
 def test_step_cache_on_a_unet_is_unsupported_but_runs_on_flux(rows: list[MeasurementRow]) -> None:
     unet = _get(rows, "sd15", "denoiser", "bf16-fbcache", 1)
-    assert unet.status == "unsupported" and "cache" in (unet.error or "").lower()
+    assert unet.status == "unsupported"
+    assert "cache" in (unet.error or "").lower()
     flux = _get(rows, "flux-schnell", "denoiser", "bf16-fbcache", 1)
-    assert flux.status == "ok" and flux.cache_skip_rate is not None and 0 <= flux.cache_skip_rate <= 1
+    assert flux.status == "ok"
+    assert flux.cache_skip_rate is not None
+    assert 0 <= flux.cache_skip_rate <= 1
 
 
 def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(target: Target, rows: list[MeasurementRow]) -> None:
     # A cap between the text encoder's bf16 batch-1 footprint and its fp32 batch-2 footprint.
     small = _get(rows, "sd15", "text_encoder", "bf16", 1).peak_mem_gib
     large = _get(rows, "sd15", "text_encoder", "fp32", 2).peak_mem_gib
-    assert small is not None and large is not None and small < large
+    assert small is not None
+    assert large is not None
+    assert small < large
     cap = (small + large) / 2
     state = Sweep(
         _opts("sd15", ("fp32", "bf16"), stages=("text_encoder",), memory_cap_gib=cap, quality=False), target
@@ -170,7 +197,8 @@ def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(target: Target, 
     oom = [r for r in state.rows if r.status == "oom"]
     assert oom, [(r.recipe, r.batch, r.peak_mem_gib) for r in state.rows]
     for r in oom:
-        assert r.latency_ms is None and r.error
+        assert r.latency_ms is None
+        assert r.error
         assert "memory cap" in r.error or "not run" in r.error
     assert by_cell[("fp32", 2)].status == "oom"
 
@@ -180,9 +208,12 @@ def test_rerun_resumes_and_skips_done_cells(target: Target, sweep_csv: Path) -> 
     sweep = Sweep(_opts("sd15", SD_RECIPES), target, done={r.cell for r in previous})
     assert sweep.total() == 0
     state = sweep.run()
-    assert state.rows == [] and state.skipped == len([r for r in previous if r.model == "sd15" and r.height == 32])
+    assert state.rows == []
+    assert state.skipped == len([r for r in previous if r.model == "sd15" and r.height == 32])
 
 
 def test_budget_stops_the_sweep(target: Target) -> None:
     state = Sweep(_opts("sd15", ("bf16",), budget_s=0.0), target).run()
-    assert state.rows == [] and state.stopped and "budget" in state.stopped
+    assert state.rows == []
+    assert state.stopped
+    assert "budget" in state.stopped

@@ -32,7 +32,8 @@ def test_fp8_emulated_matches_bf16_within_fp8_error(linear: nn.Linear, x: torch.
     ref = linear(x)
     layer = quant.Fp8RowwiseLinear(linear, emulate=True)
     y = layer(x)
-    assert y.shape == ref.shape and y.dtype == torch.bfloat16
+    assert y.shape == ref.shape
+    assert y.dtype == torch.bfloat16
     err = _rel_err(y, ref)
     assert 1e-4 < err < 0.06, err  # e4m3 has 3 mantissa bits: a few percent, never zero
     # Per-row scaling: the small-magnitude rows are as accurate as the large ones.
@@ -80,7 +81,8 @@ def test_swap_covers_eligible_linears_only() -> None:
     assert "multiples of 16" in report.skipped["odd"]
     assert isinstance(block.big, quant.Int8DynamicLinear)
     assert isinstance(block.inner[0], quant.Int8DynamicLinear)
-    assert type(block.odd) is nn.Linear and type(block.small) is nn.Linear
+    assert type(block.odd) is nn.Linear
+    assert type(block.small) is nn.Linear
     assert isinstance(block.norm, nn.LayerNorm)
 
 
@@ -98,4 +100,5 @@ def test_swap_on_a_real_diffusers_block_keeps_its_output() -> None:
 
 def test_fp8_is_unsupported_on_the_cpu() -> None:
     ok, why = quant.fp8_supported(torch.device("cpu"))
-    assert not ok and "compute capability 8.9" in why
+    assert not ok
+    assert "compute capability 8.9" in why

@@ -30,7 +30,8 @@ def test_spool_put_load_remove(tmp_path: Path) -> None:
     assert spool.pending() == [run["id"]]
     assert spool.load(run["id"]) == run
     spool.put({**run, "measurements": [{"n": 2}]})  # same run again replaces, never duplicates
-    assert len(spool) == 1 and spool.load(run["id"])["measurements"] == [{"n": 2}]
+    assert len(spool) == 1
+    assert spool.load(run["id"])["measurements"] == [{"n": 2}]
     spool.remove(run["id"])
     assert spool.pending() == []
     assert not [p for p in (tmp_path / "spool").iterdir() if p.name.startswith(".tmp")]
@@ -99,7 +100,8 @@ def test_client_retries_until_the_planner_answers() -> None:
     fake = FakePlanner(down=2)
     with _client(fake) as client:
         assert client.submit_run(_run()) is True
-    assert fake.requests == 3 and len(fake.stored) == 1
+    assert fake.requests == 3
+    assert len(fake.stored) == 1
 
 
 def test_client_retries_connection_errors() -> None:
@@ -119,7 +121,8 @@ def test_client_does_not_retry_a_client_error() -> None:
     fake = FakePlanner(down=5, status_when_down=422)
     with _client(fake) as client, pytest.raises(PlannerError) as info:
         client.submit_run(_run())
-    assert info.value.status == 422 and fake.requests == 1
+    assert info.value.status == 422
+    assert fake.requests == 1
 
 
 def test_flush_keeps_runs_while_down_and_sends_each_once_later(tmp_path: Path) -> None:
@@ -164,5 +167,6 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("AGENT_HEARTBEAT_INTERVAL_S", "5")
     monkeypatch.setenv("AGENT_STATE_DIR", str(tmp_path))
     s = AgentSettings()
-    assert s.planner_url == "http://planner:8000" and s.heartbeat_interval_s == 5
+    assert s.planner_url == "http://planner:8000"
+    assert s.heartbeat_interval_s == 5
     assert s.resolved_spool_dir == tmp_path / "spool"

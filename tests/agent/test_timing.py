@@ -32,7 +32,9 @@ def test_measure_a_steady_call_is_stable_and_close() -> None:
     assert t.stable
     assert 3.5 <= t.median_ms <= 30.0
     assert t.p95_ms >= t.median_ms
-    assert t.windows >= 3 and t.calls == 9 and t.all_calls >= 9
+    assert t.windows >= 3
+    assert t.calls == 9
+    assert t.all_calls >= 9
 
 
 def test_measure_stops_an_unstable_cell_at_max_windows() -> None:
@@ -54,7 +56,9 @@ def test_measure_stops_an_unstable_cell_at_max_windows() -> None:
         max_cell_s=5.0,
     )
     t = measure(noisy, torch.device("cpu"), opts)
-    assert not t.stable and t.windows == 4 and t.spread > 0.01
+    assert not t.stable
+    assert t.windows == 4
+    assert t.spread > 0.01
 
 
 def test_count_cost_of_a_matmul() -> None:
