@@ -250,6 +250,7 @@ class Sweep:
 
     def _group(self, stage: str, recipe: Recipe, batches: list[int]) -> None:
         prepared: PreparedStage | None = None
+        failure: tuple[str, str] | None = None
         try:
             prepared = prepare(
                 self.spec,
@@ -264,18 +265,17 @@ class Sweep:
                 options=self.opts.recipe_options,
             )
         except StageUnsupported as exc:
-            for b in batches:
-                self._emit(self._row(stage, recipe, b, status="unsupported", error=str(exc)))
-            return
+            failure = ("unsupported", str(exc))
         except torch.OutOfMemoryError as exc:
-            free_gpu(self.target.device)
-            for b in batches:
-                self._emit(self._row(stage, recipe, b, status="oom", error=f"building the stage: {_first_line(exc)}"))
-            return
+            failure = ("oom", f"building the stage: {_first_line(exc)}")
         except Exception as exc:
+            failure = ("failed", _describe(exc))
+        if failure is not None or prepared is None:
+            # Outside the except block: the exception's traceback (and the half-built module) is gone now.
             free_gpu(self.target.device)
+            status, error = failure or ("failed", "the stage was not built")
             for b in batches:
-                self._emit(self._row(stage, recipe, b, status="failed", error=_describe(exc)))
+                self._emit(self._row(stage, recipe, b, status=status, error=error))
             return
         try:
             drift = self._quality(stage, recipe, prepared) if self.opts.quality else {}
@@ -307,6 +307,7 @@ class Sweep:
         """Measure one cell; returns (row, cost of the group's first batch, whether larger batches can't run)."""
         runner = prepared.runner
         device = self.target.device
+        failure: tuple[str, str] | None = None
         try:
             runner.prepare(batch, seed=self.opts.seed)
             # FLOPs and bytes on the eager module (counting through compiled code is not reliable); later
@@ -344,16 +345,15 @@ class Sweep:
             if device.type == "cuda":
                 peak_bytes = int(torch.cuda.max_memory_allocated(device))
         except torch.OutOfMemoryError as exc:
-            runner.inputs = {}
-            free_gpu(device)
-            return self._row(stage, recipe, batch, status="oom", error=_first_line(exc)), base_cost, True
+            failure = ("oom", _first_line(exc))
         except StageUnsupported as exc:
-            return self._row(stage, recipe, batch, status="unsupported", error=str(exc)), base_cost, True
+            failure = ("unsupported", str(exc))
         except Exception as exc:
+            failure = ("unsupported" if _is_kernel_refusal(exc) else "failed", _describe(exc))
+        if failure is not None:
             runner.inputs = {}
-            free_gpu(device)
-            status = "unsupported" if _is_kernel_refusal(exc) else "failed"
-            return self._row(stage, recipe, batch, status=status, error=_describe(exc)), base_cost, True
+            free_gpu(device)  # after the except block, so the traceback no longer pins activations
+            return self._row(stage, recipe, batch, status=failure[0], error=failure[1]), base_cost, True
         latency = timing.mean_ms if prepared.uses_cache else timing.median_ms
         achieved_tflops = cost.flops / (latency / 1000.0) / 1e12 if latency > 0 else None
         achieved_tbps = cost.bytes / (latency / 1000.0) / 1e12 if latency > 0 else None
@@ -455,12 +455,12 @@ class Sweep:
     # -- quality ----------------------------------------------------------------------------------------------
     def _quality(self, stage: str, recipe: Recipe, prepared: PreparedStage) -> dict[str, Any]:
         """Drift of this recipe against the reference recipe at batch 1, same seed and inputs."""
+        outputs: dict[str, torch.Tensor] | None = None
         try:
             outputs = self._stage_outputs(stage, prepared)
-        except (StageUnsupported, torch.OutOfMemoryError) as exc:
-            free_gpu(self.target.device)
-            return {"quality_weights": None} if isinstance(exc, StageUnsupported) else {}
-        except Exception:
+        except Exception:  # drift is optional: a failure here must not lose the latency cells
+            outputs = None
+        if outputs is None:
             free_gpu(self.target.device)
             return {}
         if recipe.reference:
