@@ -427,7 +427,11 @@ class Sweep:
             def fn(i: int) -> object:
                 return runner.call()
 
-        sampler = PowerSampler(self.target.nvml, self.target.handle) if self.target.nvml is not None else None
+        sampler = (
+            PowerSampler(self.target.nvml, self.target.handle)
+            if self.target.nvml is not None and self.target.handle is not None
+            else None
+        )
         with sampler if sampler is not None else contextlib.nullcontext():
             if counter is not None:
                 counter.calls = counter.computed = 0

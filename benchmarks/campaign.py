@@ -111,7 +111,7 @@ def _version(name: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget-s", type=float, default=480.0, help="stop starting cells after this many seconds")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting cells after this many seconds")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "campaign-out")))
     p.add_argument("--resume", type=Path, default=None, help="previous measurements.csv: its cells are skipped")
     p.add_argument("--calibration", type=Path, default=None, help="previous calibration.json: skip calibrating")
@@ -186,6 +186,44 @@ def main(argv: list[str] | None = None) -> int:
         if v
     }
 
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    prov_path = out / "provenance.json"
+    prov: dict[str, Any] = {}
+    for source in ((args.resume.parent / "provenance.json") if args.resume is not None else None, prov_path):
+        if source is not None and source.exists():
+            prov = json.loads(source.read_text())
+            break
+    earlier_calls = list(prov.get("calls", []))
+
+    def write_provenance(*, final: bool, new_rows: int = 0, stopped: str | None = None) -> None:
+        """Written after calibration and again at the end, so a call cut short still leaves provenance."""
+        call = {
+            **env,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "weights": "synthetic",
+            "budget_s": args.budget_s,
+            "elapsed_s": round(time.monotonic() - t_start, 1),
+            "new_rows": new_rows,
+            "stopped": stopped,
+            "finished": final,
+            "models": list(models),
+            "tiny": args.tiny,
+        }
+        prov.update(
+            {
+                **env,
+                "weights": "synthetic",
+                "calls": [*earlier_calls, call],
+                "calibration": calibration.model_dump() if calibration is not None else None,
+                "note": "Synthetic (random) weights built from the architecture configs: latency, memory and power "
+                "are the real models'; quality columns are numeric drift only (DESIGN.md).",
+            }
+        )
+        prov_path.write_text(json.dumps(prov, indent=2, default=str))
+        (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
+
+    write_provenance(final=False)
+
     # 2. The probe plan.
     csv_path = out / "measurements.csv"
     previous = []
@@ -201,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         write_csv_atomic(csv_path, previous)
     done = {r.cell for r in previous}
 
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     steps = plan(
         models, compile_levels=not (args.no_compile or args.tiny), variants=not (args.no_variants or args.tiny)
     )
@@ -275,43 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}: {(r.error or '')[:160]}")
+        write_provenance(final=False, new_rows=new_rows)
         if state.stopped:
             stopped = state.stopped
             break
         torch.cuda.empty_cache() if target.is_gpu else None
 
-    # 3. Provenance (appended across calls).
-    prov_path = out / "provenance.json"
-    prov: dict[str, Any] = {}
-    if args.resume is not None and (args.resume.parent / "provenance.json").exists():
-        prov = json.loads((args.resume.parent / "provenance.json").read_text())
-    elif prov_path.exists():
-        prov = json.loads(prov_path.read_text())
-    calls = list(prov.get("calls", []))
-    calls.append(
-        {
-            **env,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "weights": "synthetic",
-            "budget_s": args.budget_s,
-            "elapsed_s": round(time.monotonic() - t_start, 1),
-            "new_rows": new_rows,
-            "stopped": stopped,
-            "models": list(models),
-            "tiny": args.tiny,
-        }
-    )
-    prov.update(
-        {
-            **env,
-            "weights": "synthetic",
-            "calls": calls,
-            "calibration": calibration.model_dump(),
-            "note": "Synthetic (random) weights built from the architecture configs: latency, memory and power "
-            "are the real models'; quality columns are numeric drift only (DESIGN.md).",
-        }
-    )
-    prov_path.write_text(json.dumps(prov, indent=2, default=str))
+    write_provenance(final=True, new_rows=new_rows, stopped=stopped)
     (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
     log(f"done: {new_rows} new row(s), {len(sink.rows)} in {csv_path}" + (f"; stopped: {stopped}" if stopped else ""))
     target.close()
