@@ -59,6 +59,7 @@ def _opts(model: str, recipes: tuple[str, ...], **kw: object) -> ProbeOptions:
 
 @pytest.fixture(scope="module")
 def sweep_csv(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CSV of a few sweeps, written row by row as `agent probe --output` writes it."""
     out = tmp_path_factory.mktemp("probe") / "measurements.csv"
     sink = CsvSink(out)
     Sweep(_opts("sd15", SD_RECIPES), target, on_row=sink).run()
@@ -70,6 +71,23 @@ def sweep_csv(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ).run()
     # fbcache needs a transformer with diffusers cache hooks: Flux (the UNet reports it unsupported).
     Sweep(_opts("flux-schnell", ("bf16", "bf16-fbcache"), stages=("denoiser",)), target, on_row=sink).run()
+    # A memory cap between the text encoder's bf16 batch-1 footprint and its fp32 batch-2 footprint (cells at
+    # 48 px so they do not collide with the uncapped ones): some cells must end `oom`, the sweep goes on.
+    peaks = {(r.recipe, r.batch): r.peak_mem_gib for r in sink.rows if r.stage == "text_encoder" and r.height == 32}
+    small, large = peaks[("bf16", 1)], peaks[("fp32", 2)]
+    assert small is not None
+    assert large is not None
+    assert small < large
+    capped = _opts(
+        "sd15",
+        ("fp32", "bf16"),
+        stages=("text_encoder",),
+        memory_cap_gib=(small + large) / 2,
+        quality=False,
+        height=48,
+        width=48,
+    )
+    Sweep(capped, target, on_row=sink).run()
     return out
 
 
@@ -78,8 +96,8 @@ def rows(sweep_csv: Path) -> list[MeasurementRow]:
     return [located.row for located in read_csv(sweep_csv)]
 
 
-def _get(rows: list[MeasurementRow], model: str, stage: str, recipe: str, batch: int) -> MeasurementRow:
-    found = [r for r in rows if (r.model, r.stage, r.recipe, r.batch) == (model, stage, recipe, batch)]
+def _get(rows: list[MeasurementRow], model: str, stage: str, recipe: str, batch: int, size: int = 32) -> MeasurementRow:
+    found = [r for r in rows if (r.model, r.stage, r.recipe, r.batch, r.height) == (model, stage, recipe, batch, size)]
     assert len(found) == 1, (model, stage, recipe, batch, len(found))
     return found[0]
 
@@ -92,7 +110,7 @@ def test_csv_has_every_contract_column_in_order(sweep_csv: Path) -> None:
 
 
 def test_every_cell_is_recorded_once(rows: list[MeasurementRow]) -> None:
-    cells = {(r.model, r.stage, r.recipe, r.batch) for r in rows}
+    cells = {(r.model, r.stage, r.recipe, r.batch, r.height) for r in rows}
     assert len(cells) == len(rows)
     sd_stages = {r.stage for r in rows if r.model == "sd15"}
     assert sd_stages == {"text_encoder", "denoiser", "vae_decoder"}
@@ -112,7 +130,7 @@ def test_ok_cells_have_plausible_values(rows: list[MeasurementRow]) -> None:
         assert r.weights == "synthetic"
         assert r.source == "measured"
         assert r.gpu_family == "cpu"
-        assert (r.height, r.width) in ((32, 32), (64, 64))
+        assert (r.height, r.width) in ((32, 32), (48, 48), (64, 64))
         assert r.windows is not None
         assert r.windows >= 2
         assert r.calls is not None
@@ -152,7 +170,7 @@ def test_quality_drift_against_the_reference(rows: list[MeasurementRow]) -> None
     # Another network decodes worse than the same network in another memory layout.
     assert tiny_vae.psnr_image < cl_vae.psnr_image  # type: ignore[operator]
     assert tiny_vae.psnr_latent is None
-    tiled = _get(rows, "sd15", "vae_decoder", "bf16-tiled-vae", 1)
+    tiled = _get(rows, "sd15", "vae_decoder", "bf16-tiled-vae", 1, size=64)
     assert tiled.status == "ok"
     assert tiled.psnr_image is not None
     assert tiled.psnr_image < math.inf
@@ -181,26 +199,25 @@ def test_step_cache_on_a_unet_is_unsupported_but_runs_on_flux(rows: list[Measure
     assert 0 <= flux.cache_skip_rate <= 1
 
 
-def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(target: Target, rows: list[MeasurementRow]) -> None:
-    # A cap between the text encoder's bf16 batch-1 footprint and its fp32 batch-2 footprint.
-    small = _get(rows, "sd15", "text_encoder", "bf16", 1).peak_mem_gib
-    large = _get(rows, "sd15", "text_encoder", "fp32", 2).peak_mem_gib
-    assert small is not None
-    assert large is not None
-    assert small < large
-    cap = (small + large) / 2
-    state = Sweep(
-        _opts("sd15", ("fp32", "bf16"), stages=("text_encoder",), memory_cap_gib=cap, quality=False), target
-    ).run()
-    by_cell = {(r.recipe, r.batch): r for r in state.rows}
-    assert by_cell[("bf16", 1)].status == "ok"
-    oom = [r for r in state.rows if r.status == "oom"]
-    assert oom, [(r.recipe, r.batch, r.peak_mem_gib) for r in state.rows]
+def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(rows: list[MeasurementRow]) -> None:
+    capped = {(r.recipe, r.batch): r for r in rows if r.height == 48}
+    assert capped[("bf16", 1)].status == "ok"
+    assert capped[("fp32", 2)].status == "oom"
+    oom = [r for r in capped.values() if r.status == "oom"]
     for r in oom:
         assert r.latency_ms is None
         assert r.error
         assert "memory cap" in r.error or "not run" in r.error
-    assert by_cell[("fp32", 2)].status == "oom"
+
+
+def test_failed_cells_carry_status_and_error_in_the_csv(sweep_csv: Path) -> None:
+    with sweep_csv.open() as fh:
+        raw = list(csv.DictReader(fh))
+    failed = [r for r in raw if r["status"] != "ok"]
+    assert {r["status"] for r in failed} >= {"oom", "unsupported"}
+    for r in failed:
+        assert r["error"]
+        assert r["latency_ms"] == ""
 
 
 def test_rerun_resumes_and_skips_done_cells(target: Target, sweep_csv: Path) -> None:
