@@ -246,7 +246,8 @@ class StageRunner:
         if arch in ("sd", "sdxl"):
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            timestep = torch.tensor(t * 999.0, device=s.device)
+            # torch.full, not torch.tensor: a host-to-device copy per call would sync the stream every step.
+            timestep = torch.full((), t * 999.0, device=s.device)
             out = module(x, timestep, return_dict=False, **cond)[0]
         elif arch in ("flux", "qwen-image"):
             packed = (
@@ -292,8 +293,8 @@ class StageRunner:
             return vae.decode(z.unsqueeze(2), return_dict=False)[0].squeeze(2)  # type: ignore[no-any-return]
         return vae.decode(z, return_dict=False)[0]  # type: ignore[no-any-return]
 
-    def encode_text(self) -> torch.Tensor:
-        """Run every text encoder of the stage; return the conditioning, flattened into one tensor."""
+    def encode_text(self) -> list[torch.Tensor]:
+        """Run every text encoder of the stage; return the hidden states the denoiser would be given."""
         parts: list[torch.Tensor] = []
         for name, module in self.modules.items():
             ids = self.inputs[name]
@@ -311,6 +312,12 @@ class StageRunner:
                 # SDXL and Z-Image take the penultimate layer; SD 1.5 and Qwen-Image the last.
                 pick = -2 if (self.setup.spec.architecture in ("sdxl", "z-image")) else -1
                 parts.append(hidden[pick])
+        return parts
+
+    def conditioning(self) -> torch.Tensor:
+        """The text stage's output flattened into one float tensor per prompt (for drift, not timed)."""
+        with torch.inference_mode():
+            parts = self.encode_text()
         return torch.cat([p.reshape(p.shape[0], -1).float() for p in parts], dim=1)
 
     def step(self, latents: torch.Tensor, t: float) -> torch.Tensor:
@@ -325,7 +332,7 @@ class StageRunner:
         ctx = self.call_context or contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             if s.stage == "text_encoder":
-                return self.encode_text()
+                return self.encode_text()[-1]  # as a pipeline, no extra copy of the conditioning
             if s.stage == "denoiser":
                 return self.denoiser_call(self.inputs["latents"], 0.5)
             return self.vae_decode(self.inputs["latents"])

@@ -543,7 +543,9 @@ class Sweep:
         runner.prepare(1, seed=self.opts.seed + 1)
         try:
             if stage == "text_encoder":
-                return {"latent": runner.call().float().cpu()}
+                ctx = runner.call_context or contextlib.nullcontext()
+                with ctx:
+                    return {"latent": runner.conditioning().cpu()}
             if stage == "vae_decoder":
                 return {"image": runner.call().float().cpu()}
             latents: torch.Tensor = runner.inputs["latents"]
