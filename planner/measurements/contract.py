@@ -11,6 +11,10 @@ Choices written down here (the contract is silent on them):
 - `latency_p95_ms` may be empty (an imported figure with only a median); when present it is >= `latency_ms`.
 - `batch` counts images. A CFG model's denoiser call runs 2 x batch latents; the measurement already includes it.
 - The denoiser's `latency_ms` is one call (one step); the other stages' is one call per image batch.
+- `compile_s` (optional): seconds the first call of a compiled cell took (compilation for that shape).
+- `cache_skip_rate` (optional): for a step-cache recipe (data-dependent), the fraction of denoiser calls the
+  cache skipped over the timed trajectories; `latency_ms` of such a cell is the mean per call, not the median.
+  The store keeps both in the measurement's provenance JSON (no column of their own).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "host",
     "measured_at",
     "probe_run",
+    "compile_s",
+    "cache_skip_rate",
 )
 """Columns the project reads and writes after the contract's; anything else is ignored on import."""
 
@@ -126,6 +132,8 @@ class MeasurementRow(BaseModel):
     host: str | None = None
     measured_at: datetime | None = None
     probe_run: str | None = None
+    compile_s: FiniteNonNeg | None = None
+    cache_skip_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
     @field_validator("batch", "height", "width", "windows", "calls", mode="before")
     @classmethod

@@ -31,7 +31,19 @@ from planner.measurements.contract import ALL_COLUMNS, MeasurementRow
 from planner.measurements.csvio import CsvValidationError, LocatedRow, RowError, read_csv
 
 RUN_NAMESPACE = uuid.UUID("6f1c1d2e-8a53-4c5e-9a43-6c0de1a5e0b1")
-PROVENANCE_FIELDS = ("gpu_name", "driver", "cuda", "torch", "diffusers", "torchao", "agent_version", "host")
+PROVENANCE_FIELDS = (
+    "gpu_name",
+    "driver",
+    "cuda",
+    "torch",
+    "diffusers",
+    "torchao",
+    "agent_version",
+    "host",
+    # Optional measurement columns without a table column of their own: kept in the provenance JSON.
+    "compile_s",
+    "cache_skip_rate",
+)
 
 
 @dataclass

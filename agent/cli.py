@@ -1,0 +1,346 @@
+"""The `agent` command: discover, calibrate, probe, flush, run (the daemon a fleet installs).
+
+Heavy imports (torch, diffusers) happen inside the commands that need them, so `agent --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent import __version__
+
+app = typer.Typer(
+    name="agent",
+    help="GPU host agent: inventory, calibration and probe sweeps of diffusion pipelines, reported to the planner.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """GPU host agent."""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def discover(as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False) -> None:
+    """List this host's GPUs (NVML), matched to catalog families; say so plainly when there is none."""
+    from agent.discover import discover as take
+
+    inv = take()
+    if as_json:
+        typer.echo(inv.model_dump_json(indent=2))
+        return
+    console.print(
+        f"host {inv.host}  driver {inv.driver_version or '-'}  CUDA (driver) {inv.cuda_version or '-'}  "
+        f"torch {inv.torch_version or '-'} (CUDA {inv.torch_cuda or '-'})  diffusers {inv.diffusers_version or '-'}  "
+        f"torchao {inv.torchao_version or '-'}  agent {inv.agent_version}",
+        highlight=False,
+    )
+    if inv.gpus:
+        table = Table("index", "uuid", "product", "family", "memory GiB", "cc", "MIG", "power limit W", "max SM MHz")
+        for g in inv.gpus:
+            table.add_row(
+                str(g.index),
+                g.uuid,
+                g.product_name,
+                g.gpu_family or "unknown",
+                f"{g.memory_gib:.1f}",
+                g.compute_capability or "-",
+                "on" if g.mig_mode else "off",
+                f"{g.power_limit_w:.0f}" if g.power_limit_w else "-",
+                str(g.max_sm_clock_mhz or "-"),
+            )
+        console.print(table)
+    if inv.note:
+        console.print(inv.note, highlight=False)
+
+
+@app.command()
+def calibrate(
+    gpu: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Calibrate the CPU even if a GPU is present.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Send to the planner (spooled if it is down).")] = False,
+) -> None:
+    """Measure this GPU's ceilings (bf16/fp8 matmul, memory and host-to-device bandwidth) against its family."""
+    from agent.calibrate import calibrate as run_calibration
+    from agent.config import get_settings
+    from agent.target import resolve_target
+
+    settings = get_settings()
+    target = resolve_target(gpu_index=gpu, force_cpu=cpu)
+    if not target.is_gpu:
+        console.print(f"{target.inventory.note or 'No GPU selected.'} Calibrating the CPU.", highlight=False)
+    started = datetime.now(UTC)
+    result = run_calibration(
+        target.device,
+        family=target.family,
+        gpu_uuid=target.gpu.uuid if target.gpu else None,
+        gpu_name=target.gpu.product_name if target.gpu else "cpu",
+        power_limit_w=target.gpu.power_limit_w if target.gpu else None,
+        clocks_event_reasons=target.nvml.clocks_event_reasons(target.handle) if target.nvml else None,
+        flag_ratio=settings.calibration_flag_ratio,
+    )
+    console.print_json(result.model_dump_json())
+    if result.flagged:
+        console.print(f"[bold yellow]flagged:[/] {result.flag_reason}", highlight=False)
+    if output is not None:
+        output.write_text(result.model_dump_json(indent=2))
+    if report:
+        from agent.report import probe_run_body
+
+        body = probe_run_body(
+            run_id=str(uuid.uuid4()),
+            host_id=None,
+            kind="calibration",
+            target=target,
+            weights=None,
+            started_at=started,
+            calibrations=[result],
+        )
+        _report(body)
+    target.close()
+
+
+def _report(body: dict[str, Any]) -> None:
+    """Spool first, then try to send everything spooled (the daemon resends what stays)."""
+    from agent.client import PlannerClient, flush
+    from agent.config import get_settings
+    from agent.daemon import host_identity
+    from agent.spool import Spool
+
+    settings = get_settings()
+    ident = host_identity(settings)
+    if ident is None:
+        _fail(
+            f"this host is not registered (no token at {settings.resolved_token_file}); run `agent run` once "
+            "with AGENT_ENROLLMENT_TOKEN set, or use --output FILE.csv for offline use"
+        )
+        return
+    body["host_id"] = ident["host_id"]
+    spool = Spool(settings.resolved_spool_dir)
+    spool.put(body)
+    with PlannerClient(
+        settings.planner_url,
+        token=ident["token"],
+        timeout_s=settings.request_timeout_s,
+        attempts=settings.retry_attempts,
+    ) as client:
+        sent, pending = flush(spool, client, log=lambda m: err.print(m, highlight=False))
+    console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
+
+
+@app.command()
+def probe(
+    model: Annotated[str, typer.Option(help="Model id from the catalog (sdxl, flux-dev, ...).")],
+    recipe: Annotated[list[str] | None, typer.Option("--recipe", "-r", help="Recipe id; repeat. Default bf16.")] = None,
+    batch: Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size (images); repeat.")] = None,
+    stage: Annotated[list[str] | None, typer.Option("--stage", "-s", help="Stage; repeat. Default: all.")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height (default: the model's).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (default: the model's).")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny CPU configs (tests, dry runs).")] = False,
+    weights_dir: Annotated[Path | None, typer.Option(help="Local diffusers-format folder: real weights.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Measurements CSV; an existing one is resumed.")] = None,
+    budget_s: Annotated[float | None, typer.Option(help="Stop starting cells after this many seconds.")] = None,
+    memory_cap_gib: Annotated[float | None, typer.Option(help="Cells above this footprint end as oom.")] = None,
+    quality: Annotated[bool, typer.Option(help="Measure drift against the reference recipe.")] = True,
+    quality_steps: Annotated[int, typer.Option(help="Denoising steps of the drift run.")] = 4,
+    warmup_calls: Annotated[int | None, typer.Option(help="Warm-up calls per cell.")] = None,
+    calls_per_window: Annotated[int | None, typer.Option(help="Minimum calls per timed window.")] = None,
+    min_windows: Annotated[int | None, typer.Option(help="Minimum timed windows per cell.")] = None,
+    max_windows: Annotated[int | None, typer.Option(help="Maximum timed windows per cell.")] = None,
+    spread: Annotated[float | None, typer.Option(help="Stable when the last windows spread below this.")] = None,
+    max_cell_s: Annotated[float | None, typer.Option(help="Longest timing of one cell, seconds.")] = None,
+    gpu: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
+    gpu_family: Annotated[str | None, typer.Option(help="Family id to record (overrides NVML matching).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even if a GPU is present.")] = False,
+    quant_backend: Annotated[str, typer.Option(help="agent (own fp8/int8 layers) or torchao.")] = "agent",
+    quant_min_features: Annotated[int | None, typer.Option(help="Skip Linear layers narrower than this.")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="Calibration JSON whose ceilings class the cells.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Send to the planner (spooled if it is down).")] = False,
+) -> None:
+    """Sweep stages x recipes x batches of a model; write the measurements CSV and/or report to the planner."""
+    from planner.catalog import known_model, recipes
+    from planner.core.errors import PlannerError as CatalogProblem
+
+    try:
+        spec = known_model(model)
+    except CatalogProblem as exc:
+        _fail(str(exc))
+        return
+    chosen = tuple(recipe or ["bf16"])
+    unknown = [r for r in chosen if r not in recipes()]
+    if unknown:
+        _fail(f"unknown recipe(s) {unknown}; known: {', '.join(recipes())}")
+    bad_stages = [s for s in (stage or []) if s not in spec.stage_names]
+    if bad_stages:
+        _fail(f"model {model} has no stage(s) {bad_stages}; its stages are {spec.stage_names}")
+    if quant_backend not in ("agent", "torchao"):
+        _fail("--quant-backend must be agent or torchao")
+    from agent.probe import ProbeOptions, Sweep
+    from agent.recipes import RecipeOptions
+    from agent.report import CsvSink, load_existing, probe_run_body
+    from agent.target import resolve_target
+    from agent.timing import TimerOptions
+
+    target = resolve_target(gpu_index=gpu, family_override=gpu_family, force_cpu=cpu)
+    if not target.is_gpu:
+        console.print(f"{target.inventory.note or 'No GPU selected.'} Probing on the CPU.", highlight=False)
+    if calibration is not None:
+        cal = json.loads(calibration.read_text())
+        target.ceilings = {
+            k: float(v)
+            for k, v in (
+                ("bf16", cal.get("bf16_tflops")),
+                ("fp8", cal.get("fp8_tflops")),
+                ("memory", cal.get("memory_tbps")),
+            )
+            if v
+        }
+    base = (
+        TimerOptions()
+        if target.is_gpu
+        else TimerOptions(
+            warmup_calls=1,
+            warmup_s=0.0,
+            calls_per_window=2,
+            min_window_s=0.0,
+            min_windows=2,
+            stable_windows=2,
+            max_windows=4,
+            spread_threshold=0.25,
+            max_cell_s=10.0,
+        )
+    )
+    timer = TimerOptions(
+        warmup_calls=warmup_calls if warmup_calls is not None else base.warmup_calls,
+        warmup_s=base.warmup_s if warmup_calls is None else 0.0,
+        calls_per_window=calls_per_window or base.calls_per_window,
+        min_window_s=base.min_window_s if calls_per_window is None else 0.0,
+        min_windows=min_windows or base.min_windows,
+        stable_windows=min(min_windows or base.stable_windows, base.stable_windows),
+        max_windows=max_windows or base.max_windows,
+        spread_threshold=spread if spread is not None else base.spread_threshold,
+        max_cell_s=max_cell_s or base.max_cell_s,
+    )
+    opts = ProbeOptions(
+        model=model,
+        recipes=chosen,
+        batches=tuple(batch or [1]),
+        stages=tuple(stage) if stage else None,
+        height=height,
+        width=width,
+        tiny=tiny,
+        weights_dir=weights_dir,
+        timer=timer,
+        budget_s=budget_s,
+        memory_cap_gib=memory_cap_gib,
+        quality=quality,
+        quality_steps=quality_steps,
+        recipe_options=RecipeOptions(
+            quant_backend=quant_backend, quant_min_features=quant_min_features or (16 if tiny else 128)
+        ),
+    )
+    previous = load_existing(output) if output is not None else []
+    sink = CsvSink(output, previous) if output is not None else None
+    started = datetime.now(UTC)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        sweep = Sweep(opts, target, done={r.cell for r in previous}, on_row=sink)
+        task = bar.add_task(f"{model}", total=sweep.total())
+
+        def tick(text: str, n: int) -> None:
+            bar.update(task, advance=n, description=f"{model}: {text}")
+
+        sweep.progress = tick
+        state = sweep.run()
+    rows = state.rows
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+    console.print(
+        f"probe run {sweep.probe_run}: {len(rows)} cell(s) measured ({summary}), "
+        f"{state.skipped} already done" + (f"; stopped: {state.stopped}" if state.stopped else ""),
+        highlight=False,
+    )
+    if output is not None:
+        console.print(f"wrote {output}", highlight=False)
+    if report and rows:
+        body = probe_run_body(
+            run_id=sweep.probe_run,
+            host_id=None,
+            kind="probe",
+            target=target,
+            weights=sweep.weights,
+            started_at=started,
+            rows=rows,
+        )
+        _report(body)
+    target.close()
+
+
+@app.command()
+def flush() -> None:
+    """Send the spooled results to the planner now."""
+    from agent.client import PlannerClient
+    from agent.client import flush as send
+    from agent.config import get_settings
+    from agent.daemon import host_identity
+    from agent.spool import Spool
+
+    settings = get_settings()
+    ident = host_identity(settings)
+    if ident is None:
+        _fail(f"this host is not registered (no token at {settings.resolved_token_file})")
+        return
+    spool = Spool(settings.resolved_spool_dir)
+    with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
+        sent, pending = send(spool, client, log=lambda m: err.print(m, highlight=False))
+    console.print(f"{sent} sent, {pending} waiting", highlight=False)
+
+
+@app.command()
+def run() -> None:
+    """The daemon: register, heartbeat, run queued probe/calibration requests, resend spooled results."""
+    from agent.config import get_settings
+    from agent.daemon import Daemon
+
+    code = Daemon(get_settings()).run_forever()
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,174 @@
+"""Validate the agent's numbers against plain, independent timings of the same work, on one GPU, in one call.
+
+1. SDXL denoiser (UNet, bf16, 1024x1024, batch 1 = 2 latents with CFG, synthetic weights): the agent's probe
+   sweep (stable windows, CUDA events) vs a plain loop written here (same config, seed and input shapes,
+   CUDA events around each call, median). Pass: within 5%.
+2. The calibration's bf16 matmul TFLOP/s vs a plain timed 8192^3 bf16 matmul. Pass: within 10%.
+Prints both ratios and the machine (GPU, driver, torch); writes validation.json to $OUT when set.
+
+    PYTHONPATH=. python3 benchmarks/agent_validation.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def plain_unet_ms(calls: int = 30, warmup: int = 5) -> float:
+    """Median ms of one SDXL UNet call, built and timed with nothing from the agent."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    cfg = json.loads((REPO / "planner/catalog/data/configs/sdxl/unet.json").read_text())
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        unet = UNet2DConditionModel.from_config(cfg).eval()
+        torch.set_default_dtype(torch.float32)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    sample = torch.randn(2, 4, 128, 128, device=dev, dtype=dt)
+    ehs = torch.randn(2, 77, 2048, device=dev, dtype=dt)
+    added = {
+        "text_embeds": torch.randn(2, 1280, device=dev, dtype=dt),
+        "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * 2, device=dev, dtype=dt),
+    }
+    t = torch.tensor(499.5, device=dev)
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            unet(sample, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+        torch.cuda.synchronize()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+        for i in range(calls):
+            starts[i].record()
+            unet(sample, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+            ends[i].record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+    del unet
+    torch.cuda.empty_cache()
+    return float(statistics.median(times))
+
+
+def plain_matmul_tflops(n: int = 8192, calls: int = 50) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / calls
+    return 2.0 * n**3 / (ms / 1000.0) / 1e12
+
+
+def main() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("agent_validation: no GPU here; this script validates GPU timings (run it on the device machine)")
+        return 2
+    from agent.calibrate import calibrate
+    from agent.probe import ProbeOptions, Sweep
+    from agent.target import resolve_target
+
+    t0 = time.monotonic()
+    target = resolve_target()
+    machine = {
+        "gpu": torch.cuda.get_device_name(),
+        "driver": target.inventory.driver_version,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": target.inventory.diffusers_version,
+        "family": target.family_id,
+    }
+    print("machine:", json.dumps(machine))
+
+    # 1. The denoiser: agent vs plain (plain both before and after, to bracket clock drift).
+    plain_before = plain_unet_ms()
+    state = Sweep(
+        ProbeOptions(model="sdxl", recipes=("bf16",), batches=(1,), stages=("denoiser",), quality=False), target
+    ).run()
+    row = state.rows[0]
+    if row.status != "ok" or row.latency_ms is None:
+        print(f"agent probe failed: {row.status} {row.error}")
+        return 1
+    plain_after = plain_unet_ms()
+    plain_ms = (plain_before + plain_after) / 2
+    unet_ratio = row.latency_ms / plain_ms
+    print(
+        f"SDXL UNet bf16 b1 1024^2: agent {row.latency_ms:.2f} ms (spread {row.latency_spread:.3f}, "
+        f"{row.windows} windows), plain {plain_before:.2f}/{plain_after:.2f} ms -> ratio {unet_ratio:.4f}"
+    )
+
+    # 2. Calibration matmul vs a plain 8192^3 matmul.
+    cal = calibrate(target.device, family=target.family)
+    plain_tf = plain_matmul_tflops()
+    mm_ratio = (cal.bf16_tflops or 0.0) / plain_tf
+    print(
+        f"bf16 matmul 8192^3: calibration {cal.bf16_tflops:.1f} TFLOP/s, plain {plain_tf:.1f} -> ratio {mm_ratio:.4f}"
+    )
+    print(
+        f"calibration: memory {cal.memory_tbps:.3f} TB/s, fp8 {cal.fp8_tflops}, h2d {cal.h2d_gbps} GB/s, "
+        f"ratios {cal.ratios}, flagged {cal.flagged} {cal.flag_reason or ''}"
+    )
+
+    ok = abs(unet_ratio - 1.0) <= 0.05 and abs(mm_ratio - 1.0) <= 0.10
+    result: dict[str, Any] = {
+        "machine": machine,
+        "unet": {
+            "agent_ms": row.latency_ms,
+            "agent_p95_ms": row.latency_p95_ms,
+            "spread": row.latency_spread,
+            "windows": row.windows,
+            "plain_ms_before": plain_before,
+            "plain_ms_after": plain_after,
+            "ratio": unet_ratio,
+            "peak_mem_gib": row.peak_mem_gib,
+            "power_w": row.power_w,
+            "achieved_tflops": row.achieved_tflops,
+            "bound": row.bound,
+            "pass": abs(unet_ratio - 1) <= 0.05,
+        },
+        "matmul": {
+            "calibration_tflops": cal.bf16_tflops,
+            "plain_tflops": plain_tf,
+            "ratio": mm_ratio,
+            "pass": abs(mm_ratio - 1) <= 0.10,
+        },
+        "calibration": cal.model_dump(),
+        "pass": ok,
+        "elapsed_s": time.monotonic() - t0,
+    }
+    out = os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "validation.json").write_text(json.dumps(result, indent=2, default=str))
+    print(
+        "PASS" if ok else "FAIL",
+        f"(unet ratio {unet_ratio:.4f} within 5%: {abs(unet_ratio - 1) <= 0.05}; "
+        f"matmul ratio {mm_ratio:.4f} within 10%: {abs(mm_ratio - 1) <= 0.10})",
+    )
+    target.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The reference-measurement campaign: calibration, then the probe matrix of the main models, in priority order.
+
+One run of this script is one device call (at most ~9 minutes of compute): it takes a time budget, skips
+every cell already in the previous CSV passed back with `--resume`, and writes under `--out` (default $OUT):
+  measurements.csv   all rows so far (previous + new), the measurements CSV contract
+  provenance.json    GPU, driver, CUDA, torch, diffusers, torchao, date, weights, and one entry per call
+  calibration.json   the GPU's measured ceilings (reused by later calls to class cells)
+The plan is ordered so that a budget cut loses the least important cells: the bf16 reference across
+batches for every model first, then fp16/fp32, attention/fusion/layout variants, VAE variants, the step
+cache, then torch.compile and quantized recipes (compile costs 20-60 s per cell). See campaign.md.
+
+`--tiny` runs the same code on the tiny configs on the CPU (a dry run for tests; no compile levels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BATCHES = (1, 2, 4, 8, 16)
+MAIN_MODELS = ("sdxl", "flux-dev", "sd15", "z-image-turbo", "qwen-image")
+VARIANT_MODELS = ("flux-schnell", "sdxl-lightning")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the plan: a model, stages, recipes and batches, swept together."""
+
+    level: str
+    model: str
+    recipes: tuple[str, ...]
+    batches: tuple[int, ...]
+    stages: tuple[str, ...] | None = None
+    reserve_s: float = 0.0
+    """Seconds a cell of this step may take beyond the budget check (a whole-UNet compile took 145 s on an
+    H100): no cell of the step starts unless this much budget is left, so a call does not run past its limit."""
+
+
+def plan(models: tuple[str, ...], *, compile_levels: bool, variants: bool) -> list[Step]:
+    """The campaign in priority order (level by level across models, so a cut drops whole levels last-first)."""
+    steps: list[Step] = []
+    for m in models:
+        steps.append(Step("1-bf16", m, ("bf16",), BATCHES))
+    for m in models:
+        steps.append(Step("2-fp16", m, ("fp16",), BATCHES))
+        steps.append(Step("2-fp32", m, ("fp32",), (1, 2)))
+    for m in models:
+        steps.append(
+            Step(
+                "3-attention-layout",
+                m,
+                ("bf16-sdpa-flash", "bf16-sdpa-efficient", "bf16-sdpa-cudnn", "bf16-fused-qkv", "bf16-channels-last"),
+                (1,),
+            )
+        )
+    for m in models:
+        steps.append(Step("4-vae", m, ("bf16-tiny-vae", "bf16-tiled-vae"), (1, 4), ("vae_decoder",)))
+        steps.append(Step("4-fbcache", m, ("bf16-fbcache",), (1,), ("denoiser",)))
+    if compile_levels:
+        for m in models:
+            steps.append(Step("5-compile", m, ("bf16-compile",), (1, 4), ("denoiser", "vae_decoder"), reserve_s=180))
+        for m in models:
+            steps.append(Step("6-quant", m, ("fp8-compile", "int8-compile"), (1, 4), ("denoiser",), reserve_s=180))
+            steps.append(Step("6-quant-eager", m, ("fp8", "int8"), (1,), ("denoiser",)))
+    if variants:
+        for m in VARIANT_MODELS:
+            steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))
+    return steps
+
+
+def environment(target: Any) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    inv = target.inventory
+    return {
+        "gpu_name": target.gpu.product_name
+        if target.gpu
+        else (torch.cuda.get_device_name() if target.is_gpu else "cpu"),
+        "gpu_family": target.family_id,
+        "gpu_uuid": target.gpu.uuid if target.gpu else None,
+        "driver": inv.driver_version,
+        "cuda_driver": inv.cuda_version,
+        "cuda_runtime": torch.version.cuda,
+        "torch": torch.__version__,
+        "diffusers": inv.diffusers_version,
+        "transformers": _version("transformers"),
+        "torchao": inv.torchao_version,
+        "python": platform.python_version(),
+        "agent_version": inv.agent_version,
+    }
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting cells after this many seconds")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "campaign-out")))
+    p.add_argument("--resume", type=Path, default=None, help="previous measurements.csv: its cells are skipped")
+    p.add_argument("--calibration", type=Path, default=None, help="previous calibration.json: skip calibrating")
+    p.add_argument("--models", default=",".join(MAIN_MODELS), help="comma-separated model ids, in priority order")
+    p.add_argument("--levels", default="", help="only plan levels starting with these prefixes (e.g. 1,2,5)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the compile and quantized levels")
+    p.add_argument("--no-variants", action="store_true", help="leave out flux-schnell / sdxl-lightning")
+    p.add_argument("--no-quality", action="store_true", help="skip the drift (PSNR/SSIM) runs")
+    p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
+    p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: each model's own)")
+    args = p.parse_args(argv)
+
+    t_start = time.monotonic()
+    import torch
+
+    from agent.calibrate import CalibrationResult, calibrate
+    from agent.probe import ProbeOptions, Sweep
+    from agent.recipes import RecipeOptions
+    from agent.report import CsvSink, load_existing
+    from agent.target import resolve_target
+    from agent.timing import TimerOptions
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.monotonic() - t_start:7.1f}s] {msg}"
+        log_lines.append(line)
+        print(line, flush=True)
+
+    target = resolve_target(force_cpu=args.tiny)
+    env = environment(target)
+    log(
+        f"device {target.device} ({env['gpu_name']}, family {target.family_id}); torch {env['torch']}, "
+        f"diffusers {env['diffusers']}, torchao {env['torchao']}"
+    )
+    if not target.is_gpu and not args.tiny:
+        log("no GPU: this is a CPU run; use --tiny for a dry run")
+
+    # 1. Calibration (reused from a previous call when given).
+    cal_path = out / "calibration.json"
+    calibration: CalibrationResult | None = None
+    for candidate in (args.calibration, cal_path):
+        if candidate is not None and candidate.exists():
+            calibration = CalibrationResult.model_validate_json(candidate.read_text())
+            log(f"calibration reused from {candidate}")
+            break
+    if calibration is None:
+        calibration = calibrate(
+            target.device,
+            family=target.family,
+            gpu_uuid=env["gpu_uuid"],
+            gpu_name=env["gpu_name"],
+            power_limit_w=target.gpu.power_limit_w if target.gpu else None,
+            clocks_event_reasons=target.nvml.clocks_event_reasons(target.handle) if target.nvml else None,
+        )
+        log(
+            f"calibrated in {calibration.seconds:.1f}s: bf16 {calibration.bf16_tflops:.1f} TFLOP/s, "
+            f"fp8 {calibration.fp8_tflops}, memory {calibration.memory_tbps:.3f} TB/s, h2d {calibration.h2d_gbps} GB/s"
+            + (f"; FLAGGED: {calibration.flag_reason}" if calibration.flagged else "")
+        )
+    cal_path.write_text(calibration.model_dump_json(indent=2))
+    target.ceilings = {
+        k: float(v)
+        for k, v in (
+            ("bf16", calibration.bf16_tflops),
+            ("fp8", calibration.fp8_tflops),
+            ("memory", calibration.memory_tbps),
+        )
+        if v
+    }
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    prov_path = out / "provenance.json"
+    prov: dict[str, Any] = {}
+    for source in ((args.resume.parent / "provenance.json") if args.resume is not None else None, prov_path):
+        if source is not None and source.exists():
+            prov = json.loads(source.read_text())
+            break
+    earlier_calls = list(prov.get("calls", []))
+
+    def write_provenance(*, final: bool, new_rows: int = 0, stopped: str | None = None) -> None:
+        """Written after calibration and again at the end, so a call cut short still leaves provenance."""
+        call = {
+            **env,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "weights": "synthetic",
+            "budget_s": args.budget_s,
+            "elapsed_s": round(time.monotonic() - t_start, 1),
+            "new_rows": new_rows,
+            "stopped": stopped,
+            "finished": final,
+            "models": list(models),
+            "tiny": args.tiny,
+        }
+        prov.update(
+            {
+                **env,
+                "weights": "synthetic",
+                "calls": [*earlier_calls, call],
+                "calibration": calibration.model_dump() if calibration is not None else None,
+                "note": "Synthetic (random) weights built from the architecture configs: latency, memory and power "
+                "are the real models'; quality columns are numeric drift only (DESIGN.md).",
+            }
+        )
+        prov_path.write_text(json.dumps(prov, indent=2, default=str))
+        (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
+
+    write_provenance(final=False)
+
+    # 2. The probe plan.
+    csv_path = out / "measurements.csv"
+    previous = []
+    for candidate in (args.resume, csv_path):
+        if candidate is not None and candidate.exists():
+            previous = load_existing(candidate)
+            log(f"resuming: {len(previous)} row(s) from {candidate}")
+            break
+    sink = CsvSink(csv_path, previous)
+    if previous:
+        from agent.report import write_csv_atomic
+
+        write_csv_atomic(csv_path, previous)
+    done = {r.cell for r in previous}
+
+    steps = plan(
+        models, compile_levels=not (args.no_compile or args.tiny), variants=not (args.no_variants or args.tiny)
+    )
+    if args.levels:
+        prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())
+        steps = [s for s in steps if s.level.startswith(prefixes)]
+    if args.tiny:
+        timer = TimerOptions(
+            warmup_calls=1,
+            warmup_s=0.0,
+            calls_per_window=1,
+            min_window_s=0.0,
+            min_windows=2,
+            stable_windows=2,
+            max_windows=2,
+            spread_threshold=10.0,
+            max_cell_s=5.0,
+        )
+        steps = [
+            Step(s.level, s.model, s.recipes, tuple(b for b in s.batches if b <= 2), s.stages, s.reserve_s)
+            for s in steps
+        ]
+    else:
+        timer = TimerOptions(
+            warmup_calls=2,
+            warmup_s=0.5,
+            calls_per_window=3,
+            min_window_s=0.3,
+            min_windows=3,
+            stable_windows=3,
+            max_windows=6,
+            spread_threshold=0.05,
+            max_cell_s=30.0,
+        )
+    new_rows = 0
+    stopped = None
+    for step in steps:
+        left = args.budget_s - (time.monotonic() - t_start)
+        remaining = left - step.reserve_s
+        if remaining <= 0:
+            stopped = f"budget of {args.budget_s:.0f} s spent before level {step.level} {step.model}"
+            if left > 0 and step.reserve_s > 0:
+                continue  # too little left for a compile cell; a cheaper later step may still fit
+            break
+        opts = ProbeOptions(
+            model=step.model,
+            recipes=step.recipes,
+            batches=step.batches,
+            stages=step.stages,
+            tiny=args.tiny,
+            height=args.height,
+            width=args.width,
+            timer=timer,
+            budget_s=remaining,
+            quality=not args.no_quality,
+            recipe_options=RecipeOptions(quant_min_features=16 if args.tiny else 128),
+        )
+        sweep = Sweep(opts, target, done=done, on_row=sink)
+        todo = sweep.total()
+        if todo == 0:
+            continue
+        log(f"level {step.level}: {step.model} {','.join(step.recipes)} batches {step.batches} ({todo} cells)")
+        t0 = time.monotonic()
+        state = sweep.run()
+        new_rows += len(state.rows)
+        summary: dict[str, int] = {}
+        for r in state.rows:
+            summary[r.status] = summary.get(r.status, 0) + 1
+        log(f"  {len(state.rows)} rows in {time.monotonic() - t0:.1f}s {summary}")
+        for r in state.rows:
+            if r.status == "ok":
+                log(
+                    f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.latency_ms:9.2f} ms  "
+                    f"p95 {r.latency_p95_ms:9.2f}  "
+                    f"{r.peak_mem_gib or 0:6.2f} GiB  {r.achieved_tflops or 0:7.1f} TF/s  {r.bound or '-'}"
+                    + (f"  compile {r.compile_s:.1f}s" if r.compile_s else "")
+                )
+            else:
+                log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}: {(r.error or '')[:160]}")
+        write_provenance(final=False, new_rows=new_rows)
+        if state.stopped:
+            stopped = state.stopped
+            break
+        torch.cuda.empty_cache() if target.is_gpu else None
+
+    write_provenance(final=True, new_rows=new_rows, stopped=stopped)
+    (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
+    log(f"done: {new_rows} new row(s), {len(sink.rows)} in {csv_path}" + (f"; stopped: {stopped}" if stopped else ""))
+    target.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

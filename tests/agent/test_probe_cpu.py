@@ -1,0 +1,236 @@
+"""The real probe code path on the tiny models, on the CPU: every stage, several recipes, two batches.
+
+One sweep (module fixture) writes the measurements CSV the way `agent probe --output` does; the tests read
+it back through the contract's parser and check columns, values, and how failed cells are recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.probe import ProbeOptions, Sweep
+from agent.recipes import RecipeOptions
+from agent.report import CsvSink, load_existing
+from agent.target import Target, resolve_target
+from agent.timing import TimerOptions
+from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
+from planner.measurements.csvio import read_csv
+
+FAST = TimerOptions(
+    warmup_calls=1,
+    warmup_s=0.0,
+    calls_per_window=1,
+    min_window_s=0.0,
+    min_windows=2,
+    stable_windows=2,
+    max_windows=2,
+    spread_threshold=10.0,
+    max_cell_s=5.0,
+)
+SD_RECIPES = ("fp32", "bf16", "bf16-channels-last", "bf16-tiny-vae", "bf16-fbcache", "fp8")
+
+
+@pytest.fixture(scope="module")
+def target() -> Target:
+    torch.set_num_threads(2)
+    t = resolve_target(force_cpu=True)
+    t.ceilings = {"bf16": 0.05, "memory": 0.01}  # as a calibration would give, so cells get a bound
+    return t
+
+
+def _opts(model: str, recipes: tuple[str, ...], **kw: object) -> ProbeOptions:
+    base: dict[str, object] = {
+        "batches": (1, 2),
+        "tiny": True,
+        "timer": FAST,
+        "height": 32,
+        "width": 32,
+        "quality_steps": 2,
+        "recipe_options": RecipeOptions(quant_min_features=16),
+    }
+    base.update(kw)
+    return ProbeOptions(model=model, recipes=recipes, **base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def sweep_csv(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CSV of a few sweeps, written row by row as `agent probe --output` writes it."""
+    out = tmp_path_factory.mktemp("probe") / "measurements.csv"
+    sink = CsvSink(out)
+    Sweep(_opts("sd15", SD_RECIPES), target, on_row=sink).run()
+    # Tiled decode at 64 px (32 px tiles): one batch, it is the slowest cell on a CPU.
+    Sweep(
+        _opts("sd15", ("bf16-tiled-vae",), stages=("vae_decoder",), batches=(1,), height=64, width=64),
+        target,
+        on_row=sink,
+    ).run()
+    # fbcache needs a transformer with diffusers cache hooks: Flux (the UNet reports it unsupported).
+    Sweep(_opts("flux-schnell", ("bf16", "bf16-fbcache"), stages=("denoiser",)), target, on_row=sink).run()
+    # A memory cap between the text encoder's bf16 batch-1 footprint and its fp32 batch-2 footprint (cells at
+    # 48 px so they do not collide with the uncapped ones): some cells must end `oom`, the sweep goes on.
+    peaks = {(r.recipe, r.batch): r.peak_mem_gib for r in sink.rows if r.stage == "text_encoder" and r.height == 32}
+    small, large = peaks[("bf16", 1)], peaks[("fp32", 2)]
+    assert small is not None
+    assert large is not None
+    assert small < large
+    capped = _opts(
+        "sd15",
+        ("fp32", "bf16"),
+        stages=("text_encoder",),
+        memory_cap_gib=(small + large) / 2,
+        quality=False,
+        height=48,
+        width=48,
+    )
+    Sweep(capped, target, on_row=sink).run()
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows(sweep_csv: Path) -> list[MeasurementRow]:
+    return [located.row for located in read_csv(sweep_csv)]
+
+
+def _get(rows: list[MeasurementRow], model: str, stage: str, recipe: str, batch: int, size: int = 32) -> MeasurementRow:
+    found = [r for r in rows if (r.model, r.stage, r.recipe, r.batch, r.height) == (model, stage, recipe, batch, size)]
+    assert len(found) == 1, (model, stage, recipe, batch, len(found))
+    return found[0]
+
+
+def test_csv_has_every_contract_column_in_order(sweep_csv: Path) -> None:
+    with sweep_csv.open() as fh:
+        header = next(csv.reader(fh))
+    assert tuple(header[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert set(header) == set(ALL_COLUMNS)
+
+
+def test_every_cell_is_recorded_once(rows: list[MeasurementRow]) -> None:
+    cells = {(r.model, r.stage, r.recipe, r.batch, r.height) for r in rows}
+    assert len(cells) == len(rows)
+    sd_stages = {r.stage for r in rows if r.model == "sd15"}
+    assert sd_stages == {"text_encoder", "denoiser", "vae_decoder"}
+    assert {r.batch for r in rows} == {1, 2}
+
+
+def test_ok_cells_have_plausible_values(rows: list[MeasurementRow]) -> None:
+    ok = [r for r in rows if r.status == "ok"]
+    assert len(ok) >= 20
+    for r in ok:
+        assert r.latency_ms is not None
+        assert 0 < r.latency_ms < 60_000
+        assert r.latency_p95_ms is not None
+        assert r.latency_p95_ms >= r.latency_ms
+        assert r.peak_mem_gib is not None
+        assert 0 < r.peak_mem_gib < 1
+        assert r.weights == "synthetic"
+        assert r.source == "measured"
+        assert r.gpu_family == "cpu"
+        assert (r.height, r.width) in ((32, 32), (48, 48), (64, 64))
+        assert r.windows is not None
+        assert r.windows >= 2
+        assert r.calls is not None
+        assert r.calls >= 2
+        assert r.tflops_per_call is not None
+        assert r.tflops_per_call > 0
+        assert r.achieved_tflops is not None
+        assert r.achieved_tbps is not None
+        assert r.bound in ("compute", "memory", "overhead")
+        assert r.torch
+        assert r.agent_version
+        assert r.probe_run
+        assert r.measured_at is not None
+        assert r.error is None or r.error.startswith("unstable")
+
+
+def test_batch_two_costs_twice_the_flops(rows: list[MeasurementRow]) -> None:
+    one = _get(rows, "sd15", "denoiser", "bf16", 1)
+    two = _get(rows, "sd15", "denoiser", "bf16", 2)
+    assert two.tflops_per_call == pytest.approx(2 * one.tflops_per_call, rel=1e-6)  # type: ignore[operator]
+    assert two.peak_mem_gib > one.peak_mem_gib  # type: ignore[operator]
+
+
+def test_quality_drift_against_the_reference(rows: list[MeasurementRow]) -> None:
+    ref = _get(rows, "sd15", "denoiser", "bf16", 1)
+    assert ref.psnr_latent == math.inf
+    assert ref.ssim_image == pytest.approx(1.0)
+    fp32 = _get(rows, "sd15", "denoiser", "fp32", 1)
+    assert fp32.quality_weights == "synthetic"
+    assert fp32.psnr_latent is not None
+    assert 10 < fp32.psnr_latent < math.inf
+    assert fp32.psnr_image is not None
+    assert fp32.ssim_image is not None
+    assert fp32.ssim_image <= 1.0
+    tiny_vae = _get(rows, "sd15", "vae_decoder", "bf16-tiny-vae", 1)
+    cl_vae = _get(rows, "sd15", "vae_decoder", "bf16-channels-last", 1)
+    # Another network decodes worse than the same network in another memory layout.
+    assert tiny_vae.psnr_image < cl_vae.psnr_image  # type: ignore[operator]
+    assert tiny_vae.psnr_latent is None
+    tiled = _get(rows, "sd15", "vae_decoder", "bf16-tiled-vae", 1, size=64)
+    assert tiled.status == "ok"
+    assert tiled.psnr_image is not None
+    assert tiled.psnr_image < math.inf
+    te = _get(rows, "sd15", "text_encoder", "fp32", 2)
+    assert te.psnr_latent is not None
+    assert te.psnr_image is None
+
+
+def test_fp8_is_unsupported_on_the_cpu_with_the_reason(rows: list[MeasurementRow]) -> None:
+    for stage in ("text_encoder", "denoiser"):
+        for b in (1, 2):
+            r = _get(rows, "sd15", stage, "fp8", b)
+            assert r.status == "unsupported"
+            assert r.latency_ms is None
+            assert r.error
+            assert "compute capability" in r.error
+
+
+def test_step_cache_on_a_unet_is_unsupported_but_runs_on_flux(rows: list[MeasurementRow]) -> None:
+    unet = _get(rows, "sd15", "denoiser", "bf16-fbcache", 1)
+    assert unet.status == "unsupported"
+    assert "cache" in (unet.error or "").lower()
+    flux = _get(rows, "flux-schnell", "denoiser", "bf16-fbcache", 1)
+    assert flux.status == "ok"
+    assert flux.cache_skip_rate is not None
+    assert 0 <= flux.cache_skip_rate <= 1
+
+
+def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(rows: list[MeasurementRow]) -> None:
+    capped = {(r.recipe, r.batch): r for r in rows if r.height == 48}
+    assert capped[("bf16", 1)].status == "ok"
+    assert capped[("fp32", 2)].status == "oom"
+    oom = [r for r in capped.values() if r.status == "oom"]
+    for r in oom:
+        assert r.latency_ms is None
+        assert r.error
+        assert "memory cap" in r.error or "not run" in r.error
+
+
+def test_failed_cells_carry_status_and_error_in_the_csv(sweep_csv: Path) -> None:
+    with sweep_csv.open() as fh:
+        raw = list(csv.DictReader(fh))
+    failed = [r for r in raw if r["status"] != "ok"]
+    assert {r["status"] for r in failed} >= {"oom", "unsupported"}
+    for r in failed:
+        assert r["error"]
+        assert r["latency_ms"] == ""
+
+
+def test_rerun_resumes_and_skips_done_cells(target: Target, sweep_csv: Path) -> None:
+    previous = load_existing(sweep_csv)
+    sweep = Sweep(_opts("sd15", SD_RECIPES), target, done={r.cell for r in previous})
+    assert sweep.total() == 0
+    state = sweep.run()
+    assert state.rows == []
+    assert state.skipped == len([r for r in previous if r.model == "sd15" and r.height == 32])
+
+
+def test_budget_stops_the_sweep(target: Target) -> None:
+    state = Sweep(_opts("sd15", ("bf16",), budget_s=0.0), target).run()
+    assert state.rows == []
+    assert state.stopped
+    assert "budget" in state.stopped

@@ -1,0 +1,82 @@
+"""The stable-window timer and the cost counters."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from agent.flops import classify, count_cost
+from agent.timing import TimerOptions, measure, percentile
+
+
+def test_percentile() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 95) == 1.95
+    assert percentile([7.0], 95) == 7.0
+
+
+def test_measure_a_steady_call_is_stable_and_close() -> None:
+    opts = TimerOptions(
+        warmup_calls=1,
+        warmup_s=0.0,
+        calls_per_window=3,
+        min_window_s=0.0,
+        min_windows=3,
+        stable_windows=3,
+        max_windows=8,
+        spread_threshold=0.5,
+        max_cell_s=5.0,
+    )
+    t = measure(lambda _i: time.sleep(0.004), torch.device("cpu"), opts)
+    assert t.stable
+    assert 3.5 <= t.median_ms <= 30.0
+    assert t.p95_ms >= t.median_ms
+    assert t.windows >= 3
+    assert t.calls == 9
+    assert t.all_calls >= 9
+
+
+def test_measure_stops_an_unstable_cell_at_max_windows() -> None:
+    calls = {"n": 0}
+
+    def noisy(_i: int) -> None:
+        calls["n"] += 1
+        time.sleep(0.001 if calls["n"] % 2 else 0.008)
+
+    opts = TimerOptions(
+        warmup_calls=1,
+        warmup_s=0.0,
+        calls_per_window=1,
+        min_window_s=0.0,
+        min_windows=2,
+        stable_windows=2,
+        max_windows=4,
+        spread_threshold=0.01,
+        max_cell_s=5.0,
+    )
+    t = measure(noisy, torch.device("cpu"), opts)
+    assert not t.stable
+    assert t.windows == 4
+    assert t.spread > 0.01
+
+
+def test_count_cost_of_a_matmul() -> None:
+    a = torch.randn(64, 32)
+    b = torch.randn(32, 16)
+    cost = count_cost(lambda: a @ b)
+    assert cost.flops == 2 * 64 * 32 * 16
+    assert cost.bytes == (64 * 32 + 32 * 16 + 64 * 16) * 4
+
+
+def test_count_cost_of_int8_matmul_is_registered() -> None:
+    a = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
+    b = torch.randint(-8, 8, (64, 16), dtype=torch.int8)
+    assert count_cost(lambda: torch._int_mm(a, b)).flops == 2 * 32 * 64 * 16
+
+
+def test_classify() -> None:
+    assert classify(800.0, 0.5, 989.0, 3.35) == "compute"
+    assert classify(50.0, 2.9, 989.0, 3.35) == "memory"
+    assert classify(5.0, 0.1, 989.0, 3.35) == "overhead"
+    assert classify(5.0, 0.1, None, 3.35) is None
