@@ -47,7 +47,9 @@ class Step:
     H100): no cell of the step starts unless this much budget is left, so a call does not run past its limit."""
 
 
-def plan(models: tuple[str, ...], *, compile_levels: bool, variants: bool) -> list[Step]:
+def plan(
+    models: tuple[str, ...], *, compile_levels: bool, variants: bool, compile_batches: tuple[int, ...] = (1, 4)
+) -> list[Step]:
     """The campaign in priority order (level by level across models, so a cut drops whole levels last-first)."""
     steps: list[Step] = []
     for m in models:
@@ -68,11 +70,17 @@ def plan(models: tuple[str, ...], *, compile_levels: bool, variants: bool) -> li
         steps.append(Step("4-vae", m, ("bf16-tiny-vae", "bf16-tiled-vae"), (1, 4), ("vae_decoder",)))
         steps.append(Step("4-fbcache", m, ("bf16-fbcache",), (1,), ("denoiser",)))
     if compile_levels:
+        # Regional compiles took 20-40 s on an H100 (h100-baseline.json: Flux 28 s); a 90 s reserve keeps a call
+        # from starting one it cannot finish. The denoiser gets the large batch too: it sets the throughput.
         for m in models:
-            steps.append(Step("5-compile", m, ("bf16-compile",), (1, 4), ("denoiser", "vae_decoder"), reserve_s=180))
+            steps.append(Step("5-compile", m, ("bf16-compile",), compile_batches, ("denoiser",), reserve_s=90))
         for m in models:
-            steps.append(Step("6-quant", m, ("fp8-compile", "int8-compile"), (1, 4), ("denoiser",), reserve_s=180))
-            steps.append(Step("6-quant-eager", m, ("fp8", "int8"), (1,), ("denoiser",)))
+            steps.append(Step("6-quant", m, ("fp8-compile",), compile_batches, ("denoiser",), reserve_s=90))
+        for m in models:
+            steps.append(Step("6-quant-eager", m, ("fp8",), (1,), ("denoiser",)))
+            steps.append(Step("6-compile-vae", m, ("bf16-compile",), (1, 4), ("vae_decoder",), reserve_s=90))
+            steps.append(Step("6-int8", m, ("int8-compile",), compile_batches, ("denoiser",), reserve_s=90))
+            steps.append(Step("6-int8-eager", m, ("int8",), (1,), ("denoiser",)))
     if variants:
         for m in VARIANT_MODELS:
             steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default="", help="only plan levels starting with these prefixes (e.g. 1,2,5)")
     p.add_argument("--no-compile", action="store_true", help="leave out the compile and quantized levels")
     p.add_argument("--no-variants", action="store_true", help="leave out flux-schnell / sdxl-lightning")
+    p.add_argument("--compile-batches", default="1,4", help="denoiser batches of the compile and quantized levels")
     p.add_argument("--no-quality", action="store_true", help="skip the drift (PSNR/SSIM) runs")
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
     p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
@@ -243,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     done = {r.cell for r in previous}
 
     steps = plan(
-        models, compile_levels=not (args.no_compile or args.tiny), variants=not (args.no_variants or args.tiny)
+        models,
+        compile_levels=not (args.no_compile or args.tiny),
+        variants=not (args.no_variants or args.tiny),
+        compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
     )
     if args.levels:
         prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())
