@@ -93,7 +93,22 @@ class Cost:
 
 
 def count_cost(fn: Callable[[], object]) -> Cost:
-    """Run `fn` once, counting FLOPs and bytes (slow: do it outside the timed windows)."""
+    """Run `fn` once, counting FLOPs and bytes (slow: do it outside the timed windows).
+
+    torch's SDPA FLOP formula refuses grouped-query attention (Qwen3: fewer key/value heads than query heads);
+    the math backend runs the same attention as plain matmuls, which the counter does count, so a refusal is
+    retried there. Counting never fails a cell: the caller gets the error and records no FLOPs.
+    """
+    try:
+        return _count(fn)
+    except (AssertionError, RuntimeError, NotImplementedError):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return _count(fn)
+
+
+def _count(fn: Callable[[], object]) -> Cost:
     counter = FlopCounterMode(display=False)
     traffic = ByteCounter()
     with torch.no_grad(), counter, traffic:

@@ -82,7 +82,9 @@ def build_component(
         if weights_dir is not None:
             module = cls.from_pretrained(str(weights_dir), dtype=dtype).to(device)
         else:
-            args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
+            # A config's torch_dtype/dtype (CLIP's says float16) would override the build dtype for some layers.
+            skip = ("architectures", "model_type", "torch_dtype", "dtype")
+            args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
             config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
             with torch.device(device), default_dtype(dtype):
                 module = cls(config)
