@@ -137,22 +137,25 @@ def _report(body: dict[str, Any]) -> None:
 
     settings = get_settings()
     ident = host_identity(settings)
+    if ident is not None:
+        body["host_id"] = ident["host_id"]
+    spool = Spool(settings.resolved_spool_dir)
+    spool.put(body)  # first: kept even if the planner is down or this host is not registered yet
     if ident is None:
-        _fail(
-            f"this host is not registered (no token at {settings.resolved_token_file}); run `agent run` once "
-            "with AGENT_ENROLLMENT_TOKEN set, or use --output FILE.csv for offline use"
+        console.print(
+            f"spooled in {spool.dir}; not sent: this host is not registered (no token at "
+            f"{settings.resolved_token_file}). `agent run` with AGENT_ENROLLMENT_TOKEN set registers it and "
+            "sends the spool.",
+            highlight=False,
         )
         return
-    body["host_id"] = ident["host_id"]
-    spool = Spool(settings.resolved_spool_dir)
-    spool.put(body)
     with PlannerClient(
         settings.planner_url,
         token=ident["token"],
         timeout_s=settings.request_timeout_s,
         attempts=settings.retry_attempts,
     ) as client:
-        sent, pending = flush(spool, client, log=lambda m: err.print(m, highlight=False))
+        sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
 
 
@@ -328,7 +331,7 @@ def flush() -> None:
         return
     spool = Spool(settings.resolved_spool_dir)
     with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
-        sent, pending = send(spool, client, log=lambda m: err.print(m, highlight=False))
+        sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
     console.print(f"{sent} sent, {pending} waiting", highlight=False)
 
 

@@ -138,16 +138,26 @@ class PlannerClient:
         return response.status_code == 201
 
 
-def flush(spool: Spool, client: PlannerClient, *, log: Callable[[str], None] | None = None) -> tuple[int, int]:
+def flush(
+    spool: Spool,
+    client: PlannerClient,
+    *,
+    host_id: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[int, int]:
     """Send every spooled run, oldest first; remove each once stored. Returns (sent, still pending).
 
     Stops at the first run that cannot be sent for a transient reason (planner down): the others would
     fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest.
+    A run spooled before this host was registered gets `host_id` now.
     """
     sent = 0
     for run_id in spool.pending():
+        run = spool.load(run_id)
+        if run.get("host_id") is None and host_id is not None:
+            run["host_id"] = host_id
         try:
-            client.submit_run(spool.load(run_id))
+            client.submit_run(run)
         except PlannerError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, *RETRY_STATUS):
                 spool.quarantine(run_id, str(exc))

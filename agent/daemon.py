@@ -126,9 +126,12 @@ class Daemon:
         return True
 
     # -- work ---------------------------------------------------------------------------------------------------
+    def _host_id(self) -> str | None:
+        return self.identity["host_id"] if self.identity else None
+
     def _spool_and_send(self, body: dict[str, Any]) -> None:
         self.spool.put(body)  # first: a crash or SIGTERM after this line loses nothing
-        flush(self.spool, self.client(), log=self.log)
+        flush(self.spool, self.client(), host_id=self._host_id(), log=self.log)
 
     def calibrate_all(self, reason: str) -> str:
         from agent.calibrate import calibrate
@@ -269,7 +272,7 @@ class Daemon:
                     self._recalibrate_if_changed(inventory)
                     calibrated = True
                 if now >= next_flush:
-                    flush(self.spool, self.client(), log=self.log)
+                    flush(self.spool, self.client(), host_id=self._host_id(), log=self.log)
                     next_flush = now + self.settings.flush_interval_s
                 if now >= next_poll:
                     self.handle_requests()

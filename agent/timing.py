@@ -3,8 +3,8 @@
 Each call is bracketed by CUDA events recorded on the stream (no host sync between calls, so the GPU queue
 stays as full as in serving); the host syncs once per window to read them. A cell is stable when the spread
 of the last `stable_windows` window means, (max - min) / median, is under `spread_threshold`; the timer then
-reports the median and p95 per call over those windows. Unstable cells still end (at `max_windows` or
-`max_window_s` budget) and report their spread, so a reader can discount them.
+reports the median and p95 per call over those windows. Unstable cells still end (at `max_windows`, or past
+`max_cell_s` once `min_windows` are done) and report their spread, so a reader can discount them.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def measure(
             if spread <= options.spread_threshold:
                 stable = True
                 break
-        if n >= options.max_windows or time.perf_counter() - start > options.max_cell_s:
+        if n >= options.max_windows or (n >= options.min_windows and time.perf_counter() - start > options.max_cell_s):
             break
     tail = windows[-options.stable_windows :]
     means = [statistics.fmean(w) for w in tail]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
 from benchmarks import campaign
 from planner.measurements.csvio import read_csv
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
 

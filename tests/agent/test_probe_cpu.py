@@ -21,6 +21,8 @@ from agent.timing import TimerOptions
 from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
 from planner.measurements.csvio import read_csv
 
+pytestmark = pytest.mark.slow
+
 FAST = TimerOptions(
     warmup_calls=1,
     warmup_s=0.0,
@@ -44,13 +46,15 @@ def target() -> Target:
 
 
 def _opts(model: str, recipes: tuple[str, ...], **kw: object) -> ProbeOptions:
+    # Two batches for the reference and fp32; one for the variants (a CPU runs bf16 convolutions slowly).
     base: dict[str, object] = {
+        "max_batch_by_recipe": {"bf16-channels-last": 1, "bf16-tiny-vae": 1, "bf16-fbcache": 1},
         "batches": (1, 2),
         "tiny": True,
         "timer": FAST,
         "height": 32,
         "width": 32,
-        "quality_steps": 2,
+        "quality_steps": 1,
         "recipe_options": RecipeOptions(quant_min_features=16),
     }
     base.update(kw)

@@ -170,3 +170,13 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert s.planner_url == "http://planner:8000"
     assert s.heartbeat_interval_s == 5
     assert s.resolved_spool_dir == tmp_path / "spool"
+
+
+def test_a_run_spooled_before_registration_is_sent_with_the_host_id(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    run = {**_run(), "host_id": None}
+    spool.put(run)
+    fake = FakePlanner()
+    with _client(fake) as client:
+        assert flush(spool, client, host_id="h-7") == (1, 0)
+    assert fake.stored[run["id"]]["host_id"] == "h-7"
