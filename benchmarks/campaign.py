@@ -70,16 +70,16 @@ def plan(
         steps.append(Step("4-vae", m, ("bf16-tiny-vae", "bf16-tiled-vae"), (1, 4), ("vae_decoder",)))
         steps.append(Step("4-fbcache", m, ("bf16-fbcache",), (1,), ("denoiser",)))
     if compile_levels:
-        # Regional compiles took 20-40 s on an H100 (h100-baseline.json: Flux 28 s); a 90 s reserve keeps a call
+        # Regional compiles took 20-40 s on an H100 (h100-baseline.json: Flux 28 s); a 45 s reserve keeps a call
         # from starting one it cannot finish. The denoiser gets the large batch too: it sets the throughput.
         for m in models:
-            steps.append(Step("5-compile", m, ("bf16-compile",), compile_batches, ("denoiser",), reserve_s=90))
+            steps.append(Step("5-compile", m, ("bf16-compile",), compile_batches, ("denoiser",), reserve_s=45))
         for m in models:
-            steps.append(Step("6-quant", m, ("fp8-compile",), compile_batches, ("denoiser",), reserve_s=90))
+            steps.append(Step("6-quant", m, ("fp8-compile",), compile_batches, ("denoiser",), reserve_s=45))
         for m in models:
             steps.append(Step("6-quant-eager", m, ("fp8",), (1,), ("denoiser",)))
-            steps.append(Step("6-compile-vae", m, ("bf16-compile",), (1, 4), ("vae_decoder",), reserve_s=90))
-            steps.append(Step("6-int8", m, ("int8-compile",), compile_batches, ("denoiser",), reserve_s=90))
+            steps.append(Step("6-compile-vae", m, ("bf16-compile",), (1, 4), ("vae_decoder",), reserve_s=45))
+            steps.append(Step("6-int8", m, ("int8-compile",), compile_batches, ("denoiser",), reserve_s=45))
             steps.append(Step("6-int8-eager", m, ("int8",), (1,), ("denoiser",)))
     if variants:
         for m in VARIANT_MODELS:
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_lines: list[str] = []
+    log_path = args.out / "campaign-log.txt"
+    earlier_log = log_path.read_text() if log_path.exists() else ""  # several runs in one call append
 
     def log(msg: str) -> None:
         line = f"[{time.monotonic() - t_start:7.1f}s] {msg}"
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         prov_path.write_text(json.dumps(prov, indent=2, default=str))
-        (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
+        log_path.write_text(earlier_log + "\n".join(log_lines) + "\n")
 
     write_provenance(final=False)
 
@@ -277,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
             for s in steps
         ]
     else:
+        # A window is one call for slow cells (a Flux batch-16 call is ~3 s and varies < 1%), enough calls to
+        # fill 0.3 s for fast ones; three stable windows make the median.
         timer = TimerOptions(
             warmup_calls=2,
             warmup_s=0.5,
-            calls_per_window=3,
+            calls_per_window=1,
             min_window_s=0.3,
             min_windows=3,
             stable_windows=3,
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache() if target.is_gpu else None
 
     write_provenance(final=True, new_rows=new_rows, stopped=stopped)
-    (out / "campaign-log.txt").write_text("\n".join(log_lines) + "\n")
+    log_path.write_text(earlier_log + "\n".join(log_lines) + "\n")
     log(f"done: {new_rows} new row(s), {len(sink.rows)} in {csv_path}" + (f"; stopped: {stopped}" if stopped else ""))
     target.close()
     return 0
