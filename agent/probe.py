@@ -42,6 +42,7 @@ from planner.catalog import ModelSpec, Recipe, known_model, recipes
 from planner.measurements.contract import MeasurementRow
 
 CellKey = tuple[str, str, str, str, int, int, int]
+CACHE_TRAJECTORY_STEPS = 30
 
 
 @dataclass(frozen=True)
@@ -407,14 +408,16 @@ class Sweep:
         timer = self.opts.timer
         counter: _SkipCounter | None = None
         if prepared.uses_cache:
-            steps = self.spec.default_steps
+            # One window = one denoising trajectory (at most CACHE_TRAJECTORY_STEPS steps: a 50-step CFG
+            # Qwen-Image trajectory would take a minute per window); one trajectory of warm-up.
+            steps = min(self.spec.default_steps, CACHE_TRAJECTORY_STEPS)
             timer = TimerOptions(
                 warmup_calls=steps,
                 warmup_s=0.0,
                 calls_per_window=steps,
                 min_window_s=0.0,
-                min_windows=timer.min_windows,
-                stable_windows=timer.stable_windows,
+                min_windows=min(timer.min_windows, 2),
+                stable_windows=min(timer.stable_windows, 2),
                 max_windows=timer.max_windows,
                 spread_threshold=timer.spread_threshold,
                 max_cell_s=timer.max_cell_s,
