@@ -158,6 +158,11 @@ def flush(
             run["host_id"] = host_id
         try:
             client.submit_run(run)
+        except (ValueError, TypeError) as exc:  # cannot even be encoded: resending will not help
+            spool.quarantine(run_id, f"not sendable: {exc}")
+            if log:
+                log(f"run {run_id} cannot be encoded, kept in {spool.dir / 'rejected'}: {exc}")
+            continue
         except PlannerError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, *RETRY_STATUS):
                 spool.quarantine(run_id, str(exc))

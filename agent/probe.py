@@ -11,6 +11,7 @@ cells already present are skipped.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import traceback
 import uuid
@@ -41,6 +42,7 @@ from planner.catalog import ModelSpec, Recipe, known_model, recipes
 from planner.measurements.contract import MeasurementRow
 
 CellKey = tuple[str, str, str, str, int, int, int]
+CACHE_TRAJECTORY_STEPS = 30
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ class Sweep:
             **self.target.provenance(),
         }
         base.update(values)
+        if isinstance(base.get("error"), str):
+            base["error"] = base["error"][:2000]
         return MeasurementRow.model_validate(base)
 
     def _emit(self, row: MeasurementRow) -> None:
@@ -362,29 +366,32 @@ class Sweep:
         )
         energy = power.get("energy_j")
         per_image = energy / (timing.all_calls * batch) if energy is not None and timing.all_calls else None
-        row = self._row(
-            stage,
-            recipe,
-            batch,
-            status="ok",
-            latency_ms=latency,
-            latency_p95_ms=max(timing.p95_ms, latency),
-            latency_spread=timing.spread,
-            windows=timing.windows,
-            calls=timing.calls,
-            peak_mem_gib=peak_bytes / GIB if peak_bytes is not None else None,
-            power_w=power.get("power_w"),
-            energy_j_per_image=per_image,
-            gpu_util=power.get("util"),
-            achieved_tflops=achieved_tflops,
-            achieved_tbps=achieved_tbps,
-            tflops_per_call=cost.tflop,
-            bound=bound,
-            compile_s=compile_s,
-            cache_skip_rate=skip_rate,
-            error=None if timing.stable else f"unstable: spread {timing.spread:.1%} after {timing.windows} windows",
+        if per_image is not None and not (math.isfinite(per_image) and per_image >= 0):
+            per_image = None  # an energy counter that wrapped or reset during the windows
+        values: dict[str, Any] = {
+            "status": "ok",
+            "latency_ms": latency,
+            "latency_p95_ms": max(timing.p95_ms, latency),
+            "latency_spread": timing.spread,
+            "windows": timing.windows,
+            "calls": timing.calls,
+            "peak_mem_gib": peak_bytes / GIB if peak_bytes is not None else None,
+            "power_w": power.get("power_w"),
+            "energy_j_per_image": per_image,
+            "gpu_util": power.get("util"),
+            "achieved_tflops": achieved_tflops,
+            "achieved_tbps": achieved_tbps,
+            "tflops_per_call": cost.tflop,
+            "bound": bound,
+            "compile_s": compile_s,
+            "cache_skip_rate": skip_rate,
+            "error": None if timing.stable else f"unstable: spread {timing.spread:.1%} after {timing.windows} windows",
             **drift,
-        )
+        }
+        try:
+            row = self._row(stage, recipe, batch, **values)
+        except ValueError as exc:  # a measurement the contract refuses must not end the sweep
+            row = self._row(stage, recipe, batch, status="failed", error=f"invalid measurement: {_first_line(exc)}")
         return row, base_cost, False
 
     def _plain_call(self, prepared: PreparedStage) -> Callable[[], object]:
@@ -401,14 +408,16 @@ class Sweep:
         timer = self.opts.timer
         counter: _SkipCounter | None = None
         if prepared.uses_cache:
-            steps = self.spec.default_steps
+            # One window = one denoising trajectory (at most CACHE_TRAJECTORY_STEPS steps: a 50-step CFG
+            # Qwen-Image trajectory would take a minute per window); one trajectory of warm-up.
+            steps = min(self.spec.default_steps, CACHE_TRAJECTORY_STEPS)
             timer = TimerOptions(
                 warmup_calls=steps,
                 warmup_s=0.0,
                 calls_per_window=steps,
                 min_window_s=0.0,
-                min_windows=timer.min_windows,
-                stable_windows=timer.stable_windows,
+                min_windows=min(timer.min_windows, 2),
+                stable_windows=min(timer.stable_windows, 2),
                 max_windows=timer.max_windows,
                 spread_threshold=timer.spread_threshold,
                 max_cell_s=timer.max_cell_s,

@@ -6,6 +6,7 @@ the next run resumes from (cells already in it are skipped).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -17,6 +18,22 @@ from agent.calibrate import CalibrationResult
 from agent.target import Target
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv, write_rows
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON for the API: an infinite PSNR (identical outputs) is sent as the string "inf", which the
+    contract's float fields parse back to infinity; NaN never is a measurement and becomes null."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def probe_run_body(
@@ -31,7 +48,7 @@ def probe_run_body(
     calibrations: Sequence[CalibrationResult] = (),
 ) -> dict[str, Any]:
     """One submission: all of it is stored or none (the planner's transaction)."""
-    return {
+    body = {
         "id": run_id,
         "host_id": host_id,
         "kind": kind,
@@ -44,6 +61,8 @@ def probe_run_body(
         "measurements": [r.model_dump(mode="json", exclude_none=True) for r in rows],
         "calibrations": [c.to_api() for c in calibrations],
     }
+    safe: dict[str, Any] = json_safe(body)
+    return safe
 
 
 def load_existing(path: Path) -> list[MeasurementRow]:

@@ -180,3 +180,41 @@ def test_a_run_spooled_before_registration_is_sent_with_the_host_id(tmp_path: Pa
     with _client(fake) as client:
         assert flush(spool, client, host_id="h-7") == (1, 0)
     assert fake.stored[run["id"]]["host_id"] == "h-7"
+
+
+def test_a_probe_run_body_is_strict_json_and_parses_back(tmp_path: Path) -> None:
+    """An infinite PSNR (the reference against itself) must survive httpx's strict JSON and the contract."""
+    from datetime import UTC, datetime
+
+    from agent.report import probe_run_body
+    from agent.target import resolve_target
+    from planner.measurements.contract import MeasurementRow
+
+    row = MeasurementRow(
+        gpu_family="cpu",
+        model="sd15",
+        stage="denoiser",
+        recipe="bf16",
+        batch=1,
+        height=64,
+        width=64,
+        latency_ms=1.0,
+        weights="synthetic",
+        source="measured",
+        psnr_latent=float("inf"),
+    )
+    body = probe_run_body(
+        run_id=str(uuid.uuid4()),
+        host_id="h",
+        kind="probe",
+        target=resolve_target(force_cpu=True),
+        weights="synthetic",
+        started_at=datetime.now(UTC),
+        rows=[row],
+    )
+    json.dumps(body, allow_nan=False)
+    fake = FakePlanner()
+    with _client(fake) as client:
+        assert client.submit_run(body) is True
+    stored = fake.stored[body["id"]]["measurements"][0]
+    assert MeasurementRow.model_validate(stored).psnr_latent == float("inf")
