@@ -109,7 +109,7 @@ def create_app(
     app.state.metrics = Metrics(sessions, settings, clock)
     errors.install(app)
     for module in (hosts, probes, catalog, fleets, plans, jobs):
-        app.include_router(module.router, prefix="/v1")
+        app.include_router(module.router)  # each router carries its /v1 prefix: route templates are whole
     app.include_router(health.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,8 +37,9 @@ class StoreCollector(Collector):
         self.settings = settings
         self.clock = clock
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
+            GaugeMetricFamily("planner_store_up", "1 when the store answered this scrape, else 0"),
             GaugeMetricFamily("planner_hosts", "Hosts by status (computed from heartbeats)", labels=["status"]),
             GaugeMetricFamily("planner_measurements_stored", "Measurements in the store (all runs)"),
             GaugeMetricFamily(
@@ -51,7 +53,16 @@ class StoreCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        hosts, measurements, cost = self._families()
+        up, hosts, measurements, cost = self._families()
+        try:
+            self._read(hosts, measurements, cost)
+        except SQLAlchemyError:  # a scrape must answer; the store's state is the one gauge that says why
+            up.add_metric([], 0)
+            return (up,)
+        up.add_metric([], 1)
+        return (up, hosts, measurements, cost)
+
+    def _read(self, hosts: GaugeMetricFamily, measurements: GaugeMetricFamily, cost: GaugeMetricFamily) -> None:
         with self.factory() as session:
             counts = count_by_status(
                 session,
@@ -70,7 +81,6 @@ class StoreCollector(Collector):
             ).all()
             for fleet, total in rows:
                 cost.add_metric([fleet], total)
-        return (hosts, measurements, cost)
 
 
 class Metrics:

@@ -105,7 +105,9 @@ def store(
 
 
 @pytest.fixture
-def fresh_store_url(backend: str, template_store: tuple[str, object], tmp_path: Path) -> Iterator[str]:
+def fresh_store_url(
+    backend: str, template_store: tuple[str, object], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A store of its own with real commits (for tests of concurrent transactions), cloned from the template."""
     handle = template_store[1]
     if backend == "sqlite":
@@ -114,6 +116,7 @@ def fresh_store_url(backend: str, template_store: tuple[str, object], tmp_path: 
         shutil.copyfile(handle, path)
         yield f"sqlite:///{path}"
         return
+    request.getfixturevalue("template_engine").dispose()  # a template database must have no connections
     name = f"planner_api_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin()
     with admin.connect() as conn:

@@ -12,7 +12,7 @@ from planner.api.schemas.common import ERROR_RESPONSES, Id32, Ident, responses
 from planner.crud import catalog as crud
 from planner.db import models as m
 
-router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["catalog"], responses=ERROR_RESPONSES)
 
 FamilyId = Annotated[Ident, Path(description="a GPU family id, e.g. h100-sxm-80gb")]
 

@@ -16,7 +16,7 @@ from planner.crud import fleets as crud
 from planner.crud.plans import plan_in_force
 from planner.db import models as m
 
-router = APIRouter(prefix="/fleets", tags=["fleets"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/fleets", tags=["fleets"], responses=ERROR_RESPONSES)
 
 FleetPath = Annotated[FleetRef, Path(description="the fleet's id or name")]
 WorkloadName = Annotated[Name, Path(description="the workload's name")]

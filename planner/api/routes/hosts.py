@@ -26,7 +26,7 @@ from planner.core.liveness import HostStatus
 from planner.crud import hosts as crud
 from planner.db import models as m
 
-router = APIRouter(prefix="/hosts", tags=["hosts"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=ERROR_RESPONSES)
 
 HostId = Annotated[uuid.UUID, Path(description="the host's id")]
 RequestId = Annotated[uuid.UUID, Path(description="the request's id")]

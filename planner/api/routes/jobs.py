@@ -11,7 +11,7 @@ from planner.api.schemas.common import ERROR_RESPONSES, Name
 from planner.api.schemas.jobs import JobsSummary
 from planner.crud import jobs as crud
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 @router.get("/summary", response_model=JobsSummary, summary="Jobs by state and by pool")

@@ -29,7 +29,7 @@ from planner.crud.fleets import get_fleet
 from planner.db import models as m
 from planner.planning import solve_fleet
 
-router = APIRouter(tags=["plans"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["plans"], responses=ERROR_RESPONSES)
 
 FleetPath = Annotated[FleetRef, Path(description="the fleet's id or name")]
 PlanId = Annotated[Id32, Path(description="the plan's id")]

@@ -17,7 +17,7 @@ from planner.db import models as m
 from planner.measurements.csvio import rows_to_csv
 from planner.measurements.store import iter_rows, measurements_query
 
-router = APIRouter(tags=["probes"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["probes"], responses=ERROR_RESPONSES)
 
 
 def run_out(session: SessionDep, run: m.ProbeRun) -> ProbeRunOut:

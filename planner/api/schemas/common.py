@@ -152,6 +152,7 @@ class ValidationErrorOut(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body is not JSON"},
     401: {"model": ErrorOut, "description": "no credentials, or unknown ones"},
     403: {"model": ErrorOut, "description": "valid credentials without the right to this"},
     422: {"model": ValidationErrorOut, "description": "invalid input; each problem names its field"},
