@@ -8,17 +8,19 @@ credentials: 401. Known credentials without the right: 403.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import Depends, HTTPException, Path, Request, Security, status
+from fastapi import Depends, Path, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from planner.core.config import Settings
-from planner.core.errors import ForbiddenError
+from planner.core.errors import ForbiddenError, UnauthorizedError
 from planner.core.security import agent_token_matches, same_secret, split_agent_token
 from planner.db import models as m
 
@@ -39,13 +41,21 @@ class Principal:
     host_id: str | None = None
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the thread pool, and a
+# thread hop per dependency would cost more than the work (the heartbeat is the service's hot path).
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for one request; what the route did not commit is rolled back when it closes."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for one request; what the route did not commit is rolled back when it closes.
+
+    Creating a session does no I/O (it connects on first use, in the route's thread), and closing one after a
+    commit returns an idle connection to the pool, so this runs on the event loop without blocking it.
+    """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
     session = factory()
     try:
@@ -54,7 +64,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The app's clock (tests give the app a fake one)."""
     clock: Callable[[], datetime] = request.app.state.clock
     return clock()
@@ -65,36 +75,54 @@ SessionDep = Annotated[Session, Depends(get_session)]
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+@dataclass(frozen=True)
+class AgentClaim:
+    """An agent token not yet checked against the store: the host it names and its secret."""
+
+    host_id: str
+    secret: str
 
 
-def get_principal(
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-) -> Principal:
+async def get_claim(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Principal | AgentClaim:
+    """Who the caller says it is, from the token alone (no I/O): the admin and enrollment tokens are settled here."""
     if credentials is None:
-        raise _unauthorized("no credentials: send `Authorization: Bearer <token>`")
+        raise UnauthorizedError("no credentials: send `Authorization: Bearer <token>`")
     token = credentials.credentials
     if same_secret(token, settings.admin_token.get_secret_value()):
         return Principal("admin")
     if settings.enrollment_token is not None and same_secret(token, settings.enrollment_token.get_secret_value()):
         return Principal("enrollment")
     parsed = split_agent_token(token)
-    if parsed is not None:
-        host_id, secret = parsed
-        host = session.get(m.Host, host_id)
-        if host is not None and agent_token_matches(secret, host.token_hash):
-            return Principal("agent", host_id=host_id)
-    raise _unauthorized("unknown token: use the admin token or the token this host got at registration")
+    if parsed is None:
+        raise UNKNOWN_TOKEN
+    return AgentClaim(*parsed)
+
+
+ClaimDep = Annotated[Principal | AgentClaim, Depends(get_claim)]
+UNKNOWN_TOKEN = UnauthorizedError("unknown token: use the admin token or the token this host got at registration")
+
+
+def verify_claim(session: Session, claim: AgentClaim) -> Principal:
+    """The agent principal of a claim whose secret matches its host's stored hash, else 401."""
+    token_hash = session.scalar(select(m.Host.token_hash).where(m.Host.id == claim.host_id))
+    if token_hash is None or not agent_token_matches(claim.secret, token_hash):
+        raise UNKNOWN_TOKEN
+    return Principal("agent", host_id=claim.host_id)
+
+
+async def get_principal(session: SessionDep, claim: ClaimDep) -> Principal:
+    if isinstance(claim, Principal):
+        return claim
+    return await run_in_threadpool(verify_claim, session, claim)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def _roles(*allowed: Role) -> Callable[[Principal], Principal]:
-    def check(principal: PrincipalDep) -> Principal:
+def _roles(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role not in allowed:
             raise ForbiddenError(f"{principal.role} credentials cannot do this; it needs: {', '.join(allowed)}")
         return principal
@@ -102,10 +130,14 @@ def _roles(*allowed: Role) -> Callable[[Principal], Principal]:
     return check
 
 
-def require_host(
+async def require_host(
     host_id: Annotated[uuid.UUID, Path(description="the host's id")], principal: PrincipalDep
 ) -> Principal:
     """The admin, or the agent of the host in the path."""
+    return require_host_sync(host_id, principal)
+
+
+def require_host_sync(host_id: uuid.UUID, principal: Principal) -> Principal:
     if principal.role == "admin" or (principal.role == "agent" and principal.host_id == str(host_id)):
         return principal
     if principal.role == "agent":

@@ -11,7 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from planner.core.errors import ConflictError, FieldError, ForbiddenError, InputError, NotFoundError
+from planner.core.errors import (
+    ConflictError,
+    FieldError,
+    ForbiddenError,
+    InputError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from planner.db.store import StoreError
 from planner.planning import SolverUnavailable
 
@@ -72,6 +79,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
         return _json(status.HTTP_409_CONFLICT, {"detail": str(exc)})
+
+    @app.exception_handler(UnauthorizedError)
+    async def _unauthorized(_: Request, exc: UnauthorizedError) -> JSONResponse:
+        return _json(status.HTTP_401_UNAUTHORIZED, {"detail": str(exc)}, headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(ForbiddenError)
     async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:

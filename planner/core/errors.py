@@ -52,3 +52,7 @@ class FieldError(InputError):
 
 class ForbiddenError(PlannerError):
     """Valid credentials without the right to this (an agent on an admin route or on another host's data)."""
+
+
+class UnauthorizedError(PlannerError):
+    """No credentials, or credentials nobody issued."""

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import BindParameter, ColumnElement, Table, Update, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from planner.api.schemas.hosts import HeartbeatIn, HostRegister, ProbeRequestComplete, ProbeRequestIn
-from planner.core.errors import ConflictError, FieldError, NotFoundError
+from planner.core.errors import ConflictError, FieldError, NotFoundError, UnauthorizedError
 from planner.core.liveness import HostStatus, host_status, thresholds
-from planner.core.security import new_agent_token
+from planner.core.security import agent_token_matches, new_agent_token
 from planner.db import models as m
 
 HOST_STATUSES: tuple[HostStatus, ...] = ("active", "stale", "lost", "draining")
@@ -195,44 +196,93 @@ def delete_host(session: Session, *, host: m.Host) -> None:
     session.flush()
 
 
-def heartbeat(session: Session, *, host: m.Host, data: HeartbeatIn, now: datetime) -> tuple[HostStatus, int]:
-    """Record a heartbeat with live telemetry: (the host's status now, requests queued for it)."""
-    owned = set(session.scalars(select(m.Gpu.uuid).where(m.Gpu.host_id == host.id)))
-    unknown = [
-        (("gpus", i, "uuid"), f"GPU {g.uuid!r} is not registered to this host; re-register the host")
-        for i, g in enumerate(data.gpus)
-        if g.uuid not in owned
-    ]
-    if unknown:
-        raise FieldError(unknown)
-    if data.gpus:
-        session.execute(
-            update(m.Gpu),
-            [
-                {"uuid": g.uuid, "telemetry": g.model_dump(exclude={"uuid"}, exclude_none=True), "last_seen_at": now}
-                for g in data.gpus
-            ],
-        )
-    power = [g.power_w for g in data.gpus if g.power_w is not None]
-    util = [g.utilization_pct for g in data.gpus if g.utilization_pct is not None]
-    summary: dict[str, Any] = {"gpus_reporting": len(data.gpus)}
-    if power:
-        summary["power_w"] = round(sum(power), 3)
-    if util:
-        summary["utilization_pct"] = round(sum(util) / len(util), 3)
-    status: HostStatus = "draining" if host.drained_at is not None else "active"
-    host.last_heartbeat_at = now
-    host.status = status
-    host.telemetry = summary
-    if data.agent_version is not None:
-        host.agent_version = data.agent_version
-    pending = session.scalar(
+HOSTS = cast(Table, m.Host.__table__)
+GPUS = cast(Table, m.Gpu.__table__)
+REQUESTS = cast(Table, m.ProbeRequest.__table__)
+
+
+@functools.cache
+def _heartbeat_statement(*, readings: bool, agent_version: bool, postgres: bool) -> Update:
+    """The heartbeat UPDATE, built once per shape (Core, bound parameters): building it costs more than running it."""
+    host_id: BindParameter[str] = bindparam("host_id", type_=HOSTS.c.id.type)
+    values: dict[str, Any] = {
+        "last_heartbeat_at": bindparam("now", type_=HOSTS.c.last_heartbeat_at.type),
+        "status": case((HOSTS.c.drained_at.is_(None), "active"), else_="draining"),
+    }
+    if readings:  # a heartbeat without readings is a liveness ping: the last readings stay
+        values["telemetry"] = bindparam("telemetry", type_=HOSTS.c.telemetry.type)
+    if agent_version:
+        values["agent_version"] = bindparam("agent_version")
+    pending = (
         select(func.count())
-        .select_from(m.ProbeRequest)
-        .where(m.ProbeRequest.host_id == host.id, m.ProbeRequest.state == "queued")
+        .select_from(REQUESTS)
+        .where(REQUESTS.c.host_id == host_id, REQUESTS.c.state == "queued")
+        .scalar_subquery()
     )
-    session.flush()
-    return status, int(pending or 0)
+    known = (
+        select(func.count())
+        .select_from(GPUS)
+        .where(GPUS.c.host_id == host_id, GPUS.c.uuid.in_(bindparam("uuids", expanding=True)))
+        .scalar_subquery()
+    )
+    returning: list[Any] = [HOSTS.c.token_hash, HOSTS.c.drained_at, pending, known]
+    if postgres:
+        # A heartbeat lost in a crash is harmless (the next comes in seconds): don't wait for the WAL flush.
+        # set_config(..., true) is SET LOCAL, riding on this statement instead of costing a round trip.
+        returning.append(func.set_config("synchronous_commit", "off", True))
+    return update(HOSTS).where(HOSTS.c.id == host_id).values(**values).returning(*returning)
+
+
+def heartbeat(
+    session: Session, *, host_id: str, data: HeartbeatIn, now: datetime, secret: str | None = None
+) -> tuple[HostStatus, int]:
+    """Record a heartbeat with live telemetry: (the host's status now, requests queued for it).
+
+    The service's hot path (every agent, every few seconds), so it is one UPDATE: the readings replace the
+    host row's (`telemetry.gpus`, by GPU uuid; none sent: the last ones stay), and RETURNING brings back the
+    token hash, the drain, the queued requests and how many of the reported GPUs are this host's. With an
+    agent's `secret`, the token is checked against that hash (in constant time) before anything commits: the
+    check and the write share one round trip. A wrong token, or a GPU that is not this host's, rolls it back.
+    """
+    readings = {g.uuid: g.model_dump(exclude={"uuid"}, exclude_none=True) for g in data.gpus}
+    params: dict[str, Any] = {"host_id": host_id, "now": now, "uuids": list(readings)}
+    if readings:
+        power = [g.power_w for g in data.gpus if g.power_w is not None]
+        util = [g.utilization_pct for g in data.gpus if g.utilization_pct is not None]
+        summary: dict[str, Any] = {"received_at": now.isoformat(), "gpus_reporting": len(readings), "gpus": readings}
+        if power:
+            summary["power_w"] = round(sum(power), 3)
+        if util:
+            summary["utilization_pct"] = round(sum(util) / len(util), 3)
+        params["telemetry"] = summary
+    if data.agent_version is not None:
+        params["agent_version"] = data.agent_version
+    statement = _heartbeat_statement(
+        readings=bool(readings),
+        agent_version=data.agent_version is not None,
+        postgres=session.get_bind().dialect.name == "postgresql",
+    )
+    row = session.connection().execute(statement, params).first()
+    if row is None:
+        if secret is not None:
+            raise UnauthorizedError("unknown token: use the admin token or the token this host got at registration")
+        raise NotFoundError("host", host_id, hint="register it with POST /v1/hosts")
+    token_hash, drained_at, queued, owned_reported = row[:4]
+    if secret is not None and not agent_token_matches(secret, token_hash):
+        session.rollback()
+        raise UnauthorizedError("unknown token: use the admin token or the token this host got at registration")
+    if owned_reported != len(readings):
+        session.rollback()
+        owned = set(session.scalars(select(m.Gpu.uuid).where(m.Gpu.host_id == host_id)))
+        raise FieldError(
+            [
+                (("gpus", i, "uuid"), f"GPU {g.uuid!r} is not registered to this host; re-register the host")
+                for i, g in enumerate(data.gpus)
+                if g.uuid not in owned
+            ]
+        )
+    status: HostStatus = "active" if drained_at is None else "draining"
+    return status, int(queued or 0)
 
 
 def set_drain(session: Session, *, host: m.Host, drain: bool, now: datetime) -> m.Host:

@@ -214,3 +214,15 @@ def test_requests_are_scoped_to_their_host(client: TestClient) -> None:
     assert resp.json()["detail"][0]["field"] == "kind"
     resp = client.post(f"/v1/hosts/{uuid.uuid4()}/requests", json={"kind": "calibrate"}, headers=ADMIN)
     assert resp.status_code == 404
+
+
+def test_a_forged_token_for_the_right_host_writes_nothing(client: TestClient) -> None:
+    host_id, _, gpus = register(client)
+    forged = {"Authorization": f"Bearer {host_id}.not-the-secret"}
+    body = {"gpus": [{"uuid": gpus[0]["uuid"], "power_w": 1.0}]}
+    resp = client.post(f"/v1/hosts/{host_id}/heartbeat", json=body, headers=forged)
+    assert resp.status_code == 401
+    assert client.get(f"/v1/hosts/{host_id}", headers=ADMIN).json()["last_heartbeat_at"] is None
+    other = {"Authorization": f"Bearer {uuid.uuid4()}.x"}
+    assert client.post(f"/v1/hosts/{host_id}/heartbeat", json=body, headers=other).status_code == 401
+    assert client.post(f"/v1/hosts/{host_id}/heartbeat", json=body, headers=ADMIN).status_code == 200

@@ -8,7 +8,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
 
-from planner.api.deps import AdminDep, HostAuthDep, NowDep, RegistrarDep, SessionDep, SettingsDep
+from planner.api.deps import (
+    AdminDep,
+    AgentClaim,
+    ClaimDep,
+    HostAuthDep,
+    NowDep,
+    Principal,
+    RegistrarDep,
+    SessionDep,
+    SettingsDep,
+    require_host_sync,
+    verify_claim,
+)
 from planner.api.schemas.common import ERROR_RESPONSES, Page, responses
 from planner.api.schemas.hosts import (
     HeartbeatIn,
@@ -21,7 +33,7 @@ from planner.api.schemas.hosts import (
     ProbeRequestOut,
 )
 from planner.core.config import Settings
-from planner.core.errors import ForbiddenError, NotFoundError
+from planner.core.errors import ForbiddenError
 from planner.core.liveness import HostStatus
 from planner.crud import hosts as crud
 from planner.db import models as m
@@ -34,6 +46,10 @@ RequestId = Annotated[uuid.UUID, Path(description="the request's id")]
 
 def host_out(host: m.Host, *, now: datetime, settings: Settings) -> HostOut:
     out = HostOut.model_validate(host)
+    readings = (host.telemetry or {}).get("gpus", {})
+    for gpu in out.gpus:
+        gpu.telemetry = readings.get(gpu.uuid, {})
+    out.telemetry = {k: v for k, v in (host.telemetry or {}).items() if k != "gpus"}
     out.status = crud.effective_status(
         host, now=now, stale_s=settings.heartbeat_stale_s, lost_s=settings.heartbeat_lost_s
     )
@@ -125,11 +141,14 @@ def delete_host(host_id: HostId, _: AdminDep, session: SessionDep) -> Response:
     summary="Heartbeat with live GPU telemetry",
     responses=responses(404),
 )
-def heartbeat(host_id: HostId, _: HostAuthDep, session: SessionDep, now: NowDep, body: HeartbeatIn) -> HeartbeatOut:
-    host = session.get(m.Host, str(host_id))
-    if host is None:
-        raise NotFoundError("host", str(host_id), hint="register it with POST /v1/hosts")
-    state, pending = crud.heartbeat(session, host=host, data=body, now=now)
+def heartbeat(host_id: HostId, claim: ClaimDep, session: SessionDep, now: NowDep, body: HeartbeatIn) -> HeartbeatOut:
+    # The hot path: an agent's token is checked inside the heartbeat's own UPDATE (one round trip, not two).
+    secret: str | None = None
+    if isinstance(claim, AgentClaim) and claim.host_id == str(host_id):
+        secret = claim.secret
+    else:
+        require_host_sync(host_id, claim if isinstance(claim, Principal) else verify_claim(session, claim))
+    state, pending = crud.heartbeat(session, host_id=str(host_id), data=body, now=now, secret=secret)
     session.commit()
     return HeartbeatOut(status=state, pending_requests=pending)
 

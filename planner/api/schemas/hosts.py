@@ -175,8 +175,8 @@ class GpuOut(Out):
     power_limit_w: float | None
     flagged: bool
     flag_reason: str | None
-    telemetry: dict[str, Any]
-    last_seen_at: datetime
+    telemetry: dict[str, Any] = Field(description="this GPU's readings in the host's last heartbeat ({}: none)")
+    last_seen_at: datetime = Field(description="when the GPU was last registered")
 
 
 class HostOut(Out):
@@ -191,6 +191,7 @@ class HostOut(Out):
     registered_at: datetime
     last_heartbeat_at: datetime | None
     drained_at: datetime | None
+    telemetry: dict[str, Any] = Field(description="summary of the last heartbeat: power, mean utilization, ...")
     gpus: list[GpuOut]
 
 
