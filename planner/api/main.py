@@ -25,7 +25,7 @@ from planner.api.routes import catalog, fleets, health, hosts, jobs, plans, prob
 from planner.core.config import Settings, get_settings
 from planner.crud.hosts import sweep_hosts
 from planner.db.base import utcnow
-from planner.db.session import session_factory
+from planner.db.session import make_engine, session_factory
 
 log = logging.getLogger("planner.api")
 
@@ -81,7 +81,9 @@ def create_app(
         if engine is None:
             from planner.db.store import open_store
 
-            engine = open_store(settings.database_url, settings=settings)
+            open_store(settings.database_url, settings=settings).dispose()  # reachable, migrated (seeded if embedded)
+            # The service's own pool: optimistic disconnect handling unless asked (see Settings.db_pool_pre_ping).
+            engine = make_engine(settings.database_url, pool_pre_ping=settings.db_pool_pre_ping)
         sessions = session_factory(engine)
 
     @contextlib.asynccontextmanager

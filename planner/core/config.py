@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of `planner serve`")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="the service pings a pooled connection before each use (a round trip per request); off: a "
+        "connection a database restart dropped fails one request, then the pool reconnects all of them",
+    )
     default_page_size: int = Field(default=100, ge=1)
     seed_reference_data: bool = Field(
         default=True, description="seed catalogs and the shipped reference measurements into an empty store"
