@@ -118,9 +118,9 @@ class Strict(BaseModel):
 
 
 class Out(BaseModel):
-    """A response body built from store rows."""
+    """A response body built from store rows (read by their column names, e.g. `gpu_family_id`, or by field name)."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True, validate_by_alias=True)
 
 
 class Page(BaseModel, Generic[T]):
