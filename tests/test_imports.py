@@ -12,7 +12,7 @@ from tests.helpers import REPO
 
 @pytest.mark.parametrize(
     "module",
-    ["planner", "planner.cli.main", "planner.db.models", "planner.measurements.store", "scheduler"],
+    ["planner", "planner.cli.main", "planner.api.main", "planner.db.models", "planner.measurements.store", "scheduler"],
 )
 def test_import_leaves_torch_out(module: str) -> None:
     code = (

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from planner.core.errors import ConfigError
 
 DEFAULT_ADMIN_TOKEN = "change-me"
+MIN_TOKEN_LENGTH = 16
 APP_NAME = "gpu-fleet-planner"
 
 
@@ -40,13 +41,28 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path (embedded, default) or postgresql+psycopg://... (a fleet)",
     )
     admin_token: SecretStr = SecretStr(DEFAULT_ADMIN_TOKEN)
+    enrollment_token: SecretStr | None = Field(
+        default=None,
+        description="optional secret that can only register hosts (POST /v1/hosts), e.g. for agent DaemonSets",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of `planner serve`")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="the service pings a pooled connection before each use (a round trip per request); off: a "
+        "connection a database restart dropped fails one request, then the pool reconnects all of them",
+    )
+    default_page_size: int = Field(default=100, ge=1)
     seed_reference_data: bool = Field(
         default=True, description="seed catalogs and the shipped reference measurements into an empty store"
     )
     heartbeat_stale_s: float = Field(default=60.0, gt=0, description="no heartbeat this long: host is stale")
     heartbeat_lost_s: float = Field(default=300.0, gt=0, description="no heartbeat this long: host is lost")
+    heartbeat_sweep_s: float = Field(
+        default=15.0, ge=0, description="how often the service writes hosts' computed status to the store; 0: never"
+    )
     memory_reserve_gib: float = Field(
         default=2.0, ge=0, description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)"
     )
@@ -55,15 +71,31 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
-        if self.environment != "development" and self.admin_token.get_secret_value() == DEFAULT_ADMIN_TOKEN:
+        admin = self.admin_token.get_secret_value()
+        enrollment = self.enrollment_token.get_secret_value() if self.enrollment_token is not None else None
+        if self.environment != "development":
+            if admin == DEFAULT_ADMIN_TOKEN:
+                raise ConfigError(
+                    f"PLANNER_ADMIN_TOKEN is left at its default while PLANNER_ENVIRONMENT={self.environment}; "
+                    "set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`)."
+                )
+            for name, value in (("PLANNER_ADMIN_TOKEN", admin), ("PLANNER_ENROLLMENT_TOKEN", enrollment)):
+                if value is not None and len(value) < MIN_TOKEN_LENGTH:
+                    raise ConfigError(
+                        f"{name} is shorter than {MIN_TOKEN_LENGTH} characters while "
+                        f"PLANNER_ENVIRONMENT={self.environment}; use a long random secret (`openssl rand -hex 32`)."
+                    )
+        if enrollment is not None and (enrollment == admin or not enrollment):
             raise ConfigError(
-                f"PLANNER_ADMIN_TOKEN is left at its default while PLANNER_ENVIRONMENT={self.environment}; "
-                "set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`)."
+                "PLANNER_ENROLLMENT_TOKEN is empty or equal to PLANNER_ADMIN_TOKEN; it can only register hosts, so "
+                "it must be a different secret (or unset it)."
             )
         if self.heartbeat_lost_s <= self.heartbeat_stale_s:
             raise ConfigError(
                 "PLANNER_HEARTBEAT_LOST_S must be longer than PLANNER_HEARTBEAT_STALE_S; raise the former."
             )
+        if self.default_page_size > self.max_page_size:
+            raise ConfigError("PLANNER_DEFAULT_PAGE_SIZE is above PLANNER_MAX_PAGE_SIZE; lower the former.")
         return self
 
     @property

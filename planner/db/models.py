@@ -107,6 +107,8 @@ class Host(Base):
     telemetry: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     registered_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    drained_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """Set by an operator: the host takes no new work and its GPUs stop counting as available."""
 
     gpus: Mapped[list[Gpu]] = relationship(back_populates="host", cascade="all, delete-orphan")
 
@@ -337,6 +339,8 @@ class Fleet(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     energy_price_per_kwh: Mapped[float | None] = mapped_column(Float)
+    availability_from_hosts: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    """Opt-in: a family's available count is its GPUs on active hosts (capped by `available` when set)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     families: Mapped[list[FleetFamily]] = relationship(back_populates="fleet", cascade="all, delete-orphan")

@@ -1,0 +1,1 @@
+"""The planner service: FastAPI over the store (`planner serve`)."""

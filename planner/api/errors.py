@@ -1,0 +1,106 @@
+"""Errors as HTTP answers: each names what was wrong (the field, the thing looked for) and how to fix it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from planner.core.errors import (
+    ConflictError,
+    FieldError,
+    ForbiddenError,
+    InputError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from planner.db.store import StoreError
+from planner.planning import SolverUnavailable
+
+_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([a-z_][a-z0-9_]*): ")
+
+
+def _problem(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
+    path = list(loc)
+    field = (
+        ".".join(str(p) for p in path[1:])
+        if path and path[0] in ("body", "query", "path", "header")
+        else ".".join(str(p) for p in path)
+    )
+    return {"loc": path, "field": field, "msg": msg, "type": kind}
+
+
+def validation_problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors without the input (it may hold NaN or secrets), and model-level errors moved to their field."""
+    out = []
+    for err in errors:
+        loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
+        msg = str(err.get("msg", "invalid"))
+        match = _FIELD_PREFIX.match(msg)
+        if match and err.get("type") == "value_error":
+            loc.append(match.group(1))
+            msg = msg[match.end() :]
+        out.append(_problem(loc, msg.removeprefix("Value error, "), str(err.get("type", "value_error"))))
+    return out
+
+
+def _json(code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=code, content=body, headers=headers)
+
+
+def _unique_violation(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, {"detail": validation_problems(exc.errors())})
+
+    @app.exception_handler(FieldError)
+    async def _fields(_: Request, exc: FieldError) -> JSONResponse:
+        detail = [_problem(("body", *loc), msg, "store") for loc, msg in exc.problems]
+        return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, {"detail": detail})
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, {"detail": [_problem(("body",), str(exc), "input")]})
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return _json(status.HTTP_404_NOT_FOUND, {"detail": str(exc)})
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return _json(status.HTTP_409_CONFLICT, {"detail": str(exc)})
+
+    @app.exception_handler(UnauthorizedError)
+    async def _unauthorized(_: Request, exc: UnauthorizedError) -> JSONResponse:
+        return _json(status.HTTP_401_UNAUTHORIZED, {"detail": str(exc)}, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(ForbiddenError)
+    async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:
+        return _json(status.HTTP_403_FORBIDDEN, {"detail": str(exc)})
+
+    @app.exception_handler(SolverUnavailable)
+    async def _no_solver(_: Request, exc: SolverUnavailable) -> JSONResponse:
+        return _json(status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        return _json(status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        if not _unique_violation(exc):
+            raise exc
+        return _json(
+            status.HTTP_409_CONFLICT,
+            {"detail": "another request stored the same thing at the same time; read it, or retry"},
+        )

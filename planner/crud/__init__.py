@@ -1,0 +1,1 @@
+"""Store operations behind the API: keyword-only functions taking a Session first; callers commit."""

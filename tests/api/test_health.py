@@ -1,0 +1,51 @@
+"""/healthz, /readyz and /metrics (planner_ prefix, base units)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import create_engine
+
+from planner.api.main import create_app
+from planner.core.config import Settings
+from planner.db.session import session_factory
+from tests.api.conftest import ADMIN, probe_run, register
+from tests.api.test_fleets import WORKLOAD, make_fleet
+from tests.api.test_plans import result
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_readyz_is_503_when_the_store_is_unreachable() -> None:
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    settings = Settings(environment="test", admin_token=SecretStr("x" * 32), heartbeat_sweep_s=0)
+    app = create_app(settings, sessions=session_factory(engine))
+    with TestClient(app) as c:
+        resp = c.get("/readyz")
+        metrics = c.get("/metrics")
+    assert resp.status_code == 503
+    assert "store unreachable" in resp.json()["detail"]
+    assert metrics.status_code == 200
+    assert "planner_store_up 0.0" in metrics.text
+    engine.dispose()
+
+
+def test_metrics_latency_by_route_template_and_store_gauges(client: TestClient) -> None:
+    host_id, agent, _ = register(client)
+    client.post(f"/v1/hosts/{host_id}/heartbeat", json={}, headers=agent)
+    client.post("/v1/probe-runs", json=probe_run(host_id), headers=agent)
+    fleet = make_fleet(client)
+    client.post(f"/v1/fleets/{fleet['id']}/workloads", json=WORKLOAD, headers=ADMIN)
+    client.post(f"/v1/fleets/{fleet['id']}/plans", json={"result": result(), "activate": True}, headers=ADMIN)
+    text = client.get("/metrics").text
+    heartbeat = 'method="POST",route="/v1/hosts/{host_id}/heartbeat",status="200"'
+    assert f"planner_http_request_duration_seconds_count{{{heartbeat}}} 1.0" in text
+    assert "planner_store_up 1.0" in text
+    assert 'planner_hosts{status="active"} 1.0' in text
+    assert 'planner_hosts{status="lost"} 0.0' in text
+    assert "planner_measurements_stored 2.0" in text
+    assert 'planner_active_plan_cost_dollars_per_hour{fleet="prod-eu"} 12.54' in text
+    assert host_id not in text  # routes are templates, not raw paths

@@ -1,0 +1,275 @@
+"""/v1/plans and the routing table: store contract-3 results, activate (one per fleet), drift, compare, solve."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import IntegrityError
+
+from planner.db import models as m
+from tests.api.conftest import ADMIN, Store, register
+from tests.api.test_fleets import FLEET, WORKLOAD, make_fleet
+
+STAGES = ["text_encoder", "denoiser", "vae_decoder"]
+
+
+def result(
+    *, family: str = "h100-sxm-80gb", replicas: float = 3, cost: float = 12.54, batch: int = 4, split: bool = False
+) -> dict[str, Any]:
+    """A contract-3 result for one workload, `sdxl-prod`, on one pool (or two: text encoder apart)."""
+    if split:
+        groups = [
+            {"stages": ["text_encoder"], "family": "l4-24gb", "recipes": {"text_encoder": "bf16"}, "batch": 8,
+             "replicas": 1, "throughput": 40.0},
+            {"stages": ["denoiser", "vae_decoder"], "family": family,
+             "recipes": {"denoiser": "fp8-compile", "vae_decoder": "bf16"}, "batch": batch, "replicas": replicas,
+             "throughput": 6.3},
+        ]  # fmt: skip
+    else:
+        groups = [
+            {"stages": STAGES, "family": family,
+             "recipes": {"text_encoder": "bf16", "denoiser": "fp8-compile", "vae_decoder": "bf16"},
+             "batch": batch, "replicas": replicas, "throughput": 6.3, "utilization": 0.8},
+        ]  # fmt: skip
+    return {
+        "total_cost_per_hour": cost,
+        "gpus": {family: replicas},
+        "workloads": [
+            {
+                "name": "sdxl-prod",
+                "model": "sdxl",
+                "topology": "[te][dn+vae]" if split else "[te+dn+vae]",
+                "cost_per_hour": cost,
+                "cost_per_image": cost / 3600 / 5,
+                "groups": groups,
+            }
+        ],
+        "solver": {"status": "optimal", "gap": 0.0},
+    }
+
+
+@pytest.fixture
+def fleet(client: TestClient) -> dict[str, Any]:
+    body = make_fleet(client)
+    assert client.post(f"/v1/fleets/{body['id']}/workloads", json=WORKLOAD, headers=ADMIN).status_code == 201
+    return body
+
+
+def store(client: TestClient, fleet: dict[str, Any], res: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    resp = client.post(f"/v1/fleets/{fleet['id']}/plans", json={"result": res, **extra}, headers=ADMIN)
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def test_store_a_result_with_groups_and_extras(client: TestClient, fleet: dict[str, Any]) -> None:
+    plan = store(client, fleet, result(split=True))
+    assert plan["status"] == "draft"
+    assert plan["total_cost_per_hour"] == 12.54
+    assert plan["result"]["solver"] == {"status": "optimal", "gap": 0.0}  # extras are kept
+    assert [(g["group_index"], g["family"], g["stages"]) for g in plan["groups"]] == [
+        (0, "l4-24gb", ["text_encoder"]),
+        (1, "h100-sxm-80gb", ["denoiser", "vae_decoder"]),
+    ]
+    assert client.get(f"/v1/plans/{plan['id']}", headers=ADMIN).json()["id"] == plan["id"]
+    assert client.get("/v1/plans/999999", headers=ADMIN).status_code == 404
+
+
+def test_routing_table_follows_activation_and_its_version_only_increases(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    first = store(client, fleet, result())
+    routing = f"/v1/fleets/{fleet['name']}/routing"
+    assert client.get(routing, headers=ADMIN).status_code == 404
+    resp = client.post(f"/v1/plans/{first['id']}/activate", headers=ADMIN)
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "active"
+    table = client.get(routing, headers=ADMIN).json()
+    assert table["version"] == table["plan_id"] == first["id"]
+    assert table["status"] == "active"
+    (pool,) = table["pools"]
+    assert pool["pool"] == "sdxl-prod.0.h100-sxm-80gb"
+    assert pool["capacity"] == 6.3
+    assert pool["weight"] == 1.0
+    assert pool["recipes"]["denoiser"] == "fp8-compile"
+
+    second = store(client, fleet, result(split=True, cost=10.0))
+    client.post(f"/v1/plans/{second['id']}/activate", headers=ADMIN)
+    table = client.get(routing, headers=ADMIN).json()
+    assert table["version"] == second["id"] > first["id"]
+    assert [p["pool"] for p in table["pools"]] == ["sdxl-prod.0.l4-24gb", "sdxl-prod.1.h100-sxm-80gb"]
+    old = client.get(f"/v1/plans/{first['id']}", headers=ADMIN).json()
+    assert old["status"] == "superseded"
+    assert [e["kind"] for e in old["events"]] == ["activated", "superseded"]
+    assert [p["status"] for p in client.get(f"/v1/fleets/{fleet['id']}/plans", headers=ADMIN).json()["items"]] == [
+        "active",
+        "superseded",
+    ]
+    # activating the older plan again would lower the version: refused, a copy works
+    resp = client.post(f"/v1/plans/{first['id']}/activate", headers=ADMIN)
+    assert resp.status_code == 409
+    assert "copy" in resp.json()["detail"]
+    copied = client.post(f"/v1/plans/{first['id']}/copy", headers=ADMIN).json()
+    assert copied["inputs"]["copied_from"] == first["id"]
+    client.post(f"/v1/plans/{copied['id']}/activate", headers=ADMIN)
+    assert client.get(routing, headers=ADMIN).json()["version"] == copied["id"]
+    assert client.get(f"/v1/fleets/{fleet['id']}", headers=ADMIN).json()["active_plan_id"] == copied["id"]
+
+
+def test_activate_is_idempotent_and_infeasible_plans_are_refused(client: TestClient, fleet: dict[str, Any]) -> None:
+    plan = store(client, fleet, result(), activate=True)
+    assert plan["status"] == "active"
+    assert client.post(f"/v1/plans/{plan['id']}/activate", headers=ADMIN).json()["status"] == "active"
+    infeasible = store(client, fleet, {**result(), "feasible": False})
+    assert client.post(f"/v1/plans/{infeasible['id']}/activate", headers=ADMIN).status_code == 409
+    assert client.post("/v1/plans/424242/activate", headers=ADMIN).status_code == 404
+
+
+def test_drift_marks_the_plan_stale_and_it_keeps_routing_until_replaced(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    plan = store(client, fleet, result(), activate=True)
+    event = {"kind": "drift", "message": "achieved 4.1 images/s, planned 6.3", "data": {"achieved": 4.1}}
+    resp = client.post(f"/v1/plans/{plan['id']}/events", json=event, headers=ADMIN)
+    assert resp.status_code == 201
+    assert resp.json()["data"] == {"achieved": 4.1}
+    stale = client.get(f"/v1/plans/{plan['id']}", headers=ADMIN).json()
+    assert stale["status"] == "stale"
+    assert stale["stale_reason"] == event["message"]
+    table = client.get(f"/v1/fleets/{fleet['id']}/routing", headers=ADMIN).json()
+    assert (table["plan_id"], table["status"]) == (plan["id"], "stale")
+    newer = store(client, fleet, result(replicas=4, cost=16.7), activate=True)
+    assert client.get(f"/v1/plans/{plan['id']}", headers=ADMIN).json()["status"] == "superseded"
+    assert client.get(f"/v1/fleets/{fleet['id']}/routing", headers=ADMIN).json()["plan_id"] == newer["id"]
+    bad = client.post(f"/v1/plans/{plan['id']}/events", json={"kind": "explode", "message": "x"}, headers=ADMIN)
+    assert bad.status_code == 422
+    nan = client.post(
+        f"/v1/plans/{plan['id']}/events",
+        content='{"kind": "drift", "message": "x", "data": {"v": NaN}}',
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert nan.status_code == 422
+    assert nan.json()["detail"][0]["field"] == "data"
+
+
+def test_compare_two_plans(client: TestClient, fleet: dict[str, Any]) -> None:
+    base = store(client, fleet, result())
+    other_res = result(split=True, cost=10.0, replicas=2)
+    other_res["workloads"].append({**copy.deepcopy(other_res["workloads"][0]), "name": "sdxl-batch"})
+    other_res["workloads"][1]["groups"][0]["model"] = "sdxl"
+    other = store(client, fleet, other_res)
+    cmp = client.get(f"/v1/plans/{base['id']}/compare/{other['id']}", headers=ADMIN).json()
+    assert cmp["total_cost_per_hour"] == {"base": 12.54, "other": 10.0, "delta": pytest.approx(-2.54)}
+    assert cmp["ratio"] == pytest.approx(10.0 / 12.54)
+    assert cmp["gpus"]["h100-sxm-80gb"] == {"base": 3, "other": 2, "delta": -1}
+    by_name = {w["name"]: w for w in cmp["workloads"]}
+    assert by_name["sdxl-prod"]["presence"] == "both"
+    assert by_name["sdxl-prod"]["groups_changed"] is True
+    assert any("topology" in c for c in by_name["sdxl-prod"]["changes"])
+    assert by_name["sdxl-batch"]["presence"] == "other"
+    assert client.get(f"/v1/plans/{base['id']}/compare/99999", headers=ADMIN).status_code == 404
+
+
+def test_a_bad_result_is_422_naming_the_field(client: TestClient, fleet: dict[str, Any]) -> None:
+    cases: list[tuple[Any, str]] = []
+    res = result()
+    res["workloads"][0]["groups"][0]["family"] = "nope"
+    cases.append((res, "result.workloads.0.groups.0.family"))
+    res = result()
+    res["workloads"][0]["groups"][0]["stages"] = ["text_encoder", "vae_decoder"]
+    cases.append((res, "result.workloads.0.groups.0.stages"))
+    res = result()
+    del res["workloads"][0]["groups"][0]["recipes"]["denoiser"]
+    cases.append((res, "result.workloads.0.groups.0.recipes"))
+    res = result()
+    res["workloads"][0]["groups"][0]["batch"] = 0
+    cases.append((res, "result.workloads.0.groups.0.batch"))
+    res = result()
+    res["total_cost_per_hour"] = -1
+    cases.append((res, "result.total_cost_per_hour"))
+    res = result()
+    res["workloads"][0].pop("model")
+    res["workloads"][0]["name"] = "not-a-fleet-workload"
+    cases.append((res, "result.workloads.0.model"))
+    for res, field in cases:
+        resp = client.post(f"/v1/fleets/{fleet['id']}/plans", json={"result": res}, headers=ADMIN)
+        assert resp.status_code == 422, field
+        assert resp.json()["detail"][0]["field"] == field, resp.json()
+
+
+def test_the_model_comes_from_the_fleets_workload_when_the_result_omits_it(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    res = result()
+    res["workloads"][0].pop("model")
+    assert store(client, fleet, res)["groups"][0]["model"] == "sdxl"
+
+
+def test_delete_plans_and_list_filters(client: TestClient, fleet: dict[str, Any]) -> None:
+    draft = store(client, fleet, result())
+    active = store(client, fleet, result(), activate=True)
+    assert client.delete(f"/v1/plans/{active['id']}", headers=ADMIN).status_code == 409
+    listed = client.get(f"/v1/fleets/{fleet['id']}/plans?status=draft", headers=ADMIN).json()
+    assert [p["id"] for p in listed["items"]] == [draft["id"]]
+    assert client.delete(f"/v1/plans/{draft['id']}", headers=ADMIN).status_code == 204
+    assert client.get(f"/v1/plans/{draft['id']}", headers=ADMIN).status_code == 404
+    assert client.get("/v1/fleets/nope/plans", headers=ADMIN).status_code == 404
+
+
+def test_plans_are_admin_only(client: TestClient, fleet: dict[str, Any]) -> None:
+    plan = store(client, fleet, result(), activate=True)
+    _, agent, _ = register(client)
+    assert client.get(f"/v1/plans/{plan['id']}", headers=agent).status_code == 403
+    assert client.get(f"/v1/fleets/{fleet['id']}/routing", headers=agent).status_code == 403
+    assert client.post(f"/v1/plans/{plan['id']}/activate").status_code == 401
+
+
+def test_solve_without_the_solver_is_503(client: TestClient, fleet: dict[str, Any]) -> None:
+    resp = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={}, headers=ADMIN)
+    assert resp.status_code == 503
+    assert "solver not installed" in resp.json()["detail"]
+
+
+def test_solve_calls_the_solver_with_the_fleet_as_a_scenario(
+    client: TestClient, fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def solve(scenario: dict[str, Any], *, measurements: list[Any]) -> dict[str, Any]:
+        seen["scenario"], seen["measurements"] = scenario, measurements
+        return result()
+
+    fake = types.ModuleType("planner.solver")
+    fake.solve = solve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "planner.solver", fake)
+    resp = client.post(
+        f"/v1/fleets/{fleet['id']}/plans/solve", json={"time_limit_s": 5, "activate": True}, headers=ADMIN
+    )
+    assert resp.status_code == 201, resp.text
+    plan = resp.json()["plan"]
+    assert plan["status"] == "active"
+    assert plan["inputs"]["scenario"]["workloads"][0]["name"] == "sdxl-prod"
+    scenario = seen["scenario"]
+    assert {e["family"] for e in scenario["fleet"]} == {f["family"] for f in FLEET["families"]}
+    assert scenario["workloads"][0]["recipes"] == {"denoiser": ["bf16", "fp8-compile"]}
+    assert scenario["solver"]["time_limit_s"] == 5
+    empty = make_fleet(client, name="empty")
+    assert client.post(f"/v1/fleets/{empty['id']}/plans/solve", json={}, headers=ADMIN).status_code == 422
+
+
+def test_one_active_plan_per_fleet_is_enforced_by_the_store(store: Store) -> None:
+    with store.sessions() as session:
+        fleet = m.Fleet(name="f")
+        session.add(fleet)
+        session.flush()
+        session.add(m.Plan(fleet_id=fleet.id, status="active"))
+        session.flush()
+        session.add(m.Plan(fleet_id=fleet.id, status="active"))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()

@@ -1,0 +1,36 @@
+"""Settings refuse unsafe defaults outside development."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from planner.core.config import DEFAULT_ADMIN_TOKEN, Settings
+from planner.core.errors import ConfigError
+
+
+def test_default_admin_token_is_refused_outside_development() -> None:
+    Settings(environment="development")  # allowed: a laptop
+    with pytest.raises(ConfigError, match="PLANNER_ADMIN_TOKEN"):
+        Settings(environment="production", admin_token=SecretStr(DEFAULT_ADMIN_TOKEN))
+
+
+def test_short_tokens_are_refused_outside_development() -> None:
+    with pytest.raises(ConfigError, match="shorter"):
+        Settings(environment="production", admin_token=SecretStr("short"))
+    with pytest.raises(ConfigError, match="PLANNER_ENROLLMENT_TOKEN"):
+        Settings(environment="production", admin_token=SecretStr("a" * 32), enrollment_token=SecretStr("b"))
+
+
+def test_enrollment_token_must_differ_from_admin() -> None:
+    with pytest.raises(ConfigError, match="different secret"):
+        Settings(admin_token=SecretStr("a" * 32), enrollment_token=SecretStr("a" * 32))
+    ok = Settings(environment="production", admin_token=SecretStr("a" * 32), enrollment_token=SecretStr("b" * 32))
+    assert ok.enrollment_token is not None
+
+
+def test_the_environment_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANNER_ENVIRONMENT", "production")
+    monkeypatch.setenv("PLANNER_ADMIN_TOKEN", DEFAULT_ADMIN_TOKEN)
+    with pytest.raises(ConfigError):
+        Settings()
