@@ -21,3 +21,32 @@ class InputError(PlannerError):
     """A user's input (file, flag, request) is invalid; the message names where and what."""
 
     exit_code = 2
+
+
+class NotFoundError(PlannerError):
+    """Something looked up by its id or name does not exist; the message says what was looked for."""
+
+    def __init__(self, kind: str, key: object, *, hint: str = "") -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} not found" + (f"; {hint}" if hint else ""))
+
+
+class ConflictError(PlannerError):
+    """The request contradicts the store's state (a name taken, a request no longer queued)."""
+
+
+class FieldError(InputError):
+    """Invalid input at known places: each problem names its field (`measurements.3.stage`) and says what."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(str(p) for p in loc)}: {msg}" for loc, msg in problems))
+
+    @classmethod
+    def at(cls, loc: tuple[str | int, ...], message: str) -> FieldError:
+        return cls([(loc, message)])
+
+
+class ForbiddenError(PlannerError):
+    """Valid credentials without the right to this (an agent on an admin route or on another host's data)."""

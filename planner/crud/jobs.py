@@ -1,0 +1,252 @@
+"""The job store: create jobs idempotently and move them through their states with guarded UPDATEs.
+
+Every state change is one conditional UPDATE (`... WHERE id = :id AND state IN (...)`) whose row count says
+whether this caller won: two workers that both finish a job (a redelivery after a crash, a duplicate message)
+race on the same UPDATE and exactly one of them records its result. The result is written once: a job leaves
+`running` for `done` once, with its result path, and nothing moves it back.
+
+States: queued -> running -> done | failed | dead. `failed` is a permanent error (bad input); `dead` is the
+dead letter: retries or deliveries exhausted. An operator may requeue a dead or failed job.
+Callers own the transaction (commit after the call).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from planner.core.errors import ConflictError
+from planner.db import models as m
+from planner.db.base import utcnow
+
+UNROUTED = "(none)"
+ACTIVE_STATES = ("queued", "running")
+TERMINAL_STATES = ("done", "failed", "dead")
+
+
+class Claim(StrEnum):
+    """What a worker's claim of a job found."""
+
+    CLAIMED = "claimed"  # the job is this worker's to run now
+    FINISHED = "finished"  # already done, failed or dead: a duplicate delivery, skip it
+    EXHAUSTED = "exhausted"  # delivered too often (it keeps killing workers): dead-letter it
+    MISSING = "missing"  # no such job (yet): the submitter has not committed, or it was deleted
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a client asks for; an idempotent resubmission must ask for the same thing."""
+
+    workload_name: str
+    prompt: str
+    seed: int
+    height: int
+    width: int
+    steps: int | None = None
+    negative_prompt: str | None = None
+
+    def differs_from(self, job: m.Job) -> list[str]:
+        return [
+            name
+            for name in ("workload_name", "prompt", "seed", "height", "width", "steps", "negative_prompt")
+            if getattr(self, name) != getattr(job, name)
+        ]
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def create_job(
+    session: Session, *, idempotency_key: str, request: JobRequest, job_id: str | None = None
+) -> tuple[m.Job, bool]:
+    """The job of an idempotency key: a new queued job (created=True), or the one that key already made.
+
+    Concurrent submissions of one key race on the unique key with INSERT ... ON CONFLICT DO NOTHING, so both
+    get the same job and neither sees an integrity error. A key reused for a different request is a conflict.
+    """
+    values = {
+        "id": job_id or str(uuid.uuid4()),
+        "idempotency_key": idempotency_key,
+        "workload_name": request.workload_name,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "height": request.height,
+        "width": request.width,
+        "steps": request.steps,
+        "state": "queued",
+        "attempts": 0,
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(m.Job).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(m.Job.id)
+    created = session.execute(stmt).first() is not None  # rowcount is -1 for this INSERT on psycopg
+    job = session.scalars(
+        select(m.Job).where(m.Job.idempotency_key == idempotency_key).execution_options(populate_existing=True)
+    ).one()
+    if not created:
+        changed = request.differs_from(job)
+        if changed:
+            raise ConflictError(
+                f"idempotency key {idempotency_key!r} was used for job {job.id} with other {', '.join(changed)}; "
+                "use a new key for a new request, or resend the same request"
+            )
+    return job, created
+
+
+def get_job(session: Session, *, job_id: str) -> m.Job | None:
+    return session.get(m.Job, job_id, populate_existing=True)
+
+
+def list_jobs(
+    session: Session, *, state: str | None = None, workload: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[m.Job]:
+    query = select(m.Job)
+    if state is not None:
+        query = query.where(m.Job.state == state)
+    if workload is not None:
+        query = query.where(m.Job.workload_name == workload)
+    return session.scalars(query.order_by(m.Job.created_at.desc(), m.Job.id).limit(limit).offset(offset)).all()
+
+
+def record_dispatch(session: Session, *, job_id: str, plan_id: int | None, routing_version: int, pool: str) -> bool:
+    """Note where a queued job was sent; False if another submission recorded a dispatch first."""
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state == "queued", m.Job.pool.is_(None))
+        .values(plan_id=plan_id, routing_version=routing_version, pool=pool, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def clear_dispatch(session: Session, *, job_id: str) -> bool:
+    """Forget a dispatch that did not reach the broker, so a resubmission or the sweeper sends it again."""
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state == "queued")
+        .values(pool=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def undispatched_jobs(session: Session, *, created_before: datetime, limit: int = 500) -> Sequence[m.Job]:
+    """Queued jobs with no dispatch recorded since before a time: their submitter died before sending them."""
+    return session.scalars(
+        select(m.Job)
+        .where(m.Job.state == "queued", m.Job.pool.is_(None), m.Job.created_at < created_before)
+        .order_by(m.Job.created_at)
+        .limit(limit)
+    ).all()
+
+
+def claim_job(session: Session, *, job_id: str, worker: str, pool: str, max_attempts: int) -> Claim:
+    """Take a job to run: queued or running (a crashed worker's) -> running, counting the delivery."""
+    now = utcnow()
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state.in_(ACTIVE_STATES), m.Job.attempts < max_attempts)
+        .values(
+            state="running",
+            attempts=m.Job.attempts + 1,
+            worker=worker,
+            pool=pool,
+            started_at=func.coalesce(m.Job.started_at, now),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(session.execute(stmt)) == 1:
+        return Claim.CLAIMED
+    state = session.scalar(select(m.Job.state).where(m.Job.id == job_id))
+    if state is None:
+        return Claim.MISSING
+    if state in TERMINAL_STATES:
+        return Claim.FINISHED
+    return Claim.EXHAUSTED
+
+
+def complete_job(
+    session: Session, *, job_id: str, result_path: str, result_sha256: str | None, worker: str | None = None
+) -> bool:
+    """Record a job's result once: True for the one caller that moved it to done, False for every other."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "state": "done",
+        "result_path": result_path,
+        "result_sha256": result_sha256,
+        "error": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    if worker is not None:
+        values["worker"] = worker
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state.in_(ACTIVE_STATES))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def fail_job(session: Session, *, job_id: str, error: str, dead: bool) -> bool:
+    """End a job without a result: `dead` (the dead letter: it kept failing) or `failed` (a permanent error)."""
+    now = utcnow()
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state.in_(ACTIVE_STATES))
+        .values(state="dead" if dead else "failed", error=error[:4000], finished_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def requeue_job(session: Session, *, job_id: str) -> bool:
+    """Give a dead or failed job another go: queued, no dispatch, attempts reset (the sweeper sends it)."""
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state.in_(("dead", "failed")))
+        .values(state="queued", pool=None, attempts=0, error=None, finished_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def move_job(session: Session, *, job_id: str, pool: str) -> bool:
+    """Note that a job's queued message moved to another pool (its host was lost)."""
+    stmt = (
+        update(m.Job)
+        .where(m.Job.id == job_id, m.Job.state.in_(ACTIVE_STATES))
+        .values(pool=pool, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(session.execute(stmt)) == 1
+
+
+def summary(session: Session, *, workload: str | None = None) -> dict[str, Any]:
+    """Counts by state and by pool (jobs not yet routed count under `(none)`)."""
+    query = select(m.Job.state, m.Job.pool, func.count()).group_by(m.Job.state, m.Job.pool)
+    if workload is not None:
+        query = query.where(m.Job.workload_name == workload)
+    by_state = dict.fromkeys(m.JOB_STATES, 0)
+    by_pool: dict[str, dict[str, int]] = {}
+    total = 0
+    for state, pool, n in session.execute(query).all():
+        by_state[state] = by_state.get(state, 0) + int(n)
+        pool_counts = by_pool.setdefault(pool or UNROUTED, {})
+        pool_counts[state] = pool_counts.get(state, 0) + int(n)
+        total += int(n)
+    return {"total": total, "by_state": by_state, "by_pool": dict(sorted(by_pool.items()))}
