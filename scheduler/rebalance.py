@@ -1,0 +1,160 @@
+"""When the planner marks a host lost, its pools' queued jobs move to other pools; forgotten jobs are resent.
+
+A pool is evacuated when it had a worker on a lost host and has no live worker left elsewhere (a pool whose
+other replicas are alive keeps its queue: they serve it, and the router's backlog steers new jobs away from its
+reduced capacity). Evacuation pulls each queued message off the pool's queue, routes its group again with the
+pool excluded, and republishes it unchanged except for that group's pool (the Celery chain behind it is kept),
+then acknowledges the original: a crash in between duplicates a message, which the job store absorbs; none is
+lost. The router stops choosing the pool too (the `unavailable` set) until a worker serves it again. Jobs that
+the lost workers had taken come back to the pool's queue after the visibility timeout and are moved on the
+next pass.
+
+One worker at a time runs a pass (a Redis lock), every heartbeat; `scheduler rebalance` runs one by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from planner.crud import jobs as crud
+from planner.db import models as m
+from planner.db.base import utcnow
+from planner.db.session import session_factory
+from scheduler.dispatch import Dispatcher, DispatchError
+from scheduler.routing import JobShape, NoRouteError, RoutingTable, decide_group, job_salt
+from scheduler.state import WorkerInfo
+
+log = logging.getLogger("scheduler.rebalance")
+
+
+def pools_to_evacuate(
+    workers: Sequence[WorkerInfo], lost_hosts: set[str], *, now: float, worker_lost_s: float
+) -> set[str]:
+    """Pools that had a worker on a lost host and have no live worker on another host."""
+    serving: dict[str, list[WorkerInfo]] = {}
+    for w in workers:
+        for pool in w.pools:
+            serving.setdefault(pool, []).append(w)
+    out = set()
+    for pool, ws in serving.items():
+        if not any(w.host_id in lost_hosts for w in ws):
+            continue
+        if not any(w.host_id not in lost_hosts and now - w.seen_at <= worker_lost_s for w in ws):
+            out.add(pool)
+    return out
+
+
+@dataclass
+class RebalanceReport:
+    unavailable: set[str] = field(default_factory=set)
+    moved: dict[str, int] = field(default_factory=dict)
+    redispatched: int = 0
+
+
+def lost_hosts(dispatcher: Dispatcher) -> set[str]:
+    with session_factory(dispatcher.engine)() as session:
+        return set(session.scalars(select(m.Host.id).where(m.Host.status == "lost")))
+
+
+def evacuate_pool(dispatcher: Dispatcher, pool: str, table: RoutingTable, *, limit: int = 100_000) -> int:
+    """Move the queued messages of a pool to other pools of the same group; returns how many moved."""
+    settings = dispatcher.settings
+    app = dispatcher.app
+    source = settings.queue_name(pool)
+    exclude = frozenset({pool})
+    moved = 0
+    sessions = session_factory(dispatcher.engine)
+    with app.connection_for_write() as conn, app.producer_or_acquire() as producer:
+        channel: Any = conn.default_channel
+        while moved < limit:
+            message = channel.basic_get(queue=source, no_ack=False)
+            if message is None:
+                break
+            args, kwargs, embed = message.decode()
+            payload: dict[str, Any] = args[0]
+            g = int(payload["group"])
+            shape = JobShape(
+                payload["job_id"], payload["workload"], payload["height"], payload["width"], payload["steps"]
+            )
+            try:
+                groups = table.groups(payload["workload"])
+                if g >= len(groups):
+                    raise NoRouteError(f"the plan in force has no group {g} for workload {payload['workload']!r}")
+                target, work = decide_group(groups[g], dispatcher.backlog(), shape, job_salt(shape.job_id), exclude)
+            except NoRouteError as exc:
+                # Nowhere to go: leave it where it is (first in line), for when the pool or another comes back.
+                message.reject(requeue=True)
+                log.warning("cannot move job %s off pool %s: %s", payload["job_id"], pool, exc)
+                break
+            old_work = float(payload["work"][g])
+            payload["route"][g] = target.pool
+            payload["work"][g] = work
+            queue = app.amqp.queues[settings.queue_name(target.pool)]
+            props = {k: message.properties[k] for k in ("correlation_id", "reply_to") if k in message.properties}
+            producer.publish(
+                [args, kwargs, embed],
+                serializer="json",
+                headers=message.headers,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                retry=True,
+                **props,
+            )
+            message.ack()
+            dispatcher.state.add_backlog({pool: -old_work, target.pool: work})
+            with sessions() as session:
+                crud.move_job(session, job_id=payload["job_id"], pool=target.pool)
+                session.commit()
+            moved += 1
+    if moved:
+        log.info("moved %d queued jobs off pool %s", moved, pool)
+    return moved
+
+
+def resend_forgotten(dispatcher: Dispatcher) -> int:
+    """Send again the queued jobs whose dispatch never got recorded (their submitter died mid-way)."""
+    before = utcnow() - timedelta(seconds=dispatcher.settings.dispatch_grace_s)
+    sent = 0
+    with session_factory(dispatcher.engine)() as session:
+        for job in crud.undispatched_jobs(session, created_before=before):
+            try:
+                dispatcher.redispatch(session, job)
+                sent += 1
+            except NoRouteError as exc:
+                crud.fail_job(session, job_id=job.id, error=str(exc), dead=False)
+                session.commit()
+            except DispatchError:
+                log.warning("broker refused job %s again; next pass", job.id)
+                break
+    return sent
+
+
+def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> RebalanceReport:
+    """One pass: recompute unavailable pools, evacuate them, resend forgotten jobs."""
+    settings = dispatcher.settings
+    now = time.time() if now is None else now
+    workers = dispatcher.state.workers()
+    for w in workers:  # forget workers long gone (restarted under another name)
+        if now - w.seen_at > 20 * settings.worker_lost_s:
+            dispatcher.state.remove_worker(w.name)
+    lost = pools_to_evacuate(workers, lost_hosts(dispatcher), now=now, worker_lost_s=settings.worker_lost_s)
+    report = RebalanceReport(unavailable=lost)
+    dispatcher.state.set_unavailable(lost)
+    dispatcher.tables.invalidate()
+    if lost:
+        table = dispatcher.table()
+        dispatcher.refresh_backlog()
+        for pool in sorted(lost):
+            n = evacuate_pool(dispatcher, pool, table)
+            if n:
+                report.moved[pool] = n
+    report.redispatched = resend_forgotten(dispatcher)
+    return report
