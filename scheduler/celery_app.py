@@ -52,6 +52,8 @@ def celery_config(settings: SchedulerSettings) -> dict[str, Any]:
             "global_keyprefix": settings.key_prefix,
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            # the lock a restore sweep holds; a worker killed while holding it must not block restores for long
+            "unacked_mutex_expire": max(5, min(300, int(settings.visibility_timeout_s))),
         }
     if settings.result_backend.startswith(("redis://", "rediss://")):
         conf["result_backend_transport_options"] = {"global_keyprefix": settings.key_prefix}

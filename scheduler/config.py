@@ -74,6 +74,12 @@ class SchedulerSettings(BaseSettings):
     dispatch_grace_s: float = Field(
         default=30.0, gt=0, description="a queued job with no dispatch record this old is dispatched again"
     )
+    lost_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a queued or running job unchanged this long whose message is nowhere in the broker is sent "
+        "again (the Redis transport loses a message fetched by a worker killed in that very instant)",
+    )
 
     # Routing.
     routing_refresh_s: float = Field(default=1.0, ge=0, description="how often the router checks the version")

@@ -68,6 +68,7 @@ def job_payload(job: m.Job, route: Route, model: str) -> dict[str, Any]:
         "version": route.version,
         "group": 0,
         "input_ref": None,
+        "dispatch_id": uuid.uuid4().hex[:12],
         "submitted_at": time.time(),
     }
 

@@ -84,7 +84,7 @@ class DirectoryIntermediates:
     def put(self, job_id: str, group: int, values: Mapping[str, Any]) -> str:
         data = codec.pack(values)
         _check_size(data, self.max_bytes, job_id, group)
-        name = f"{job_id}.{group}.bin"
+        name = f"{job_id.replace(':', '.')}.{group}.bin"
         tmp = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.root / name)

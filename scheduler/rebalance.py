@@ -14,6 +14,8 @@ One worker at a time runs a pass (a Redis lock), every heartbeat; `scheduler reb
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -137,6 +139,88 @@ def resend_forgotten(dispatcher: Dispatcher) -> int:
     return sent
 
 
+def _job_id_of(message: Any) -> str | None:
+    """The job id in a kombu Redis message (its Celery body: base64 JSON [args, kwargs, embed])."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(json.loads(body)[0][0]["job_id"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> set[str]:
+    """Which of these jobs have a message in a queue or held (unacknowledged) by a worker; stops once all are."""
+    settings = dispatcher.settings
+    client = dispatcher.redis
+    found: set[str] = set()
+    for raw in client.hvals(f"{settings.key_prefix}unacked"):  # [message, exchange, routing key]
+        try:
+            job = _job_id_of(json.loads(raw)[0])
+        except (ValueError, IndexError, TypeError):
+            job = None
+        if job in wanted:
+            found.add(job)
+    for key in client.scan_iter(match=f"{settings.key_prefix}{settings.queue_prefix}*", count=1000):
+        if found >= wanted:
+            break
+        if client.type(key) != b"list":
+            continue
+        for envelope in client.lrange(key, 0, -1):
+            try:
+                job = _job_id_of(json.loads(envelope))
+            except ValueError:
+                job = None
+            if job in wanted:
+                found.add(job)
+    return found
+
+
+def resend_lost(dispatcher: Dispatcher) -> int:
+    """Send again the dispatched jobs whose message is nowhere: not queued, not held by a worker.
+
+    The Redis transport takes a message off its queue (BRPOP) before it records it as unacknowledged, so a worker
+    killed in between loses it. Such a job stays queued (or running, mid-chain) and nothing touches it: after
+    `lost_after_s` it is looked for in the broker and, if absent, sent again from its first group (a message
+    that was only in transit makes a duplicate, which the job store absorbs). Rate-limited: one pass per
+    `lost_after_s / 2` across the workers.
+    """
+    settings = dispatcher.settings
+    if not settings.broker_is_redis:
+        return 0  # AMQP brokers hand a message over atomically
+    if not dispatcher.redis.set(
+        f"{settings.key_prefix}lock:lost-scan", b"1", nx=True, px=int(settings.lost_after_s * 500)
+    ):
+        return 0
+    since = utcnow() - timedelta(seconds=settings.lost_after_s)
+    sessions = session_factory(dispatcher.engine)
+    with sessions() as session:
+        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since)}
+        if not candidates:
+            return 0
+        present = messages_in_broker(dispatcher, set(candidates))
+        sent = 0
+        for job_id, job in candidates.items():
+            if job_id in present:
+                continue
+            fresh = crud.get_job(session, job_id=job_id)
+            if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= since:
+                continue  # it moved meanwhile
+            log.warning("job %s (%s on %s) has no message in the broker; sending it again", job_id, job.state, job.pool)
+            try:
+                route = dispatcher.redispatch(session, fresh)
+                crud.move_job(session, job_id=job_id, pool=route.pools[0])  # and it was touched now
+                session.commit()
+                sent += 1
+            except NoRouteError as exc:
+                crud.fail_job(session, job_id=job_id, error=str(exc), dead=False)
+                session.commit()
+            except DispatchError:
+                break
+    return sent
+
+
 def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> RebalanceReport:
     """One pass: recompute unavailable pools, evacuate them, resend forgotten jobs."""
     settings = dispatcher.settings
@@ -156,5 +240,5 @@ def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> Rebal
             n = evacuate_pool(dispatcher, pool, table)
             if n:
                 report.moved[pool] = n
-    report.redispatched = resend_forgotten(dispatcher)
+    report.redispatched = resend_forgotten(dispatcher) + resend_lost(dispatcher)
     return report

@@ -1,9 +1,9 @@
 """Result images, stored where the settings say: a directory (local or shared storage) by default.
 
 Each attempt writes its own file (job id + a random token), then races for the job's `done` UPDATE; the loser
-deletes its file. So a job has exactly one result recorded, and a crash between writing and recording leaves
-an orphan file, never a half-written result. Paths in the store are relative to the results directory, so the
-API and the workers may mount it in different places.
+deletes its file, and the winner deletes what attempts that crashed between writing and recording left behind.
+So a job has exactly one result recorded, one file, and never a half-written one. Paths in the store are
+relative to the results directory, so the API and the workers may mount it in different places.
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ class DirectoryResults:
 
     def read(self, rel: str) -> bytes:
         return self.path(rel).read_bytes()
+
+    def discard_others(self, job_id: str, keep: str) -> int:
+        """Delete the files other attempts of a job left (a worker killed between writing and recording)."""
+        removed = 0
+        kept = self.path(keep)
+        for path in (self.root / job_id[:2]).glob(f"{job_id}.*.png"):
+            if path.resolve() != kept:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def delete(self, rel: str) -> None:
         self.path(rel).unlink(missing_ok=True)

@@ -152,6 +152,16 @@ def undispatched_jobs(session: Session, *, created_before: datetime, limit: int 
     ).all()
 
 
+def stalled_jobs(session: Session, *, unchanged_since: datetime, limit: int = 1000) -> Sequence[m.Job]:
+    """Dispatched jobs, queued or running, that nothing has touched since a time (the oldest first)."""
+    return session.scalars(
+        select(m.Job)
+        .where(m.Job.state.in_(ACTIVE_STATES), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since)
+        .order_by(m.Job.updated_at)
+        .limit(limit)
+    ).all()
+
+
 def claim_job(session: Session, *, job_id: str, worker: str, pool: str, max_attempts: int) -> Claim:
     """Take a job to run: queued or running (a crashed worker's) -> running, counting the delivery."""
     now = utcnow()

@@ -142,8 +142,11 @@ def create_plan(
         for p in pools:
             if p.workload not in known:
                 h, w, steps = (sizes or {}).get(p.workload, (64, 64, 2))
-                s.add(m.Workload(fleet_id=row.id, name=p.workload, models=[p.model], height=h, width=w, steps=steps,
-                                 rate=1.0))
+                s.add(
+                    m.Workload(
+                        fleet_id=row.id, name=p.workload, models=[p.model], height=h, width=w, steps=steps, rate=1.0
+                    )
+                )
                 known.add(p.workload)
         if activate:
             s.execute(

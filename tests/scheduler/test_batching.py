@@ -37,8 +37,10 @@ def test_fills_batches_up_to_the_plan_batch() -> None:
     finally:
         b.stop()
     sizes = [len(x) for x in rec.batches]
-    assert sizes[:2] == [4, 4] and sum(sizes) == 10
-    assert b.stats.images == 10 and b.stats.batches == len(sizes)
+    assert sizes[:2] == [4, 4]
+    assert sum(sizes) == 10
+    assert b.stats.images == 10
+    assert b.stats.batches == len(sizes)
 
 
 def test_a_lone_item_waits_at_most_the_wait_bound() -> None:
@@ -131,8 +133,10 @@ def test_model_cache_loads_once_and_swaps_least_recently_used() -> None:
     cache.get("b")
     cache.get("a")
     cache.get("c")  # evicts b, the least recently used
-    assert loaded == ["a", "b", "c"] and unloaded == ["B"]
-    assert cache.peek("b") is None and cache.peek("a") == "A"
+    assert loaded == ["a", "b", "c"]
+    assert unloaded == ["B"]
+    assert cache.peek("b") is None
+    assert cache.peek("a") == "A"
     assert (cache.loads, cache.hits, cache.evictions) == (3, 2, 1)
     lock_free = threading.Thread(target=cache.clear)
     lock_free.start()

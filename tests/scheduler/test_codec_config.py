@@ -16,7 +16,9 @@ from scheduler.config import SchedulerSettings
 def test_pack_round_trips_numpy_and_values() -> None:
     values = {"a": np.arange(12, dtype=np.float16).reshape(3, 4), "prompt": "hi", "seed": 3, "ids": [1, 2]}
     out = codec.unpack(codec.pack(values))
-    assert out["prompt"] == "hi" and out["seed"] == 3 and out["ids"] == [1, 2]
+    assert out["prompt"] == "hi"
+    assert out["seed"] == 3
+    assert out["ids"] == [1, 2]
     np.testing.assert_array_equal(out["a"], values["a"])
     with pytest.raises(codec.CodecError):
         codec.unpack(b"pickle\x80")
@@ -49,7 +51,8 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_BATCH_WAIT_S", "0.2")
     monkeypatch.setenv("SCHEDULER_DRIFT_TOLERANCE", "0.1")
     s = SchedulerSettings()
-    assert s.batch_wait_s == 0.2 and s.drift_tolerance == 0.1
+    assert s.batch_wait_s == 0.2
+    assert s.drift_tolerance == 0.1
     assert s.state_redis_url == s.broker_url
 
 
@@ -64,7 +67,9 @@ def test_rabbitmq_broker_needs_a_redis_for_state() -> None:
     s = SchedulerSettings(broker_url="amqp://guest@localhost//", redis_url="redis://127.0.0.1:6379/3")
     conf = celery_config(s)
     assert "broker_transport_options" not in conf  # visibility timeout is a Redis broker notion
-    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_acks_late"]
+    assert conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
 
 
 def test_celery_config_carries_the_reliability_settings() -> None:

@@ -63,16 +63,25 @@ def test_a_job_goes_to_its_pool_queue_once(
     key = str(uuid.uuid4())
     job, created = submit(dispatcher, engine, req(), key)
     again, created_again = submit(dispatcher, engine, req(), key)
-    assert created and not created_again and again.id == job.id
+    assert created
+    assert not created_again
+    assert again.id == job.id
     msgs = queued(redis_client, settings, a.name)
     assert len(msgs) == 1  # the resubmission sent nothing
     payload = msgs[0]["args"][0]  # type: ignore[index]
-    assert payload["job_id"] == job.id and payload["route"] == [a.name] and payload["group"] == 0
+    assert payload["job_id"] == job.id
+    assert payload["route"] == [a.name]
+    assert payload["group"] == 0
     assert msgs[0]["headers"]["id"] == f"{job.id}.0"  # type: ignore[index]
     with session_factory(engine)() as s:
         stored = crud.get_job(s, job_id=job.id)
         assert stored is not None
-        assert (stored.pool, stored.plan_id, stored.routing_version, stored.state) == (a.name, plan_id, plan_id, "queued")
+        assert (stored.pool, stored.plan_id, stored.routing_version, stored.state) == (
+            a.name,
+            plan_id,
+            plan_id,
+            "queued",
+        )
     assert dispatcher.state.snapshot().work[a.name] == pytest.approx(1.0)
     with pytest.raises(ConflictError):
         submit(dispatcher, engine, req(seed=2), key)
@@ -93,9 +102,10 @@ def test_split_jobs_are_chains_across_group_queues(
     te = PoolDef("w2", 0, "l4-24gb", "sdxl", ["text_encoder"])
     dn = PoolDef("w2", 1, "h100-sxm-80gb", "sdxl", ["denoiser", "vae_decoder"])
     create_plan(engine, fleet_name, [te, dn], sizes={"w2": (64, 64, 2)})
-    job, _ = submit(dispatcher, engine, req("w2", size=128))
+    _job, _ = submit(dispatcher, engine, req("w2", size=128))
     msgs = queued(redis_client, settings, te.name)
-    assert len(msgs) == 1 and queued(redis_client, settings, dn.name) == []
+    assert len(msgs) == 1
+    assert queued(redis_client, settings, dn.name) == []
     payload = msgs[0]["args"][0]  # type: ignore[index]
     assert payload["route"] == [te.name, dn.name]
     assert payload["work"] == [1.0, pytest.approx(4.0)]  # 128^2 vs a planned 64^2: 4x the denoiser's work
@@ -104,9 +114,7 @@ def test_split_jobs_are_chains_across_group_queues(
     assert dispatcher.state.snapshot().work == {te.name: pytest.approx(1.0), dn.name: pytest.approx(4.0)}
 
 
-def test_new_jobs_follow_a_new_plan_without_restart(
-    dispatcher: Dispatcher, engine: Engine, fleet_name: str
-) -> None:
+def test_new_jobs_follow_a_new_plan_without_restart(dispatcher: Dispatcher, engine: Engine, fleet_name: str) -> None:
     old = PoolDef("w1", 0, "a100-80gb", "sd15", ALL)
     create_plan(engine, fleet_name, [old])
     first, _ = submit(dispatcher, engine, req())
@@ -115,8 +123,10 @@ def test_new_jobs_follow_a_new_plan_without_restart(
     second, _ = submit(dispatcher, engine, req())
     with session_factory(engine)() as s:
         a, b = crud.get_job(s, job_id=first.id), crud.get_job(s, job_id=second.id)
-        assert a is not None and b is not None
-        assert a.pool == old.name and (b.pool, b.routing_version) == (new.name, plan2)
+        assert a is not None
+        assert b is not None
+        assert a.pool == old.name
+        assert (b.pool, b.routing_version) == (new.name, plan2)
     assert dispatcher.tables.reloads == 2
 
 
@@ -156,7 +166,8 @@ def test_a_lost_hosts_queued_jobs_move_to_other_pools(
     dispatcher.state.heartbeat(WorkerInfo("wa@host", host_id, (a.name,), time.time()))
     dispatcher.state.heartbeat(WorkerInfo("wb@other", None, (b.name,), time.time()))
     report = rebalance_once(dispatcher)
-    assert report.unavailable == {a.name} and report.moved == {a.name: 6}
+    assert report.unavailable == {a.name}
+    assert report.moved == {a.name: 6}
     assert queued(redis_client, settings, a.name) == []
     moved = queued(redis_client, settings, b.name)
     assert sorted(msg["args"][0]["job_id"] for msg in moved) == sorted(j.id for j in jobs)  # type: ignore[index]
@@ -164,7 +175,8 @@ def test_a_lost_hosts_queued_jobs_move_to_other_pools(
     with session_factory(engine)() as s:
         assert {crud.get_job(s, job_id=j.id).pool for j in jobs} == {b.name}  # type: ignore[union-attr]
     snap = dispatcher.state.snapshot()
-    assert snap.work[a.name] == pytest.approx(0.0) and snap.work[b.name] == pytest.approx(6.0)
+    assert snap.work[a.name] == pytest.approx(0.0)
+    assert snap.work[b.name] == pytest.approx(6.0)
     # new jobs avoid the lost pool
     job, _ = submit(dispatcher, engine, req(seed=99))
     assert job.id in [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, b.name)]  # type: ignore[index]
@@ -182,8 +194,34 @@ def test_forgotten_jobs_are_sent_again(
     with session_scope(engine) as s:
         job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req())
         s.flush()
-        s.execute(
-            update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30))
-        )
+        s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
     assert rebalance_once(dispatcher).redispatched >= 1
     assert job.id in [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("settings", [{"lost_after_s": 5.0}], indirect=True)
+def test_a_message_lost_in_transit_is_sent_again(
+    dispatcher: Dispatcher, engine: Engine, settings: SchedulerSettings, fleet_name: str, redis_client: redis.Redis
+) -> None:
+    """The Redis transport pops a message before it records it as unacknowledged: a worker killed in between
+    loses it. The job, untouched for `lost_after_s` and nowhere in the broker, is sent again; others are not."""
+    p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
+    create_plan(engine, fleet_name, [p])
+    lost, _ = submit(dispatcher, engine, req(seed=1))
+    waiting, _ = submit(dispatcher, engine, req(seed=2))
+    key = settings.key_prefix + settings.queue_name(p.name)
+    popped = redis_client.rpop(key)  # the oldest message, as BRPOP takes it, gone with its worker
+    assert popped is not None
+    assert lost.id in popped.decode()
+    assert rebalance_once(dispatcher).redispatched == 0  # not stalled long enough yet
+    with session_scope(engine) as s:
+        old = datetime.now(UTC) - timedelta(seconds=60)
+        s.execute(update(m.Job).where(m.Job.id.in_([lost.id, waiting.id])).values(updated_at=old))
+    redis_client.delete(f"{settings.key_prefix}lock:lost-scan")
+    assert rebalance_once(dispatcher).redispatched == 1
+    msgs = queued(redis_client, settings, p.name)
+    assert sorted(msg["args"][0]["job_id"] for msg in msgs) == sorted([lost.id, waiting.id])  # type: ignore[index]
+    resent = next(msg["args"][0] for msg in msgs if msg["args"][0]["job_id"] == lost.id)  # type: ignore[index]
+    assert resent["group"] == 0
+    redis_client.delete(f"{settings.key_prefix}lock:lost-scan")
+    assert rebalance_once(dispatcher).redispatched == 0  # touched when resent: not again

@@ -22,8 +22,11 @@ def test_a_key_makes_one_job(session: Session) -> None:
     key = str(uuid.uuid4())
     job, created = crud.create_job(session, idempotency_key=key, request=REQ)
     again, created_again = crud.create_job(session, idempotency_key=key, request=REQ)
-    assert created and not created_again
-    assert again.id == job.id and job.state == "queued" and job.pool is None
+    assert created
+    assert not created_again
+    assert again.id == job.id
+    assert job.state == "queued"
+    assert job.pool is None
     with pytest.raises(ConflictError, match="seed"):
         crud.create_job(session, idempotency_key=key, request=crud.JobRequest(**{**REQ.__dict__, "seed": 2}))
 
@@ -49,7 +52,8 @@ def test_concurrent_submissions_of_a_key_race_to_one_job(engine: Engine) -> None
     for t in threads:
         t.join()
     assert not errors
-    assert len(ids) == 6 and len(set(ids)) == 1
+    assert len(ids) == 6
+    assert len(set(ids)) == 1
 
 
 def test_claims_and_the_one_result(session: Session) -> None:
@@ -76,7 +80,8 @@ def test_too_many_deliveries_and_requeue(session: Session) -> None:
     assert [j.id for j in crud.list_jobs(session, state="dead", limit=1000)].count(job.id) == 1
     assert crud.requeue_job(session, job_id=job.id)
     job = crud.get_job(session, job_id=job.id)
-    assert job is not None and (job.state, job.attempts, job.pool, job.error) == ("queued", 0, None, None)
+    assert job is not None
+    assert (job.state, job.attempts, job.pool, job.error) == ("queued", 0, None, None)
 
 
 def test_dispatch_is_recorded_once_and_forgotten_jobs_are_found(session: Session) -> None:
@@ -84,9 +89,7 @@ def test_dispatch_is_recorded_once_and_forgotten_jobs_are_found(session: Session
     assert crud.record_dispatch(session, job_id=job.id, plan_id=None, routing_version=3, pool="p1")
     assert not crud.record_dispatch(session, job_id=job.id, plan_id=None, routing_version=4, pool="p2")
     assert crud.clear_dispatch(session, job_id=job.id)
-    session.execute(
-        update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(minutes=5))
-    )
+    session.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(minutes=5)))
     forgotten = crud.undispatched_jobs(session, created_before=datetime.now(UTC) - timedelta(minutes=1))
     assert job.id in [j.id for j in forgotten]
     assert crud.summary(session)["by_state"]["queued"] >= 1
@@ -116,4 +119,5 @@ def test_two_workers_finishing_one_job_record_one_result(engine: Engine) -> None
     assert len(wins) == 1
     with sessions() as s:
         stored = crud.get_job(s, job_id=job.id)
-        assert stored is not None and stored.result_path == wins[0]
+        assert stored is not None
+        assert stored.result_path == wins[0]

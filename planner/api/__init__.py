@@ -1,0 +1,1 @@
+"""The planner REST API (FastAPI)."""
