@@ -23,6 +23,7 @@ from celery import Celery
 from scheduler.config import SchedulerSettings, get_settings
 
 RUN_GROUP = "scheduler.run_group"
+PROBE = "scheduler.probe"
 
 
 def celery_config(settings: SchedulerSettings) -> dict[str, Any]:

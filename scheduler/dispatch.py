@@ -1,18 +1,20 @@
 """Submit a job: store it (idempotently), route it, and send it to its pools' queues as a Celery chain.
 
-Order of a submission, and what a crash at each point leaves:
+Order of a submission, and what a failure at each point leaves:
 1. route (nothing stored yet: an unknown workload is refused before a job exists);
-2. insert the job, `queued` with no dispatch recorded, and commit (a worker must find the row);
-3. send group 0's task, with the later groups chained behind it on their own pools' queues;
-4. record the dispatch (plan, routing version, pool) and commit.
-A crash between 2 and 4 leaves a queued job with no dispatch recorded: after `dispatch_grace_s` the rebalancer
-(or a resubmission with the same idempotency key) sends it again. If the crash came after 3, the job now has two
-messages; the job store's guarded transitions make sure it still yields one result. At-least-once delivery,
+2. insert the job, `queued`, with its dispatch (pool, plan, routing version), and commit: one round trip, and a
+   worker that takes the message finds the row;
+3. send group 0's task, with the later groups chained behind it on their own pools' queues.
+If the broker refuses 3, the dispatch is cleared and the caller told (503): a resubmission with the same key
+after `dispatch_grace_s`, or the rebalancer, sends it. If the submitter dies between 2 and 3, the job is
+queued with no message anywhere: the rebalancer finds it after `lost_after_s` and sends it. A message sent twice
+(a retry that raced) still yields one result: the job store's transitions are guarded. At-least-once delivery,
 exactly-once results.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -37,6 +39,8 @@ from scheduler.config import SchedulerSettings
 from scheduler.routing import Backlog, JobShape, Route, RoutingTable, decide
 from scheduler.state import SchedulerState
 from scheduler.table import DbTableSource, TableCache, TableSource
+
+log = logging.getLogger("scheduler.dispatch")
 
 
 class DispatchError(PlannerError):
@@ -99,6 +103,7 @@ class Dispatcher:
         self._work: dict[str, float] = {}
         self._unavailable: frozenset[str] = frozenset()
         self._backlog_at = -float("inf")
+        self._rereading = False
 
     # Routing.
 
@@ -106,17 +111,36 @@ class Dispatcher:
         return self.tables.get()
 
     def backlog(self) -> Backlog:
-        """The backlog snapshot, reread every `backlog_refresh_s`; this process's own dispatches added since."""
+        """The backlog snapshot, this process's own dispatches added since it was read.
+
+        Reread every `backlog_refresh_s`: in the background once there is one (a decision never waits on
+        Redis), synchronously for the first read, after `refresh_backlog()`, or when the period is 0.
+        """
         if self.clock() - self._backlog_at >= self.settings.backlog_refresh_s:
-            snap = self.state.snapshot()
-            with self._lock:
-                self._work = dict(snap.work)
-                self._unavailable = snap.unavailable
-                self._backlog_at = self.clock()
+            if self._backlog_at == -float("inf") or self.settings.backlog_refresh_s <= 0:
+                self._reread_backlog()
+            elif not self._rereading:
+                self._rereading = True
+                threading.Thread(target=self._reread_in_background, name="backlog-refresh", daemon=True).start()
         return Backlog(work=self._work, unavailable=self._unavailable)
 
+    def _reread_backlog(self) -> None:
+        snap = self.state.snapshot()
+        with self._lock:
+            self._work = dict(snap.work)
+            self._unavailable = snap.unavailable
+            self._backlog_at = self.clock()
+
+    def _reread_in_background(self) -> None:
+        try:
+            self._reread_backlog()
+        except redis.RedisError:
+            log.warning("backlog snapshot refresh failed; routing on the previous one", exc_info=True)
+        finally:
+            self._rereading = False
+
     def refresh_backlog(self) -> None:
-        """Reread the backlog snapshot on the next route (the unavailable pools changed)."""
+        """Reread the backlog snapshot on the next route, synchronously (the unavailable pools changed)."""
         self._backlog_at = -float("inf")
 
     def route(self, shape: JobShape) -> Route:
@@ -145,10 +169,23 @@ class Dispatcher:
         request = self.resolve(request)
         job_id = str(uuid.uuid4())
         route = self.route(JobShape(job_id, request.workload_name, request.height, request.width, request.steps))
-        job, created = crud.create_job(session, idempotency_key=idempotency_key, request=request, job_id=job_id)
+        job, created = crud.create_job(
+            session,
+            idempotency_key=idempotency_key,
+            request=request,
+            job_id=job_id,
+            pool=route.pools[0],
+            plan_id=route.plan_id,
+            routing_version=route.version,
+        )
         session.commit()
         if created:
-            self.send(session, job, route)
+            try:
+                self.publish(job, route)
+            except DispatchError:
+                crud.clear_dispatch(session, job_id=job.id)  # a resubmission or the rebalancer sends it
+                session.commit()
+                raise
             return Submitted(job, True, route)
         if (
             job.state == "queued"
@@ -161,10 +198,15 @@ class Dispatcher:
     def redispatch(self, session: Session, job: m.Job) -> Route:
         """Route and send a stored queued job again (its first dispatch never reached the broker)."""
         route = self.route(JobShape(job.id, job.workload_name, job.height, job.width, job.steps))
-        self.send(session, job, route)
+        self.publish(job, route)
+        crud.record_dispatch(
+            session, job_id=job.id, plan_id=route.plan_id, routing_version=route.version, pool=route.pools[0]
+        )
+        session.commit()
         return route
 
-    def send(self, session: Session, job: m.Job, route: Route) -> None:
+    def publish(self, job: m.Job, route: Route) -> None:
+        """Send group 0's task with the later groups chained behind it, and count the work in the backlogs."""
         table = self.table()
         first = table.get(route.pools[0])
         payload = job_payload(job, route, first.model if first else "")
@@ -194,7 +236,3 @@ class Dispatcher:
             for pool, w in work.items():
                 self._work[pool] = self._work.get(pool, 0.0) + w
         self.state.add_backlog(work)
-        crud.record_dispatch(
-            session, job_id=job.id, plan_id=route.plan_id, routing_version=route.version, pool=route.pools[0]
-        )
-        session.commit()

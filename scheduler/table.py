@@ -9,6 +9,7 @@ routing entry id, entry count), so rewritten entries of the same plan are seen t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from sqlalchemy.orm import Session
 from planner.db import models as m
 from planner.db.session import session_factory
 from scheduler.routing import EMPTY_TABLE, Pool, RoutingTable
+
+log = logging.getLogger("scheduler.table")
 
 VersionKey = tuple[int | None, int, int]
 IN_FORCE = ("active", "stale")
@@ -193,7 +196,12 @@ class HttpTableSource:
 
 
 class TableCache:
-    """The current table, rechecked at most every `refresh_s` seconds and reloaded only when its version moved."""
+    """The current table, rechecked every `refresh_s` seconds and reloaded only when its version moved.
+
+    Stale-while-revalidate: once a table is loaded, a due check runs in a background thread and callers keep
+    the table they have meanwhile, so a routing decision never waits on the store. The first load, a cache
+    with `refresh_s` 0, and the first read after `invalidate()` check synchronously.
+    """
 
     def __init__(self, source: TableSource, refresh_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
@@ -203,21 +211,40 @@ class TableCache:
         self._table = EMPTY_TABLE
         self._key: VersionKey | None = None
         self._checked = -float("inf")
+        self._sync_next = True
+        self._refreshing = False
         self.reloads = 0
 
-    def get(self) -> RoutingTable:
-        if self.clock() - self._checked < self.refresh_s:
-            return self._table
+    def _refresh(self) -> None:
         with self._lock:
             now = self.clock()
-            if now - self._checked >= self.refresh_s:
+            if now - self._checked >= self.refresh_s or self._sync_next:
                 key = self.source.version_key()
                 if key != self._key:
                     self._table = self.source.load()
                     self._key = key
                     self.reloads += 1
                 self._checked = now
+                self._sync_next = False
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self._refresh()
+        except Exception:  # keep the table we have; the next due check tries again
+            log.exception("routing table refresh failed")
+        finally:
+            self._refreshing = False
+
+    def get(self) -> RoutingTable:
+        if self.clock() - self._checked < self.refresh_s and not self._sync_next:
+            return self._table
+        if self._sync_next or self.refresh_s <= 0 or self._key is None:
+            self._refresh()
+        elif not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh_in_background, name="table-refresh", daemon=True).start()
         return self._table
 
     def invalidate(self) -> None:
-        self._checked = -float("inf")
+        """Check the version on the next read, synchronously."""
+        self._sync_next = True

@@ -66,13 +66,23 @@ def _rowcount(result: Any) -> int:
 
 
 def create_job(
-    session: Session, *, idempotency_key: str, request: JobRequest, job_id: str | None = None
+    session: Session,
+    *,
+    idempotency_key: str,
+    request: JobRequest,
+    job_id: str | None = None,
+    pool: str | None = None,
+    plan_id: int | None = None,
+    routing_version: int | None = None,
 ) -> tuple[m.Job, bool]:
     """The job of an idempotency key: a new queued job (created=True), or the one that key already made.
 
     Concurrent submissions of one key race on the unique key with INSERT ... ON CONFLICT DO NOTHING, so both
     get the same job and neither sees an integrity error. A key reused for a different request is a conflict.
+    A new job may be stored with its dispatch (pool, plan, routing version) in the same statement: one round
+    trip on the submission path.
     """
+    now = utcnow()
     values = {
         "id": job_id or str(uuid.uuid4()),
         "idempotency_key": idempotency_key,
@@ -85,24 +95,28 @@ def create_job(
         "steps": request.steps,
         "state": "queued",
         "attempts": 0,
-        "created_at": utcnow(),
-        "updated_at": utcnow(),
+        "pool": pool,
+        "plan_id": plan_id,
+        "routing_version": routing_version,
+        "created_at": now,
+        "updated_at": now,
     }
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(m.Job).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(m.Job.id)
-    created = session.execute(stmt).first() is not None  # rowcount is -1 for this INSERT on psycopg
+    stmt = insert(m.Job).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(m.Job)
+    job = session.scalars(stmt, execution_options={"populate_existing": True}).first()
+    if job is not None:
+        return job, True
     job = session.scalars(
         select(m.Job).where(m.Job.idempotency_key == idempotency_key).execution_options(populate_existing=True)
     ).one()
-    if not created:
-        changed = request.differs_from(job)
-        if changed:
-            raise ConflictError(
-                f"idempotency key {idempotency_key!r} was used for job {job.id} with other {', '.join(changed)}; "
-                "use a new key for a new request, or resend the same request"
-            )
-    return job, created
+    changed = request.differs_from(job)
+    if changed:
+        raise ConflictError(
+            f"idempotency key {idempotency_key!r} was used for job {job.id} with other {', '.join(changed)}; "
+            "use a new key for a new request, or resend the same request"
+        )
+    return job, False
 
 
 def get_job(session: Session, *, job_id: str) -> m.Job | None:

@@ -142,3 +142,52 @@ def test_negative_backlog_counts_as_empty() -> None:
     table = RoutingTable(1, 1, (pool("sdxl-prod.0.a", capacity=1.0), pool("sdxl-prod.0.b", capacity=1.0)))
     snap = Backlog(work={"sdxl-prod.0.a": -50.0, "sdxl-prod.0.b": 0.5})
     assert decide(table, snap, job()).pools == ("sdxl-prod.0.a",)
+
+
+class FakeSource:
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+        self.key: tuple[int | None, int, int] = (table.plan_id, 1, len(table.pools))
+        self.checks = 0
+        self.loads = 0
+
+    def version_key(self) -> tuple[int | None, int, int]:
+        self.checks += 1
+        return self.key
+
+    def load(self) -> RoutingTable:
+        self.loads += 1
+        return self.table
+
+
+def test_table_cache_checks_the_version_and_reloads_only_on_change() -> None:
+    import time
+
+    from scheduler.table import TableCache
+
+    t1 = RoutingTable(1, 1, (pool("sdxl-prod.0.a"),))
+    t2 = RoutingTable(2, 2, (pool("sdxl-prod.0.b"),))
+    now = [0.0]
+    source = FakeSource(t1)
+    cache = TableCache(source, refresh_s=1.0, clock=lambda: now[0])
+    assert cache.get() is t1  # the first load is synchronous
+    now[0] = 0.5
+    assert cache.get() is t1
+    assert (source.checks, source.loads) == (1, 1)  # not due: no query at all
+    source.table, source.key = t2, (2, 7, 1)  # a new plan is activated
+    now[0] = 1.5
+    cache.get()  # due: checked in the background, the old table meanwhile
+    deadline = time.monotonic() + 5
+    while cache.get() is not t2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.get() is t2
+    assert decide(cache.get(), Backlog(), job()).pools == ("sdxl-prod.0.b",)  # new jobs follow the new plan
+    now[0] = 3.0
+    cache.get()
+    deadline = time.monotonic() + 5
+    while source.checks < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert source.loads == 2  # same version: checked, not reloaded
+    source.table, source.key = t1, (3, 9, 1)
+    cache.invalidate()
+    assert cache.get() is t1  # after invalidate, synchronously
