@@ -14,6 +14,7 @@ exactly-once results.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -152,7 +153,7 @@ class Dispatcher:
             return request
         groups = self.table().groups(request.workload_name)
         steps = next((p.ref_steps for g in groups for p in g if "denoiser" in p.stages and p.ref_steps), None)
-        return crud.JobRequest(**{**request.__dict__, "steps": steps})
+        return dataclasses.replace(request, steps=steps)
 
     def default_size(self, workload: str) -> tuple[int, int]:
         """The planned (height, width) of a workload, for requests that give none."""

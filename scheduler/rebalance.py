@@ -126,7 +126,7 @@ def resend_forgotten(dispatcher: Dispatcher) -> int:
     before = utcnow() - timedelta(seconds=dispatcher.settings.dispatch_grace_s)
     sent = 0
     with session_factory(dispatcher.engine)() as session:
-        for job in crud.undispatched_jobs(session, created_before=before):
+        for job in crud.undispatched_jobs(session, created_before=before, fleet=dispatcher.settings.fleet):
             try:
                 dispatcher.redispatch(session, job)
                 sent += 1
@@ -196,7 +196,7 @@ def resend_lost(dispatcher: Dispatcher) -> int:
     since = utcnow() - timedelta(seconds=settings.lost_after_s)
     sessions = session_factory(dispatcher.engine)
     with sessions() as session:
-        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since)}
+        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since, fleet=settings.fleet)}
         if not candidates:
             return 0
         present = messages_in_broker(dispatcher, set(candidates))

@@ -156,24 +156,33 @@ def clear_dispatch(session: Session, *, job_id: str) -> bool:
     return _rowcount(session.execute(stmt)) == 1
 
 
-def undispatched_jobs(session: Session, *, created_before: datetime, limit: int = 500) -> Sequence[m.Job]:
-    """Queued jobs with no dispatch recorded since before a time: their submitter died before sending them."""
-    return session.scalars(
-        select(m.Job)
-        .where(m.Job.state == "queued", m.Job.pool.is_(None), m.Job.created_at < created_before)
-        .order_by(m.Job.created_at)
-        .limit(limit)
-    ).all()
+def _of_fleet(query: Any, fleet: str | None) -> Any:
+    """Jobs routed by a plan of this fleet (several fleets may share a store, each with its own broker)."""
+    if fleet is None:
+        return query
+    return (
+        query.join(m.Plan, m.Plan.id == m.Job.plan_id)
+        .join(m.Fleet, m.Fleet.id == m.Plan.fleet_id)
+        .where(m.Fleet.name == fleet)
+    )
 
 
-def stalled_jobs(session: Session, *, unchanged_since: datetime, limit: int = 1000) -> Sequence[m.Job]:
+def undispatched_jobs(
+    session: Session, *, created_before: datetime, fleet: str | None = None, limit: int = 500
+) -> Sequence[m.Job]:
+    """Queued jobs with no dispatch recorded since before a time: the broker refused them, or their submitter died."""
+    query = select(m.Job).where(m.Job.state == "queued", m.Job.pool.is_(None), m.Job.created_at < created_before)
+    return session.scalars(_of_fleet(query, fleet).order_by(m.Job.created_at).limit(limit)).all()
+
+
+def stalled_jobs(
+    session: Session, *, unchanged_since: datetime, fleet: str | None = None, limit: int = 1000
+) -> Sequence[m.Job]:
     """Dispatched jobs, queued or running, that nothing has touched since a time (the oldest first)."""
-    return session.scalars(
-        select(m.Job)
-        .where(m.Job.state.in_(ACTIVE_STATES), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since)
-        .order_by(m.Job.updated_at)
-        .limit(limit)
-    ).all()
+    query = select(m.Job).where(
+        m.Job.state.in_(ACTIVE_STATES), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since
+    )
+    return session.scalars(_of_fleet(query, fleet).order_by(m.Job.updated_at).limit(limit)).all()
 
 
 def claim_job(session: Session, *, job_id: str, worker: str, pool: str, max_attempts: int) -> Claim:

@@ -190,9 +190,9 @@ def test_forgotten_jobs_are_sent_again(
 ) -> None:
     """A submitter that died after storing a job but before sending it: the rebalancer sends it."""
     p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
-    create_plan(engine, fleet_name, [p])
+    plan_id = create_plan(engine, fleet_name, [p])
     with session_scope(engine) as s:
-        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req())
+        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req(), plan_id=plan_id)
         s.flush()
         s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
     assert rebalance_once(dispatcher).redispatched >= 1
