@@ -35,7 +35,7 @@ TAGS = [
     {"name": "catalog", "description": "GPU families with prices (overridable), models, recipes."},
     {"name": "fleets", "description": "Fleets: families, prices, availability; their workloads."},
     {"name": "plans", "description": "Solve, store, compare and activate plans; the routing table; drift events."},
-    {"name": "jobs", "description": "Counts of the scheduler's jobs."},
+    {"name": "jobs", "description": "Generation jobs: submit (idempotent), state, result image, requeue, counts."},
     {"name": "service", "description": "Health, readiness and Prometheus metrics."},
 ]
 

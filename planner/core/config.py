@@ -67,7 +67,6 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)"
     )
     max_page_size: int = Field(default=1000, ge=1)
-    job_results_dir: Path = Field(default_factory=lambda: default_data_dir() / "results")
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

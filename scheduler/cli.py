@@ -1,0 +1,177 @@
+"""The `scheduler` command: run a worker, show a routing decision, submit a job, rebalance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from planner.cli.common import handle_errors
+from scheduler.config import SchedulerSettings
+
+app = typer.Typer(
+    name="scheduler",
+    help="Route image-generation jobs to GPU pools by the plan in force, and run the pools' workers.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _settings(**overrides: Any) -> SchedulerSettings:
+    return SchedulerSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _print(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def worker(
+    pool: Annotated[list[str], typer.Option("--pool", "-p", help="A pool to serve (repeat for packed pools).")],
+    concurrency: Annotated[
+        int | None, typer.Option(help="Job threads (default: twice the largest batch).", min=1)
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name (name@host); default: pool-random@host.")] = None,
+    tiny: Annotated[
+        bool | None, typer.Option("--tiny/--full", help="Build stages from the tiny configs (CPU tests).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default SCHEDULER_DEVICE).")] = None,
+    noop_ms: Annotated[
+        float | None, typer.Option(help="Run no-op stages taking this many ms per stage call (benchmarks, tests).")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Serve pools' queues: load their stage groups once, batch jobs dynamically, report throughput."""
+    from scheduler.stages import default_build_stage, noop_builder
+    from scheduler.worker import run_worker
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(tiny=tiny, device=device)
+    build = noop_builder(noop_ms) if noop_ms is not None else default_build_stage
+    code = run_worker(settings, pool, concurrency=concurrency, name=name, build_stage=build, loglevel=loglevel)
+    raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def route(
+    workload: Annotated[str, typer.Option(help="The workload of the job.")],
+    height: Annotated[int | None, typer.Option(help="Image height (default: the workload's).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (default: the workload's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Steps (default: the workload's).")] = None,
+    table: Annotated[bool, typer.Option("--table", help="Print the routing table and backlogs too.")] = False,
+) -> None:
+    """Show where a job would go now: the routing decision on the current table and backlogs."""
+    from scheduler.dispatch import Dispatcher
+    from scheduler.routing import JobShape
+
+    dispatcher = Dispatcher(_settings())
+    if height is None or width is None:
+        h, w = dispatcher.default_size(workload)
+        height, width = height or h, width or w
+    steps = (
+        steps
+        if steps is not None
+        else next((p.ref_steps for g in dispatcher.table().groups(workload) for p in g if p.ref_steps), None)
+    )
+    started = time.perf_counter()
+    decision = dispatcher.route(JobShape(str(uuid.uuid4()), workload, height, width, steps))
+    elapsed = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "plan_id": decision.plan_id,
+        "version": decision.version,
+        "pools": list(decision.pools),
+        "work": list(decision.work),
+        "decision_ms": round(elapsed * 1000, 3),
+    }
+    if table:
+        backlog = dispatcher.backlog()
+        out["table"] = [
+            {
+                "pool": p.pool,
+                "group": p.group_index,
+                "capacity": p.capacity,
+                "weight": p.weight,
+                "backlog": backlog.work.get(p.pool, 0.0),
+                "unavailable": p.pool in backlog.unavailable,
+            }
+            for p in dispatcher.table().pools
+        ]
+    _print(out)
+
+
+@app.command()
+@handle_errors
+def submit(
+    workload: Annotated[str, typer.Option(help="The workload.")],
+    prompt: Annotated[str, typer.Option(help="The prompt.")],
+    seed: Annotated[int | None, typer.Option(help="Seed (random if left out).")] = None,
+    height: Annotated[int | None, typer.Option()] = None,
+    width: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option()] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key (default: a new one).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the image here (implies --wait).")] = None,
+    timeout_s: Annotated[float, typer.Option(help="How long --wait waits.")] = 600.0,
+) -> None:
+    """Submit a job through the planner API (SCHEDULER_PLANNER_API_URL, SCHEDULER_PLANNER_TOKEN)."""
+    from scheduler.client import JobClient, JobFailedError
+
+    settings = _settings()
+    token = settings.planner_token.get_secret_value() if settings.planner_token else None
+    with JobClient(settings.planner_api_url, token) as client:
+        status = client.submit(
+            workload=workload, prompt=prompt, seed=seed, height=height, width=width, steps=steps, idempotency_key=key
+        )
+        if wait or out is not None:
+            try:
+                status = client.wait(status.id, timeout_s=timeout_s)
+            except JobFailedError as exc:
+                typer.echo(str(exc), err=True)
+                raise typer.Exit(1) from exc
+            if out is not None:
+                out.write_bytes(client.result(status.id))
+        _print(status.raw)
+
+
+@app.command()
+@handle_errors
+def rebalance(
+    loop: Annotated[bool, typer.Option("--loop", help="Keep going every heartbeat (default: one pass).")] = False,
+) -> None:
+    """Move queued jobs off pools of lost hosts; resend jobs whose dispatch was never recorded."""
+    from scheduler.dispatch import Dispatcher
+    from scheduler.rebalance import rebalance_once
+
+    settings = _settings()
+    dispatcher = Dispatcher(settings)
+    while True:
+        report = rebalance_once(dispatcher)
+        _print({"unavailable": sorted(report.unavailable), "moved": report.moved, "resent": report.redispatched})
+        if not loop:
+            return
+        time.sleep(settings.heartbeat_s)
+
+
+@app.command("dead-letter")
+@handle_errors
+def dead_letter(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """The latest dead-lettered jobs and why (requeue one with POST /v1/jobs/{id}/requeue)."""
+    import redis
+
+    from scheduler.state import SchedulerState
+
+    settings = _settings()
+    _print(SchedulerState(redis.Redis.from_url(settings.state_redis_url), settings.key_prefix).dead_letters(limit))
+
+
+def main() -> None:  # pragma: no cover - console script entry for tools that want a function
+    app(prog_name="scheduler")
+    sys.exit(0)

@@ -1,0 +1,244 @@
+"""When the planner marks a host lost, its pools' queued jobs move to other pools; forgotten jobs are resent.
+
+A pool is evacuated when it had a worker on a lost host and has no live worker left elsewhere (a pool whose
+other replicas are alive keeps its queue: they serve it, and the router's backlog steers new jobs away from its
+reduced capacity). Evacuation pulls each queued message off the pool's queue, routes its group again with the
+pool excluded, and republishes it unchanged except for that group's pool (the Celery chain behind it is kept),
+then acknowledges the original: a crash in between duplicates a message, which the job store absorbs; none is
+lost. The router stops choosing the pool too (the `unavailable` set) until a worker serves it again. Jobs that
+the lost workers had taken come back to the pool's queue after the visibility timeout and are moved on the
+next pass.
+
+One worker at a time runs a pass (a Redis lock), every heartbeat; `scheduler rebalance` runs one by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from planner.crud import jobs as crud
+from planner.db import models as m
+from planner.db.base import utcnow
+from planner.db.session import session_factory
+from scheduler.dispatch import Dispatcher, DispatchError
+from scheduler.routing import JobShape, NoRouteError, RoutingTable, decide_group, job_salt
+from scheduler.state import WorkerInfo
+
+log = logging.getLogger("scheduler.rebalance")
+
+
+def pools_to_evacuate(
+    workers: Sequence[WorkerInfo], lost_hosts: set[str], *, now: float, worker_lost_s: float
+) -> set[str]:
+    """Pools that had a worker on a lost host and have no live worker on another host."""
+    serving: dict[str, list[WorkerInfo]] = {}
+    for w in workers:
+        for pool in w.pools:
+            serving.setdefault(pool, []).append(w)
+    out = set()
+    for pool, ws in serving.items():
+        if not any(w.host_id in lost_hosts for w in ws):
+            continue
+        if not any(w.host_id not in lost_hosts and now - w.seen_at <= worker_lost_s for w in ws):
+            out.add(pool)
+    return out
+
+
+@dataclass
+class RebalanceReport:
+    unavailable: set[str] = field(default_factory=set)
+    moved: dict[str, int] = field(default_factory=dict)
+    redispatched: int = 0
+
+
+def lost_hosts(dispatcher: Dispatcher) -> set[str]:
+    with session_factory(dispatcher.engine)() as session:
+        return set(session.scalars(select(m.Host.id).where(m.Host.status == "lost")))
+
+
+def evacuate_pool(dispatcher: Dispatcher, pool: str, table: RoutingTable, *, limit: int = 100_000) -> int:
+    """Move the queued messages of a pool to other pools of the same group; returns how many moved."""
+    settings = dispatcher.settings
+    app = dispatcher.app
+    source = settings.queue_name(pool)
+    exclude = frozenset({pool})
+    moved = 0
+    sessions = session_factory(dispatcher.engine)
+    with app.connection_for_write() as conn, app.producer_or_acquire() as producer:
+        channel: Any = conn.default_channel
+        while moved < limit:
+            message = channel.basic_get(queue=source, no_ack=False)
+            if message is None:
+                break
+            args, kwargs, embed = message.decode()
+            payload: dict[str, Any] = args[0]
+            g = int(payload["group"])
+            shape = JobShape(
+                payload["job_id"], payload["workload"], payload["height"], payload["width"], payload["steps"]
+            )
+            try:
+                groups = table.groups(payload["workload"])
+                if g >= len(groups):
+                    raise NoRouteError(f"the plan in force has no group {g} for workload {payload['workload']!r}")
+                target, work = decide_group(groups[g], dispatcher.backlog(), shape, job_salt(shape.job_id), exclude)
+            except NoRouteError as exc:
+                # Nowhere to go: leave it where it is (first in line), for when the pool or another comes back.
+                message.reject(requeue=True)
+                log.warning("cannot move job %s off pool %s: %s", payload["job_id"], pool, exc)
+                break
+            old_work = float(payload["work"][g])
+            payload["route"][g] = target.pool
+            payload["work"][g] = work
+            queue = app.amqp.queues[settings.queue_name(target.pool)]
+            props = {k: message.properties[k] for k in ("correlation_id", "reply_to") if k in message.properties}
+            producer.publish(
+                [args, kwargs, embed],
+                serializer="json",
+                headers=message.headers,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                retry=True,
+                **props,
+            )
+            message.ack()
+            dispatcher.state.add_backlog({pool: -old_work, target.pool: work})
+            with sessions() as session:
+                crud.move_job(session, job_id=payload["job_id"], pool=target.pool)
+                session.commit()
+            moved += 1
+    if moved:
+        log.info("moved %d queued jobs off pool %s", moved, pool)
+    return moved
+
+
+def resend_forgotten(dispatcher: Dispatcher) -> int:
+    """Send again the queued jobs whose dispatch never got recorded (their submitter died mid-way)."""
+    before = utcnow() - timedelta(seconds=dispatcher.settings.dispatch_grace_s)
+    sent = 0
+    with session_factory(dispatcher.engine)() as session:
+        for job in crud.undispatched_jobs(session, created_before=before, fleet=dispatcher.settings.fleet):
+            try:
+                dispatcher.redispatch(session, job)
+                sent += 1
+            except NoRouteError as exc:
+                crud.fail_job(session, job_id=job.id, error=str(exc), dead=False)
+                session.commit()
+            except DispatchError:
+                log.warning("broker refused job %s again; next pass", job.id)
+                break
+    return sent
+
+
+def _job_id_of(message: Any) -> str | None:
+    """The job id in a kombu Redis message (its Celery body: base64 JSON [args, kwargs, embed])."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(json.loads(body)[0][0]["job_id"])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> set[str]:
+    """Which of these jobs have a message in a queue or held (unacknowledged) by a worker; stops once all are."""
+    settings = dispatcher.settings
+    client = dispatcher.redis
+    found: set[str] = set()
+    for raw in client.hvals(f"{settings.key_prefix}unacked"):  # [message, exchange, routing key]
+        try:
+            job = _job_id_of(json.loads(raw)[0])
+        except (ValueError, IndexError, TypeError):
+            job = None
+        if job in wanted:
+            found.add(job)
+    for key in client.scan_iter(match=f"{settings.key_prefix}{settings.queue_prefix}*", count=1000):
+        if found >= wanted:
+            break
+        if client.type(key) != b"list":
+            continue
+        for envelope in client.lrange(key, 0, -1):
+            try:
+                job = _job_id_of(json.loads(envelope))
+            except ValueError:
+                job = None
+            if job in wanted:
+                found.add(job)
+    return found
+
+
+def resend_lost(dispatcher: Dispatcher) -> int:
+    """Send again the dispatched jobs whose message is nowhere: not queued, not held by a worker.
+
+    The Redis transport takes a message off its queue (BRPOP) before it records it as unacknowledged, so a worker
+    killed in between loses it. Such a job stays queued (or running, mid-chain) and nothing touches it: after
+    `lost_after_s` it is looked for in the broker and, if absent, sent again from its first group (a message
+    that was only in transit makes a duplicate, which the job store absorbs). Rate-limited: one pass per
+    `lost_after_s / 2` across the workers.
+    """
+    settings = dispatcher.settings
+    if not settings.broker_is_redis:
+        return 0  # AMQP brokers hand a message over atomically
+    if not dispatcher.redis.set(
+        f"{settings.key_prefix}lock:lost-scan", b"1", nx=True, px=int(settings.lost_after_s * 500)
+    ):
+        return 0
+    since = utcnow() - timedelta(seconds=settings.lost_after_s)
+    sessions = session_factory(dispatcher.engine)
+    with sessions() as session:
+        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since, fleet=settings.fleet)}
+        if not candidates:
+            return 0
+        present = messages_in_broker(dispatcher, set(candidates))
+        sent = 0
+        for job_id, job in candidates.items():
+            if job_id in present:
+                continue
+            fresh = crud.get_job(session, job_id=job_id)
+            if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= since:
+                continue  # it moved meanwhile
+            log.warning("job %s (%s on %s) has no message in the broker; sending it again", job_id, job.state, job.pool)
+            try:
+                route = dispatcher.redispatch(session, fresh)
+                crud.move_job(session, job_id=job_id, pool=route.pools[0])  # and it was touched now
+                session.commit()
+                sent += 1
+            except NoRouteError as exc:
+                crud.fail_job(session, job_id=job_id, error=str(exc), dead=False)
+                session.commit()
+            except DispatchError:
+                break
+    return sent
+
+
+def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> RebalanceReport:
+    """One pass: recompute unavailable pools, evacuate them, resend forgotten jobs."""
+    settings = dispatcher.settings
+    now = time.time() if now is None else now
+    workers = dispatcher.state.workers()
+    for w in workers:  # forget workers long gone (restarted under another name)
+        if now - w.seen_at > 20 * settings.worker_lost_s:
+            dispatcher.state.remove_worker(w.name)
+    lost = pools_to_evacuate(workers, lost_hosts(dispatcher), now=now, worker_lost_s=settings.worker_lost_s)
+    report = RebalanceReport(unavailable=lost)
+    dispatcher.state.set_unavailable(lost)
+    dispatcher.tables.invalidate()
+    if lost:
+        table = dispatcher.table()
+        dispatcher.refresh_backlog()
+        for pool in sorted(lost):
+            n = evacuate_pool(dispatcher, pool, table)
+            if n:
+                report.moved[pool] = n
+    report.redispatched = resend_forgotten(dispatcher) + resend_lost(dispatcher)
+    return report

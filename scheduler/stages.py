@@ -1,0 +1,133 @@
+"""Stage execution: the narrow interface between the worker and the code that builds and runs stage modules.
+
+    build_stage(model_id, stage, recipe, tiny, device) -> StageFn
+
+A `StageFn` takes a batch of item dicts and returns one dict per item (the inputs with its outputs merged in);
+it synchronises the device before returning. It may carry `prepare(item) -> item`, the stage's CPU work
+(tokenizing), which the worker runs in the job's own thread, off the GPU's critical path.
+
+Item keys (what flows between stages, and between groups through the intermediates):
+- in: `prompt`, `negative_prompt`, `seed`, `height`, `width`, `steps`;
+- text_encoder adds `prompt_embeds` (+ `pooled_prompt_embeds`, and the `negative_*` pair for CFG models);
+- denoiser adds `latents`;
+- vae_decoder adds `image`: (H, W, 3) uint8 numpy array.
+
+The stage code is the agent's (DESIGN.md: the worker runs the same stage code that the agent probes):
+`default_build_stage` points at the stand-in in scheduler.diffusion until agent.pipelines is merged. A no-op
+builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from scheduler.errors import JobError
+
+Item = dict[str, Any]
+
+
+class StageFn(Protocol):
+    def __call__(self, batch: Sequence[Item]) -> list[Item]: ...
+
+
+BuildStage = Callable[[str, str, str, bool, str], StageFn]
+"""build_stage(model_id, stage, recipe, tiny, device)."""
+
+
+def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+    """The stage code the workers run (imports torch only when called)."""
+    from scheduler.diffusion import build_stage
+
+    return build_stage(model_id, stage, recipe, tiny, device)
+
+
+@dataclass
+class NoopStage:
+    """A stage that only takes time: `ms` per batch (a stand-in for GPU work), then passes items on.
+
+    For exercising the failure paths, a prompt starting with `!fail` makes the batch raise a RuntimeError (as a
+    CUDA error would: retried) and one starting with `!bad` a JobError (the request's fault: failed at once).
+    """
+
+    stage: str
+    ms: float
+    calls: int = 0
+
+    def __call__(self, batch: Sequence[Item]) -> list[Item]:
+        self.calls += 1
+        if self.ms > 0:
+            time.sleep(self.ms / 1000)
+        prompts = [str(item.get("prompt") or "") for item in batch]
+        if any(p.startswith("!bad") for p in prompts):
+            raise JobError(f"{self.stage}: the request cannot be served (a test's `!bad` prompt)")
+        if any(p.startswith("!fail") for p in prompts):
+            raise RuntimeError(f"{self.stage}: a transient failure (a test's `!fail` prompt)")
+        out = []
+        for item in batch:
+            item = dict(item)
+            if self.stage == "vae_decoder":
+                item["image"] = np.full((8, 8, 3), item.get("seed", 0) % 256, dtype=np.uint8)
+            else:
+                item[f"{self.stage}_done"] = True
+            out.append(item)
+        return out
+
+
+def noop_builder(ms: float) -> BuildStage:
+    def build(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+        return NoopStage(stage, ms)
+
+    return build
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What a worker loads for one pool: a model's consecutive stages with one recipe each."""
+
+    model: str
+    stages: tuple[str, ...]
+    recipes: tuple[tuple[str, str], ...]
+    tiny: bool
+    device: str
+
+    def recipe(self, stage: str) -> str:
+        return dict(self.recipes).get(stage, "fp32" if self.device == "cpu" else "bf16")
+
+
+@dataclass
+class GroupRunner:
+    """A pool's stages, built once, run in order on each batch."""
+
+    spec: GroupSpec
+    fns: list[StageFn] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, spec: GroupSpec, build_stage: BuildStage) -> GroupRunner:
+        fns = [build_stage(spec.model, s, spec.recipe(s), spec.tiny, spec.device) for s in spec.stages]
+        return cls(spec, fns)
+
+    def prepare(self, item: Item) -> Item:
+        """The group's CPU work on one item, in the job's thread."""
+        for fn in self.fns:
+            prep = getattr(fn, "prepare", None)
+            if prep is not None:
+                item = prep(item)
+        return item
+
+    def run(self, batch: Sequence[Item]) -> list[Item]:
+        items = list(batch)
+        for fn in self.fns:
+            items = fn(items)
+        return items
+
+    def unload(self) -> None:
+        for fn in self.fns:
+            close = getattr(fn, "unload", None)
+            if close is not None:
+                close()
+        self.fns.clear()
