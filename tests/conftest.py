@@ -23,6 +23,10 @@ from planner.db import migrate
 from planner.db.seed import seed_catalogs
 from planner.db.session import make_engine, session_scope
 
+# Stores opened by the code under test seed the catalogs but not the shipped reference measurements, so each test
+# sees exactly the measurements it stores; tests of the reference data ask for it (PLANNER_SEED_REFERENCE_DATA).
+os.environ.setdefault("PLANNER_SEED_REFERENCE_DATA", "false")
+
 BACKENDS = [b.strip() for b in os.environ.get("PLANNER_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 PG_ADMIN_URL = os.environ.get("PLANNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[1]

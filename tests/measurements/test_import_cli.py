@@ -73,9 +73,10 @@ def test_bad_row_names_line_and_field_and_stores_nothing(
 ) -> None:
     # First a good file, so "unchanged" means more than "empty".
     good = write_csv(tmp_path / "good.csv", [GOOD])
+    seeded = count(store_url)  # an embedded store seeds the shipped reference data on first use
     assert invoke("measurements", "import", str(good), "--database-url", store_url).returncode == 0
     before = count(store_url)
-    assert before == 1
+    assert before == seeded + 1
 
     bad = write_csv(tmp_path / "bad.csv", rows_with(**changes))
     proc = invoke("measurements", "import", str(bad), "--database-url", store_url)
@@ -89,10 +90,11 @@ def test_bad_row_names_line_and_field_and_stores_nothing(
 def test_missing_column_is_named(tmp_path: Path, store_url: str) -> None:
     columns = tuple(c for c in CONTRACT_COLUMNS if c != "power_w")
     bad = write_csv(tmp_path / "bad.csv", [GOOD], columns)
+    seeded = count(store_url)
     proc = invoke("measurements", "import", str(bad), "--database-url", store_url)
     assert proc.returncode != 0
     assert "field power_w: missing column" in proc.stderr
-    assert count(store_url) == 0
+    assert count(store_url) == seeded
 
 
 def test_import_is_idempotent_and_export_round_trips(tmp_path: Path, store_url: str) -> None:
@@ -101,6 +103,7 @@ def test_import_is_idempotent_and_export_round_trips(tmp_path: Path, store_url: 
         for b in (1, 2, 4)
     ]
     path = write_csv(tmp_path / "good.csv", rows)
+    seeded = count(store_url)
     first = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
     assert first.returncode == 0, first.stderr
     assert "stored 3" in first.stdout
@@ -109,10 +112,12 @@ def test_import_is_idempotent_and_export_round_trips(tmp_path: Path, store_url: 
     assert again.returncode == 0
     assert "stored 0" in again.stdout
     assert "3 already stored" in again.stdout
-    assert count(store_url) == 3
+    assert count(store_url) == seeded + 3
 
     out = tmp_path / "export.csv"
-    exp = run_cli("planner", "measurements", "export", "-o", str(out), "--database-url", store_url)
+    exp = run_cli(
+        "planner", "measurements", "export", "-o", str(out), "--recipe", "my-new-recipe", "--database-url", store_url
+    )
     assert exp.returncode == 0, exp.stderr
     exported = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(exported[0])[: len(CONTRACT_COLUMNS)] == list(CONTRACT_COLUMNS)

@@ -1,4 +1,4 @@
-"""A small FastAPI app carrying the job routes, as the planner service mounts them (`/v1` prefix)."""
+"""The planner service (the real app, `planner.api.main.create_app`) on a test's store, with its dispatcher."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from planner.api.routes import jobs
+from planner.api.main import create_app
 from planner.core.config import Settings
-from planner.db.session import session_factory
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher
 
@@ -16,9 +15,8 @@ TOKEN = "test-admin-token"
 
 
 def make_app(settings: SchedulerSettings, engine: Engine) -> FastAPI:
-    app = FastAPI()
-    app.state.settings = Settings(admin_token=SecretStr(TOKEN), database_url=str(engine.url))
-    app.state.sessionmaker = session_factory(engine)
+    app = create_app(
+        Settings(admin_token=SecretStr(TOKEN), database_url=str(engine.url), heartbeat_sweep_s=0), engine=engine
+    )
     app.state.dispatcher = Dispatcher(settings, engine=engine)
-    app.include_router(jobs.router, prefix="/v1")
     return app

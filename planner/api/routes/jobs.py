@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, SessionDep
+from planner.api.schemas.common import ERROR_RESPONSES
 from planner.api.schemas.jobs import JobIn, JobOut, JobsSummary
 from planner.core.errors import ConflictError, InputError
 from planner.crud import jobs as crud
@@ -45,7 +46,7 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 def _out(request: Request, job: m.Job) -> JobOut:
