@@ -123,7 +123,7 @@ def db_url(template_db: tuple[str, object], tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
+    eng = make_engine(db_url, sqlite_savepoints=True)
     yield eng
     eng.dispose()
 

@@ -16,9 +16,6 @@ from planner.core.config import get_settings
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # pysqlite opens transactions on its own and ignores SAVEPOINT semantics; hand transaction control to
-    # SQLAlchemy (the documented recipe), so nested transactions and rollbacks behave as on PostgreSQL.
-    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
@@ -26,10 +23,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_explicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+
+
 def _sqlite_begin(conn: Any) -> None:
-    # IMMEDIATE takes the write lock up front: two deferred transactions that both read and then write would
-    # deadlock, and SQLite answers one of them "database is locked" without waiting.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql("BEGIN")
 
 
 def normalise_url(url: str) -> str:
@@ -39,8 +38,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for a URL; creates the SQLite file's directory so the embedded default just works."""
+def make_engine(url: str, *, sqlite_savepoints: bool = False, **kwargs: Any) -> Engine:
+    """An engine for a URL; creates the SQLite file's directory so the embedded default just works.
+
+    `sqlite_savepoints` hands SQLite's transactions to SQLAlchemy (explicit BEGIN, the documented pysqlite
+    recipe) so SAVEPOINTs work, which the tests' roll-back-everything sessions need. The store's own code uses
+    no savepoints and keeps pysqlite's default (reads outside transactions, a write lock only when writing),
+    under which concurrent workers on one embedded file do not lock each other out.
+    """
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -48,7 +53,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        if sqlite_savepoints:
+            event.listen(engine, "connect", _sqlite_explicit_transactions)
+            event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     if "poolclass" not in kwargs:

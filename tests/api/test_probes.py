@@ -224,10 +224,7 @@ def test_two_identical_submissions_racing_store_once(fresh_store_url: str) -> No
     thread.join(timeout=30)
     assert not errors, errors
     assert [r.created for r in results] == [False]
-    if not fresh_store_url.startswith("sqlite"):
-        # SQLite serializes writers at BEGIN IMMEDIATE: the second submission waits there and then finds the run
-        # by its existence check. PostgreSQL lets both reach the insert: the loser must take the key error path.
-        assert rollbacks, "the second submission did not take the IntegrityError path"
+    assert rollbacks, "the second submission did not take the IntegrityError path"
     with Session(engine) as s:
         n = s.scalar(
             select(func.count()).select_from(m.Measurement).where(m.Measurement.probe_run_id == str(payload.id))

@@ -30,10 +30,14 @@ def test_commits_inside_an_outer_transaction_roll_back(engine: Engine) -> None:
 
 
 def test_session_scope_rolls_back_on_error(engine: Engine) -> None:
-    with pytest.raises(RuntimeError), session_scope(engine) as s:
-        s.add(m.Fleet(name="half-written"))
-        s.flush()
-        raise RuntimeError("boom")
+    def half_write() -> None:
+        with session_scope(engine) as s:
+            s.add(m.Fleet(name="half-written"))
+            s.flush()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        half_write()
     assert _fleets(engine, "half-written") == 0
 
 

@@ -133,6 +133,7 @@ def test_a_pool_slower_than_planned_makes_the_plan_stale(
     deadline = time.monotonic() + 30
     with session_factory(engine)() as s:
         while time.monotonic() < deadline:
+            s.rollback()  # end the read transaction: each poll must see what the worker committed since
             plan = s.get(m.Plan, plan_id, populate_existing=True)
             assert plan is not None
             if plan.status == "stale":
