@@ -65,7 +65,7 @@ class GpuFamily(_Strict):
 
     def peak_tflops(self, precision: str) -> float | None:
         """Dense peak for a precision, falling back the way the hardware does (fp32 matmul runs as tf32)."""
-        value = self.tflops.get(precision)  # type: ignore[call-overload]
+        value: float | None = self.tflops.get(precision)  # type: ignore[call-overload]
         if value is None and precision == "fp32":
             value = self.tflops.get("tf32")
         return value

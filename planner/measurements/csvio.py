@@ -71,7 +71,7 @@ def parse_rows(stream: IO[str], *, name: str = "<stream>") -> list[MeasurementRo
     for raw in reader:
         line = reader.line_num
         if None in raw:
-            errors.append(RowError(line, "row", f"has {len(columns) + len(raw[None])} fields, header has {len(columns)}"))  # type: ignore[index]
+            errors.append(RowError(line, "row", f"has {len(columns) + len(raw[None])} fields, header has {len(columns)}"))
             continue
         values = {k.strip(): _clean(v) for k, v in raw.items() if k is not None}
         absent = [c for c in CONTRACT_COLUMNS if values.get(c) is None and c in _REQUIRED]
