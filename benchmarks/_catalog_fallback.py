@@ -1,8 +1,8 @@
 """Catalog entries the benchmark scripts use when the shipped catalog lacks them.
 
-The catalog data files (planner/catalog/data/*.yaml) are the source of truth; these entries copy the figures of
-../shared/reference/diffusion-facts.md §6a (FLOPs, parameter counts) and §7 (GPU catalogue) so the scripts run
-before the catalog lands and for families it does not carry (the A10). Every use is printed by the scripts.
+The catalog data files (planner/catalog/data/*.yaml) are the source of truth; these entries copy the
+figures of ../shared/reference/diffusion-facts.md §6a (FLOPs, parameter counts) and §7 (GPU catalogue) so
+the scripts run before the catalog lands and for families it does not carry (the A10). Every use is printed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from planner.catalog.schema import Component, GpuFamily, ModelSpec, Recipe, Stag
 FACTS = "../shared/reference/diffusion-facts.md"
 
 
-def _family(fid: str, name: str, mem_gb: float, tbps: float, tflops: dict[str, float], tdp: float) -> GpuFamily:
+def _family(
+    fid: str, name: str, mem_gb: float, tbps: float, tflops: dict[str, float], tdp: float
+) -> GpuFamily:
     return GpuFamily.model_validate(
         {
             "id": fid,
@@ -41,8 +43,12 @@ FAMILIES: dict[str, GpuFamily] = {
             700,
         ),
         _family("h200-141gb", "NVIDIA H200 SXM", 141, 4.8, {"bf16": 989, "fp16": 989, "fp8": 1979}, 700),
-        _family("l40s-48gb", "NVIDIA L40S", 48, 0.864, {"bf16": 362, "fp16": 362, "fp8": 733, "int8": 733}, 350),
-        _family("l4-24gb", "NVIDIA L4", 24, 0.300, {"bf16": 121, "fp16": 121, "fp8": 242.5, "int8": 242.5}, 72),
+        _family(
+            "l40s-48gb", "NVIDIA L40S", 48, 0.864, {"bf16": 362, "fp16": 362, "fp8": 733, "int8": 733}, 350
+        ),
+        _family(
+            "l4-24gb", "NVIDIA L4", 24, 0.300, {"bf16": 121, "fp16": 121, "fp8": 242.5, "int8": 242.5}, 72
+        ),
     )
 }
 
@@ -79,7 +85,11 @@ MODELS: dict[str, ModelSpec] = {
         text_tokens=77,
         latent_channels=4,
         stages=[
-            _stage("text_encoder", 0.111, [_component("text_encoder", 123_100_000), _component("te2", 694_700_000)]),
+            _stage(
+                "text_encoder",
+                0.111,
+                [_component("text_encoder", 123_100_000), _component("te2", 694_700_000)],
+            ),
             _stage("denoiser", 6.761, [_component("unet", 2_567_463_684)]),
             _stage("vae_decoder", 10.47, [_component("vae", 83_700_000)]),
         ],
@@ -96,7 +106,11 @@ MODELS: dict[str, ModelSpec] = {
         text_tokens=512,
         latent_channels=16,
         stages=[
-            _stage("text_encoder", 4.853, [_component("text_encoder", 123_100_000), _component("t5", 4_762_300_000)]),
+            _stage(
+                "text_encoder",
+                4.853,
+                [_component("text_encoder", 123_100_000), _component("t5", 4_762_300_000)],
+            ),
             _stage("denoiser", 74.38, [_component("transformer", 11_901_408_320)]),
             _stage("vae_decoder", 10.47, [_component("vae", 83_800_000)]),
         ],
@@ -139,7 +153,11 @@ def catalog_or_fallback() -> tuple[dict[str, GpuFamily], dict[str, ModelSpec], d
         loaded = True
     except Exception as exc:  # the catalog data files are not there yet
         notes.append(f"catalog not loadable ({type(exc).__name__}); using {FACTS} figures for everything")
-    for table, fallback, kind in ((families, FAMILIES, "family"), (models, MODELS, "model"), (recipes, RECIPES, "recipe")):
+    for table, fallback, kind in (
+        (families, FAMILIES, "family"),
+        (models, MODELS, "model"),
+        (recipes, RECIPES, "recipe"),
+    ):
         for key, value in fallback.items():
             if key not in table:
                 table[key] = value  # type: ignore[assignment]

@@ -28,12 +28,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.catalog.schema import Component, GpuFamily, ModelSpec, Recipe, StageSpec  # noqa: E402
-from planner.measurements.contract import MeasurementRow  # noqa: E402
-from planner.perf import PerfModel  # noqa: E402
-from planner.solver import FleetFamily, Problem, SolverOptions, Workload, solve  # noqa: E402
-from planner.solver.milp import solve_milp  # noqa: E402
-from planner.solver.options import OptionBuilder  # noqa: E402
+from planner.catalog.schema import Component, GpuFamily, ModelSpec, Recipe, StageSpec
+from planner.measurements.contract import MeasurementRow
+from planner.perf import PerfModel
+from planner.solver import FleetFamily, Problem, SolverOptions, Workload, solve
+from planner.solver.milp import solve_milp
+from planner.solver.options import OptionBuilder
 
 AIMS = {100: 1.0, 1000: 10.0}
 GAP_AIM = 1e-3
@@ -45,8 +45,14 @@ STAGE_RECIPES = {
     "vae_decoder": ("bf16", "bf16-tiny-vae", "bf16-tiled-vae"),
 }
 RECIPE_SPEED = {
-    "bf16": 1.0, "fp16": 1.0, "bf16-compile": 0.75, "fp8": 0.85, "fp8-compile": 0.6, "int8-compile": 0.65,
-    "bf16-tiny-vae": 0.1, "bf16-tiled-vae": 1.2,
+    "bf16": 1.0,
+    "fp16": 1.0,
+    "bf16-compile": 0.75,
+    "fp8": 0.85,
+    "fp8-compile": 0.6,
+    "int8-compile": 0.65,
+    "bf16-tiny-vae": 0.1,
+    "bf16-tiled-vae": 1.2,
 }
 
 
@@ -71,10 +77,23 @@ def families() -> list[GpuFamily]:
         out.append(
             GpuFamily.model_validate(
                 {
-                    "id": fid, "name": fid, "vendor": "other", "memory_gib": mem, "memory_bandwidth_tbps": bw,
-                    "tflops": tflops, "tdp_w": tdp,
-                    "prices": [{"price_per_hour": price, "provider": "synthetic", "offering": "on-demand",
-                                "source": "this script", "as_of": "2026-01", "status": "unverified"}],
+                    "id": fid,
+                    "name": fid,
+                    "vendor": "other",
+                    "memory_gib": mem,
+                    "memory_bandwidth_tbps": bw,
+                    "tflops": tflops,
+                    "tdp_w": tdp,
+                    "prices": [
+                        {
+                            "price_per_hour": price,
+                            "provider": "synthetic",
+                            "offering": "on-demand",
+                            "source": "this script",
+                            "as_of": "2026-01",
+                            "status": "unverified",
+                        }
+                    ],
                 }
             )
         )
@@ -95,13 +114,29 @@ def models() -> list[ModelSpec]:
     ]
     out = []
     for mid, arch, steps, cfg, te, dn, vae, te_p, dn_p in specs:
+
         def comp(name: str, params: float) -> Component:
-            return Component(name=name, library="diffusers", class_name="X", config="x", tiny_config="x",
-                             params=int(params))
+            return Component(
+                name=name,
+                library="diffusers",
+                class_name="X",
+                config="x",
+                tiny_config="x",
+                params=int(params),
+            )
+
         out.append(
             ModelSpec(
-                id=mid, name=mid, architecture=arch, default_steps=steps, height=1024, width=1024,  # type: ignore[arg-type]
-                guidance_scale=5.0 if cfg else 0.0, cfg=cfg, text_tokens=77, latent_channels=4,
+                id=mid,
+                name=mid,
+                architecture=arch,
+                default_steps=steps,
+                height=1024,
+                width=1024,  # type: ignore[arg-type]
+                guidance_scale=5.0 if cfg else 0.0,
+                cfg=cfg,
+                text_tokens=77,
+                latent_channels=4,
                 stages=[
                     StageSpec(name="text_encoder", components=[comp("te", te_p)], tflops_per_call=te),
                     StageSpec(name="denoiser", components=[comp("dn", dn_p)], tflops_per_call=dn),
@@ -114,17 +149,28 @@ def models() -> list[ModelSpec]:
 
 def recipes() -> dict[str, Recipe]:
     def r(rid: str, precision: str, **kw: Any) -> Recipe:
-        return Recipe.model_validate({"id": rid, "stages": ["text_encoder", "denoiser", "vae_decoder"],
-                                      "precision": precision, **kw})
-    return {x.id: x for x in (
-        r("bf16", "bf16", reference=True), r("fp16", "fp16"), r("bf16-compile", "bf16", compile="max-autotune"),
-        r("fp8", "fp8", quantization="fp8-rowwise"), r("fp8-compile", "fp8", quantization="fp8-rowwise",
-        compile="max-autotune"), r("int8-compile", "int8", quantization="int8-dynamic", compile="max-autotune"),
-        r("bf16-tiny-vae", "bf16", vae="tiny"), r("bf16-tiled-vae", "bf16", vae="tiled"),
-    )}
+        return Recipe.model_validate(
+            {"id": rid, "stages": ["text_encoder", "denoiser", "vae_decoder"], "precision": precision, **kw}
+        )
+
+    return {
+        x.id: x
+        for x in (
+            r("bf16", "bf16", reference=True),
+            r("fp16", "fp16"),
+            r("bf16-compile", "bf16", compile="max-autotune"),
+            r("fp8", "fp8", quantization="fp8-rowwise"),
+            r("fp8-compile", "fp8", quantization="fp8-rowwise", compile="max-autotune"),
+            r("int8-compile", "int8", quantization="int8-dynamic", compile="max-autotune"),
+            r("bf16-tiny-vae", "bf16", vae="tiny"),
+            r("bf16-tiled-vae", "bf16", vae="tiled"),
+        )
+    }
 
 
-def synthetic_rows(fams: list[GpuFamily], mdls: list[ModelSpec], rcps: dict[str, Recipe], rng: random.Random) -> list[MeasurementRow]:
+def synthetic_rows(
+    fams: list[GpuFamily], mdls: list[ModelSpec], rcps: dict[str, Recipe], rng: random.Random
+) -> list[MeasurementRow]:
     from planner.perf.roofline import compute_precision, flops_per_call, weight_gib
 
     rows = []
@@ -141,36 +187,59 @@ def synthetic_rows(fams: list[GpuFamily], mdls: list[ModelSpec], rcps: dict[str,
                         for b in BATCHES:
                             tf = flops_per_call(m, stage, b, h, w) or 0.0
                             wgt = weight_gib(m, stage, rid, rcps[rid]) or 0.0
-                            t = tf / (peak * 0.45) * 1e3 + wgt * 2**30 / (fam.memory_bandwidth_tbps * 1e12) * 1e3 + 3.0
+                            t = (
+                                tf / (peak * 0.45) * 1e3
+                                + wgt * 2**30 / (fam.memory_bandwidth_tbps * 1e12) * 1e3
+                                + 3.0
+                            )
                             t *= RECIPE_SPEED.get(rid, 1.0) * rng.uniform(0.95, 1.05)
                             mem = wgt + 0.4 * b * (h * w) / 1024**2 * (2.5 if stage == "vae_decoder" else 1.0)
                             if mem > fam.memory_gib:
                                 continue
-                            rows.append(MeasurementRow(
-                                gpu_family=fam.id, model=m.id, stage=stage, recipe=rid, batch=b, height=h, width=w,  # type: ignore[arg-type]
-                                latency_ms=t, latency_p95_ms=t * 1.05, peak_mem_gib=mem, weights="synthetic",
-                                source="measured", tflops_per_call=tf,
-                            ))
+                            rows.append(
+                                MeasurementRow(
+                                    gpu_family=fam.id,
+                                    model=m.id,
+                                    stage=stage,
+                                    recipe=rid,
+                                    batch=b,
+                                    height=h,
+                                    width=w,  # type: ignore[arg-type]
+                                    latency_ms=t,
+                                    latency_p95_ms=t * 1.05,
+                                    peak_mem_gib=mem,
+                                    weights="synthetic",
+                                    source="measured",
+                                    tflops_per_call=tf,
+                                )
+                            )
     return rows
 
 
 def workloads(n: int, mdls: list[ModelSpec], rng: random.Random) -> list[Workload]:
     out = []
-    pairs = [("syn-sdxl", "syn-sdxl-light"), ("syn-flux-dev", "syn-flux-schnell"), ("syn-qwen", "syn-qwen-light")]
+    pairs = [
+        ("syn-sdxl", "syn-sdxl-light"),
+        ("syn-flux-dev", "syn-flux-schnell"),
+        ("syn-qwen", "syn-qwen-light"),
+    ]
     by_id = {m.id: m for m in mdls}
     for i in range(n):
-        if rng.random() < 0.3:
-            names = rng.choice(pairs)
-        else:
-            names = (rng.choice(mdls).id,)
+        names = rng.choice(pairs) if rng.random() < 0.3 else (rng.choice(mdls).id,)
         h, w = rng.choice(RESOLUTIONS)
         rate = 10 ** rng.uniform(-1.7, 1.3)
         p95 = rng.choice([None, 10.0, 30.0, 60.0, 120.0])
-        out.append(Workload(
-            name=f"w{i}", models=names, rate=rate,
-            steps={m: by_id[m].default_steps for m in names}, resolution={m: (h, w) for m in names},
-            headroom=rng.uniform(0.1, 0.3), p95_latency_s=p95,
-        ))
+        out.append(
+            Workload(
+                name=f"w{i}",
+                models=names,
+                rate=rate,
+                steps={m: by_id[m].default_steps for m in names},
+                resolution=dict.fromkeys(names, (h, w)),
+                headroom=rng.uniform(0.1, 0.3),
+                p95_latency_s=p95,
+            )
+        )
     return out
 
 
@@ -183,23 +252,42 @@ def build(n: int, seed: int, *, verbose: bool) -> Problem:
     for k, f in enumerate(fams):
         price = f.prices[0].price_per_hour
         available = None if k % 3 else max(4, n // 2)
-        fleet[f.id] = FleetFamily(id=f.id, price_per_hour=price, memory_gib=f.memory_gib, available=available, spec=f)
-    opts = SolverOptions(baselines=False, sensitivity=False, verbose=verbose, time_limit_s=120,
-                         progress=(lambda msg: print(f"    .. {msg}", flush=True)) if n >= 1000 else None)
-    return Problem(families=fleet, perf=perf, workloads=workloads(n, mdls, rng), models={m.id: m for m in mdls},
-                   recipes=rcps, options=opts)
+        fleet[f.id] = FleetFamily(
+            id=f.id, price_per_hour=price, memory_gib=f.memory_gib, available=available, spec=f
+        )
+    opts = SolverOptions(
+        baselines=False,
+        sensitivity=False,
+        verbose=verbose,
+        time_limit_s=120,
+        progress=(lambda msg: print(f"    .. {msg}", flush=True)) if n >= 1000 else None,
+    )
+    return Problem(
+        families=fleet,
+        perf=perf,
+        workloads=workloads(n, mdls, rng),
+        models={m.id: m for m in mdls},
+        recipes=rcps,
+        options=opts,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full", action="store_true", help="also time baselines and sensitivity")
     args = parser.parse_args(argv)
-    print(f"machine: {platform.platform()}; python {platform.python_version()}; {os.cpu_count()} CPUs; "
-          f"{platform.processor() or platform.machine()}")
-    print("| workloads | options | MILP vars | MILP rows | build+prune (s) | MILP (s) | solve() wall (s) | "
-          "solve() CPU (s) | gap | aim (s) | CPU / aim | feasible | $/h |")
+    print(
+        f"machine: {platform.platform()}; python {platform.python_version()}; {os.cpu_count()} CPUs; "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        "| workloads | options | MILP vars | MILP rows | build+prune (s) | MILP (s) | solve() wall (s) | "
+        "solve() CPU (s) | gap | aim (s) | CPU / aim | feasible | $/h |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         problem = build(n, args.seed, verbose=False)
@@ -214,14 +302,22 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{cpu / aim:.2f}" if aim else "-"
         gap = f"{stats.mip_gap:.3%}" if stats.mip_gap == stats.mip_gap else "-"
         cost = f"{plan.total_cost_per_hour:.2f}" if plan.total_cost_per_hour is not None else "-"
-        print(f"| {n} | {stats.options} | {stats.variables} | {stats.constraints} | {stats.build_s:.2f} | "
-              f"{stats.solve_s:.2f} | {total:.2f} | {cpu:.2f} | {gap} | {aim or '-'} | {ratio} | {plan.feasible} | "
-              f"{cost} |",
-              flush=True)
+        print(
+            f"| {n} | {stats.options} | {stats.variables} | {stats.constraints} | {stats.build_s:.2f} | "
+            f"{stats.solve_s:.2f} | {total:.2f} | {cpu:.2f} | {gap} | {aim or '-'} | {ratio} | "
+            f"{plan.feasible} | "
+            f"{cost} |",
+            flush=True,
+        )
         if args.full:
-            full = Problem(families=problem.families, perf=problem.perf, workloads=problem.workloads,
-                           models=problem.models, recipes=problem.recipes,
-                           options=SolverOptions(time_limit_s=120))
+            full = Problem(
+                families=problem.families,
+                perf=problem.perf,
+                workloads=problem.workloads,
+                models=problem.models,
+                recipes=problem.recipes,
+                options=SolverOptions(time_limit_s=120),
+            )
             started = time.perf_counter()
             solve(full)
             print(f"    with baselines and sensitivity: {time.perf_counter() - started:.2f} s")

@@ -1,19 +1,21 @@
 """Check the roofline transfer against published latencies that nobody here tuned the model to.
 
 Usage:
-    PYTHONPATH=. python benchmarks/transfer_validation.py [--measurements FILE.csv] [--overhead fixed|bandwidth|compute]
+    PYTHONPATH=. python benchmarks/transfer_validation.py [--measurements FILE.csv]
+                                                          [--overhead fixed|bandwidth|compute]
 
 Source cells: the measurements CSV given (the project's shipped H100 reference data once it exists), else the
 cells of ../shared/reference/h100-baseline.json converted to rows here (one H100 80GB HBM3, random weights,
 torch 2.11, diffusers 0.42.1; CUDA-event medians, p95 taken as the run's max). The H100 cells are then
-transferred to a10 / a100 / h100 / h200 by `planner.perf.PerfModel` and each pipeline latency is compared with a
-published figure (../shared/reference/diffusion-facts.md):
-  - SDXL 1024^2 30 steps, PyTorch baseline of the stabilityai TensorRT card (§5): A10 9399, A100 3704, H100 2496 ms;
+transferred to a10 / a100 / h100 / h200 by `planner.perf.PerfModel` and each pipeline latency is compared
+with a published figure (../shared/reference/diffusion-facts.md):
+  - SDXL 1024^2 30 steps, PyTorch baseline of the stabilityai TensorRT card (§5): A10 9399, A100 3704,
+    H100 2496 ms;
   - SDXL on A100, diffusers fast_diffusion tutorial (§1): bf16 + SDPA 3.31 s (batch 1);
   - Flux-dev 1024^2 28 steps bf16: A100 13.843 s (§2c ParaAttention, steps unverified), H100 6.573 s (§2a).
-A pipeline latency is steps x denoiser call + VAE decode; the text encoders are not in the baseline and are left
-out (a few ms for SDXL's CLIPs, ~10 ms for Flux's T5 on an H100). The cross-family ratio column divides by the
-same source's H100 figure, which removes the software-stack gap between that source and our H100 run.
+A pipeline latency is steps x denoiser call + VAE decode; the text encoders are not in the baseline and are
+left out (a few ms for SDXL's CLIPs, ~10 ms for Flux's T5 on an H100). The cross-family ratio column divides
+by the same source's H100 figure, which removes the software-stack gap between that source and our H100 run.
 Prints a markdown table to stdout (for docs/benchmarks.md) and the catalog fallbacks used to stderr.
 """
 
@@ -29,12 +31,12 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _catalog_fallback import catalog_or_fallback  # noqa: E402
+from _catalog_fallback import catalog_or_fallback
 
-from planner.measurements.contract import MeasurementRow  # noqa: E402
-from planner.measurements.csvio import read_csv  # noqa: E402
-from planner.perf import PerfModel, PerfSettings  # noqa: E402
-from planner.perf.roofline import OverheadScaling  # noqa: E402
+from planner.measurements.contract import MeasurementRow
+from planner.measurements.csvio import read_csv
+from planner.perf import PerfModel, PerfSettings
+from planner.perf.roofline import OverheadScaling
 
 BASELINE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "h100-baseline.json"
 H100 = "h100-sxm-80gb"
@@ -64,7 +66,12 @@ def baseline_rows(path: Path) -> list[MeasurementRow]:
             )
         )
 
-    dtype_recipe = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "bf16": "bf16"}
+    dtype_recipe = {
+        "torch.float32": "fp32",
+        "torch.float16": "fp16",
+        "torch.bfloat16": "bf16",
+        "bf16": "bf16",
+    }
     for r in data["rows"]:
         kind, batch, ms = r["model"], int(r["B"]), float(r["step_ms"])
         p95 = max(ms, float(r.get("max", ms)))
@@ -89,7 +96,14 @@ def baseline_rows(path: Path) -> list[MeasurementRow]:
     for r in data.get("fp8_and_compile", []):
         recipe = {"bf16+compile": "bf16-compile", "fp8-rowwise eager": "fp8"}.get(r["recipe"])
         if recipe is not None:
-            add("flux-dev", "denoiser", recipe, int(r["B"]), float(r["step_ms"]), latency_p95_ms=float(r["step_ms"]))
+            add(
+                "flux-dev",
+                "denoiser",
+                recipe,
+                int(r["B"]),
+                float(r["step_ms"]),
+                latency_p95_ms=float(r["step_ms"]),
+            )
     return rows
 
 
@@ -106,21 +120,55 @@ class Published:
 
 
 PUBLISHED: tuple[Published, ...] = (
-    Published("SDXL 30 steps, PyTorch baseline (fp16)", "sdxl", 30, "fp16", "a10-24gb", 9399, "facts §5 TRT card", 2496),
-    Published("SDXL 30 steps, PyTorch baseline (fp16)", "sdxl", 30, "fp16", "a100-80gb", 3704, "facts §5 TRT card", 2496),
-    Published("SDXL 30 steps, PyTorch baseline (fp16)", "sdxl", 30, "fp16", H100, 2496, "facts §5 TRT card", 2496),
+    Published(
+        "SDXL 30 steps, PyTorch baseline (fp16)",
+        "sdxl",
+        30,
+        "fp16",
+        "a10-24gb",
+        9399,
+        "facts §5 TRT card",
+        2496,
+    ),
+    Published(
+        "SDXL 30 steps, PyTorch baseline (fp16)",
+        "sdxl",
+        30,
+        "fp16",
+        "a100-80gb",
+        3704,
+        "facts §5 TRT card",
+        2496,
+    ),
+    Published(
+        "SDXL 30 steps, PyTorch baseline (fp16)", "sdxl", 30, "fp16", H100, 2496, "facts §5 TRT card", 2496
+    ),
     Published("SDXL 30 steps, bf16 + SDPA", "sdxl", 30, "bf16", "a100-80gb", 3310, "facts §1 fast_diffusion"),
-    Published("SDXL 30 steps, bf16 + compile", "sdxl", 30, "bf16-compile", "a100-80gb", 2540, "facts §1 fast_diffusion"),
-    Published("Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16", "a100-80gb", 13843, "facts §2c ParaAttention", 6573),
-    Published("Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16", H100, 6573, "facts §2a diffusers-torchao", 6573),
+    Published(
+        "SDXL 30 steps, bf16 + compile",
+        "sdxl",
+        30,
+        "bf16-compile",
+        "a100-80gb",
+        2540,
+        "facts §1 fast_diffusion",
+    ),
+    Published(
+        "Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16", "a100-80gb", 13843, "facts §2c ParaAttention", 6573
+    ),
+    Published(
+        "Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16", H100, 6573, "facts §2a diffusers-torchao", 6573
+    ),
     Published("Flux-dev 28 steps, bf16 + compile", "flux-dev", 28, "bf16-compile", H100, 4209, "facts §2a"),
     Published("Flux-dev 28 steps, bf16 (no published figure)", "flux-dev", 28, "bf16", "h200-141gb", 0, "-"),
     Published("SDXL 30 steps, fp16 (no published figure)", "sdxl", 30, "fp16", "h200-141gb", 0, "-"),
 )
 
 
-def pipeline_ms(perf: PerfModel, family: str, model: str, steps: int, recipe: str) -> tuple[float, float, str] | None:
-    """steps x denoiser + VAE decode at batch 1, 1024^2; with the larger of the two uncertainties and the method."""
+def pipeline_ms(
+    perf: PerfModel, family: str, model: str, steps: int, recipe: str
+) -> tuple[float, float, str] | None:
+    """steps x denoiser + VAE decode at batch 1, 1024^2, the larger of the two uncertainties, the method."""
     dn = perf.latency(family, model, "denoiser", recipe, 1, 1024, 1024)
     vae = perf.latency(family, model, "vae_decoder", "bf16", 1, 1024, 1024)
     if dn is None or vae is None:
@@ -129,8 +177,12 @@ def pipeline_ms(perf: PerfModel, family: str, model: str, steps: int, recipe: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--measurements", type=Path, help="a measurements CSV (default: h100-baseline.json cells)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--measurements", type=Path, help="a measurements CSV (default: h100-baseline.json cells)"
+    )
     parser.add_argument("--baseline", type=Path, default=BASELINE, help="h100-baseline.json path")
     parser.add_argument("--overhead", choices=["fixed", "bandwidth", "compute"], default=None)
     args = parser.parse_args(argv)
@@ -144,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = baseline_rows(args.baseline)
         source = f"{args.baseline.name} cells converted to rows by this script (H100, random weights)"
     scalings: list[OverheadScaling] = [args.overhead] if args.overhead else ["fixed", "bandwidth"]
-    perfs = {s: PerfModel(rows, families=families, models=models, recipes=recipes, settings=PerfSettings(overhead_scaling=s)) for s in scalings}
+    perfs = {
+        s: PerfModel(
+            rows, families=families, models=models, recipes=recipes, settings=PerfSettings(overhead_scaling=s)
+        )
+        for s in scalings
+    }
     print(f"Source cells: {source}. Pipeline = steps x denoiser call + VAE decode, batch 1, 1024x1024.\n")
     head = "| workload | family | published (ms) | source |"
     sep = "|---|---|---|---|"
@@ -155,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     print(sep + "---|---|")
     errors: dict[str, list[float]] = {s: [] for s in scalings}
     for pub in PUBLISHED:
-        line = f"| {pub.label} | {pub.family} | {pub.ms:.0f} | {pub.source} |" if pub.ms else f"| {pub.label} | {pub.family} | - | - |"
+        line = (
+            f"| {pub.label} | {pub.family} | {pub.ms:.0f} | {pub.source} |"
+            if pub.ms
+            else f"| {pub.label} | {pub.family} | - | - |"
+        )
         unc, method = "-", "no source cell"
         for s in scalings:
             perf = perfs[s]
@@ -182,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in scalings:
         errs = errors[s]
         if errs:
-            print(f"overhead {s}: mean |error| over transferred rows {sum(errs) / len(errs):.0%}, max {max(errs):.0%}")
+            print(
+                f"overhead {s}: mean |error| over transferred rows {sum(errs) / len(errs):.0%}, "
+                f"max {max(errs):.0%}"
+            )
     return 0
 
 

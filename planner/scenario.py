@@ -147,6 +147,7 @@ class Scenario(_Strict):
     solver: SolverSection = Field(default_factory=SolverSection)
 
     _path: Path | None = PrivateAttr(default=None)
+    _name: str = PrivateAttr(default="<scenario>")
     _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
 
     @property
@@ -164,7 +165,7 @@ class Scenario(_Strict):
 
     def locate(self, path: KeyPath) -> str:
         """`file:line` of a key path (the nearest enclosing key that has a line)."""
-        name = str(self._path) if self._path is not None else "<scenario>"
+        name = str(self._path) if self._path is not None else self._name
         line = _nearest_line(self._lines, path)
         return f"{name}:{line}" if line else name
 
@@ -357,6 +358,7 @@ def parse_scenario(text: str, *, name: str = "<scenario>", path: Path | None = N
         raise InputError("invalid scenario:\n  " + "\n  ".join(unique)) from exc
     scenario._lines = lines
     scenario._path = path
+    scenario._name = name
     for label, field, names in (
         ("fleet", "family", [f.family for f in scenario.fleet]),
         ("workloads", "name", [w.name for w in scenario.workloads]),

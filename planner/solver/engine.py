@@ -231,7 +231,10 @@ def _assemble(
     shared_p95: dict[GroupKey, float] = {}
     counters: dict[str, int] = defaultdict(int)
     for fid, placed in bins:
-        tenants = [o for o in placed if o.key in chosen_groups and o.key not in shared_of]
+        tenants: list[Option] = []
+        for o in placed:  # one slot per group (the MILP may place a group's spare slot too: it costs nothing)
+            if o.key in chosen_groups and o.key not in shared_of and all(t.key != o.key for t in tenants):
+                tenants.append(o)
         if not tenants:
             continue
         counters[fid] += 1

@@ -176,13 +176,12 @@ def build_problem(
                     )
     perf = PerfModel(
         all_rows,
-        families={fid: f.spec for fid, f in fleet.items() if f.spec is not None} | dict(families),
+        families=families,  # a fleet-only family has no ceilings: it gets only its measured cells
         models=models,
         recipes=recipes,
         calibration=calibration,
         settings=perf_settings,
     )
-    # A fleet entry's memory override applies to the plan, not to the catalog the transfer uses.
     sec = scenario.solver
     opts = options or SolverOptions(
         memory_reserve_gib=sec.memory_reserve_gib,

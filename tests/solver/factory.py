@@ -35,7 +35,9 @@ def family(
 
 
 def _component(name: str, params: int | None) -> Component:
-    return Component(name=name, library="diffusers", class_name="X", config="x.json", tiny_config="x.json", params=params)
+    return Component(
+        name=name, library="diffusers", class_name="X", config="x.json", tiny_config="x.json", params=params
+    )
 
 
 def model(
@@ -146,7 +148,7 @@ def workload(
         models=names,
         rate=rate,
         steps=per_steps,
-        resolution={m: (height, width) for m in names},
+        resolution=dict.fromkeys(names, (height, width)),
         headroom=headroom,
         p95_latency_s=p95,
         **extra,
@@ -170,15 +172,24 @@ def problem(
     perf = PerfModel(rows, families=fams, models=mdls, recipes=rcps, settings=perf_settings)
     opts = SolverOptions(**({"baselines": False, "sensitivity": False} | options))
     return Problem(
-        families={f.id: f for f in fleet}, perf=perf, workloads=list(workloads), models=mdls, recipes=rcps, options=opts
+        families={f.id: f for f in fleet},
+        perf=perf,
+        workloads=list(workloads),
+        models=mdls,
+        recipes=rcps,
+        options=opts,
     )
 
 
-def fleet(fid: str, price: float, *, memory_gib: float = 80.0, available: int | None = None, **kw: Any) -> FleetFamily:
+def fleet(
+    fid: str, price: float, *, memory_gib: float = 80.0, available: int | None = None, **kw: Any
+) -> FleetFamily:
     spec = kw.pop("spec", None)
     if spec is None and kw.pop("catalog", True):
         spec = family(fid, memory_gib=memory_gib)
-    return FleetFamily(id=fid, price_per_hour=price, memory_gib=memory_gib, available=available, spec=spec, **kw)
+    return FleetFamily(
+        id=fid, price_per_hour=price, memory_gib=memory_gib, available=available, spec=spec, **kw
+    )
 
 
 def pipeline_rows(
