@@ -145,6 +145,12 @@ class PerfModel:
             fam, model, stage, recipe, batch, h, w = key
             self._by_config[(model, stage, recipe, h, w)][fam][batch] = row
         self._memo: dict[CellKey, CellEstimate | None] = {}
+        self._row_memo: dict[CellKey, CellEstimate] = {}
+        self._distance: dict[tuple[str, str, str], float | None] = {}
+        self._weights: dict[tuple[str, str, str], float | None] = {}
+        self._recipes: dict[tuple[str, str, int, int], set[str]] = defaultdict(set)
+        for model, stage, recipe, h, w in self._by_config:
+            self._recipes[(model, stage, h, w)].add(recipe)
 
     # ---- what is known ------------------------------------------------------------------------------
     def _unusable(self, row: MeasurementRow) -> bool:
@@ -166,7 +172,7 @@ class PerfModel:
 
     def recipes_for(self, model: str, stage: str, height: int, width: int) -> set[str]:
         """Recipes with at least one usable cell of (model, stage, resolution) on any family."""
-        return {r for (m, s, r, h, w) in self._by_config if (m, s, h, w) == (model, stage, height, width)}
+        return set(self._recipes.get((model, stage, height, width), set()))
 
     def batches_for(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[int]:
         """Batches measured on any family for a configuration: where transfers and interpolation can land."""
@@ -184,7 +190,10 @@ class PerfModel:
 
     def weight_gib(self, model: str, stage: str, recipe: str) -> float | None:
         """Resident weights of a stage under a recipe, from the catalog's parameter counts."""
-        return weight_gib(self.models.get(model), stage, recipe, self.recipes.get(recipe))
+        key = (model, stage, recipe)
+        if key not in self._weights:
+            self._weights[key] = weight_gib(self.models.get(model), stage, recipe, self.recipes.get(recipe))
+        return self._weights[key]
 
     # ---- latency ------------------------------------------------------------------------------------
     def latency(
@@ -256,6 +265,13 @@ class PerfModel:
         )
 
     def _from_row(self, row: MeasurementRow) -> CellEstimate:
+        hit = self._row_memo.get(row.cell)
+        if hit is not None:
+            return hit
+        hit = self._row_memo[row.cell] = self._estimate_from_row(row)
+        return hit
+
+    def _estimate_from_row(self, row: MeasurementRow) -> CellEstimate:
         assert row.latency_ms is not None
         measured = row.source == "measured"
         return CellEstimate(
@@ -286,10 +302,11 @@ class PerfModel:
         for src_family in self._by_config.get((model, stage, recipe, h, w), {}):
             if src_family == family:
                 continue
-            source = self.ceilings.get(src_family)
-            if source is None:
-                continue
-            distance = family_distance(source, target, precision)
+            dkey = (src_family, family, precision)
+            if dkey not in self._distance:
+                source = self.ceilings.get(src_family)
+                self._distance[dkey] = None if source is None else family_distance(source, target, precision)
+            distance = self._distance[dkey]
             if distance is None:
                 continue
             own = self._own((src_family, model, stage, recipe, batch, h, w))

@@ -162,6 +162,11 @@ def build_problem(
     all_rows = list(rows)
     extra = scenario.measurements_path()
     if extra is not None:
+        if not extra.is_file():
+            raise InputError(
+                f"{scenario.locate(('measurements',))}: measurements: {extra} does not exist. Fix: give the "
+                "path of a measurements CSV relative to the scenario file, or remove the key."
+            )
         all_rows.extend(read_csv(extra))
     fleet = fleet_from_scenario(scenario, families)
     known_recipes = set(recipes) | {r.recipe for r in all_rows}

@@ -271,3 +271,26 @@ def test_milp_cost_equals_exhaustive_optimum(inst: dict) -> None:  # type: ignor
     for s in plan.shared_gpus:
         assert s.utilization <= UTIL + 1e-9
         assert s.memory_gib <= p.families[s.family].memory_gib - RESERVE + 1e-9
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances)
+def test_fluid_packing_path_is_feasible_and_never_beats_the_optimum(inst: dict) -> None:  # type: ignore[type-arg]
+    """Large problems pack in two fluid stages; forced here on small ones to compare with the optimum."""
+    p, fams, cells, ws = _build(inst)
+    expected = brute_force(p, fams, cells, ws)
+    plan = solve(p.with_options(exact_packing_max_items=0))
+    if expected is None:
+        assert not plan.feasible
+        return
+    assert plan.feasible, plan.infeasible
+    assert plan.total_cost_per_hour is not None
+    assert plan.total_cost_per_hour >= expected - 1e-9
+    assert plan.stats is not None
+    assert plan.stats.mip_gap >= 0
+    for fid, n in plan.gpus.items():
+        avail = p.families[fid].available
+        assert avail is None or n <= avail or any("shared packing" in w for w in plan.warnings)
+    for s in plan.shared_gpus:
+        assert s.utilization <= UTIL + 1e-9
+        assert s.memory_gib <= p.families[s.family].memory_gib - RESERVE + 1e-9

@@ -135,9 +135,21 @@ def test_catalog_check_names_the_line() -> None:
         parse_scenario(text, name="s.yaml").check_catalog(fams, {"m": model()})
 
 
-def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
+def test_missing_files_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         load_scenario(tmp_path / "nope.yaml")
+    (tmp_path / "s.yaml").write_text(
+        "fleet: [{family: g, price_per_hour: 1}]\nmeasurements: gone.csv\n"
+        "workloads: [{name: a, model: m, rate: 1}]\n"
+    )
+    with pytest.raises(InputError, match=r"s.yaml:2: measurements: .*gone.csv does not exist. Fix"):
+        build_problem(
+            load_scenario(tmp_path / "s.yaml"),
+            [],
+            families={"g": family("g")},
+            models={"m": model()},
+            recipes=RECIPES,
+        )
 
 
 def test_scenario_to_plan_end_to_end(tmp_path: Path) -> None:
