@@ -19,14 +19,19 @@ Credited throughput (what a replica counts for against the rate lambda):
 Shared mode (several low-rate groups on one GPU): the fraction of a GPU the group needs is
     phi(o) = lambda / credit_h(o); eligible when phi <= share_max_fraction, the memory is known and the p95
     on a GPU filled to share_max_utilization by tenants of its service-time class fits the budget
-    (planner.solver.latency); shared GPUs are packed per (family, class).
+    (planner.solver.latency); shared GPUs are packed per (family, class), and a tenant is offered its own
+    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows.
 
 Pruning before the MILP (exact, not heuristic):
 - per (stage, family, batch), a recipe that is no faster at median and p95, no surer, and no smaller in
-  weights and peak memory than another is dropped (it cannot improve any group containing it);
+  weights, peak memory and power than another is dropped (it cannot improve any group containing it);
 - per (workload, model, group, family), dedicated replicas all cost the family's price, and memory only has to
   fit, so the option with the largest credit dominates the others (with energy prices, the Pareto front of
-  credit vs $/replica-hour); for shared mode the Pareto front of (phi, memory) is kept.
+  credit vs $/replica-hour); the latency objective is already inside the credit;
+- across families, a dedicated option is dropped when an option of the same group on a family without an
+  availability limit costs no more per replica and credits no less (replace it replica by replica);
+- for shared mode the Pareto front of (phi, memory) per (group, family, class) is kept; past
+  `exact_packing_max_items` candidates only the smallest slot per pool matters (fluid packing).
 """
 
 from __future__ import annotations
