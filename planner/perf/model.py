@@ -1,0 +1,390 @@
+"""The performance model: latency and memory of any (family, model, stage, recipe, batch, resolution) cell.
+
+Where a value comes from, in order of preference:
+1. measured: a measurement row of the cell with status `ok` (several rows: `source=measured` beats
+   `estimated`, then the newest `measured_at`, then real weights). Uncertainty 0; an imported row labelled
+   `estimated` keeps its label and gets `imported_uncertainty` (0.30).
+2. interpolated: the same family measured at a smaller and a larger batch of the same (model, stage, recipe,
+   resolution). Latency, p95 and memory are linear in batch between the two nearest measured batches (the
+   latency curve is concave at small batches, so this over-estimates, the safe side). Uncertainty
+   0.05 per doubling between the two batches. No extrapolation beyond the measured range.
+3. transferred: the same cell (or an interpolated one) measured on the nearest other family with catalog
+   ceilings, moved by the roofline split of `planner.perf.roofline` (see there for the math). A target
+   family lacking the recipe's precision (T4 bf16, A100 fp8) gets nothing; a family that is not in the
+   catalog (a fleet-only family) neither gives nor receives transfers. Peak memory is transferred as-is
+   (weights and activations do not depend on the card); power scales with the two TDPs.
+   Uncertainty: `transfer_uncertainty(distance)` plus the source's own.
+A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
+`allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
+
+Quality (`quality`) is a property of (model, stage, recipe, resolution), not of the card: the worst value over
+all rows of that cell group, from real weights only unless asked otherwise; the reference recipe is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
+from planner.measurements.contract import MeasurementRow
+from planner.perf.roofline import (
+    Calibration,
+    Ceilings,
+    OverheadScaling,
+    activation_bytes,
+    ceilings_for,
+    compute_precision,
+    family_distance,
+    flops_per_call,
+    split_time,
+    transfer_ms,
+    transfer_uncertainty,
+    weight_gib,
+)
+
+Source = Literal["measured", "estimated"]
+Method = Literal["measured", "imported-estimate", "interpolated", "transferred"]
+QualityMetric = Literal["psnr_image", "ssim_image", "psnr_latent"]
+CellKey = tuple[str, str, str, str, int, int, int]
+"""(gpu_family, model, stage, recipe, batch, height, width): the key of a measurement cell."""
+ConfigKey = tuple[str, str, str, int, int]
+"""(model, stage, recipe, height, width): a cell without its family and batch."""
+
+INTERPOLATION_UNCERTAINTY_PER_DOUBLING = 0.05
+IMPORTED_ESTIMATE_UNCERTAINTY = 0.30
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CellEstimate:
+    """One cell's latency and memory, with where they came from and how sure the model is."""
+
+    family: str
+    model: str
+    stage: str
+    recipe: str
+    batch: int
+    height: int
+    width: int
+    latency_ms: float
+    latency_p95_ms: float
+    peak_mem_gib: float | None
+    power_w: float | None
+    source: Source
+    method: Method
+    uncertainty: float
+    basis: str
+
+    @property
+    def measured(self) -> bool:
+        return self.source == "measured"
+
+
+@dataclass(frozen=True)
+class PerfSettings:
+    """Knobs of the estimate; the defaults are the documented model."""
+
+    overhead_scaling: OverheadScaling = "fixed"
+    interpolate: bool = True
+    transfer: bool = True
+    allow_synthetic_data_dependent: bool = False
+    imported_uncertainty: float = IMPORTED_ESTIMATE_UNCERTAINTY
+    interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
+
+
+def _rank(row: MeasurementRow) -> tuple[int, datetime, int]:
+    stamp = row.measured_at or _EPOCH
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return (1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
+
+
+class PerfModel:
+    """Measured cells plus the rules that fill the gaps (module docstring)."""
+
+    def __init__(
+        self,
+        rows: Iterable[MeasurementRow],
+        *,
+        families: Mapping[str, GpuFamily],
+        models: Mapping[str, ModelSpec],
+        recipes: Mapping[str, Recipe],
+        calibration: Mapping[str, Calibration] | None = None,
+        settings: PerfSettings | None = None,
+    ) -> None:
+        self.families = dict(families)
+        self.models = dict(models)
+        self.recipes = dict(recipes)
+        self.settings = settings or PerfSettings()
+        calibration = calibration or {}
+        self.ceilings: dict[str, Ceilings] = {
+            fid: ceilings_for(fam, calibration.get(fid)) for fid, fam in self.families.items()
+        }
+        self._quality_rows: dict[ConfigKey, list[MeasurementRow]] = defaultdict(list)
+        best: dict[CellKey, MeasurementRow] = {}
+        for row in rows:
+            if row.status != "ok" or row.latency_ms is None:
+                continue
+            config: ConfigKey = (row.model, row.stage, row.recipe, row.height, row.width)
+            self._quality_rows[config].append(row)
+            if self._unusable(row):
+                continue
+            held = best.get(row.cell)
+            if held is None or _rank(row) > _rank(held):
+                best[row.cell] = row
+        self._cells = best
+        self._by_config: dict[ConfigKey, dict[str, dict[int, MeasurementRow]]] = defaultdict(lambda: defaultdict(dict))
+        for key, row in best.items():
+            fam, model, stage, recipe, batch, h, w = key
+            self._by_config[(model, stage, recipe, h, w)][fam][batch] = row
+        self._memo: dict[CellKey, CellEstimate | None] = {}
+        self._row_memo: dict[CellKey, CellEstimate] = {}
+        self._distance: dict[tuple[str, str, str], float | None] = {}
+        self._weights: dict[tuple[str, str, str], float | None] = {}
+        self._recipes: dict[tuple[str, str, int, int], set[str]] = defaultdict(set)
+        for model, stage, recipe, h, w in self._by_config:
+            self._recipes[(model, stage, h, w)].add(recipe)
+
+    # ---- what is known ------------------------------------------------------------------------------
+    def _unusable(self, row: MeasurementRow) -> bool:
+        recipe = self.recipes.get(row.recipe)
+        return (
+            recipe is not None
+            and recipe.data_dependent
+            and row.weights == "synthetic"
+            and not self.settings.allow_synthetic_data_dependent
+        )
+
+    @property
+    def rows(self) -> list[MeasurementRow]:
+        """The row chosen for each measured cell."""
+        return list(self._cells.values())
+
+    def measured_families(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[str]:
+        return sorted(self._by_config.get((model, stage, recipe, height, width), {}))
+
+    def recipes_for(self, model: str, stage: str, height: int, width: int) -> set[str]:
+        """Recipes with at least one usable cell of (model, stage, resolution) on any family."""
+        return set(self._recipes.get((model, stage, height, width), set()))
+
+    def batches_for(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[int]:
+        """Batches measured on any family for a configuration: where transfers and interpolation can land."""
+        per_family = self._by_config.get((model, stage, recipe, height, width), {})
+        return sorted({b for batches in per_family.values() for b in batches})
+
+    def precision_of(self, recipe: str) -> str | None:
+        return compute_precision(recipe, self.recipes.get(recipe))
+
+    def supports(self, family: str, recipe: str) -> bool:
+        """Whether a catalog family has the recipe's precision (unknown families: only what was measured)."""
+        ceil = self.ceilings.get(family)
+        precision = self.precision_of(recipe)
+        return ceil is not None and precision is not None and ceil.compute(precision) is not None
+
+    def weight_gib(self, model: str, stage: str, recipe: str) -> float | None:
+        """Resident weights of a stage under a recipe, from the catalog's parameter counts."""
+        key = (model, stage, recipe)
+        if key not in self._weights:
+            self._weights[key] = weight_gib(self.models.get(model), stage, recipe, self.recipes.get(recipe))
+        return self._weights[key]
+
+    # ---- latency ------------------------------------------------------------------------------------
+    def latency(
+        self, family: str, model: str, stage: str, recipe: str, batch: int, height: int, width: int
+    ) -> CellEstimate | None:
+        """Latency of one call (median, p95; ms), memory and power of a cell; None when nothing backs it."""
+        key: CellKey = (family, model, stage, recipe, batch, height, width)
+        if key in self._memo:
+            return self._memo[key]
+        found = self._own(key)
+        if found is None and self.settings.transfer:
+            found = self._transferred(key)
+        self._memo[key] = found
+        return found
+
+    def memory_gib(
+        self, family: str, model: str, stage: str, recipe: str, batch: int, height: int, width: int
+    ) -> float | None:
+        """Peak memory of a cell (weights + activations at the batch), GiB."""
+        cell = self.latency(family, model, stage, recipe, batch, height, width)
+        return None if cell is None else cell.peak_mem_gib
+
+    def _own(self, key: CellKey) -> CellEstimate | None:
+        """A cell from its own family's rows: the row itself, or an interpolation between two batches."""
+        family, model, stage, recipe, batch, h, w = key
+        row = self._cells.get(key)
+        if row is not None:
+            return self._from_row(row)
+        if not self.settings.interpolate:
+            return None
+        batches = self._by_config.get((model, stage, recipe, h, w), {}).get(family)
+        if not batches:
+            return None
+        lower = [b for b in batches if b < batch]
+        upper = [b for b in batches if b > batch]
+        if not lower or not upper:
+            return None
+        b0, b1 = max(lower), min(upper)
+        r0, r1 = batches[b0], batches[b1]
+        e0, e1 = self._from_row(r0), self._from_row(r1)
+        frac = (batch - b0) / (b1 - b0)
+
+        def lerp(a: float | None, b: float | None) -> float | None:
+            if a is None or b is None:
+                return None
+            return a + (b - a) * frac
+
+        lat = lerp(e0.latency_ms, e1.latency_ms)
+        p95 = lerp(e0.latency_p95_ms, e1.latency_p95_ms)
+        assert lat is not None
+        assert p95 is not None
+        u = max(e0.uncertainty, e1.uncertainty) + self.settings.interpolation_uncertainty * math.log2(b1 / b0)
+        return CellEstimate(
+            family=family,
+            model=model,
+            stage=stage,
+            recipe=recipe,
+            batch=batch,
+            height=h,
+            width=w,
+            latency_ms=lat,
+            latency_p95_ms=max(p95, lat),
+            peak_mem_gib=lerp(e0.peak_mem_gib, e1.peak_mem_gib),
+            power_w=lerp(e0.power_w, e1.power_w),
+            source="estimated",
+            method="interpolated",
+            uncertainty=u,
+            basis=f"interpolated on {family} between batch {b0} and {b1}",
+        )
+
+    def _from_row(self, row: MeasurementRow) -> CellEstimate:
+        hit = self._row_memo.get(row.cell)
+        if hit is not None:
+            return hit
+        hit = self._row_memo[row.cell] = self._estimate_from_row(row)
+        return hit
+
+    def _estimate_from_row(self, row: MeasurementRow) -> CellEstimate:
+        assert row.latency_ms is not None
+        measured = row.source == "measured"
+        return CellEstimate(
+            family=row.gpu_family,
+            model=row.model,
+            stage=row.stage,
+            recipe=row.recipe,
+            batch=row.batch,
+            height=row.height,
+            width=row.width,
+            latency_ms=row.latency_ms,
+            latency_p95_ms=row.latency_p95_ms if row.latency_p95_ms is not None else row.latency_ms,
+            peak_mem_gib=row.peak_mem_gib,
+            power_w=row.power_w,
+            source="measured" if measured else "estimated",
+            method="measured" if measured else "imported-estimate",
+            uncertainty=0.0 if measured else self.settings.imported_uncertainty,
+            basis=f"measured on {row.gpu_family}" if measured else f"imported estimate for {row.gpu_family}",
+        )
+
+    def _transferred(self, key: CellKey) -> CellEstimate | None:
+        family, model, stage, recipe, batch, h, w = key
+        target = self.ceilings.get(family)
+        precision = self.precision_of(recipe)
+        if target is None or precision is None or target.compute(precision) is None:
+            return None
+        candidates: list[tuple[float, int, str, CellEstimate]] = []
+        for src_family in self._by_config.get((model, stage, recipe, h, w), {}):
+            if src_family == family:
+                continue
+            dkey = (src_family, family, precision)
+            if dkey not in self._distance:
+                source = self.ceilings.get(src_family)
+                self._distance[dkey] = None if source is None else family_distance(source, target, precision)
+            distance = self._distance[dkey]
+            if distance is None:
+                continue
+            own = self._own((src_family, model, stage, recipe, batch, h, w))
+            if own is None or own.method == "imported-estimate":
+                continue
+            # Nearest family first; at equal distance a measured cell beats an interpolated one.
+            candidates.append((distance, 0 if own.measured else 1, src_family, own))
+        if not candidates:
+            return None
+        distance, _, src_family, cell = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        source = self.ceilings[src_family]
+        row = self._cells.get((src_family, model, stage, recipe, batch, h, w))
+        spec = self.models.get(model)
+        tflops = row.tflops_per_call if row is not None and row.tflops_per_call else None
+        if tflops is None:
+            tflops = flops_per_call(spec, stage, batch, h, w)
+        if tflops is None:
+            return None
+        if row is not None and row.achieved_tbps:
+            bytes_moved = row.achieved_tbps * 1e12 * cell.latency_ms / 1e3
+        else:
+            weights = self.weight_gib(model, stage, recipe) or 0.0
+            bytes_moved = weights * 2**30 + activation_bytes(tflops, precision)
+        split = split_time(cell.latency_ms, tflops, bytes_moved, source, precision)
+        if split is None:
+            return None
+        latency = transfer_ms(split, source, target, precision, overhead_scaling=self.settings.overhead_scaling)
+        if latency is None:
+            return None
+        ratio = latency / cell.latency_ms
+        power = None
+        src_spec, dst_spec = self.families.get(src_family), self.families.get(family)
+        if cell.power_w is not None and src_spec is not None and dst_spec is not None:
+            power = cell.power_w * dst_spec.tdp_w / src_spec.tdp_w
+        return CellEstimate(
+            family=family,
+            model=model,
+            stage=stage,
+            recipe=recipe,
+            batch=batch,
+            height=h,
+            width=w,
+            latency_ms=latency,
+            latency_p95_ms=cell.latency_p95_ms * ratio,
+            peak_mem_gib=cell.peak_mem_gib,
+            power_w=power,
+            source="estimated",
+            method="transferred",
+            uncertainty=cell.uncertainty + transfer_uncertainty(distance),
+            basis=f"transferred from {src_family} ({cell.method})",
+        )
+
+    # ---- quality ------------------------------------------------------------------------------------
+    def quality(
+        self,
+        model: str,
+        stage: str,
+        recipe: str,
+        metric: QualityMetric,
+        *,
+        height: int,
+        width: int,
+        real_weights_only: bool = True,
+    ) -> float | None:
+        """Worst measured drift metric of a recipe against the reference (higher is better); None if unknown.
+
+        The reference recipe itself is exact (SSIM 1, PSNR infinite) when no row says otherwise.
+        """
+        values: list[float] = []
+        for row in self._quality_rows.get((model, stage, recipe, height, width), []):
+            value = getattr(row, metric)
+            if value is None:
+                continue
+            weights = row.quality_weights or row.weights
+            if real_weights_only and weights != "real":
+                continue
+            values.append(float(value))
+        if values:
+            return min(values)
+        spec = self.recipes.get(recipe)
+        if spec is not None and spec.reference:
+            return 1.0 if metric == "ssim_image" else math.inf
+        return None

@@ -1,0 +1,682 @@
+"""`solve(problem) -> Plan`: options, MILP, packing, latency check, baselines, sensitivity, diagnosis.
+
+The steps, and why each is there:
+1. options (planner.solver.options): every (model, topology, group, family, recipes, batch) a workload may
+   use, pruned to the non-dominated ones;
+2. the MILP (planner.solver.milp) picks one (model, topology) per workload and integer replicas per option,
+   packing low-rate groups onto shared GPUs;
+3. aggregate shared-GPU decisions are packed first-fit-decreasing into real GPUs;
+4. every group's p95 is recomputed with the pools the MILP actually chose (mixed pools, shared GPUs); a group
+   over its latency budget has its options' credit cut by 15% (or its shared slot forbidden) and the MILP is
+   solved again, at most `latency_repair_rounds` times, so an option whose predicted p95 breaks the objective
+   is not chosen;
+5. baselines on the same data, sensitivity (what-if rates and quality floors, relaxed constraints);
+6. an infeasible input returns a plan with `feasible=False` and, per workload, how much of its rate the fleet
+   can carry (coverage MILP), why, and what would carry it (the same problem with unlimited availability).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from planner.scenario import QualityFloor, QualityScores
+from planner.solver.latency import Tenant, queue_wait_p95_s, shared_p95_s
+from planner.solver.milp import MilpResult, solve_milp, solve_with_availability
+from planner.solver.options import (
+    GroupKey,
+    Option,
+    OptionBuilder,
+    OptionFilter,
+    OptionSet,
+    default_recipe,
+    topology_name,
+)
+from planner.solver.plan import (
+    Baseline,
+    Constraint,
+    GroupPlan,
+    Infeasibility,
+    Plan,
+    Sensitivity,
+    SharedGpu,
+    SolverStats,
+    StageCell,
+    WhatIf,
+    WorkloadPlan,
+)
+from planner.solver.problem import Problem, Workload
+
+REPAIR_CREDIT_FACTOR = 0.85
+BINDING_TOLERANCE = 2e-3
+
+
+@dataclass
+class _Core:
+    """One solve of the MILP with its post-processing."""
+
+    feasible: bool
+    option_set: OptionSet
+    milp: MilpResult | None
+    cost: float = math.nan
+    workloads: list[WorkloadPlan] = field(default_factory=list)
+    shared: list[SharedGpu] = field(default_factory=list)
+    gpus: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    unserved: dict[int, list[str]] = field(default_factory=dict)
+    build_s: float = 0.0
+    lower_bound: float = math.nan
+    solve_s: float = 0.0
+
+    @property
+    def gap(self) -> float:
+        """(cost - lower bound) / cost: how far from optimal the plan can be."""
+        if not math.isfinite(self.lower_bound) or not self.cost > 0:
+            return 0.0 if self.cost == 0 else math.nan
+        return max(0.0, (self.cost - self.lower_bound) / self.cost)
+
+    def workload_cost(self, name: str) -> float | None:
+        for w in self.workloads:
+            if w.name == name:
+                return w.cost_per_hour
+        return None
+
+
+def _progress(problem: Problem, message: str) -> None:
+    if problem.options.progress is not None:
+        problem.options.progress(message)
+
+
+def _ffd(problem: Problem, fid: str, items: list[Option]) -> list[list[Option]]:
+    """First-fit-decreasing packing of shared-mode options into GPUs of one family."""
+    opts = problem.options
+    util = opts.share_max_utilization
+    mem_cap = problem.families[fid].memory_gib - opts.memory_reserve_gib
+    bins: list[tuple[float, float, list[Option]]] = []
+    for o in sorted(items, key=lambda o: -max(o.fraction / util, (o.memory_gib or 0.0) / mem_cap)):
+        mem = o.memory_gib or 0.0
+        for k, (used_u, used_m, placed) in enumerate(bins):
+            if used_u + o.fraction <= util + 1e-9 and used_m + mem <= mem_cap + 1e-9:
+                placed.append(o)
+                bins[k] = (used_u + o.fraction, used_m + mem, placed)
+                break
+        else:
+            bins.append((o.fraction, mem, [o]))
+    return [placed for _, _, placed in bins]
+
+
+def _pool_p95(rate: float, used: list[tuple[Option, int]]) -> float:
+    """p95 of a (possibly mixed) pool of dedicated replicas sharing one queue (planner.solver.latency).
+
+    The queue wait is the pool's (all replicas, their mean batch time, the smallest batch for the arrival
+    variability); a request then waits for its replica type's batch to form and for that type's service, so
+    the pool's p95 is the worst type's formation + service on top of the shared wait."""
+    servers = sum(n for _, n in used)
+    capacity = sum(n * o.batch / (o.service_s * (1 + o.uncertainty)) for o, n in used)
+    if capacity <= rate:
+        return math.inf
+    rho = rate / capacity
+    mean_service = sum(n * o.service_s * (1 + o.uncertainty) for o, n in used) / servers
+    b_min = min(o.batch for o, _ in used)
+    wait = queue_wait_p95_s(
+        np.array([float(servers)]),
+        np.array([rho * servers]),
+        np.array([mean_service]),
+        np.array([float(b_min)]),
+    )
+    worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
+    return float(wait[0]) + worst
+
+
+def _cells(o: Option) -> tuple[StageCell, ...]:
+    return tuple(
+        StageCell(
+            stage=c.stage,
+            recipe=c.recipe,
+            latency_ms=c.latency_ms,
+            calls=calls,
+            source=c.source,
+            method=c.method,
+            uncertainty=c.uncertainty,
+            basis=c.basis,
+        )
+        for c, calls in zip(o.cells, o.calls, strict=True)
+    )
+
+
+def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
+    """Options + MILP + packing + latency repair (module docstring, steps 1-4)."""
+    started = time.perf_counter()
+    option_set = builder.build(problem, flt)
+    build_s = time.perf_counter() - started
+    _progress(problem, f"options: {len(option_set.options)} after pruning ({build_s:.2f} s)")
+    unserved = {wi: option_set.diagnostics[wi].reasons for wi, c in option_set.choices.items() if not c}
+    if unserved:
+        return _Core(feasible=False, option_set=option_set, milp=None, unserved=unserved, build_s=build_s)
+    lower_bound = math.nan
+    solve_s = 0.0
+    for round_ in range(problem.options.latency_repair_rounds + 1):
+        result = solve_with_availability(problem, option_set)
+        solve_s += result.solve_s
+        _progress(
+            problem,
+            f"MILP {result.status}: {result.variables} variables, {result.stages} stage(s), {result.solve_s:.2f} s",
+        )
+        if not result.feasible:
+            return _Core(feasible=False, option_set=option_set, milp=result, build_s=build_s, solve_s=solve_s)
+        if round_ == 0:
+            lower_bound = result.lower_bound  # later rounds solve a restriction: not a bound of this problem
+        core, violations = _assemble(problem, option_set, result)
+        core.build_s = build_s
+        core.solve_s = solve_s
+        core.lower_bound = min(lower_bound, core.cost)
+        if not violations or round_ == problem.options.latency_repair_rounds:
+            if violations:
+                core.warnings.append(
+                    "predicted p95 still above the objective after latency repair for: "
+                    + ", ".join(sorted({problem.workloads[k[0]].name for k in violations}))
+                )
+            return core
+        option_set = _repair(option_set, violations)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _repair(option_set: OptionSet, violations: dict[GroupKey, tuple[set[str], bool]]) -> OptionSet:
+    """Cut the credit of the options a late group used (mixed pools queue worse than the per-option check
+    assumed) and drop its shared slots, without rebuilding the other workloads' options."""
+    options = list(option_set.options)
+    by_group = dict(option_set.by_group)
+    for gk, (fams, was_shared) in violations.items():
+        kept = []
+        for i in by_group.get(gk, []):
+            o = options[i]
+            if o.shared and was_shared:
+                continue
+            if not o.shared and o.family in fams:
+                options[i] = replace(o, credit=o.credit * REPAIR_CREDIT_FACTOR, latency_bound=True)
+            kept.append(i)
+        by_group[gk] = kept
+    return replace(option_set, options=options, by_group=by_group)
+
+
+def _assemble(
+    problem: Problem, option_set: OptionSet, result: MilpResult
+) -> tuple[_Core, dict[GroupKey, tuple[set[str], bool]]]:
+    """Turn MILP values into workload plans; return the groups whose p95 exceeds their budget."""
+    options = option_set.options
+    fams = problem.families
+    warnings: list[str] = []
+    # Shared GPUs: exact bins from the MILP, aggregate decisions packed here.
+    bins: list[tuple[str, list[Option]]] = [(f, [options[i] for i in idx]) for f, idx in result.shared_bins]
+    for (fid, _), (count, idx) in result.shared_fluid.items():
+        packed = _ffd(problem, fid, [options[i] for i in idx])
+        if len(packed) > count:
+            warnings.append(
+                f"shared {fid}: first-fit packing needed {len(packed)} GPUs where the MILP's fluid packing "
+                f"counted {count}"
+            )
+        bins.extend((fid, p) for p in packed)
+    chosen_groups: set[GroupKey] = set()
+    for wi, (model_id, topo) in result.choices.items():
+        chosen_groups.update((wi, model_id, g) for g in topo)
+    shared_of: dict[GroupKey, tuple[str, Option]] = {}
+    shared: list[SharedGpu] = []
+    bin_cost: dict[str, float] = {}
+    bin_tenant_share: dict[tuple[str, GroupKey], float] = {}
+    shared_p95: dict[GroupKey, float] = {}
+    counters: dict[str, int] = defaultdict(int)
+    for fid, placed in bins:
+        tenants: list[Option] = []
+        for o in placed:  # one slot per group (the MILP may place a group's spare slot too: it costs nothing)
+            if o.key in chosen_groups and o.key not in shared_of and all(t.key != o.key for t in tenants):
+                tenants.append(o)
+        if not tenants:
+            continue
+        counters[fid] += 1
+        gid = f"{fid}#{counters[fid]}"
+        fam = fams[fid]
+        cost = fam.price_per_hour + fam.energy_cost_per_hour(None)
+        bin_cost[gid] = cost
+        total_phi = sum(o.fraction for o in tenants)
+        p95s = shared_p95_s(
+            [
+                Tenant(
+                    rate=problem.workloads[o.workload].rate,
+                    batch=o.batch,
+                    service_s=o.service_s * (1 + o.uncertainty),
+                    own_p95_s=o.service_p95_s * (1 + o.uncertainty),
+                )
+                for o in tenants
+            ]
+        )
+        for o, p95 in zip(tenants, p95s, strict=True):
+            shared_of[o.key] = (gid, o)
+            bin_tenant_share[(gid, o.key)] = o.fraction / total_phi
+            shared_p95[o.key] = p95
+        shared.append(
+            SharedGpu(
+                id=gid,
+                family=fid,
+                tenants=tuple((problem.workloads[o.workload].name, o.group) for o in tenants),
+                utilization=total_phi,
+                memory_gib=sum(o.memory_gib or 0.0 for o in tenants),
+            )
+        )
+    dedicated: dict[GroupKey, list[tuple[Option, int]]] = defaultdict(list)
+    for i, n in result.replicas.items():
+        o = options[i]
+        if o.key in chosen_groups:
+            dedicated[o.key].append((o, n))
+        else:
+            warnings.append(f"unused replicas of {problem.workloads[o.workload].name} {o.group} dropped")
+    gpus: dict[str, int] = defaultdict(int)
+    for pool in dedicated.values():
+        for o, n in pool:
+            gpus[o.family] += n
+    for s in shared:
+        gpus[s.family] += 1
+    violations: dict[GroupKey, tuple[set[str], bool]] = {}
+    plans: list[WorkloadPlan] = []
+    for wi, w in enumerate(problem.workloads):
+        if wi not in result.choices:
+            continue
+        model_id, topo = result.choices[wi]
+        groups: list[GroupPlan] = []
+        total_p95 = 0.0
+        total_cost = 0.0
+        for g in topo:
+            gk: GroupKey = (wi, model_id, g)
+            budget = option_set.budgets.get(gk)
+            used = dedicated.get(gk, [])
+            group_p95 = 0.0
+            if used:
+                pool_p95 = _pool_p95(w.rate, used)
+                group_p95 = max(group_p95, pool_p95)
+                capacity = sum(n * o.throughput for o, n in used)
+                credited = sum(n * o.credit for o, n in used)
+                timeout = float((max(o.batch for o, _ in used) - 1) / w.rate)
+                for o, n in used:
+                    cost = n * o.cost_per_hour
+                    total_cost += cost
+                    groups.append(
+                        GroupPlan(
+                            stages=g,
+                            family=o.family,
+                            recipes=dict(zip(g, o.recipes, strict=True)),
+                            batch=o.batch,
+                            replicas=n,
+                            throughput=n * o.throughput,
+                            capacity_credited=n * o.credit,
+                            utilization=w.rate / capacity * (n * o.throughput / capacity),
+                            service_time_s=o.service_s,
+                            service_p95_s=o.service_p95_s,
+                            p95_s=pool_p95,
+                            batch_timeout_s=timeout,
+                            memory_gib=o.memory_gib,
+                            uncertainty=o.uncertainty,
+                            cost_per_hour=cost,
+                            cells=_cells(o),
+                            latency_bound=o.latency_bound,
+                        )
+                    )
+                if credited < w.rate * (1 - 1e-6) and gk not in shared_of:
+                    warnings.append(f"{w.name} {g}: credited capacity {credited:.4g} below the rate {w.rate:g}")
+            if gk in shared_of:
+                gid, o = shared_of[gk]
+                share = bin_tenant_share[(gid, gk)]
+                cost = bin_cost[gid] * share
+                total_cost += cost
+                p95 = shared_p95[gk]
+                group_p95 = max(group_p95, p95)
+                groups.append(
+                    GroupPlan(
+                        stages=g,
+                        family=o.family,
+                        recipes=dict(zip(g, o.recipes, strict=True)),
+                        batch=o.batch,
+                        replicas=1,
+                        throughput=o.fraction * o.throughput,
+                        capacity_credited=w.rate,
+                        utilization=w.rate / o.throughput,
+                        service_time_s=o.service_s,
+                        service_p95_s=o.service_p95_s,
+                        p95_s=p95,
+                        batch_timeout_s=(o.batch - 1) / w.rate,
+                        memory_gib=o.memory_gib,
+                        uncertainty=o.uncertainty,
+                        cost_per_hour=cost,
+                        cells=_cells(o),
+                        shared_gpu=gid,
+                        gpu_fraction=o.fraction,
+                    )
+                )
+            total_p95 += group_p95
+            if budget is not None and group_p95 > budget * (1 + 1e-9):
+                violations[gk] = ({o.family for o, _ in used}, gk in shared_of)
+        if w.p95_latency_s is not None and total_p95 <= w.p95_latency_s * (1 + 1e-9):
+            for gk in [(wi, model_id, g) for g in topo]:
+                violations.pop(gk, None)  # the budget split is a device, the objective is what counts
+        binding: list[Constraint] = []
+        if any(gp.latency_bound for gp in groups):
+            binding.append("latency")
+        elif any(gp.shared_gpu is None for gp in groups):
+            binding.append("capacity")
+        plans.append(
+            WorkloadPlan(
+                name=w.name,
+                model=model_id,
+                topology=topology_name(topo),
+                topology_groups=topo,
+                rate=w.rate,
+                headroom=w.headroom,
+                p95_objective_s=w.p95_latency_s,
+                predicted_p95_s=total_p95,
+                cost_per_hour=total_cost,
+                groups=tuple(groups),
+                binding=tuple(binding),
+            )
+        )
+    total = sum(p.cost_per_hour for p in plans)
+    core = _Core(
+        feasible=True,
+        option_set=option_set,
+        milp=result,
+        cost=total,
+        workloads=plans,
+        shared=shared,
+        gpus=dict(gpus),
+        warnings=warnings,
+    )
+    for fid, count in core.gpus.items():
+        avail = fams[fid].available
+        if avail is not None and count > avail:
+            warnings.append(f"{fid}: the plan uses {count} GPUs, the fleet has {avail} (shared packing)")
+    return core, violations
+
+
+# ---- baselines --------------------------------------------------------------------------------------
+
+
+def _cheapest(
+    problem: Problem, builder: OptionBuilder, filters: list[tuple[str, OptionFilter]]
+) -> tuple[str, _Core | None]:
+    best: tuple[str, _Core | None] = ("", None)
+    for label, flt in filters:
+        core = _solve_core(
+            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1), builder, flt
+        )
+        if core.feasible and (best[1] is None or core.cost < best[1].cost):
+            best = (label, core)
+    return best
+
+
+def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Baseline]:
+    fams = sorted(problem.families)
+    out: list[Baseline] = []
+    recipes = (
+        ", ".join(sorted({default_recipe(s, problem.recipes) for m in problem.models.values() for s in m.stage_names}))
+        or "bf16"
+    )
+    specs = [
+        (
+            "naive",
+            f"one family, default recipe ({recipes}), batch 1, stages together, dedicated GPUs",
+            [
+                (
+                    f,
+                    OptionFilter(
+                        families=frozenset({f}),
+                        together_only=True,
+                        batch_one=True,
+                        default_recipes=True,
+                        share=False,
+                    ),
+                )
+                for f in fams
+            ],
+        ),
+        (
+            "single-family",
+            "the best single family; recipes, batch, topology and sharing free",
+            [(f, OptionFilter(families=frozenset({f}))) for f in fams],
+        ),
+        (
+            "gpu-mix-together",
+            "a GPU mix with each workload's stages together on one GPU (Melange's formulation)",
+            [("mix", OptionFilter(together_only=True))],
+        ),
+    ]
+    for name, description, filters in specs:
+        label, core = _cheapest(problem, builder, filters)
+        if core is None:
+            out.append(Baseline(name, description, False, None, None, note="infeasible on this fleet"))
+            continue
+        saving = 1 - cost / core.cost if core.cost > 0 else 0.0
+        note = f"family {label}" if label != "mix" else ""
+        out.append(Baseline(name, description, True, core.cost, saving, gpus=dict(core.gpus), note=note))
+    return out
+
+
+# ---- sensitivity ------------------------------------------------------------------------------------
+
+
+def _stricter(w: Workload) -> Workload:
+    quality = w.quality
+    scores = w.quality_scores
+    if quality is not None:
+        step = 0.01 if quality.metric == "ssim_image" else 1.0
+        quality = QualityFloor.model_validate(
+            quality.model_dump() | {"min": min(quality.min + step, 1.0) if step < 1 else quality.min + step}
+        )
+    if scores is not None:
+        scores = QualityScores.model_validate(scores.model_dump() | {"min_score": scores.min_score + 0.05})
+    return replace(w, quality=quality, quality_scores=scores)
+
+
+def _what_if(problem: Problem, builder: OptionBuilder, flt: OptionFilter | None = None) -> _Core:
+    quick = problem.with_options(baselines=False, sensitivity=False)
+    return _solve_core(quick, builder, flt or OptionFilter())
+
+
+def _sensitivity(
+    problem: Problem, builder: OptionBuilder, core: _Core
+) -> tuple[Sensitivity, dict[str, set[Constraint]]]:
+    rates = []
+    for factor in problem.options.what_if_rates:
+        scaled = problem.with_workloads([replace(w, rate=w.rate * factor) for w in problem.workloads])
+        alt = _what_if(scaled, builder)
+        rates.append(WhatIf(f"rates x{factor:g}", alt.cost if alt.feasible else None))
+    quality: list[WhatIf] = []
+    has_floor = any(w.quality is not None or w.quality_scores is not None for w in problem.workloads)
+    no_floor = problem.with_workloads([replace(w, quality=None, quality_scores=None) for w in problem.workloads])
+    if has_floor:
+        alt = _what_if(no_floor, builder)
+        quality.append(WhatIf("no quality floor", alt.cost if alt.feasible else None))
+        strict = problem.with_workloads([_stricter(w) for w in problem.workloads])
+        alt = _what_if(strict, builder)
+        quality.append(
+            WhatIf("stricter floor (SSIM +0.01, PSNR +1 dB, score +0.05)", alt.cost if alt.feasible else None)
+        )
+    relaxations: list[tuple[Constraint, Problem, OptionFilter | None]] = []
+    if any(f.available is not None for f in problem.families.values()):
+        relaxations.append(
+            (
+                "availability",
+                replace(problem, families={k: replace(f, available=None) for k, f in problem.families.items()}),
+                None,
+            )
+        )
+    if any(w.p95_latency_s is not None for w in problem.workloads):
+        relaxations.append(
+            (
+                "latency",
+                problem.with_workloads([replace(w, p95_latency_s=None) for w in problem.workloads]),
+                None,
+            )
+        )
+    relaxations.append(("memory", problem, OptionFilter(ignore_memory=True)))
+    if has_floor:
+        relaxations.append(("quality", no_floor, None))
+    relaxed: list[tuple[Constraint, WhatIf]] = []
+    binding: list[Constraint] = ["capacity"]
+    per_workload: dict[str, set[Constraint]] = defaultdict(set)
+    for constraint, alt_problem, flt in relaxations:
+        alt = _what_if(alt_problem, builder, flt)
+        relaxed.append((constraint, WhatIf(f"without the {constraint} constraint", alt.cost if alt.feasible else None)))
+        if alt.feasible and alt.cost < core.cost * (1 - BINDING_TOLERANCE):
+            binding.append(constraint)
+            for w in core.workloads:
+                other = alt.workload_cost(w.name)
+                if other is not None and other < w.cost_per_hour * (1 - BINDING_TOLERANCE):
+                    per_workload[w.name].add(constraint)
+    return Sensitivity(
+        rates=tuple(rates), quality=tuple(quality), relaxed=tuple(relaxed), binding=tuple(binding)
+    ), per_workload
+
+
+# ---- infeasible -------------------------------------------------------------------------------------
+
+
+def _suggest(reasons: list[str]) -> str:
+    text = " ".join(reasons)
+    tips = []
+    if "GiB" in text:
+        tips.append("add a family with more memory, or allow a lighter recipe (fp8/int8 weights) or a split topology")
+    if "latency budget" in text:
+        tips.append("relax p95_latency_s or add a faster family")
+    if "no cells" in text or "no family" in text:
+        tips.append("probe the model on a fleet family (agent probe) or add a family with measurements")
+    if "quality floor" in text:
+        tips.append("lower the quality floor or measure the quality of more recipes")
+    if "allowed recipe" in text:
+        tips.append("widen the recipes allow-list")
+    return "; ".join(tips) or "see the reasons"
+
+
+def _describe_gpus(counts: dict[str, int]) -> str:
+    return " + ".join(f"{n} {f}" for f, n in sorted(counts.items())) or "no GPUs"
+
+
+def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> Plan:
+    problems: list[Infeasibility] = []
+    warnings = list(core.warnings)
+    for wi, reasons in core.unserved.items():
+        w = problem.workloads[wi]
+        problems.append(
+            Infeasibility(
+                workload=w.name,
+                carried_fraction=0.0,
+                message=f"{w.name} cannot be served: " + "; ".join(reasons),
+                suggestion=_suggest(reasons),
+            )
+        )
+    rest = [w for wi, w in enumerate(problem.workloads) if wi not in core.unserved]
+    if rest:
+        sub = problem.with_workloads(rest)
+        option_set = builder.build(sub)
+        cover = solve_milp(sub, option_set, coverage=True)
+        unlimited = replace(sub, families={k: replace(f, available=None) for k, f in sub.families.items()})
+        need = _what_if(unlimited, builder)
+        for wi, w in enumerate(rest):
+            frac = cover.coverage.get(wi, 0.0) if cover.feasible else 0.0
+            if frac >= 1 - 1e-6:
+                continue
+            used: dict[str, int] = defaultdict(int)
+            for i, n in cover.replicas.items():
+                if option_set.options[i].workload == wi:
+                    used[option_set.options[i].family] += n
+            carried = f"the fleet's {_describe_gpus(used)}" if used else "the fleet"
+            message = (
+                f"{carried} carry {frac:.0%} of {w.name}'s rate ({frac * w.rate:.3g} of {w.rate:g} images/s) "
+                "after the other workloads"
+            )
+            suggestion = "no plan even with unlimited GPUs"
+            if need.feasible:
+                wp = next((p for p in need.workloads if p.name == w.name), None)
+                short = []
+                for fid, count in sorted(need.gpus.items()):
+                    avail = problem.families[fid].available
+                    if avail is not None and count > avail:
+                        short.append(f"{count} {fid} (the fleet has {avail}: add {count - avail})")
+                if wp is not None:
+                    suggestion = (
+                        f"with unlimited GPUs all workloads fit at ${need.cost:.2f}/h using "
+                        f"{_describe_gpus(need.gpus)}"
+                        + (f"; needs {', '.join(short)}" if short else "")
+                        + f"; {w.name} alone: {wp.topology} on "
+                        + ", ".join(sorted({g.family for g in wp.groups}))
+                    )
+            problems.append(Infeasibility(w.name, frac, message, suggestion))
+        if not problems and core.milp is not None:
+            warnings.append(f"the MILP ended with status {core.milp.status!r} without a plan")
+    stats = None
+    if core.milp is not None:
+        stats = SolverStats(
+            status=core.milp.status,
+            solve_s=core.solve_s,
+            build_s=core.build_s,
+            options=len(core.option_set.options),
+            variables=core.milp.variables,
+            constraints=core.milp.constraints,
+            mip_gap=core.gap,
+            objective=core.milp.objective,
+        )
+    return Plan(
+        feasible=False,
+        total_cost_per_hour=None,
+        gpus={},
+        workloads=(),
+        infeasible=tuple(problems),
+        warnings=tuple(warnings),
+        stats=stats,
+    )
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+
+
+def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
+    """The cheapest plan that carries every workload's rate within its latency objective and quality floor."""
+    builder = builder or OptionBuilder(problem.perf, problem.models, problem.recipes)
+    core = _solve_core(problem, builder, OptionFilter())
+    if not core.feasible:
+        return _infeasible_plan(problem, builder, core)
+    baselines: list[Baseline] = []
+    if problem.options.baselines:
+        _progress(problem, "baselines")
+        baselines = _baselines(problem, builder, core.cost)
+    sensitivity = None
+    workloads = core.workloads
+    if problem.options.sensitivity:
+        _progress(problem, "sensitivity")
+        sensitivity, per_workload = _sensitivity(problem, builder, core)
+        workloads = [
+            replace(w, binding=tuple(dict.fromkeys([*w.binding, *sorted(per_workload.get(w.name, set()))])))
+            for w in workloads
+        ]
+    assert core.milp is not None
+    stats = SolverStats(
+        status=core.milp.status,
+        solve_s=core.solve_s,
+        build_s=core.build_s,
+        options=len(core.option_set.options),
+        variables=core.milp.variables,
+        constraints=core.milp.constraints,
+        mip_gap=core.gap,
+        objective=core.milp.objective,
+    )
+    return Plan(
+        feasible=True,
+        total_cost_per_hour=core.cost,
+        gpus=core.gpus,
+        workloads=tuple(workloads),
+        shared_gpus=tuple(core.shared),
+        baselines=tuple(baselines),
+        sensitivity=sensitivity,
+        warnings=tuple(core.warnings),
+        stats=stats,
+    )

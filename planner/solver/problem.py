@@ -1,0 +1,200 @@
+"""What the solver is asked: fleet families, workloads, the performance model and the solver's knobs.
+
+Plain typed inputs so the CLI, the API and tests build a `Problem` the same way: `build_problem` from a parsed
+scenario, or the dataclasses directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
+from planner.core.errors import InputError
+from planner.measurements.contract import MeasurementRow
+from planner.measurements.csvio import read_csv
+from planner.perf.model import PerfModel, PerfSettings
+from planner.perf.roofline import Calibration
+from planner.scenario import QualityFloor, QualityScores, Scenario, WorkloadSpec
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FleetFamily:
+    """A family the plan may rent: price, how many, memory, and (optionally) its energy price."""
+
+    id: str
+    price_per_hour: float
+    memory_gib: float
+    available: int | None = None
+    spec: GpuFamily | None = None
+    energy_price_per_kwh: float | None = None
+    power_w: float | None = None
+
+    @property
+    def busy_power_w(self) -> float | None:
+        if self.power_w is not None:
+            return self.power_w
+        return self.spec.tdp_w if self.spec is not None else None
+
+    def energy_cost_per_hour(self, power_w: float | None) -> float:
+        """$/hour of a replica drawing `power_w` (the family's busy power when unknown); 0 if not owned."""
+        if not self.energy_price_per_kwh:
+            return 0.0
+        watts = power_w if power_w is not None else self.busy_power_w
+        return (watts or 0.0) / 1000 * self.energy_price_per_kwh
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Demand resolved against the catalog: per-model steps and resolution, allow-lists, floors."""
+
+    name: str
+    models: tuple[str, ...]
+    rate: float
+    steps: Mapping[str, int]
+    resolution: Mapping[str, tuple[int, int]]
+    headroom: float = 0.2
+    p95_latency_s: float | None = None
+    recipes: Mapping[str, tuple[str, ...]] | None = None
+    batches: tuple[int, ...] | None = None
+    families: tuple[str, ...] | None = None
+    quality: QualityFloor | None = None
+    quality_scores: QualityScores | None = None
+
+    @classmethod
+    def from_spec(cls, spec: WorkloadSpec, models: Mapping[str, ModelSpec]) -> Workload:
+        found = [models[m] for m in spec.models]
+        return cls(
+            name=spec.name,
+            models=tuple(spec.models),
+            rate=spec.rate,
+            steps={m.id: spec.steps_for(m) for m in found},
+            resolution={m.id: spec.resolution_for(m) for m in found},
+            headroom=spec.headroom,
+            p95_latency_s=spec.p95_latency_s,
+            recipes={k: tuple(v) for k, v in spec.recipes.items()} if spec.recipes else None,
+            batches=tuple(spec.batches) if spec.batches else None,
+            families=tuple(spec.families) if spec.families else None,
+            quality=spec.quality,
+            quality_scores=spec.quality_scores,
+        )
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Knobs of option generation and the MILP; defaults are the documented behaviour."""
+
+    memory_reserve_gib: float = 2.0
+    share_gpus: bool = True
+    share_max_utilization: float = 0.7
+    share_max_fraction: float = 0.5
+    exact_packing_max_items: int = 24
+    mip_rel_gap: float = 1e-3
+    time_limit_s: float = 60.0
+    verbose: bool = False
+    baselines: bool = True
+    sensitivity: bool = True
+    what_if_rates: tuple[float, ...] = (0.5, 2.0)
+    latency_repair_rounds: int = 4
+    max_latency_extra_replicas: int = 64
+    progress: Progress | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything `solve` needs."""
+
+    families: Mapping[str, FleetFamily]
+    perf: PerfModel
+    workloads: Sequence[Workload]
+    models: Mapping[str, ModelSpec]
+    recipes: Mapping[str, Recipe]
+    options: SolverOptions = field(default_factory=SolverOptions)
+
+    def with_workloads(self, workloads: Sequence[Workload]) -> Problem:
+        return replace(self, workloads=list(workloads))
+
+    def with_options(self, **changes: object) -> Problem:
+        return replace(self, options=replace(self.options, **changes))  # type: ignore[arg-type]
+
+
+def fleet_from_scenario(scenario: Scenario, families: Mapping[str, GpuFamily]) -> dict[str, FleetFamily]:
+    """Fleet entries merged with the catalog (price and memory default to the catalog's)."""
+    out: dict[str, FleetFamily] = {}
+    for i, entry in enumerate(scenario.fleet):
+        spec = families.get(entry.family)
+        price = entry.price_per_hour
+        if price is None and spec is not None and spec.default_price is not None:
+            price = spec.default_price.price_per_hour
+        memory = entry.memory_gib if entry.memory_gib is not None else (spec.memory_gib if spec else None)
+        if price is None or memory is None:
+            raise InputError(
+                f"{scenario.locate(('fleet', i))}: fleet[{i}]: {entry.family!r} needs price_per_hour and "
+                "memory_gib (not in the catalog). Fix: add them to this entry."
+            )
+        out[entry.family] = FleetFamily(
+            id=entry.family,
+            price_per_hour=price,
+            memory_gib=memory,
+            available=entry.available,
+            spec=spec,
+            energy_price_per_kwh=entry.energy_price_per_kwh,
+            power_w=entry.power_w,
+        )
+    return out
+
+
+def build_problem(
+    scenario: Scenario,
+    rows: Iterable[MeasurementRow],
+    *,
+    families: Mapping[str, GpuFamily],
+    models: Mapping[str, ModelSpec],
+    recipes: Mapping[str, Recipe],
+    calibration: Mapping[str, Calibration] | None = None,
+    perf_settings: PerfSettings | None = None,
+    options: SolverOptions | None = None,
+) -> Problem:
+    """A Problem from a parsed scenario and the store's rows (plus the scenario's own measurements file)."""
+    scenario.check_catalog(families, models)
+    all_rows = list(rows)
+    extra = scenario.measurements_path()
+    if extra is not None:
+        if not extra.is_file():
+            raise InputError(
+                f"{scenario.locate(('measurements',))}: measurements: {extra} does not exist. Fix: give the "
+                "path of a measurements CSV relative to the scenario file, or remove the key."
+            )
+        all_rows.extend(located.row for located in read_csv(extra))
+    fleet = fleet_from_scenario(scenario, families)
+    known_recipes = set(recipes) | {r.recipe for r in all_rows}
+    for i, spec in enumerate(scenario.workloads):
+        for stage, names in (spec.recipes or {}).items():
+            for j, name in enumerate(names):
+                if name not in known_recipes:
+                    raise InputError(
+                        f"{scenario.locate(('workloads', i, 'recipes', stage, j))}: workloads[{i}].recipes."
+                        f"{stage}: unknown recipe {name!r}. Fix: use a catalog recipe or one the "
+                        f"measurements name ({', '.join(sorted(known_recipes)) or 'none known'})."
+                    )
+    perf = PerfModel(
+        all_rows,
+        families=families,  # a fleet-only family has no ceilings: it gets only its measured cells
+        models=models,
+        recipes=recipes,
+        calibration=calibration,
+        settings=perf_settings,
+    )
+    sec = scenario.solver
+    opts = options or SolverOptions(
+        memory_reserve_gib=sec.memory_reserve_gib,
+        share_gpus=sec.share_gpus,
+        share_max_utilization=sec.share_max_utilization,
+        mip_rel_gap=sec.mip_rel_gap,
+        time_limit_s=sec.time_limit_s,
+        what_if_rates=tuple(sec.what_if_rates),
+    )
+    workloads = [Workload.from_spec(w, models) for w in scenario.workloads]
+    return Problem(families=fleet, perf=perf, workloads=workloads, models=models, recipes=recipes, options=opts)

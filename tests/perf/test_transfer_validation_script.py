@@ -1,0 +1,73 @@
+"""benchmarks/transfer_validation.py runs on a measurements CSV or baseline JSON and prints its table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from planner.measurements.csvio import write_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("transfer_validation", ROOT / "benchmarks" / "transfer_validation.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["transfer_validation"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BASELINE = {
+    "rows": [
+        {
+            "model": "sdxl-unet",
+            "dtype": "torch.float16",
+            "B": 1,
+            "step_ms": 92.6,
+            "max": 94.3,
+            "tflop_per_step": 13.52,
+            "peak_mem_gb": 11.0,
+        },
+        {"model": "sdxl-unet", "dtype": "torch.bfloat16", "B": 1, "step_ms": 89.8, "tflop_per_step": 13.52},
+        {"model": "vae-kl", "dtype": "bf16", "B": 1, "step_ms": 91.1, "tflop_per_step": 10.47},
+        {"model": "flux-dev", "dtype": "bf16", "B": 1, "step_ms": 182.5, "tflop_per_step": 74.38},
+    ],
+    "fp8_and_compile": [{"model": "flux", "recipe": "bf16+compile", "B": 1, "step_ms": 133.2}],
+}
+
+
+def test_baseline_json_becomes_rows(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(BASELINE))
+    rows = _script().baseline_rows(path)
+    cells = {(r.model, r.stage, r.recipe, r.batch) for r in rows}
+    assert ("sdxl", "denoiser", "fp16", 1) in cells
+    assert ("flux-dev", "vae_decoder", "bf16", 1) in cells
+    assert ("flux-dev", "denoiser", "bf16-compile", 1) in cells
+    fp16 = next(r for r in rows if r.recipe == "fp16")
+    assert fp16.latency_p95_ms == pytest.approx(94.3)
+    assert all(r.gpu_family == "h100-sxm-80gb" and r.weights == "synthetic" for r in rows)
+
+
+def test_prints_a_markdown_table_from_a_measurements_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = _script()
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(BASELINE))
+    csv_path = tmp_path / "m.csv"
+    with csv_path.open("w", newline="") as fh:
+        write_rows(module.baseline_rows(baseline), fh)
+    assert module.main(["--measurements", str(csv_path), "--overhead", "fixed"]) == 0
+    out = capsys.readouterr().out
+    assert "| workload | family | published (ms) |" in out
+    assert "a100-80gb" in out
+    assert "transferred" in out
+    assert "mean |error|" in out
