@@ -162,10 +162,10 @@ def solve_plan(
     import yaml
 
     from planner import catalog
+    from planner.db.session import session_scope
     from planner.measurements.store import stored_rows
     from planner.scenario import parse_scenario
     from planner.solver import build_problem, solve
-    from planner.db.session import session_scope
 
     spec = catalog.models()[args.model]
     steps = args.steps or spec.default_steps
