@@ -233,11 +233,24 @@ class StageRunner:
             return {"cap_feats": [_rand((seq, int(cfg.cap_feat_dim)), s, g) for _ in range(rows)]}
         raise StageUnsupported(f"no denoiser adapter for architecture {arch!r}")
 
+    def set_conditioning(self, cond: dict[str, Any]) -> None:
+        """Give the denoiser real text conditioning (a serving batch's) in place of prepare()'s random one.
+
+        `cond` has the keys `_conditioning` builds for the architecture (the denoiser's keyword arguments); for
+        a CFG model its rows are the batch's conditional rows followed by its unconditional ones.
+        """
+        self.inputs["cond"] = cond
+
     # -- calls --------------------------------------------------------------------------------------------
-    def denoiser_call(self, latents: torch.Tensor, t: float) -> torch.Tensor:
+    def denoiser_call(self, latents: torch.Tensor, t: float, *, renorm_cfg: bool = False) -> torch.Tensor:
         """One denoiser step on unpacked latents (batch, C, h, w) at time t in (0, 1]; returns the prediction.
 
         For a CFG model the latents are doubled (cond + uncond rows) and the guided prediction is returned.
+        `t` is what the model is given, scaled: a UNet gets `t * 999` (the scheduler's timestep), Flux and
+        Qwen-Image get `t` (their pipelines pass timestep / 1000), Z-Image gets `t` (its pipeline passes
+        (1000 - timestep) / 1000, so the caller passes 1 - sigma). `renorm_cfg` rescales Qwen-Image's guided
+        prediction to the conditional one's norm per packed token, as QwenImagePipeline's true CFG does (the
+        serving loop asks for it; a probe's step keeps the plain combination).
         """
         s = self.setup
         module = next(iter(self.modules.values()))
@@ -245,6 +258,7 @@ class StageRunner:
         x = torch.cat([latents, latents]) if s.cfg_factor == 2 else latents
         rows, c, h, w = x.shape
         arch = s.spec.architecture
+        guided = False
         if arch in ("sd", "sdxl"):
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -273,15 +287,21 @@ class StageRunner:
                     return_dict=False,
                     **cond,
                 )[0]
+            if renorm_cfg and s.cfg_factor == 2 and arch == "qwen-image":
+                c_out, u_out = out.chunk(2)
+                comb = u_out + max(s.spec.guidance_scale, 1.0) * (c_out - u_out)
+                out = comb * (torch.norm(c_out, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+                rows, guided = rows // 2, True
             out = out.view(rows, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(rows, c, h, w)
         elif arch == "z-image":
             xs = list(x.unsqueeze(2).unbind(0))
-            timestep = torch.full((rows,), t, device=s.device, dtype=s.dtype)
+            # float32, as ZImagePipeline passes it (its timestep embedding works in float32)
+            timestep = torch.full((rows,), t, device=s.device, dtype=torch.float32)
             outs = module(xs, timestep, cond["cap_feats"], return_dict=False)[0]
             out = torch.stack([o.squeeze(1) for o in outs])
         else:  # pragma: no cover - _conditioning refused it already
             raise StageUnsupported(f"no denoiser adapter for architecture {arch!r}")
-        if s.cfg_factor == 2:
+        if s.cfg_factor == 2 and not guided:
             c_out, u_out = out.chunk(2)
             out = u_out + max(s.spec.guidance_scale, 1.0) * (c_out - u_out)
         result: torch.Tensor = out

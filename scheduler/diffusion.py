@@ -1,98 +1,109 @@
-"""Serving stages on torch (worker-only: imports torch): text encoders, the denoising loop, the VAE decode.
+"""Serving stages on torch (worker-only: imports torch): the agent's probed stage code inside a pipeline's glue.
 
-The modules come from the catalog's architecture configs, built the way the agent builds them for its probes
-(`agent.pipelines.build_component`: the class named in the catalog, `from_config` in the recipe's dtype on
-the target device, synthetic weights). `prepare_modules` is the one place that builds and applies a recipe;
-when agent.pipelines and agent.recipes are merged it should return `agent.recipes.prepare(...).runner`'s
-modules and call context, so the worker runs exactly the probed stage code. This stand-in applies a
-recipe's precision (fp32 on the CPU), VAE variant and channels_last; other options are the agent's.
+The modules are built, and the plan's recipe applied, only by `agent.recipes.prepare` -- the function whose
+result the agent's probes time -- so a worker runs exactly the measured stage: the recipe's precision (kept
+on the CPU as well, where the agent runs bf16 too), tiny or tiled VAE, fused QKV, channels_last, fp8/int8
+layers, then `apply_compile()` for a compiling recipe; the prepared runner's call context (attention backend,
+step cache) wraps every module call. A recipe the device cannot run (`StageUnsupported`: fp8 on a CPU, a step
+cache on a UNet, no eligible layer to quantize, ...) raises UnsupportedModelError with the agent's reason.
 
-The serving glue is here: real conditioning flows from the text encoders into the denoiser, which runs
-`steps` scheduler steps (CFG doubles its batch), and the decoder turns latents into uint8 images. SD and
-SDXL (UNet) are wired; other architectures raise UnsupportedModelError until the agent's adapters are used.
+What serving adds is the glue each diffusers 0.42 pipeline has around its modules:
+- text conditioning (`TextEncoderStage`): token ids from a deterministic stand-in tokenizer in `prepare(item)`
+  (the job's thread: no tokenizer files reach these machines, and synthetic weights make any ids as good as
+  others), then per architecture what the pipeline's `encode_prompt` builds: SD the CLIP last hidden state;
+  SDXL both encoders' penultimate hidden states concatenated plus encoder 2's pooled `text_embeds` (zeros for
+  an absent negative prompt: force_zeros_for_empty_prompt); Flux T5's last hidden state at the model's
+  `text_tokens` plus CLIP's pooled output; Qwen-Image Qwen2.5-VL's last hidden states of the chat-templated
+  prompt with the template's 34-token prefix dropped (one tensor per prompt, its own length); Z-Image Qwen3's
+  penultimate hidden states of the prompt's tokens (padding masked out);
+- the sampler loop (`DenoiserStage`), each step one `StageRunner.denoiser_call` (latent packing, ids, CFG as
+  probed) on the batch's real conditioning (`StageRunner.set_conditioning`): EulerDiscrete with trailing
+  timesteps for UNets (sd, sdxl), flow-matching Euler (FlowMatchEulerDiscreteScheduler, sigmas 1 -> 0 with
+  each model's shift) for Flux, Qwen-Image (true CFG, renormalised) and Z-Image (which predicts -velocity at
+  time 1 - sigma);
+- the decode (`VaeDecoderStage`) through `StageRunner.vae_decode`, after the pipeline's latent un-scaling
+  (scaling and shift factors, or Qwen-Image's per-channel mean and std); uint8 (H, W, 3) images on the CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from agent.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner, StageUnsupported, tiny_shapes
+from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from planner import catalog
-from planner.catalog.schema import Component, ModelSpec, Recipe
+from planner.catalog.schema import ModelSpec
 from scheduler.errors import UnsupportedModelError
 from scheduler.stages import Item, StageFn
 
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QWEN_MAX_TOKENS = 1024
+"""QwenImagePipeline: the tokenizer truncates at 1024 + the template prefix ..."""
+QWEN_MAX_SEQUENCE = 512
+"""... and __call__ keeps at most max_sequence_length (512) tokens of each prompt's conditioning."""
+QWEN_TEMPLATE_SUFFIX = 5
+"""Tokens after the prompt in Qwen chat templates: `<|im_end|>`, newline, `<|im_start|>`, `assistant`, newline."""
+ZIMAGE_TEMPLATE_PREFIX = 3
+"""Tokens before the prompt in Z-Image's Qwen3 chat template: `<|im_start|>`, `user`, newline."""
 
+UNET_SAMPLER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+}
+"""EulerDiscreteScheduler for the SD 1.5 / SDXL family (their scheduler configs' betas; trailing spacing, as
+SDXL-Lightning and SDXL-Turbo require and few-step serving wants)."""
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def build_component(component: Component, *, tiny: bool, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """One module from its config, synthetic weights seeded by its name (every worker builds the same one)."""
-    cfg = catalog.component_config(component, tiny=tiny)
-    torch.manual_seed(zlib.crc32(f"{component.config}".encode()))
-    module: nn.Module
-    if component.library == "diffusers":
-        import diffusers
-
-        cls: Any = getattr(diffusers, component.class_name)
-        with torch.device(device), _default_dtype(dtype):
-            module = cls.from_config(cfg)
-    else:
-        import transformers
-
-        cls = getattr(transformers, component.class_name)
-        args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
-        config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
-        with torch.device(device), _default_dtype(dtype):
-            module = cls(config)
-    module.to(device=device)
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-@dataclass
-class Prepared:
-    """A stage's modules in a recipe's form, and the context each call runs in (attention, caches)."""
-
-    modules: dict[str, nn.Module]
-    dtype: torch.dtype
-    call_context: contextlib.AbstractContextManager[Any] | None = None
-
-
-def prepare_modules(
-    spec: ModelSpec, stage: str, recipe: Recipe | None, *, tiny: bool, device: torch.device
-) -> Prepared:
-    """Build a stage's modules with a recipe applied (the stand-in for agent.recipes.prepare)."""
-    precision = recipe.precision if recipe is not None else "fp32"
-    dtype = torch.float32 if device.type == "cpu" else DTYPES.get(precision, torch.bfloat16)
-    components = list(spec.stage(stage).components)
-    if recipe is not None and recipe.vae == "tiny" and stage == "vae_decoder":
-        variant = getattr(spec, "tiny_vae", None)
-        if variant is None:
-            raise UnsupportedModelError(f"model {spec.id!r} has no tiny VAE for recipe {recipe.id!r}")
-        components = list(variant.components)
-    modules = {c.name: build_component(c, tiny=tiny, device=device, dtype=dtype) for c in components}
-    if recipe is not None and recipe.channels_last and stage != "text_encoder":
-        for module in modules.values():
-            cast(Any, module).to(memory_format=torch.channels_last)
-    return Prepared(modules, dtype)
+_FLUX_DEV = {
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+_QWEN_IMAGE = {
+    "shift": 1.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 0.9,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+}
+FLOW_SAMPLERS: dict[str, dict[str, Any]] = {
+    # black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json: resolution-dependent (dynamic) shift
+    "flux-dev": _FLUX_DEV,
+    # FLUX.1-schnell: no shift
+    "flux-schnell": {"shift": 1.0, "use_dynamic_shifting": False},
+    # Qwen/Qwen-Image scheduler/scheduler_config.json
+    "qwen-image": _QWEN_IMAGE,
+    # ModelTC/Qwen-Image-Lightning's generate_with_diffusers.py: mu pinned at log(3), no terminal stretch
+    "qwen-image-lightning": {
+        **_QWEN_IMAGE,
+        "base_shift": math.log(3),
+        "max_shift": math.log(3),
+        "shift_terminal": None,
+    },
+    # Tongyi-MAI/Z-Image-Turbo scheduler config (secondary copies): static shift 3
+    "z-image-turbo": {"shift": 3.0, "use_dynamic_shifting": False},
+}
+"""FlowMatchEulerDiscreteScheduler settings per model (the published scheduler configs); a model not listed
+takes its architecture's entry in FLOW_DEFAULTS."""
+FLOW_DEFAULTS = {"flux": "flux-dev", "qwen-image": "qwen-image", "z-image": "z-image-turbo"}
 
 
 def _sync(device: torch.device) -> None:
@@ -100,144 +111,255 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def unet_time(timestep: float) -> float:
+    """The `t` of `StageRunner.denoiser_call` for a UNet timestep: it calls the UNet with t * 999.
+
+    Exact: for every trailing-spaced timestep float32(timestep / 999 * 999) == timestep (a test checks it).
+    """
+    return float(timestep) / 999.0
+
+
+# -- the stand-in tokenizer ---------------------------------------------------------------------------------
+
+
+def word_ids(text: str, *, lo: int, hi: int) -> list[int]:
+    """Words hashed into [lo, hi): deterministic ids for a prompt (no tokenizer files reach these machines)."""
+    span = max(hi - lo, 1)
+    return [lo + zlib.crc32(word.encode()) % span for word in text.lower().split()]
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A stand-in of one text encoder's tokenizer: its special tokens, padding and truncation, words hashed.
+
+    `length` pads (and truncates) to a fixed length; None leaves the ids unpadded (the batch pads them to its
+    longest, with an attention mask). `prefix` and `suffix` stand for a chat template's tokens.
+    """
+
+    vocab: int
+    length: int | None
+    bos: list[int]
+    eos: list[int]
+    pad: int
+    max_length: int
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    def __call__(self, text: str) -> list[int]:
+        reserved = len(self.bos) + len(self.eos) + len(self.prefix) + len(self.suffix)
+        words = word_ids(text, lo=3, hi=self.vocab - 3)[: max(self.max_length - reserved, 0)]
+        ids = [*self.bos, *self.prefix, *words, *self.suffix, *self.eos][: self.max_length]
+        if self.length is not None:
+            ids = ids[: self.length] + [self.pad] * (self.length - len(ids))
+        return ids
+
+
+def tokenizer_for(module: nn.Module, spec: ModelSpec, *, text_tokens: int, tiny: bool) -> Tokenizer:
+    """The stand-in of the tokenizer a pipeline pairs with this text encoder."""
+    cfg: Any = getattr(module, "config", None)
+    vocab = int(getattr(cfg, "vocab_size", None) or cfg.text_config.vocab_size)
+    kind = type(module).__name__
+    if kind.startswith("CLIPText"):
+        # CLIP: <|startoftext|> ... <|endoftext|>, the two highest ids (49406, 49407 of 49408), padded with
+        # <|endoftext|> to 77; the pooled output is read at the first end token.
+        n = int(cfg.max_position_embeddings)
+        return Tokenizer(vocab, n, [vocab - 2], [vocab - 1], vocab - 1, n)
+    if kind.startswith("T5"):
+        # T5: no start token, </s> = 1, <pad> = 0; padded to the pipeline's max_sequence_length.
+        return Tokenizer(vocab, text_tokens, [], [1], 0, text_tokens)
+    im_start, im_end, end = vocab - 2, vocab - 3, vocab - 1  # <|im_start|>, <|im_end|>, <|endoftext|> (pad)
+    newline, assistant = word_ids("\n", lo=3, hi=vocab - 3) or [3], word_ids("assistant", lo=3, hi=vocab - 3)
+    suffix = (im_end, *newline, im_start, *assistant, *newline)
+    if kind.startswith("Qwen2_5_VL"):
+        # Qwen-Image's template: a 34-token system prompt prefix (dropped after encoding), the prompt, the
+        # assistant turn; padded to the longest prompt of the batch, truncated at 1024 + 34.
+        words = word_ids(" ".join(f"template-{i}" for i in range(QWEN_TEMPLATE_TOKENS - 1)), lo=3, hi=vocab - 3)
+        prefix = (im_start, *words)
+        return Tokenizer(vocab, None, [], [], end, QWEN_MAX_TOKENS + QWEN_TEMPLATE_TOKENS, prefix, suffix)
+    if kind.startswith("Qwen3"):
+        # Z-Image's template (user turn, generation prompt); padded to 512 (the tiny run: its text_tokens).
+        prefix = (im_start, *word_ids("user", lo=3, hi=vocab - 3), *newline)
+        length = text_tokens if tiny else ZIMAGE_TEXT_PAD
+        return Tokenizer(vocab, length, [], [], end, max(length, ZIMAGE_TEXT_PAD), prefix, suffix)
+    raise UnsupportedModelError(f"model {spec.id!r}: no tokenizer stand-in for text encoder {kind}")
+
+
+# -- stages -------------------------------------------------------------------------------------------------
+
+
 class _Stage:
-    def __init__(self, spec: ModelSpec, prepared: Prepared, device: torch.device) -> None:
+    """One stage of one model in one recipe's form: the agent's prepared runner and the serving glue."""
+
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage) -> None:
         self.spec = spec
         self.prepared = prepared
+        self.runner: StageRunner = prepared.runner
         self.modules = prepared.modules
-        self.device = device
-        self.dtype = prepared.dtype
+        self.device = self.runner.setup.device
+        self.dtype = self.runner.setup.dtype
 
     def _ctx(self) -> contextlib.AbstractContextManager[Any]:
-        return self.prepared.call_context or contextlib.nullcontext()
+        """The recipe's call context (attention backend, step cache): entered around every module call."""
+        return self.runner.call_context or contextlib.nullcontext()
 
     def unload(self) -> None:
         self.modules.clear()
+        self.runner.inputs = {}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def tokenize(text: str, *, length: int, vocab: int, bos: int = 0, eos: int = 2, pad: int = 1) -> list[int]:
-    """A deterministic stand-in tokenizer (no tokenizer files reach this machine): words hashed into the vocab.
-
-    Real weights come with their tokenizer; synthetic weights make any token ids as good as any others.
-    """
-    ids = [bos]
-    for word in text.lower().split():
-        ids.append(3 + zlib.crc32(word.encode()) % max(vocab - 3, 1))
-    ids = [*ids[: length - 1], eos]
-    return ids + [pad] * (length - len(ids))
+def _strip(item: Item, prefixes: tuple[str, ...]) -> Item:
+    return {k: v for k, v in item.items() if not k.startswith(prefixes)}
 
 
 class TextEncoderStage(_Stage):
-    """CLIP text encoders: per-token embeddings (+ pooled for SDXL), for the prompt and, for CFG, the negative."""
+    """The text encoders: `prompt_embeds` (+ `pooled_prompt_embeds`), and the `negative_*` pair for CFG models."""
 
-    def _length(self, module: nn.Module) -> int:
-        cfg: Any = module.config
-        return int(cfg.max_position_embeddings)
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage) -> None:
+        super().__init__(spec, prepared)
+        s = self.runner.setup
+        self.tokenizers = {
+            name: tokenizer_for(m, spec, text_tokens=s.text_tokens, tiny=s.tiny) for name, m in self.modules.items()
+        }
+
+    def _negative(self, item: Item) -> str | None:
+        """The negative prompt to encode; None for no negative row (SDXL: zeros for an absent one)."""
+        if not self.spec.cfg:
+            return None
+        negative = item.get("negative_prompt")
+        if negative is None and self.spec.architecture == "sdxl":
+            return None  # StableDiffusionXLPipeline: force_zeros_for_empty_prompt
+        return str(negative or "")
 
     def prepare(self, item: Item) -> Item:
+        """Tokenize (CPU work, in the job's thread)."""
         item = dict(item)
-        for name, module in self.modules.items():
-            cfg: Any = module.config
-            item[f"_ids_{name}"] = tokenize(item.get("prompt") or "", length=self._length(module), vocab=cfg.vocab_size)
-            if self.spec.cfg:
-                item[f"_neg_ids_{name}"] = tokenize(
-                    item.get("negative_prompt") or "", length=self._length(module), vocab=cfg.vocab_size
-                )
+        negative = self._negative(item)
+        for name, tok in self.tokenizers.items():
+            item[f"_ids_{name}"] = tok(str(item.get("prompt") or ""))
+            item[f"_neg_ids_{name}"] = tok(negative) if negative is not None else None
         return item
 
-    def _encode(self, key: str, batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden: list[torch.Tensor] = []
-        pooled: torch.Tensor | None = None
-        for name, module in self.modules.items():
-            ids = torch.tensor([item[f"{key}{name}"] for item in batch], dtype=torch.long, device=self.device)
-            out = module(input_ids=ids, output_hidden_states=True)
-            if self.spec.architecture == "sdxl":
-                hidden.append(out.hidden_states[-2])
-                if hasattr(out, "text_embeds"):
-                    pooled = out.text_embeds
-            else:
-                hidden.append(out.last_hidden_state)
-        return torch.cat(hidden, dim=-1), pooled
-
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
-        batch = [self.prepare(item) if not any(k.startswith("_ids_") for k in item) else item for item in batch]
-        with torch.inference_mode(), self._ctx():
-            emb, pooled = self._encode("_ids_", batch)
-            neg, neg_pooled = self._encode("_neg_ids_", batch) if self.spec.cfg else (None, None)
+        first = next(iter(self.tokenizers))
+        items = [item if f"_ids_{first}" in item else self.prepare(item) for item in batch]
+        with torch.inference_mode():
+            cond = self._encode({n: [item[f"_ids_{n}"] for item in items] for n in self.tokenizers})
+            neg_rows = [i for i, item in enumerate(items) if item[f"_neg_ids_{first}"] is not None]
+            neg = (
+                self._encode({n: [items[i][f"_neg_ids_{n}"] for i in neg_rows] for n in self.tokenizers})
+                if neg_rows
+                else None
+            )
         _sync(self.device)
         out = []
-        for i, item in enumerate(batch):
-            o = {k: v for k, v in item.items() if not k.startswith(("_ids_", "_neg_ids_"))}
-            o["prompt_embeds"] = emb[i]
-            if pooled is not None:
-                o["pooled_prompt_embeds"] = pooled[i]
-            if neg is not None:
-                o["negative_prompt_embeds"] = neg[i]
-            if neg_pooled is not None:
-                o["negative_pooled_prompt_embeds"] = neg_pooled[i]
+        for i, item in enumerate(items):
+            o = _strip(item, ("_ids_", "_neg_ids_"))
+            o.update({k: v[i] for k, v in cond.items()})
+            if self.spec.cfg:
+                if neg is not None and i in neg_rows:
+                    j = neg_rows.index(i)
+                    o.update({f"negative_{k}": v[j] for k, v in neg.items()})
+                else:
+                    o.update({f"negative_{k}": torch.zeros_like(v[i]) for k, v in cond.items()})
             out.append(o)
         return out
 
+    def _ids(self, rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ids padded (right) to the longest, and their attention mask, on the device."""
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
+        return ids.to(self.device), mask.to(self.device)
+
+    def _call(self, module: nn.Module, **kwargs: Any) -> Any:
+        with self._ctx():
+            return module(**kwargs)
+
+    def _encode(self, rows: dict[str, list[list[int]]]) -> dict[str, list[torch.Tensor]]:
+        """One pass of each text encoder over its id rows; the conditioning tensors, one per row."""
+        arch = self.spec.architecture
+        mods = self.modules
+        if arch == "sd":
+            (name,) = rows
+            ids, _ = self._ids(rows[name], self.tokenizers[name].pad)
+            hidden = self._call(mods[name], input_ids=ids).last_hidden_state
+            return {"prompt_embeds": list(hidden)}
+        if arch == "sdxl":
+            hiddens: list[torch.Tensor] = []
+            pooled: torch.Tensor | None = None
+            for name, r in rows.items():
+                ids, _ = self._ids(r, self.tokenizers[name].pad)
+                out = self._call(mods[name], input_ids=ids, output_hidden_states=True)
+                hiddens.append(out.hidden_states[-2])
+                if hasattr(out, "text_embeds"):
+                    pooled = out.text_embeds  # CLIPTextModelWithProjection (text_encoder_2)
+            if pooled is None:
+                raise UnsupportedModelError(f"model {self.spec.id!r}: no pooled text embedding (text_encoder_2)")
+            return {"prompt_embeds": list(torch.cat(hiddens, dim=-1)), "pooled_prompt_embeds": list(pooled)}
+        if arch == "flux":
+            result: dict[str, list[torch.Tensor]] = {}
+            for name, r in rows.items():
+                ids, _ = self._ids(r, self.tokenizers[name].pad)
+                module = mods[name]
+                if type(module).__name__.startswith("CLIP"):
+                    result["pooled_prompt_embeds"] = list(self._call(module, input_ids=ids).pooler_output)
+                else:
+                    result["prompt_embeds"] = list(self._call(module, input_ids=ids)[0])
+            return result
+        if arch in ("qwen-image", "z-image"):
+            (name,) = rows
+            ids, mask = self._ids(rows[name], self.tokenizers[name].pad)
+            out = self._call(mods[name], input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1 if arch == "qwen-image" else -2]
+            keep = mask.bool()
+            embeds = [hidden[i][keep[i]] for i in range(hidden.shape[0])]
+            if arch == "qwen-image":
+                embeds = [e[QWEN_TEMPLATE_TOKENS:][:QWEN_MAX_SEQUENCE] for e in embeds]
+            return {"prompt_embeds": embeds}
+        raise UnsupportedModelError(f"model {self.spec.id!r}: no text conditioning for architecture {arch!r}")
+
 
 class DenoiserStage(_Stage):
-    """The denoising loop: seeded initial noise, `steps` scheduler steps, CFG when the model uses it."""
+    """The sampler loop around `StageRunner.denoiser_call`: seeded noise, `steps` steps, CFG as the model has it."""
 
-    def __init__(self, spec: ModelSpec, prepared: Prepared, device: torch.device) -> None:
-        super().__init__(spec, prepared, device)
-        self.unet: Any = next(iter(self.modules.values()))
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage) -> None:
+        super().__init__(spec, prepared)
+        self.module: Any = next(iter(self.modules.values()))
+        if spec.architecture not in ("sd", "sdxl") and spec.architecture not in FLOW_DEFAULTS:
+            raise UnsupportedModelError(f"model {spec.id!r}: no sampler for architecture {spec.architecture!r}")
 
-    def _scheduler(self) -> Any:
-        from diffusers import EulerDiscreteScheduler
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, h, w) of a latent: packed models' sides are even (2 x (side // 16))."""
+        f = self.spec.vae_scale_factor
+        if self.spec.architecture in ("sd", "sdxl"):
+            return self.spec.latent_channels, height // f, width // f
+        return self.spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
 
-        cls: Any = EulerDiscreteScheduler
-        return cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing")
+    def noise(self, batch: Sequence[Item], height: int, width: int) -> torch.Tensor:
+        """Each item's initial noise from its own seed (CPU generator: the same on every device), float32."""
+        shape = self.latent_shape(height, width)
+        return torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(item["seed"]))) for item in batch]
+        ).to(self.device)
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         first = batch[0]
-        h, w, steps = int(first["height"]), int(first["width"]), int(first.get("steps") or self.spec.default_steps)
-        f = self.spec.vae_scale_factor
-        cfg = self.unet.config
-        noise = [
-            torch.randn(
-                (cfg.in_channels, h // f, w // f),
-                generator=torch.Generator().manual_seed(int(item["seed"])),
-            )
-            for item in batch
-        ]
-        latents = torch.stack(noise).to(self.device, self.dtype)
-        cond = torch.stack([item["prompt_embeds"] for item in batch]).to(self.device, self.dtype)
-        use_cfg = self.spec.cfg
-        if use_cfg:
-            uncond = torch.stack([item["negative_prompt_embeds"] for item in batch]).to(self.device, self.dtype)
-            cond = torch.cat([uncond, cond])
-        added: dict[str, torch.Tensor] | None = None
-        if getattr(cfg, "addition_embed_type", None) == "text_time":
-            pooled = torch.stack([item["pooled_prompt_embeds"] for item in batch]).to(self.device, self.dtype)
-            if use_cfg:
-                neg = torch.stack([item["negative_pooled_prompt_embeds"] for item in batch]).to(self.device, self.dtype)
-                pooled = torch.cat([neg, pooled])
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).repeat(
-                pooled.shape[0], 1
-            )
-            added = {"text_embeds": pooled, "time_ids": time_ids}
-        sched = self._scheduler()
-        sched.set_timesteps(steps, device=self.device)
-        latents = latents * sched.init_noise_sigma
-        guidance = max(self.spec.guidance_scale, 1.0)
-        with torch.inference_mode(), self._ctx():
-            for t in sched.timesteps:
-                x = torch.cat([latents, latents]) if use_cfg else latents
-                x = sched.scale_model_input(x, t)
-                kwargs: dict[str, Any] = {"encoder_hidden_states": cond, "return_dict": False}
-                if added is not None:
-                    kwargs["added_cond_kwargs"] = added
-                pred = self.unet(x, t, **kwargs)[0]
-                if use_cfg:
-                    p_uncond, p_cond = pred.chunk(2)
-                    pred = p_uncond + guidance * (p_cond - p_uncond)
-                latents = sched.step(pred, t, latents, return_dict=False)[0]
+        h, w = int(first["height"]), int(first["width"])
+        steps = int(first.get("steps") or self.spec.default_steps)
+        noise = self.noise(batch, h, w)
+        self.runner.set_conditioning(self.conditioning(batch, h, w))
+        for m in self.prepared.cache_modules:
+            reset_cache(m)  # a new trajectory starts with a full compute
+        try:
+            with torch.inference_mode():
+                if self.spec.architecture in ("sd", "sdxl"):
+                    latents = self._euler(noise.to(self.dtype), steps)
+                else:
+                    latents = self._flow(noise, steps)
+        finally:
+            self.runner.inputs = {}
         _sync(self.device)
         out = []
         for i, item in enumerate(batch):
@@ -246,19 +368,141 @@ class DenoiserStage(_Stage):
             out.append(o)
         return out
 
+    # -- conditioning: the denoiser's keyword arguments, conditional rows then unconditional ones ------------
+    def _rows(self, batch: Sequence[Item], key: str) -> list[torch.Tensor]:
+        rows = [item[key] for item in batch]
+        if self.spec.cfg:
+            rows += [item[f"negative_{key}"] for item in batch]
+        return [r.to(self.device, self.dtype) for r in rows]
+
+    def conditioning(self, batch: Sequence[Item], height: int, width: int) -> dict[str, Any]:
+        arch = self.spec.architecture
+        cfg = self.module.config
+        embeds = self._rows(batch, "prompt_embeds")
+        if arch in ("sd", "sdxl"):
+            cond: dict[str, Any] = {"encoder_hidden_states": torch.stack(embeds)}
+            if getattr(cfg, "addition_embed_type", None) == "text_time":
+                pooled = torch.stack(self._rows(batch, "pooled_prompt_embeds"))
+                # original size, crop top-left, target size (StableDiffusionXLPipeline._get_add_time_ids)
+                time_ids = torch.tensor([[height, width, 0, 0, height, width]] * len(embeds), dtype=self.dtype)
+                cond["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.to(self.device)}
+            return cond
+        if arch == "flux":
+            hidden = torch.stack(embeds)
+            cond = {
+                "encoder_hidden_states": hidden,
+                "pooled_projections": torch.stack(self._rows(batch, "pooled_prompt_embeds")),
+                "txt_ids": torch.zeros(hidden.shape[1], 3, device=self.device, dtype=self.dtype),
+            }
+            if cfg.guidance_embeds:
+                # FluxPipeline: the distilled guidance is an input (float32; the model scales it by 1000)
+                cond["guidance"] = torch.full(
+                    (hidden.shape[0],), self.spec.guidance_scale, device=self.device, dtype=torch.float32
+                )
+            return cond
+        if arch == "qwen-image":
+            n = max(e.shape[0] for e in embeds)
+            hidden = torch.stack([torch.cat([e, e.new_zeros(n - e.shape[0], e.shape[1])]) for e in embeds])
+            mask = torch.tensor([[1] * e.shape[0] + [0] * (n - e.shape[0]) for e in embeds], dtype=torch.long)
+            # QwenImagePipeline passes no mask when nothing is padded
+            return {
+                "encoder_hidden_states": hidden,
+                "encoder_hidden_states_mask": None if bool(mask.all()) else mask.to(self.device),
+            }
+        # z-image: one caption feature tensor per row, each its own length
+        return {"cap_feats": embeds}
+
+    # -- samplers ------------------------------------------------------------------------------------------
+    def _step(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        with self._ctx():
+            return self.runner.denoiser_call(x, t, renorm_cfg=True)
+
+    def _euler(self, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        """EulerDiscrete (trailing): scale_model_input, one UNet call at the scheduler's timestep, step."""
+        from diffusers import EulerDiscreteScheduler
+
+        cls: Any = EulerDiscreteScheduler
+        sched = cls.from_config(UNET_SAMPLER)
+        sched.set_timesteps(steps, device=self.device)
+        times = sched.timesteps.tolist()  # once, not a device sync per step
+        latents = noise * sched.init_noise_sigma
+        for t, tv in zip(sched.timesteps, times, strict=True):
+            x = sched.scale_model_input(latents, t)
+            pred = self._step(x, unet_time(tv))
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+        result: torch.Tensor = latents
+        return result
+
+    def sampler(self) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        key = self.spec.id if self.spec.id in FLOW_SAMPLERS else FLOW_DEFAULTS[self.spec.architecture]
+        cls: Any = FlowMatchEulerDiscreteScheduler
+        return cls.from_config({"num_train_timesteps": 1000, **FLOW_SAMPLERS[key]})
+
+    def _flow(self, noise: torch.Tensor, steps: int) -> torch.Tensor:
+        """Flow-matching Euler: sigmas from 1 towards 0 over `steps`, shifted as the model's scheduler does."""
+        sched = self.sampler()
+        arch = self.spec.architecture
+        _, lh, lw = noise.shape[1:]
+        if arch == "z-image":
+            sigmas: Any = torch.linspace(1.0, 1 / steps, steps).tolist()  # ZImagePipeline's default sigmas
+        else:
+            sigmas = np.linspace(1.0, 1 / steps, steps)
+        c = sched.config
+        seq = (lh // 2) * (lw // 2)  # image tokens after 2x2 packing
+        slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+        mu = seq * slope + c.base_shift - slope * c.base_image_seq_len  # the pipelines' calculate_shift
+        sched.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        sched.set_begin_index(0)
+        times = sched.timesteps.to("cpu")
+        if arch == "z-image":
+            # ZImagePipeline: float32 latents, the model at (1000 - t) / 1000 in float32, its output negated
+            latents = noise
+            for i, t in enumerate(sched.timesteps):
+                tm = float((1000 - times[i]) / 1000)
+                pred = -self._step(latents.to(self.dtype), tm).float()
+                latents = sched.step(pred, t, latents, return_dict=False)[0]
+            return latents
+        # Flux, Qwen-Image: latents in the model dtype, the model at timestep / 1000 (in that dtype)
+        latents = noise.to(self.dtype)
+        for i, t in enumerate(sched.timesteps):
+            tm = float(times[i].to(self.dtype) / 1000)
+            pred = self._step(latents, tm)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+        result: torch.Tensor = latents
+        return result
+
 
 class VaeDecoderStage(_Stage):
-    """Latents to uint8 images (H, W, 3) on the CPU."""
+    """Latents to uint8 images (H, W, 3) on the CPU, un-scaled as the model's pipeline does before decoding."""
 
-    def __init__(self, spec: ModelSpec, prepared: Prepared, device: torch.device) -> None:
-        super().__init__(spec, prepared, device)
-        self.vae: Any = next(iter(self.modules.values()))
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage) -> None:
+        super().__init__(spec, prepared)
+        vae: Any = next(iter(self.modules.values()))
+        cfg = vae.config
+        self.mean: torch.Tensor | None = None
+        self.std_inv: torch.Tensor | None = None
+        if type(vae).__name__ == "AutoencoderKLQwenImage":
+            view = (1, int(cfg.z_dim), 1, 1)
+            self.mean = torch.tensor(cfg.latents_mean).view(view).to(self.device, self.dtype)
+            self.std_inv = (1.0 / torch.tensor(cfg.latents_std)).view(view).to(self.device, self.dtype)
+        # the VAE in use's own factors: AutoencoderTiny's are 1 and 0 (TAESD decodes scaled latents)
+        self.scaling = float(getattr(cfg, "scaling_factor", None) or 1.0)
+        self.shift = float(getattr(cfg, "shift_factor", None) or 0.0)
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         z = torch.stack([item["latents"] for item in batch]).to(self.device, self.dtype)
-        scale = float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+        if self.mean is not None and self.std_inv is not None:
+            z = z / self.std_inv + self.mean  # QwenImagePipeline: latents / (1 / std) + mean
+        else:
+            z = z / self.scaling
+            if self.shift:
+                z = z + self.shift
+        if self.runner.setup.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._ctx():
-            images = self.vae.decode(z / scale, return_dict=False)[0]
+            images = self.runner.vae_decode(z)
             pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             pixels = pixels.permute(0, 2, 3, 1).to("cpu")
         _sync(self.device)
@@ -278,18 +522,34 @@ STAGES: dict[str, type[_Stage]] = {
 }
 
 
-def build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
-    """The serving stage of a model in a recipe's form (see the module docstring)."""
+def build_stage(
+    model_id: str, stage: str, recipe: str, tiny: bool, device: str, *, options: RecipeOptions | None = None
+) -> StageFn:
+    """A model's serving stage in a recipe's form: `agent.recipes.prepare` (then compile), plus the glue."""
     try:
         spec = catalog.models()[model_id]
     except KeyError:
         raise UnsupportedModelError(f"model {model_id!r} is not in the catalog") from None
-    if spec.architecture not in ("sd", "sdxl"):
-        raise UnsupportedModelError(
-            f"model {model_id!r} ({spec.architecture}): the stand-in serves SD and SDXL UNets only; "
-            "point scheduler.stages.default_build_stage at agent.pipelines for the others"
+    if stage not in spec.stage_names:
+        raise UnsupportedModelError(f"model {model_id!r} has no stage {stage!r}")
+    rec = catalog.recipes().get(recipe)
+    if rec is None:
+        raise UnsupportedModelError(f"recipe {recipe!r} is not in the catalog: a worker cannot apply it")
+    height, width, text_tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
+    try:
+        prepared = prepare(
+            spec,
+            stage,
+            rec,
+            device=torch.device(device),
+            tiny=tiny,
+            height=height,
+            width=width,
+            text_tokens=text_tokens,
+            options=options,
         )
-    dev = torch.device(device)
-    prepared = prepare_modules(spec, stage, catalog.recipes().get(recipe), tiny=tiny, device=dev)
-    runner: StageFn = STAGES[stage](spec, prepared, dev)  # type: ignore[assignment]
+        prepared.apply_compile()
+    except StageUnsupported as exc:
+        raise UnsupportedModelError(f"model {model_id!r} stage {stage!r} recipe {recipe!r}: {exc}") from exc
+    runner: StageFn = STAGES[stage](spec, prepared)  # type: ignore[assignment]
     return runner
