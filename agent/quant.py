@@ -70,6 +70,13 @@ class Fp8RowwiseLinear(nn.Module):
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight, dequantized on access: model code reads `linear.weight.dtype` (Z-Image's
+        timestep embedder casts its input to it), so a swapped layer must still answer like an nn.Linear."""
+        w_fp8 = self.get_buffer("weight_fp8")
+        return (w_fp8.float() * self.get_buffer("weight_scale").t()).to(self.out_dtype)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, emulate={self.emulate}"
 
@@ -111,6 +118,12 @@ class Int8DynamicLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight, dequantized on access (see Fp8RowwiseLinear.weight)."""
+        w_q = self.get_buffer("weight_int8")
+        return (w_q.float() * self.get_buffer("weight_scale").t()).to(self.out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, emulate={self.emulate}"

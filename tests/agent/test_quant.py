@@ -102,3 +102,15 @@ def test_fp8_is_unsupported_on_the_cpu() -> None:
     ok, why = quant.fp8_supported(torch.device("cpu"))
     assert not ok
     assert "compute capability 8.9" in why
+
+
+@pytest.mark.parametrize("layer", [quant.Fp8RowwiseLinear, quant.Int8DynamicLinear])
+def test_swapped_layer_still_answers_weight_like_a_linear(layer: type[nn.Module], linear: nn.Linear) -> None:
+    """Model code reads `linear.weight.dtype` (Z-Image's timestep embedder): the H100 campaign's Z-Image fp8
+    cells failed with "'Fp8RowwiseLinear' object has no attribute 'weight'" before layers exposed one."""
+    q = layer(linear, emulate=True)  # type: ignore[call-arg]
+    w = q.weight
+    assert w.shape == linear.weight.shape
+    assert w.dtype == linear.weight.dtype
+    rel = (w.float() - linear.weight.float()).norm() / linear.weight.float().norm()
+    assert rel < 0.05
