@@ -20,7 +20,8 @@ What serving adds is the glue each diffusers 0.42 pipeline has around its module
   probed) on the batch's real conditioning (`StageRunner.set_conditioning`): EulerDiscrete with trailing
   timesteps for UNets (sd, sdxl), flow-matching Euler (FlowMatchEulerDiscreteScheduler, sigmas 1 -> 0 with
   each model's shift) for Flux, Qwen-Image (true CFG, renormalised) and Z-Image (which predicts -velocity at
-  time 1 - sigma);
+  time 1 - sigma; the catalog's Z-Image runs without CFG: ZImagePipeline's own CFG, pos + g (pos - neg), is
+  not the agent's combination);
 - the decode (`VaeDecoderStage`) through `StageRunner.vae_decode`, after the pipeline's latent un-scaling
   (scaling and shift factors, or Qwen-Image's per-channel mean and std); uint8 (H, W, 3) images on the CPU.
 """
