@@ -20,7 +20,8 @@ What serving adds is the glue each diffusers 0.42 pipeline has around its module
   probed) on the batch's real conditioning (`StageRunner.set_conditioning`): EulerDiscrete with trailing
   timesteps for UNets (sd, sdxl), flow-matching Euler (FlowMatchEulerDiscreteScheduler, sigmas 1 -> 0 with
   each model's shift) for Flux, Qwen-Image (true CFG, renormalised) and Z-Image (which predicts -velocity at
-  time 1 - sigma);
+  time 1 - sigma; the catalog's Z-Image runs without CFG: ZImagePipeline's own CFG, pos + g (pos - neg), is
+  not the agent's combination);
 - the decode (`VaeDecoderStage`) through `StageRunner.vae_decode`, after the pipeline's latent un-scaling
   (scaling and shift factors, or Qwen-Image's per-channel mean and std); uint8 (H, W, 3) images on the CPU.
 """
@@ -132,8 +133,9 @@ def word_ids(text: str, *, lo: int, hi: int) -> list[int]:
 class Tokenizer:
     """A stand-in of one text encoder's tokenizer: its special tokens, padding and truncation, words hashed.
 
-    `length` pads (and truncates) to a fixed length; None leaves the ids unpadded (the batch pads them to its
-    longest, with an attention mask). `prefix` and `suffix` stand for a chat template's tokens.
+    A prompt's ids are kept unpadded (truncated at `max_length`); a batch pads them with `pad` to `length`
+    (or to its longest when that is longer or `length` is None), with an attention mask marking the prompt's
+    own tokens. `prefix` and `suffix` stand for a chat template's tokens.
     """
 
     vocab: int
@@ -148,10 +150,14 @@ class Tokenizer:
     def __call__(self, text: str) -> list[int]:
         reserved = len(self.bos) + len(self.eos) + len(self.prefix) + len(self.suffix)
         words = word_ids(text, lo=3, hi=self.vocab - 3)[: max(self.max_length - reserved, 0)]
-        ids = [*self.bos, *self.prefix, *words, *self.suffix, *self.eos][: self.max_length]
-        if self.length is not None:
-            ids = ids[: self.length] + [self.pad] * (self.length - len(ids))
-        return ids
+        return [*self.bos, *self.prefix, *words, *self.suffix, *self.eos][: self.max_length]
+
+    def pad_rows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ids padded (right), and its attention mask (long, 1 = a prompt's token), on the CPU."""
+        n = max([self.length or 0, *(len(r) for r in rows)])
+        ids = torch.tensor([r + [self.pad] * (n - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
+        return ids, mask
 
 
 def tokenizer_for(module: nn.Module, spec: ModelSpec, *, text_tokens: int, tiny: bool) -> Tokenizer:
@@ -177,10 +183,11 @@ def tokenizer_for(module: nn.Module, spec: ModelSpec, *, text_tokens: int, tiny:
         prefix = (im_start, *words)
         return Tokenizer(vocab, None, [], [], end, QWEN_MAX_TOKENS + QWEN_TEMPLATE_TOKENS, prefix, suffix)
     if kind.startswith("Qwen3"):
-        # Z-Image's template (user turn, generation prompt); padded to 512 (the tiny run: its text_tokens).
+        # Z-Image's template (user turn, generation prompt); padded to 512 (the tiny run: its text_tokens),
+        # truncated at 512.
         prefix = (im_start, *word_ids("user", lo=3, hi=vocab - 3), *newline)
         length = text_tokens if tiny else ZIMAGE_TEXT_PAD
-        return Tokenizer(vocab, length, [], [], end, max(length, ZIMAGE_TEXT_PAD), prefix, suffix)
+        return Tokenizer(vocab, length, [], [], end, ZIMAGE_TEXT_PAD, prefix, suffix)
     raise UnsupportedModelError(f"model {spec.id!r}: no tokenizer stand-in for text encoder {kind}")
 
 
@@ -266,11 +273,8 @@ class TextEncoderStage(_Stage):
             out.append(o)
         return out
 
-    def _ids(self, rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of ids padded (right) to the longest, and their attention mask, on the device."""
-        n = max(len(r) for r in rows)
-        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
-        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
+    def _ids(self, name: str, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizers[name].pad_rows(rows)
         return ids.to(self.device), mask.to(self.device)
 
     def _call(self, module: nn.Module, **kwargs: Any) -> Any:
@@ -283,14 +287,14 @@ class TextEncoderStage(_Stage):
         mods = self.modules
         if arch == "sd":
             (name,) = rows
-            ids, _ = self._ids(rows[name], self.tokenizers[name].pad)
+            ids, _ = self._ids(name, rows[name])
             hidden = self._call(mods[name], input_ids=ids).last_hidden_state
             return {"prompt_embeds": list(hidden)}
         if arch == "sdxl":
             hiddens: list[torch.Tensor] = []
             pooled: torch.Tensor | None = None
             for name, r in rows.items():
-                ids, _ = self._ids(r, self.tokenizers[name].pad)
+                ids, _ = self._ids(name, r)
                 out = self._call(mods[name], input_ids=ids, output_hidden_states=True)
                 hiddens.append(out.hidden_states[-2])
                 if hasattr(out, "text_embeds"):
@@ -301,7 +305,7 @@ class TextEncoderStage(_Stage):
         if arch == "flux":
             result: dict[str, list[torch.Tensor]] = {}
             for name, r in rows.items():
-                ids, _ = self._ids(r, self.tokenizers[name].pad)
+                ids, _ = self._ids(name, r)
                 module = mods[name]
                 if type(module).__name__.startswith("CLIP"):
                     result["pooled_prompt_embeds"] = list(self._call(module, input_ids=ids).pooler_output)
@@ -310,7 +314,7 @@ class TextEncoderStage(_Stage):
             return result
         if arch in ("qwen-image", "z-image"):
             (name,) = rows
-            ids, mask = self._ids(rows[name], self.tokenizers[name].pad)
+            ids, mask = self._ids(name, rows[name])
             out = self._call(mods[name], input_ids=ids, attention_mask=mask, output_hidden_states=True)
             hidden = out.hidden_states[-1 if arch == "qwen-image" else -2]
             keep = mask.bool()

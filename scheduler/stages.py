@@ -8,13 +8,15 @@ it synchronises the device before returning. It may carry `prepare(item) -> item
 
 Item keys (what flows between stages, and between groups through the intermediates):
 - in: `prompt`, `negative_prompt`, `seed`, `height`, `width`, `steps`;
-- text_encoder adds `prompt_embeds` (+ `pooled_prompt_embeds`, and the `negative_*` pair for CFG models);
-- denoiser adds `latents`;
+- text_encoder adds `prompt_embeds` (+ `pooled_prompt_embeds` for SDXL and Flux, and the `negative_*` pair for
+  CFG models): one tensor per item, (tokens, width); Qwen-Image's and Z-Image's are each prompt's own length;
+- denoiser adds `latents`: (channels, height / 8, width / 8), unpacked, as the model's sampler left them;
 - vae_decoder adds `image`: (H, W, 3) uint8 numpy array.
 
 The stage code is the agent's (DESIGN.md: the worker runs the same stage code that the agent probes):
-`default_build_stage` points at the stand-in in scheduler.diffusion until agent.pipelines is merged. A no-op
-builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
+`default_build_stage` is scheduler.diffusion's `build_stage`, which gets every module from
+`agent.recipes.prepare` in the plan's recipe and drives it with the pipeline's glue (conditioning, sampler,
+decode). A no-op builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ BuildStage = Callable[[str, str, str, bool, str], StageFn]
 
 
 def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
-    """The stage code the workers run (imports torch only when called)."""
+    """The stage code the workers run: the agent's prepared stages (imports torch only when called)."""
     from scheduler.diffusion import build_stage
 
     return build_stage(model_id, stage, recipe, tiny, device)

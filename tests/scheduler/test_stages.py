@@ -1,4 +1,9 @@
-"""The stage code on the catalog's tiny models (CPU): a split topology gives the co-located result."""
+"""The worker's stage code on the catalog's tiny models (CPU), every architecture, two recipes per stage.
+
+text_encoder -> denoiser (2 steps) -> vae_decoder gives uint8 (64, 64, 3) images, the same for a seed, other
+for another seed; each stage keeps its recipe's precision on the CPU; a split topology (the intermediates'
+bytes between two separately built groups, as between two workers) gives the co-located result.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,53 @@ import numpy as np
 import pytest
 
 from scheduler import codec
-from scheduler.stages import GroupRunner, GroupSpec, default_build_stage
+from tests.scheduler.stage_helpers import ALL, BF16, FP32, MIXED, MODELS, group, items
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
-ALL = ("text_encoder", "denoiser", "vae_decoder")
-
-
-def items(n: int) -> list[dict[str, object]]:
-    return [
-        {"prompt": f"a cat number {i}", "negative_prompt": None, "seed": 100 + i, "height": 64, "width": 64, "steps": 2}
-        for i in range(n)
-    ]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["bf16", "mixed"])
+@pytest.mark.parametrize("model", MODELS)
+def test_every_architecture_serves_images(model: str, variant: str) -> None:
+    recipes = BF16 if variant == "bf16" else MIXED[model]
+    runner = group(model, recipes)
+    batch = items(2)
+    out = runner.run([runner.prepare(i) for i in batch])
+    for o in out:
+        assert o["image"].shape == (64, 64, 3)
+        assert o["image"].dtype == np.uint8
+        assert set(o) == {*batch[0], "image"}  # conditioning and latents do not leak into the result
+    again = runner.run([runner.prepare(i) for i in batch])
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(out, again, strict=True))
+    swapped = runner.run([runner.prepare(i) for i in reversed(batch)])  # other batch order: same images
+    assert np.abs(out[0]["image"].astype(int) - swapped[1]["image"].astype(int)).max() <= 1
+    assert not np.array_equal(out[0]["image"], out[1]["image"])  # another seed (and prompt), another image
+    # the recipe's precision is kept on the CPU (fp32 only where the recipe says fp32)
+    for stage, fn in zip(ALL, runner.fns, strict=True):
+        precision = dict(recipes)[stage].split("-")[0]
+        params = [p for m in fn.modules.values() for p in m.parameters()]  # type: ignore[attr-defined]
+        assert {p.dtype for p in params} == {DTYPES[precision]}, (stage, dict(recipes)[stage])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
 def test_split_topology_matches_co_located(model: str) -> None:
-    whole = GroupRunner.build(GroupSpec(model, ALL, (), True, "cpu"), default_build_stage)
-    first = GroupRunner.build(GroupSpec(model, ("text_encoder",), (), True, "cpu"), default_build_stage)
-    rest = GroupRunner.build(GroupSpec(model, ("denoiser", "vae_decoder"), (), True, "cpu"), default_build_stage)
+    whole = group(model, FP32)
+    first = group(model, FP32, ("text_encoder",))
+    rest = group(model, FP32, ("denoiser", "vae_decoder"))
     batch = items(2)
     together = whole.run([whole.prepare(i) for i in batch])
     # through the intermediates' bytes, as between two workers
     handed = [codec.unpack(codec.pack(o)) for o in first.run([first.prepare(i) for i in batch])]
     apart = rest.run(handed)
     for a, b in zip(together, apart, strict=True):
-        assert a["image"].shape == (64, 64, 3)
-        assert a["image"].dtype == np.uint8
         assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
-    # seeds matter, prompts matter
-    assert not np.array_equal(together[0]["image"], together[1]["image"])
 
 
-def test_recipe_names_a_dtype_and_tiny_vae() -> None:
-    runner = GroupRunner.build(
-        GroupSpec("sd15", ("vae_decoder",), (("vae_decoder", "bf16-tiny-vae"),), True, "cpu"), default_build_stage
-    )
+def test_recipe_names_the_tiny_vae() -> None:
+    runner = group("sd15", (("vae_decoder", "bf16-tiny-vae"),), ("vae_decoder",))
     vae = runner.fns[0]
     assert type(next(iter(vae.modules.values()))).__name__ == "AutoencoderTiny"  # type: ignore[attr-defined]
