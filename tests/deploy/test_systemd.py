@@ -1,11 +1,13 @@
-"""deploy/systemd: the agent and worker units run real commands as a non-root user, with settings that load and
-hardening that leaves the GPUs' device nodes reachable (NVML, CUDA)."""
+"""deploy/systemd: the agent, worker and planner units run real commands as a non-root user, with settings that
+load; the GPU units' hardening leaves the GPUs' device nodes reachable (NVML, CUDA)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from planner.core.errors import ConfigError
 
 from tests.deploy.project import (
     SYSTEMD_DIR,
@@ -14,22 +16,28 @@ from tests.deploy.project import (
     env_file,
     env_names_in,
     invocations_in_shell,
+    planner_settings,
     read_unit,
     scheduler_settings,
     unknown_env_names,
 )
 
 UNITS = sorted(SYSTEMD_DIR.glob("*.service"))
+GPU_UNITS = [u for u in UNITS if "planner" not in u.name]
 # Options that hide /dev/nvidia* or forbid what CUDA does: PrivateDevices and a device allow-list (ProtectClock
 # adds one for the RTC) hide the GPUs; MemoryDenyWriteExecute breaks CUDA's and torch.compile's generated code.
 BREAKS_NVML = ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock", "MemoryDenyWriteExecute")
 
 
-def test_there_is_an_agent_unit_and_a_worker_unit() -> None:
-    assert [u.name for u in UNITS] == ["gpu-fleet-agent.service", "gpu-fleet-worker@.service"]
+def test_there_is_an_agent_unit_a_worker_unit_and_a_planner_unit() -> None:
+    assert [u.name for u in UNITS] == [
+        "gpu-fleet-agent.service",
+        "gpu-fleet-planner.service",
+        "gpu-fleet-worker@.service",
+    ]
 
 
-@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", GPU_UNITS, ids=lambda p: p.name)
 def test_unit_runs_a_real_command_as_a_service_user_and_restarts(path: Path) -> None:
     unit = read_unit(path)
     [start] = unit.get("Service", "ExecStart")
@@ -67,3 +75,26 @@ def test_settings_named_in_units_and_environment_files_are_fields_and_load() -> 
         "/etc/gpu-fleet/worker.env",
         "-/etc/gpu-fleet/worker-%i.env",
     ]
+
+
+def test_the_planner_unit_migrates_before_it_serves() -> None:
+    unit = read_unit(SYSTEMD_DIR / "gpu-fleet-planner.service")
+    [pre] = unit.get("Service", "ExecStartPre")
+    [start] = unit.get("Service", "ExecStart")
+    [migrate] = invocations_in_shell(pre, "ExecStartPre")
+    [serve] = invocations_in_shell(start, "ExecStart")
+    assert migrate.args == ("db", "upgrade")
+    assert serve.args == ("serve",)
+    assert check_invocation(migrate) == check_invocation(serve) == []
+    assert unit.get("Service", "User") == ["gpu-fleet"]
+    env = {
+        **env_file(SYSTEMD_DIR / "planner.env.example"),
+        "PLANNER_ADMIN_TOKEN": "a" * 32,
+        "PLANNER_ENROLLMENT_TOKEN": "e" * 32,
+    }
+    planner = planner_settings(env)
+    assert planner.environment == "production"
+    assert planner.api_host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="PLANNER_ADMIN_TOKEN"):  # the example alone does not start a planner
+        planner_settings(env_file(SYSTEMD_DIR / "planner.env.example"))
+    assert str(scheduler_settings(env).results_dir) in unit.get("Service", "ReadWritePaths")
