@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from planner.core.errors import ConfigError
-
 from tests.deploy.project import (
     SYSTEMD_DIR,
     agent_settings,
