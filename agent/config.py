@@ -38,6 +38,15 @@ class AgentSettings(BaseSettings):
     spool_dir: Path | None = Field(default=None, description="results waiting for the planner; default state_dir/spool")
     host_name: str = Field(default_factory=socket.gethostname)
     labels: dict[str, str] = Field(default_factory=dict, description="free labels sent at registration (JSON)")
+    node_name: str | None = Field(
+        default=None,
+        description="the Kubernetes node this agent runs on (downward API `spec.nodeName`): its GPU Feature "
+        "Discovery labels are read through the Kubernetes API and sent at registration",
+    )
+    node_label_prefixes: list[str] = Field(
+        default_factory=lambda: ["nvidia.com/"],
+        description="which node labels are sent (JSON list of key prefixes); AGENT_LABELS win over them",
+    )
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
     poll_interval_s: float = Field(default=30.0, gt=0, description="how often the daemon asks for queued requests")
     flush_interval_s: float = Field(default=30.0, gt=0, description="how often the daemon resends spooled runs")

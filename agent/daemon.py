@@ -22,6 +22,7 @@ from typing import Any
 from agent import __version__
 from agent.client import PlannerClient, PlannerError, flush
 from agent.config import AgentSettings
+from agent.node_labels import registration_labels
 from agent.spool import Spool
 
 
@@ -111,7 +112,7 @@ class Daemon:
             return False
         body = {
             "name": self.settings.host_name,
-            "labels": self.settings.labels,
+            "labels": registration_labels(self.settings, log=self.log),
             "driver_version": inventory.driver_version,
             "cuda_version": inventory.cuda_version,
             "agent_version": __version__,

@@ -1,9 +1,10 @@
 """Prometheus metrics, `planner_` prefix, base units: request latency by route template, and store gauges.
 
-The store gauges (hosts by status, measurements stored, the cost of each fleet's plan in force) are read from
-the store at scrape time, so every worker process reports the same values. The latency histogram is per
-process: with several uvicorn workers a scrape sees one worker's; run one worker per container (as Kubernetes
-deployments usually do) when the histogram matters.
+The store gauges (hosts by status, measurements stored; of each fleet's plan in force: the cost per hour, the cost
+per image of each workload, the planned capacity of each pool) are read from the store at scrape time, so every
+worker process reports the same values. The latency histogram is per process: with several uvicorn workers a
+scrape sees one worker's; run one worker per container (as Kubernetes deployments usually do) when the histogram
+matters. Achieved throughput per pool is the workers' (scheduler/metrics.py), set beside the planned capacity here.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class StoreCollector(Collector):
         self.settings = settings
         self.clock = clock
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
             GaugeMetricFamily("planner_store_up", "1 when the store answered this scrape, else 0"),
             GaugeMetricFamily("planner_hosts", "Hosts by status (computed from heartbeats)", labels=["status"]),
@@ -47,22 +48,39 @@ class StoreCollector(Collector):
                 "Total cost per hour of each fleet's plan in force",
                 labels=["fleet"],
             ),
+            GaugeMetricFamily(
+                "planner_active_plan_cost_dollars_per_image",
+                "Planned cost per image of each workload of each fleet's plan in force",
+                labels=["fleet", "workload"],
+            ),
+            GaugeMetricFamily(
+                "planner_active_plan_pool_capacity_images_per_second",
+                "Planned capacity of each pool of the routing table in force (all its replicas together)",
+                labels=["fleet", "pool"],
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        up, hosts, measurements, cost = self._families()
+        up, *rest = self._families()
         try:
-            self._read(hosts, measurements, cost)
+            self._read(*rest)
         except SQLAlchemyError:  # a scrape must answer; the store's state is the one gauge that says why
             up.add_metric([], 0)
             return (up,)
         up.add_metric([], 1)
-        return (up, hosts, measurements, cost)
+        return (up, *rest)
 
-    def _read(self, hosts: GaugeMetricFamily, measurements: GaugeMetricFamily, cost: GaugeMetricFamily) -> None:
+    def _read(
+        self,
+        hosts: GaugeMetricFamily,
+        measurements: GaugeMetricFamily,
+        cost: GaugeMetricFamily,
+        cost_per_image: GaugeMetricFamily,
+        capacity: GaugeMetricFamily,
+    ) -> None:
         with self.factory() as session:
             counts = count_by_status(
                 session,
@@ -73,14 +91,37 @@ class StoreCollector(Collector):
             for status, n in counts.items():
                 hosts.add_metric([status], n)
             measurements.add_metric([], count_measurements(session))
+            in_force = (m.Plan.status.in_(("active", "stale")), m.Plan.activated_at.is_not(None))
             rows = session.execute(
-                select(m.Fleet.name, m.Plan.total_cost_per_hour)
+                select(m.Fleet.name, m.Plan.total_cost_per_hour, m.Plan.result)
                 .join(m.Plan, m.Plan.fleet_id == m.Fleet.id)
-                .where(m.Plan.status.in_(("active", "stale")), m.Plan.activated_at.is_not(None))
+                .where(*in_force)
                 .order_by(m.Plan.id)
             ).all()
-            for fleet, total in rows:
+            for fleet, total, result in rows:
                 cost.add_metric([fleet], total)
+                for name, per_image in _cost_per_image(result):
+                    cost_per_image.add_metric([fleet, name], per_image)
+            pools = session.execute(
+                select(m.Fleet.name, m.RoutingEntry.pool, m.RoutingEntry.capacity)
+                .join(m.Plan, m.Plan.fleet_id == m.Fleet.id)
+                .join(m.RoutingEntry, m.RoutingEntry.plan_id == m.Plan.id)
+                .where(*in_force)
+                .order_by(m.Plan.id, m.RoutingEntry.pool)
+            ).all()
+            for fleet, pool, pool_capacity in pools:
+                capacity.add_metric([fleet, pool], pool_capacity)
+
+
+def _cost_per_image(result: Any) -> Iterable[tuple[str, float]]:
+    """(workload, $/image) of a plan's contract-3 result; entries without a number are skipped."""
+    workloads = result.get("workloads") if isinstance(result, dict) else None
+    for workload in workloads if isinstance(workloads, list) else ():
+        if not isinstance(workload, dict):
+            continue
+        name, per_image = workload.get("name"), workload.get("cost_per_image")
+        if isinstance(name, str) and isinstance(per_image, int | float) and not isinstance(per_image, bool):
+            yield name, float(per_image)
 
 
 class Metrics:

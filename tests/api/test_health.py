@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import create_engine
@@ -48,4 +49,15 @@ def test_metrics_latency_by_route_template_and_store_gauges(client: TestClient) 
     assert 'planner_hosts{status="lost"} 0.0' in text
     assert "planner_measurements_stored 2.0" in text
     assert 'planner_active_plan_cost_dollars_per_hour{fleet="prod-eu"} 12.54' in text
+    per_image = _sample(text, 'planner_active_plan_cost_dollars_per_image{fleet="prod-eu",workload="sdxl-prod"}')
+    assert per_image == pytest.approx(12.54 / 3600 / 5)
+    capacity = 'planner_active_plan_pool_capacity_images_per_second{fleet="prod-eu",pool="sdxl-prod.0.h100-sxm-80gb"}'
+    assert _sample(text, capacity) == pytest.approx(6.3)
     assert host_id not in text  # routes are templates, not raw paths
+
+
+def _sample(text: str, series: str) -> float:
+    """The value of one series in a Prometheus text exposition."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
+    assert len(values) == 1, (series, text)
+    return values[0]
