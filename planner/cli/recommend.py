@@ -1,0 +1,310 @@
+"""`planner recommend`: the capacity-review answer, from quick flags or a scenario file, against a store.
+
+The store is the embedded SQLite file by default (migrated and seeded from the shipped reference measurements on
+first use, so a fresh machine needs no service), or a fleet's PostgreSQL with `--database-url`. The solve goes
+through `planner.planning`, the same path as the service's solve. docs/recommend.md documents the flags, the
+JSON (DESIGN.md contract 3: exactly `Plan.to_json()`), the CSV columns and the report.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from planner.cli.common import DatabaseUrlOption, console, err_console, handle_errors
+from planner.cli.progress import DeferredProgress
+from planner.core.config import get_settings
+from planner.core.errors import InputError
+from planner.db.session import session_scope
+from planner.db.store import open_store
+from planner.measurements.store import stored_rows
+from planner.perf.model import QualityMetric
+from planner.planning import InfeasibleError, load_catalog, store_problem
+from planner.recommend import views as v
+from planner.recommend.compare import compare, load_plan_file
+from planner.recommend.export import write_csv
+from planner.recommend.quick import QuickRequest, parse_quality, parse_what_if, quick_scenario
+from planner.recommend.sweep import builder_for, what_if
+from planner.scenario import Scenario, load_scenario
+from planner.solver import OptionBuilder, Plan, Problem, solve
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def render_view(view: v.View, out: Console) -> None:
+    """A plain table as a rich table (numbers right-aligned, total rows bold under a rule)."""
+    table = Table(title=Text(view.title, style="bold"), title_justify="left")
+    for i, col in enumerate(view.columns):
+        table.add_column(Text(col), justify="right" if i in view.right else "left", overflow="fold")
+    for i, row in enumerate(view.rows):
+        if i in view.totals and i > 0:
+            table.rows[-1].end_section = True
+        table.add_row(*(Text(cell) for cell in row), style="bold" if i in view.totals else None)
+    out.print(table)
+    if view.caption:
+        out.print(Text(view.caption, style="dim"), soft_wrap=True)
+
+
+def _notes(scenario: Scenario) -> tuple[str, ...]:
+    notes: list[str] = []
+    for w in scenario.workloads:
+        if w.quality is None:
+            continue
+        floor = f"{w.name}: quality floor {w.quality.metric} >= {w.quality.min:g}"
+        if w.quality.weights == "real":
+            notes.append(
+                f"{floor} counts quality measured with real weights only (drift on random weights is not perceptual "
+                "quality); a recipe without such a measurement is excluded unless it is the reference recipe. "
+                "--synthetic-quality (or `weights: any`) counts synthetic-weight measurements too."
+            )
+        else:
+            notes.append(
+                f"{floor} counts synthetic-weight measurements: drift against the reference recipe on random "
+                "weights, not perceptual quality."
+            )
+    return tuple(notes)
+
+
+def _scenario_and_context(
+    database_url: str | None, scenario_file: Path | None, request: QuickRequest | None, progress: DeferredProgress
+) -> tuple[Scenario, Problem, v.Context]:
+    """Read everything from the store in one short transaction; the solves run after it is closed."""
+    settings = get_settings()
+    engine = open_store(database_url, settings=settings)
+    try:
+        with session_scope(engine) as session:
+            catalog = load_catalog(session)
+            rows = stored_rows(session, status="ok")
+            if scenario_file is not None:
+                scenario = load_scenario(scenario_file)
+            else:
+                assert request is not None
+                scenario = quick_scenario(request, catalog)
+            problem = store_problem(
+                session, scenario, settings=settings, store_catalog=catalog, rows=rows, progress=progress.message
+            )
+    finally:
+        engine.dispose()
+    measured = tuple(sorted({r.gpu_family for r in rows if r.source == "measured"}))
+    source = engine.url.render_as_string(hide_password=True)
+    notes = _notes(scenario)
+    if scenario.measurements is not None:
+        notes = (f"Plus the scenario's measurements file {scenario.measurements_path()}.", *notes)
+    return scenario, problem, v.Context(source=source, measurements=len(rows), measured_families=measured, notes=notes)
+
+
+def command_line(params: dict[str, Any]) -> str:
+    """The command as a person would type it (flags in a fixed order, defaults left out): the report's header."""
+    parts = ["planner", "recommend"]
+    for flag, value in params.items():
+        if value is None or value is False or value == [] or value == ():
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                parts += [flag, str(item)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+@handle_errors
+def recommend(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="A model id (repeat for several acceptable models; the plan picks)."),
+    ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", "-r", help="Target rate, images/s.")] = None,
+    p95: Annotated[float | None, typer.Option("--p95", help="p95 latency objective, seconds.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoiser steps for every --model [default: each model's].")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height in pixels [default: the model's].")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width in pixels [default: the model's].")] = None,
+    headroom: Annotated[float | None, typer.Option(help="Spare capacity fraction [default: 0.2].")] = None,
+    quality: Annotated[
+        str | None,
+        typer.Option(
+            help="Quality floor METRIC>=MIN (ssim_image, psnr_image, psnr_latent), e.g. ssim_image>=0.95; "
+            "real-weight measurements only unless --synthetic-quality."
+        ),
+    ] = None,
+    synthetic_quality: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic-quality", help="Let --quality count quality measured on synthetic weights (labelled)."
+        ),
+    ] = False,
+    recipe: Annotated[
+        list[str] | None,
+        typer.Option("--recipe", help="Allow-list STAGE=R1,R2 (stage or te/dn/vae), e.g. dn=bf16,fp8-compile."),
+    ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option("--family", help="A GPU family the plan may use (repeat) [default: every family with a price]."),
+    ] = None,
+    price: Annotated[
+        list[float] | None, typer.Option("--price", help="$/GPU-hour of each --family, in order [default: store's].")
+    ] = None,
+    available: Annotated[
+        list[int] | None, typer.Option("--available", help="GPUs of each --family, in order [default: unlimited].")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Workload name [default: the model ids].")] = None,
+    scenario: Annotated[
+        Path | None, typer.Option("--scenario", "-s", help="A scenario YAML file (whole fleet; docs/scenario.md).")
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table (rich), json (contract 3) or csv (one row per group).")
+    ] = OutputFormat.table,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write a self-contained HTML report (with plots) into DIR.")
+    ] = None,
+    what_if_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--what-if", help="Re-solve at other rates: rate=1,10,100 (images/s, total) or rate=x0.5,x2 (multipliers)."
+        ),
+    ] = None,
+    compare_file: Annotated[
+        Path | None, typer.Option("--compare", help="A plan saved earlier with --format json, to compare against.")
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Recommend the cheapest fleet plan ($/image) for a rate, latency objective and quality floor.
+
+    Quick: `planner recommend --model sdxl --rate 10`. Whole fleet: `planner recommend --scenario fleet.yaml`.
+    """
+    quick_given = {
+        "--model": model,
+        "--rate": rate,
+        "--p95": p95,
+        "--steps": steps,
+        "--height": height,
+        "--width": width,
+        "--headroom": headroom,
+        "--quality": quality,
+        "--recipe": recipe,
+        "--family": family,
+        "--price": price,
+        "--available": available,
+        "--name": name,
+    }
+    used = [flag for flag, value in quick_given.items() if value not in (None, [])]
+    request: QuickRequest | None = None
+    if scenario is not None:
+        if used:
+            raise InputError(
+                f"--scenario and {', '.join(used)} both describe the workload. Fix: put them in the scenario file, "
+                "or leave out --scenario."
+            )
+    else:
+        if not model or rate is None:
+            raise InputError(
+                "give --model and --rate (e.g. planner recommend --model sdxl --rate 10), or --scenario FILE."
+            )
+        if synthetic_quality and quality is None:
+            raise InputError("--synthetic-quality goes with --quality. Fix: add e.g. --quality ssim_image>=0.95.")
+        if quality is not None:
+            parse_quality(quality)  # refuse a malformed floor before opening the store
+        request = QuickRequest(
+            models=model,
+            rate=rate,
+            p95_latency_s=p95,
+            steps=steps,
+            height=height,
+            width=width,
+            headroom=headroom,
+            quality=quality,
+            synthetic_quality=synthetic_quality,
+            recipes=recipe or (),
+            families=family or (),
+            prices=price or (),
+            available=available or (),
+            name=name,
+        )
+    points = parse_what_if(what_if_spec) if what_if_spec is not None else []
+    saved = load_plan_file(compare_file) if compare_file is not None else None
+
+    with DeferredProgress(err_console, "solving") as progress:
+        scen, problem, context = _scenario_and_context(database_url, scenario, request, progress)
+        builder = builder_for(problem)
+        plan = solve(problem, builder=builder)
+    if not plan.feasible:
+        raise InfeasibleError(plan)
+
+    side = console if output_format is OutputFormat.table else err_console
+    if output_format is OutputFormat.json:
+        sys.stdout.write(plan.to_json() + "\n")
+    elif output_format is OutputFormat.csv:
+        write_csv(plan, sys.stdout)
+    else:
+        for line in v.context_lines(context):
+            console.print(line, highlight=False, soft_wrap=True)
+        for view in v.plan_views(plan):
+            render_view(view, console)
+        for warning in plan.warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+    extra: list[tuple[str, list[v.View]]] = []
+    if points:
+        with DeferredProgress(err_console, "what-if", total=len(points)) as progress:
+            results = what_if(problem, points, builder=builder, tick=progress.tick)
+        view = v.what_if_view(results)
+        render_view(view, side)
+        extra.append(("What if the rate changes", [view]))
+    if saved is not None and compare_file is not None:
+        views = v.compare_views(compare(saved, plan.to_dict(), before_name=str(compare_file)))
+        for view in views:
+            render_view(view, side)
+        extra.append((f"Compared with {compare_file}", views))
+    if report is not None:
+        params = {
+            **quick_given,
+            "--synthetic-quality": synthetic_quality,
+            "--scenario": scenario,
+            "--what-if": what_if_spec,
+            "--compare": compare_file,
+            "--report": report,
+        }
+        _write_report(report, plan, problem, scen, context, builder, extra, command=command_line(params))
+
+
+def _write_report(
+    directory: Path,
+    plan: Plan,
+    problem: Problem,
+    scenario: Scenario,
+    context: v.Context,
+    builder: OptionBuilder,
+    extra: list[tuple[str, list[v.View]]],
+    *,
+    command: str,
+) -> None:
+    """Run the report's sweeps and write it (matplotlib is imported here only)."""
+    from planner.report.build import report_steps, write_report
+
+    metric: QualityMetric = next((w.quality.metric for w in scenario.workloads if w.quality is not None), "ssim_image")
+    with DeferredProgress(err_console, "report", total=report_steps(problem, metric)) as progress:
+        path = write_report(
+            directory,
+            plan=plan,
+            problem=problem,
+            command=command,
+            context=context,
+            metric=metric,
+            extra_sections=extra,
+            builder=builder,
+            tick=progress.tick,
+        )
+    err_console.print(f"report written to {path}", highlight=False, soft_wrap=True)
