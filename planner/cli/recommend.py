@@ -25,6 +25,7 @@ from planner.core.config import get_settings
 from planner.core.errors import InputError
 from planner.db.session import session_scope
 from planner.db.store import open_store
+from planner.measurements.csvio import read_csv
 from planner.measurements.store import stored_rows
 from planner.perf.model import QualityMetric
 from planner.planning import InfeasibleError, load_catalog, store_problem
@@ -45,7 +46,8 @@ class OutputFormat(StrEnum):
 
 def render_view(view: v.View, out: Console) -> None:
     """A plain table as a rich table (numbers right-aligned, total rows bold under a rule)."""
-    table = Table(title=Text(view.title, style="bold"), title_justify="left")
+    out.print(Text(view.title, style="bold"), soft_wrap=True)
+    table = Table()
     for i, col in enumerate(view.columns):
         table.add_column(Text(col), justify="right" if i in view.right else "left", overflow="fold")
     for i, row in enumerate(view.rows):
@@ -97,11 +99,13 @@ def _scenario_and_context(
             )
     finally:
         engine.dispose()
-    measured = tuple(sorted({r.gpu_family for r in rows if r.source == "measured"}))
+    extra_file = scenario.measurements_path()
+    extra = [located.row for located in read_csv(extra_file)] if extra_file is not None else []
+    measured = tuple(sorted({r.gpu_family for r in [*rows, *extra] if r.source == "measured" and r.status == "ok"}))
     source = engine.url.render_as_string(hide_password=True)
     notes = _notes(scenario)
-    if scenario.measurements is not None:
-        notes = (f"Plus the scenario's measurements file {scenario.measurements_path()}.", *notes)
+    if extra_file is not None:
+        notes = (f"Plus {len(extra)} rows of the scenario's measurements file {extra_file}.", *notes)
     return scenario, problem, v.Context(source=source, measurements=len(rows), measured_families=measured, notes=notes)
 
 
@@ -113,11 +117,9 @@ def command_line(params: dict[str, Any]) -> str:
             continue
         if value is True:
             parts.append(flag)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                parts += [flag, str(item)]
-        else:
-            parts += [flag, str(value)]
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            parts += [flag, f"{item:g}" if isinstance(item, float) else str(item)]
     return shlex.join(parts)
 
 

@@ -180,17 +180,13 @@ def totals_view(plan: Plan) -> View:
 def baselines_view(plan: Plan) -> View:
     rows: list[tuple[str, ...]] = []
     for b in plan.baselines:
+        if not b.feasible or b.cost_per_hour is None:
+            rows.append((b.name, b.description, "-", "-", b.note or "infeasible on this fleet", "-"))
+            continue
         gpus = ", ".join(f"{n} {f}" for f, n in sorted(b.gpus.items())) or "-"
         saving = f"{b.saving:.1%}" if b.saving is not None else "-"
         rows.append(
-            (
-                b.name,
-                b.description,
-                money(b.cost_per_hour),
-                money((b.cost_per_hour or 0) * HOURS_PER_MONTH),
-                gpus,
-                saving,
-            )
+            (b.name, b.description, money(b.cost_per_hour), money(b.cost_per_hour * HOURS_PER_MONTH), gpus, saving)
         )
     return View(
         title="Savings over the baselines (solved on the same data)",
