@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -47,9 +48,10 @@ class OutputFormat(StrEnum):
 def render_view(view: v.View, out: Console) -> None:
     """A plain table as a rich table (numbers right-aligned, total rows bold under a rule)."""
     out.print(Text(view.title, style="bold"), soft_wrap=True)
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, col in enumerate(view.columns):
-        table.add_column(Text(col), justify="right" if i in view.right else "left", overflow="fold")
+        numeric = i in view.right
+        table.add_column(Text(col), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
     for i, row in enumerate(view.rows):
         if i in view.totals and i > 0:
             table.rows[-1].end_section = True

@@ -79,20 +79,20 @@ def _replicas(g: GroupPlan) -> str:
 def _cells(g: GroupPlan) -> str:
     if g.measured:
         return "measured"
-    return f"estimated ±{g.uncertainty:.0%}"
+    return f"est. ±{g.uncertainty:.0%}"
 
 
 def workload_view(wp: WorkloadPlan) -> View:
-    """One row per group: what runs where, and what it costs per hour, image, 1000 images and month."""
+    """One row per group (the topology column lists the groups, so its rows read as the topology): what runs
+    where, and what it costs per hour, image, 1000 images and month."""
     rows: list[tuple[str, ...]] = []
     per_image = 3600.0 * wp.rate
-    for i, g in enumerate(wp.groups):
+    for g in wp.groups:
         rows.append(
             (
-                wp.topology if i == 0 else "",
-                stages_label(g.stages),
+                f"[{stages_label(g.stages)}]",
                 g.family,
-                recipes_text(g.recipes),
+                "\n".join(f"{STAGE_SHORT.get(s, s)}={r}" for s, r in g.recipes.items()),
                 str(g.batch),
                 _replicas(g),
                 f"{g.utilization:.0%}",
@@ -108,8 +108,7 @@ def workload_view(wp: WorkloadPlan) -> View:
     who = wp.name if wp.name == wp.model else f"{wp.name}: {wp.model}"
     rows.append(
         (
-            "workload",
-            "",
+            "total",
             "",
             "",
             "",
@@ -124,10 +123,10 @@ def workload_view(wp: WorkloadPlan) -> View:
         )
     )
     return View(
-        title=f"{who} at {wp.rate:g} images/s (headroom {wp.headroom:.0%}, p95 objective {objective})",
+        title=f"{who} at {wp.rate:g} images/s (topology {wp.topology}, headroom {wp.headroom:.0%}, "
+        f"p95 objective {objective})",
         columns=(
             "topology",
-            "stages",
             "family",
             "recipes",
             "batch",
@@ -136,15 +135,16 @@ def workload_view(wp: WorkloadPlan) -> View:
             "p95 s",
             "$/hour",
             "$/image",
-            "$/1k images",
+            "$/1k img",
             "$/month",
             "numbers",
         ),
         rows=rows,
-        right=frozenset({4, 5, 6, 7, 8, 9, 10, 11}),
+        right=frozenset({3, 4, 5, 6, 7, 8, 9, 10}),
         totals=frozenset({len(rows) - 1}),
-        caption="p95 s: predicted (batch formation + queueing + service); workload row: the topology's total. "
-        + ("Meets the objective." if wp.meets_latency else "ABOVE the p95 objective."),
+        caption="p95 s: predicted (batch formation + queueing + service); the last row is the workload's total. "
+        + ("Meets the p95 objective." if wp.meets_latency else "ABOVE the p95 objective.")
+        + " numbers: measured, or estimated with its uncertainty (see the last table).",
     )
 
 

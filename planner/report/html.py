@@ -21,7 +21,8 @@ code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5p
 pre{padding:.6rem;overflow-x:auto;white-space:pre-wrap}
 table{border-collapse:collapse;margin:.6rem 0 .3rem;font-size:13px}caption{text-align:left;font-weight:600;
 padding:.3rem 0}
-th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .55rem;vertical-align:top}th{background:#fafafa;text-align:left}
+th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .55rem;vertical-align:top;
+white-space:pre-line}th{background:#fafafa;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.total td{font-weight:600;border-top:2px solid #999}
 p.note{color:#555;font-size:12.5px;margin:.2rem 0 1rem}figure{margin:1rem 0}figcaption{color:#555;font-size:12.5px}
 img{max-width:100%;height:auto}

@@ -105,9 +105,9 @@ def test_readme_command_on_a_fresh_machine(tmp_path: Path, monkeypatch: pytest.M
     assert "measured on: h100-sxm-80gb" in out
     for heading in ("Fleet", "Savings over the baselines", "Binding constraints", "Measured and estimated numbers"):
         assert heading in out
-    for column in ("$/hour", "$/image", "$/1k images", "$/month", "p95 s", "util", "replicas"):
+    for column in ("$/hour", "$/image", "$/1k img", "$/month", "p95 s", "util", "replicas"):
         assert column in out
-    assert re.search(r"total\s+│\s+\d+\s+│\s+\$\d", out)
+    assert re.search(r"total\s+\d+\s+\$[\d.,]+\s+\$[\d.,]+", out)  # the fleet: GPUs, $/hour, $/month
     assert (tmp_path / "gpu-fleet-planner" / "planner.db").is_file()
 
 
@@ -130,9 +130,9 @@ def test_table_says_what_is_measured_and_what_binds(reference_url: str) -> None:
     result = recommend(reference_url, "--model", "sdxl", "--rate", "2", "--family", "h100-sxm-80gb", "--p95", "30")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "sdxl at 2 images/s (headroom 20%, p95 objective 30 s)" in out
+    assert re.search(r"sdxl at 2 images/s \(topology \[[a-z+\]\[]+\], headroom 20%, p95 objective 30 s\)", out)
     assert "h100-sxm-80gb" in out
-    assert "│ measured" in out  # every cell of the H100 plan is measured (or interpolated between measured batches)
+    assert re.search(r"\$[\d,.]+\s+measured", out)  # the H100's cells are measured
     assert "capacity" in out
     assert "this plan saves" in out
 
@@ -189,9 +189,9 @@ def test_what_if_rates_absolute_and_multiplied(reference_url: str) -> None:
     result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--what-if", "rate=1,x2,100")
     assert result.returncode == 0, result.stderr
     table = result.stdout[result.stdout.index("What if the rate changes") :]
-    assert re.search(r"│ 1 images/s\s+│\s+1 │\s+\$", table)
-    assert re.search(r"│ x2\s+│\s+20 │\s+\$", table)
-    assert re.search(r"│ 100 images/s\s+│\s+100 │\s+\$", table)
+    assert re.search(r"1 images/s\s+1\s+\$", table)
+    assert re.search(r"x2\s+20\s+\$", table)
+    assert re.search(r"100 images/s\s+100\s+\$", table)
     as_json = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--what-if", "rate=x2", "--format", "json")
     assert as_json.returncode == 0
     check_contract_3(json.loads(as_json.stdout))  # stdout stays the plan; the what-if table goes to stderr
