@@ -105,6 +105,10 @@ def _scenario_and_context(
     extra = [located.row for located in read_csv(extra_file)] if extra_file is not None else []
     measured = tuple(sorted({r.gpu_family for r in [*rows, *extra] if r.source == "measured" and r.status == "ok"}))
     source = engine.url.render_as_string(hide_password=True)
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        home = str(Path.home())
+        path = engine.url.database
+        source = "the embedded store " + ("~" + path[len(home) :] if path.startswith(home + "/") else path)
     notes = _notes(scenario)
     if extra_file is not None:
         notes = (f"Plus {len(extra)} rows of the scenario's measurements file {extra_file}.", *notes)
