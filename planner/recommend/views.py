@@ -79,7 +79,7 @@ def _replicas(g: GroupPlan) -> str:
 def _cells(g: GroupPlan) -> str:
     if g.measured:
         return "measured"
-    return f"est. ±{g.uncertainty:.0%}"
+    return f"est ±{g.uncertainty:.0%}"
 
 
 def workload_view(wp: WorkloadPlan) -> View:
@@ -135,7 +135,7 @@ def workload_view(wp: WorkloadPlan) -> View:
             "p95 s",
             "$/hour",
             "$/image",
-            "$/1k img",
+            "$/1k",
             "$/month",
             "numbers",
         ),
@@ -144,7 +144,8 @@ def workload_view(wp: WorkloadPlan) -> View:
         totals=frozenset({len(rows) - 1}),
         caption="p95 s: predicted (batch formation + queueing + service); the last row is the workload's total. "
         + ("Meets the p95 objective." if wp.meets_latency else "ABOVE the p95 objective.")
-        + " numbers: measured, or estimated with its uncertainty (see the last table).",
+        + " $/1k: per 1000 images; a month is 730 hours. numbers: measured, or estimated (est) with its"
+        " uncertainty (see the last table).",
     )
 
 

@@ -105,7 +105,7 @@ def test_readme_command_on_a_fresh_machine(tmp_path: Path, monkeypatch: pytest.M
     assert "measured on: h100-sxm-80gb" in out
     for heading in ("Fleet", "Savings over the baselines", "Binding constraints", "Measured and estimated numbers"):
         assert heading in out
-    for column in ("$/hour", "$/image", "$/1k img", "$/month", "p95 s", "util", "replicas"):
+    for column in ("$/hour", "$/image", "$/1k", "$/month", "p95 s", "util", "replicas"):
         assert column in out
     assert re.search(r"total\s+\d+\s+\$[\d.,]+\s+\$[\d.,]+", out)  # the fleet: GPUs, $/hour, $/month
     assert (tmp_path / "gpu-fleet-planner" / "planner.db").is_file()
