@@ -1,33 +1,234 @@
-"""Solve a fleet: the one place the service calls the solver.
+"""The one solve path of the planner: a store (+ a scenario) -> `planner.solver.build_problem` -> `solve`.
 
-`solve_fleet` loads the fleet (families, prices, availability), its workloads and the stored measurements,
-puts them in the scenario shape of DESIGN.md's contract 2, and calls `planner.solver.solve`. The solver is
-imported lazily: the service runs without it, and the solve route answers 503 "solver not installed" until
-the package is there. The call itself is the single wiring point (see `_call_solver`).
+`planner recommend` (a scenario file, or one built from its quick flags) and the service's
+`POST /v1/fleets/{fleet}/plans/solve` (a stored fleet and its workloads) both come through here, so both plan
+from the same things:
+- the store's measurements (latest per cell, status `ok`), plus the scenario's own measurements file;
+- the store's catalog: package catalog entries with the store's prices (an operator's price override comes
+  first), families an operator defined (`PUT /v1/gpu-families/{id}`: used with their ceilings when they have
+  them, otherwise as fleet-only families of known memory), recipes that imported measurements named;
+- the agents' calibrations (latest unflagged per family) for the roofline ceilings;
+- solver knobs from Settings (`memory_reserve_gib`) unless the scenario's `solver:` section sets them.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from types import ModuleType
 from typing import Any
 
-from sqlalchemy.orm import Session
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
+from planner import catalog as package_catalog
+from planner.catalog.schema import GpuFamily, ModelSpec, Price, Recipe
 from planner.core.config import Settings, get_settings
-from planner.core.errors import InputError, PlannerError
+from planner.core.errors import ConflictError, InputError
+from planner.crud.catalog import ordered_prices
 from planner.crud.fleets import availability, get_fleet
 from planner.db import models as m
 from planner.db.base import utcnow
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.store import stored_rows
+from planner.perf.roofline import Calibration
+from planner.scenario import Scenario
+from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
+from planner.solver.problem import Progress
 
 
-class SolverUnavailable(PlannerError):
-    """The solver package is not installed in this deployment."""
+class InfeasibleError(ConflictError):
+    """The fleet cannot carry the workloads; the message says how much it carries and what would carry it."""
+
+    exit_code = 3
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        super().__init__(describe_infeasible(plan))
+
+
+def describe_infeasible(plan: Plan) -> str:
+    """The solver's Infeasibility entries as sentences: how much is carried, why, and what would carry it."""
+    lines = ["no plan carries every workload:"]
+    for item in plan.infeasible:
+        carried = "" if "%" in item.message else f" (carries {item.carried_fraction:.0%} of its rate)"
+        lines.append(f"  {item.workload}: {item.message}{carried}.")
+        lines.append(f"    What would: {item.suggestion}.")
+    if not plan.infeasible:
+        lines.append("  the solver found no plan and no reason: " + "; ".join(plan.warnings or ("none given",)))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StoreCatalog:
+    """The catalog as the store holds it, in the solver's types."""
+
+    families: dict[str, GpuFamily]
+    """Families with ceilings (catalog, or operator-defined with bandwidth, TFLOP/s and TDP)."""
+    memory_gib: dict[str, float]
+    """Every stored family's memory, fleet-only ones included."""
+    prices: dict[str, float]
+    """The price a plan uses when none is given: an operator's override first, then the catalog's first."""
+    models: dict[str, ModelSpec]
+    recipes: dict[str, Recipe]
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+
+    def priced_families(self) -> list[str]:
+        """Families a plan may rent without being told a price."""
+        return sorted(self.prices)
+
+
+def _price(row: m.GpuPrice) -> Price | None:
+    try:
+        return Price.model_validate(
+            {
+                "price_per_hour": row.price_per_hour,
+                "provider": row.provider,
+                "offering": row.offering,
+                "source": row.source,
+                "as_of": row.as_of,
+                "status": row.status if row.status in ("read", "secondary", "computed", "measured") else "unverified",
+            }
+        )
+    except ValidationError:
+        return None
+
+
+def _spec_from_row(row: m.GpuFamily) -> GpuFamily | None:
+    """An operator-defined family as a catalog spec, when it has the ceilings a roofline transfer needs."""
+    if not row.memory_bandwidth_tbps or not row.tdp_w or not row.tflops:
+        return None
+    try:
+        return GpuFamily.model_validate(
+            {
+                "id": row.id,
+                "name": row.name or row.id,
+                "vendor": row.vendor if row.vendor in ("nvidia", "amd") else "other",
+                "memory_gib": row.memory_gib,
+                "memory_bandwidth_tbps": row.memory_bandwidth_tbps,
+                "tflops": dict(row.tflops),
+                "tdp_w": row.tdp_w,
+                "compute_capability": row.compute_capability,
+            }
+        )
+    except ValidationError:
+        return None
+
+
+def _recipe_from_row(row: m.Recipe) -> Recipe | None:
+    try:
+        return Recipe.model_validate(
+            {**(row.options or {}), "id": row.id, "description": row.description, "stages": list(row.stages)}
+        )
+    except ValidationError:
+        return None
+
+
+def calibrations(session: Session) -> dict[str, Calibration]:
+    """The newest unflagged calibration per family (what `agent calibrate` measured), as roofline ceilings."""
+    out: dict[str, Calibration] = {}
+    query = (
+        select(m.Calibration)
+        .where(m.Calibration.flagged.is_(False), m.Calibration.gpu_family_id.is_not(None))
+        .order_by(m.Calibration.measured_at.desc(), m.Calibration.id.desc())
+    )
+    for cal in session.scalars(query):
+        fid = cal.gpu_family_id
+        if fid is None or fid in out:
+            continue
+        tflops = {p: v for p, v in (("bf16", cal.bf16_tflops), ("fp8", cal.fp8_tflops)) if v}
+        if tflops or cal.memory_tbps:
+            out[fid] = Calibration(tflops=tflops, tbps=cal.memory_tbps)
+    return out
+
+
+def load_catalog(session: Session) -> StoreCatalog:
+    """The store's families (with their prices), the package's models, catalog and imported recipes."""
+    package = package_catalog.gpu_families()
+    families: dict[str, GpuFamily] = {}
+    memory: dict[str, float] = {}
+    prices: dict[str, float] = {}
+    for row in session.scalars(select(m.GpuFamily).options(selectinload(m.GpuFamily.prices))):
+        memory[row.id] = row.memory_gib
+        spec = package.get(row.id) if row.in_catalog else None
+        spec = spec or _spec_from_row(row)
+        ordered = ordered_prices(row)
+        if ordered:
+            prices[row.id] = ordered[0].price_per_hour
+        if spec is not None:
+            stored = [p for p in (_price(r) for r in ordered) if p is not None]
+            families[row.id] = spec.model_copy(update={"prices": stored or list(spec.prices)})
+    recipes = dict(package_catalog.recipes())
+    for rec in session.scalars(select(m.Recipe).where(m.Recipe.in_catalog.is_(False))):
+        parsed = _recipe_from_row(rec)
+        if parsed is not None and rec.id not in recipes:
+            recipes[rec.id] = parsed
+    return StoreCatalog(
+        families=families,
+        memory_gib=memory,
+        prices=prices,
+        models=dict(package_catalog.models()),
+        recipes=recipes,
+        calibration=calibrations(session),
+    )
+
+
+def solver_options(scenario: Scenario, settings: Settings, **overrides: Any) -> SolverOptions:
+    """SolverOptions from the scenario's `solver:` section; Settings fill the knobs the section leaves out."""
+    sec = scenario.solver
+    given = sec.model_fields_set
+    opts = SolverOptions(
+        memory_reserve_gib=sec.memory_reserve_gib if "memory_reserve_gib" in given else settings.memory_reserve_gib,
+        share_gpus=sec.share_gpus,
+        share_max_utilization=sec.share_max_utilization,
+        mip_rel_gap=sec.mip_rel_gap,
+        time_limit_s=sec.time_limit_s,
+        what_if_rates=tuple(sec.what_if_rates),
+    )
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(opts, **changes) if changes else opts
+
+
+def store_problem(
+    session: Session,
+    scenario: Scenario,
+    *,
+    settings: Settings | None = None,
+    store_catalog: StoreCatalog | None = None,
+    rows: list[MeasurementRow] | None = None,
+    **overrides: Any,
+) -> Problem:
+    """The solver's Problem for a scenario against the store: its measurements, catalog and calibrations."""
+    settings = settings or get_settings()
+    cat = store_catalog or load_catalog(session)
+    rows = rows if rows is not None else stored_rows(session, status="ok")
+    return build_problem(
+        scenario,
+        rows,
+        families=cat.families,
+        models=cat.models,
+        recipes=cat.recipes,
+        calibration=cat.calibration,
+        options=solver_options(scenario, settings, **overrides),
+    )
+
+
+def solve_scenario(
+    session: Session,
+    scenario: Scenario,
+    *,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> tuple[Problem, Plan]:
+    """Build the Problem from the store and solve it; the Problem comes back for sweeps on the same data."""
+    problem = store_problem(session, scenario, settings=settings, progress=progress, **overrides)
+    return problem, solve(problem)
+
+
+# ---- the service's fleets -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -38,21 +239,22 @@ class SolveOutcome:
     scenario: dict[str, Any]
     measurements: int
     solve_time_s: float
+    plan: Plan
 
 
-def build_scenario(
-    session: Session, *, fleet: m.Fleet, now: datetime, settings: Settings, **options: Any
-) -> dict[str, Any]:
-    """The fleet and its workloads as a scenario (contract 2), availability taken from hosts when opted in."""
+def build_scenario(session: Session, *, fleet: m.Fleet, now: datetime, settings: Settings) -> dict[str, Any]:
+    """A stored fleet and its workloads as a scenario (contract 2), availability from hosts when opted in."""
     entries: list[dict[str, Any]] = []
+    memory = {f.id: f.memory_gib for f in session.scalars(select(m.GpuFamily))}
     for fam in availability(
         session, fleet=fleet, now=now, stale_s=settings.heartbeat_stale_s, lost_s=settings.heartbeat_lost_s
     ):
         entry: dict[str, Any] = {"family": fam.family, "price_per_hour": fam.price_per_hour}
         if fam.available_effective is not None:
             entry["available"] = fam.available_effective
-        if fam.memory_gib is not None:
-            entry["memory_gib"] = fam.memory_gib
+        mem = fam.memory_gib if fam.memory_gib is not None else memory.get(fam.family)
+        if mem is not None:
+            entry["memory_gib"] = mem
         if fleet.energy_price_per_kwh is not None:
             entry["energy_price_per_kwh"] = fleet.energy_price_per_kwh
         entries.append(entry)
@@ -75,49 +277,47 @@ def build_scenario(
         if w.quality:
             spec["quality"] = dict(w.quality)
         workloads.append(spec)
-    solver: dict[str, Any] = {"memory_reserve_gib": settings.memory_reserve_gib}
-    solver.update({k: v for k, v in options.items() if v is not None})
-    return {"fleet": entries, "workloads": workloads, "solver": solver}
+    return {"fleet": entries, "workloads": workloads, "solver": {"memory_reserve_gib": settings.memory_reserve_gib}}
 
 
-def load_solver() -> ModuleType:
-    """`planner.solver`, or SolverUnavailable when this deployment lacks it."""
+def scenario_from_data(data: Mapping[str, Any], *, name: str) -> Scenario:
+    """A Scenario from already-structured data (no file lines): errors name `name` and the key path."""
     try:
-        return importlib.import_module("planner.solver")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("planner.solver", "planner"):
-            raise SolverUnavailable(
-                "solver not installed: this planner has no `planner.solver` package; install the full planner, "
-                "or compute a plan elsewhere and store it with POST /v1/fleets/{fleet}/plans"
-            ) from exc
-        raise
-
-
-def _call_solver(solver: ModuleType, scenario: dict[str, Any], rows: list[MeasurementRow]) -> dict[str, Any]:
-    """THE wiring point: the solver's entry point, given the scenario and the stored measurements."""
-    result = solver.solve(scenario, measurements=rows)
-    if hasattr(result, "model_dump"):
-        result = result.model_dump(mode="json")
-    if not isinstance(result, dict):
-        raise PlannerError(f"planner.solver.solve returned {type(result).__name__}, not a contract-3 object")
-    return result
+        scenario = Scenario.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}" for err in exc.errors()[:10]]
+        raise InputError(f"{name}: " + "; ".join(problems) + ". Fix: correct the stored values.") from exc
+    scenario._name = name
+    return scenario
 
 
 def solve_fleet(
-    session: Session, *, fleet_id: int, now: datetime | None = None, settings: Settings | None = None, **options: Any
+    session: Session,
+    *,
+    fleet_id: int,
+    now: datetime | None = None,
+    settings: Settings | None = None,
+    **options: Any,
 ) -> SolveOutcome:
-    """Solve a fleet's workloads against the stored measurements (latest per cell); nothing is stored here."""
+    """Solve a stored fleet's workloads against the stored measurements; nothing is stored here.
+
+    `options` are `solver:` keys of the scenario (`time_limit_s`, `mip_rel_gap`, `share_gpus`). A fleet that cannot
+    carry its workloads raises InfeasibleError (409) saying how much it carries and what would carry it.
+    """
     settings = settings or get_settings()
     fleet = get_fleet(session, fleet=fleet_id)
     if not fleet.workloads:
         raise InputError(f"fleet {fleet.name!r} has no workloads; add one with POST /v1/fleets/{fleet.id}/workloads")
     if not fleet.families:
         raise InputError(f"fleet {fleet.name!r} has no GPU families; give it some with PUT /v1/fleets/{fleet.id}")
-    solver = load_solver()
-    scenario = build_scenario(session, fleet=fleet, now=now or utcnow(), settings=settings, **options)
+    data = build_scenario(session, fleet=fleet, now=now or utcnow(), settings=settings)
+    data["solver"].update({k: v for k, v in options.items() if v is not None})
+    scenario = scenario_from_data(data, name=f"fleet {fleet.name!r}")
     rows = stored_rows(session, status="ok")
     started = time.perf_counter()
-    result = _call_solver(solver, scenario, rows)
-    return SolveOutcome(
-        result=result, scenario=scenario, measurements=len(rows), solve_time_s=time.perf_counter() - started
-    )
+    problem = store_problem(session, scenario, settings=settings, rows=rows)
+    plan = solve(problem)
+    elapsed = time.perf_counter() - started
+    if not plan.feasible:
+        raise InfeasibleError(plan)
+    return SolveOutcome(result=plan.to_dict(), scenario=data, measurements=len(rows), solve_time_s=elapsed, plan=plan)

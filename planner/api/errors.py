@@ -20,7 +20,6 @@ from planner.core.errors import (
     UnauthorizedError,
 )
 from planner.db.store import StoreError
-from planner.planning import SolverUnavailable
 
 _FIELD_PREFIX = re.compile(r"^(?:Value error, )?([a-z_][a-z0-9_]*): ")
 
@@ -87,10 +86,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ForbiddenError)
     async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:
         return _json(status.HTTP_403_FORBIDDEN, {"detail": str(exc)})
-
-    @app.exception_handler(SolverUnavailable)
-    async def _no_solver(_: Request, exc: SolverUnavailable) -> JSONResponse:
-        return _json(status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from planner import __version__
-from planner.cli import catalog, db, measurements, serve
+from planner.cli import catalog, db, measurements, recommend, serve
 
 app = typer.Typer(
     name="planner",
@@ -18,6 +18,7 @@ app.add_typer(measurements.app, name="measurements")
 app.command("families")(catalog.families)
 app.command("models")(catalog.models)
 app.command("recipes")(catalog.recipes)
+app.command("recommend")(recommend.recommend)
 app.command("serve")(serve.serve)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from typing import Any
 
 import pytest
@@ -12,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import IntegrityError
 
 from planner.db import models as m
-from tests.api.conftest import ADMIN, Store, register
+from tests.api.conftest import ADMIN, Store, measurement, probe_run, register
 from tests.api.test_fleets import FLEET, WORKLOAD, make_fleet
 
 STAGES = ["text_encoder", "denoiser", "vae_decoder"]
@@ -229,35 +227,101 @@ def test_plans_are_admin_only(client: TestClient, fleet: dict[str, Any]) -> None
     assert client.post(f"/v1/plans/{plan['id']}/activate").status_code == 401
 
 
-def test_solve_without_the_solver_is_503(client: TestClient, fleet: dict[str, Any]) -> None:
-    resp = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={}, headers=ADMIN)
-    assert resp.status_code == 503
-    assert "solver not installed" in resp.json()["detail"]
+SDXL_CELLS: list[tuple[str, str, int, float, float]] = [
+    # stage, recipe, batch, latency_ms, peak_mem_gib (made-up test inputs in the shape of the reference data)
+    ("text_encoder", "bf16", 1, 12.0, 1.6),
+    ("text_encoder", "bf16", 4, 13.0, 1.7),
+    ("denoiser", "bf16", 1, 64.0, 5.4),
+    ("denoiser", "bf16", 4, 148.0, 6.3),
+    ("denoiser", "fp8-compile", 1, 60.0, 3.2),
+    ("denoiser", "fp8-compile", 4, 130.0, 4.0),
+    ("vae_decoder", "bf16", 1, 90.0, 2.7),
+    ("vae_decoder", "bf16", 4, 342.0, 8.4),
+]
 
 
-def test_solve_calls_the_solver_with_the_fleet_as_a_scenario(
-    client: TestClient, fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def measure_sdxl(client: TestClient) -> None:
+    """An agent stores SDXL cells on the H100 (the only family measured; the L4 gets transferred estimates)."""
+    host_id, agent, _ = register(client)
+    cells = [
+        measurement(stage=st, recipe=rec, batch=b, latency_ms=lat, latency_p95_ms=lat * 1.02, peak_mem_gib=mem)
+        for st, rec, b, lat, mem in SDXL_CELLS
+    ]
+    resp = client.post("/v1/probe-runs", json=probe_run(host_id, cells), headers=agent)
+    assert resp.status_code == 201, resp.text
+
+
+def test_solve_stores_the_solvers_plan_with_its_groups_and_routes(
+    client: TestClient, fleet: dict[str, Any], store: Store
 ) -> None:
-    seen: dict[str, Any] = {}
-
-    def solve(scenario: dict[str, Any], *, measurements: list[Any]) -> dict[str, Any]:
-        seen["scenario"], seen["measurements"] = scenario, measurements
-        return result()
-
-    fake = types.ModuleType("planner.solver")
-    fake.solve = solve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "planner.solver", fake)
+    measure_sdxl(client)
     resp = client.post(
         f"/v1/fleets/{fleet['id']}/plans/solve", json={"time_limit_s": 5, "activate": True}, headers=ADMIN
     )
     assert resp.status_code == 201, resp.text
     plan = resp.json()["plan"]
     assert plan["status"] == "active"
-    assert plan["inputs"]["scenario"]["workloads"][0]["name"] == "sdxl-prod"
-    scenario = seen["scenario"]
-    assert {e["family"] for e in scenario["fleet"]} == {f["family"] for f in FLEET["families"]}
-    assert scenario["workloads"][0]["recipes"] == {"denoiser": ["bf16", "fp8-compile"]}
-    assert scenario["solver"]["time_limit_s"] == 5
+    result = plan["result"]
+    assert result["feasible"] is True
+    assert plan["total_cost_per_hour"] == pytest.approx(result["total_cost_per_hour"])
+    assert result["total_cost_per_hour"] > 0
+    assert {b["name"] for b in result["baselines"]} == {"naive", "single-family", "gpu-mix-together"}
+    inputs = plan["inputs"]
+    assert inputs["measurements"] == len(SDXL_CELLS)
+    assert inputs["scenario"]["solver"]["time_limit_s"] == 5
+    assert inputs["scenario"]["workloads"][0]["recipes"] == {"denoiser": ["bf16", "fp8-compile"]}
+    assert {e["family"] for e in inputs["scenario"]["fleet"]} == {f["family"] for f in FLEET["families"]}
+    # The stored groups and routing entries are the plan JSON's groups, in order.
+    (workload,) = result["workloads"]
+    assert workload["name"] == "sdxl-prod"
+    expected = [
+        (gi, g["family"], g["stages"], g["recipes"], g["batch"], g["replicas"], g["throughput"])
+        for gi, g in enumerate(workload["groups"])
+    ]
+    assert expected
+    assert all(g["recipes"].get("denoiser", "bf16") in ("bf16", "fp8-compile") for g in workload["groups"])
+    stored = [
+        (g["group_index"], g["family"], g["stages"], g["recipes"], g["batch"], g["replicas"], g["throughput"])
+        for g in plan["groups"]
+    ]
+    assert stored == expected
+    table = client.get(f"/v1/fleets/{fleet['id']}/routing", headers=ADMIN).json()
+    assert table["plan_id"] == plan["id"]
+    routes = [
+        (p["group_index"], p["family"], p["stages"], p["recipes"], p["batch"], p["replicas"], p["capacity"])
+        for p in table["pools"]
+    ]
+    assert routes == expected
+    assert all(p["model"] == "sdxl" for p in table["pools"])
+    dedicated: dict[str, float] = {}
+    for g in workload["groups"]:
+        if g["shared_gpu"] is None:
+            dedicated[g["family"]] = dedicated.get(g["family"], 0) + g["replicas"]
+    assert all(result["gpus"][fam] >= n for fam, n in dedicated.items())
+    assert result["gpus"].get("h100-sxm-80gb", 0) <= 16  # the fleet's availability
+    with store.sessions() as session:
+        assert session.get(m.Plan, plan["id"]) is not None
+
+
+def test_solve_a_fleet_that_cannot_carry_its_rate_is_409_saying_what_would(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    measure_sdxl(client)
+    small = make_fleet(
+        client, name="small", families=[{"family": "h100-sxm-80gb", "price_per_hour": 4.18, "available": 1}]
+    )
+    workload = {**WORKLOAD, "rate": 50.0}
+    assert client.post(f"/v1/fleets/{small['id']}/workloads", json=workload, headers=ADMIN).status_code == 201
+    resp = client.post(f"/v1/fleets/{small['id']}/plans/solve", json={}, headers=ADMIN)
+    assert resp.status_code == 409, resp.text
+    detail = resp.json()["detail"]
+    assert "sdxl-prod" in detail
+    assert "carry 2%" in detail
+    assert "add 63" in detail
+    assert client.get(f"/v1/fleets/{small['id']}/plans", headers=ADMIN).json()["total"] == 0
+
+
+def test_solve_needs_workloads(client: TestClient, fleet: dict[str, Any]) -> None:
     empty = make_fleet(client, name="empty")
     assert client.post(f"/v1/fleets/{empty['id']}/plans/solve", json={}, headers=ADMIN).status_code == 422
 

@@ -61,7 +61,7 @@ def create_plan(fleet: FleetPath, _: AdminDep, session: SessionDep, now: NowDep,
     status_code=status.HTTP_201_CREATED,
     response_model=SolveOut,
     summary="Solve the fleet's workloads against the stored measurements and store the plan",
-    responses=responses(404, 409, 503),
+    responses=responses(404, 409),
 )
 def solve(
     fleet: FleetPath, _: AdminDep, session: SessionDep, settings: SettingsDep, now: NowDep, body: SolveIn

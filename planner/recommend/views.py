@@ -1,0 +1,359 @@
+"""A plan, a what-if sweep and a comparison as plain tables (title, columns, rows of text).
+
+The terminal (rich) and the HTML report render the same tables, so the two never disagree on a number or a
+label. Money: $/hour and $/month for budgets, $/image and $/1000 images for unit cost; a month is 730 hours.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from planner.recommend.compare import Comparison
+from planner.recommend.sweep import WhatIfResult
+from planner.solver.plan import GroupPlan, Plan, WorkloadPlan
+
+HOURS_PER_MONTH = 730.0
+STAGE_SHORT = {"text_encoder": "te", "denoiser": "dn", "vae_decoder": "vae"}
+BINDING_MEANING = {
+    "capacity": "the rate sets the GPU count: cost grows with the rate",
+    "latency": "the p95 objective limits batching or adds replicas: relaxing it lowers the cost",
+    "availability": "a family's GPU count is exhausted: more of it would lower the cost",
+    "memory": "GPU memory rules out cheaper options (recipe, batch or family)",
+    "quality": "the quality floor rules out cheaper recipes",
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """One table: `right` holds the indices of numeric columns, `totals` those of total rows."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    right: frozenset[int] = frozenset()
+    totals: frozenset[int] = frozenset()
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where the numbers came from, for the header of every output."""
+
+    source: str
+    measurements: int
+    measured_families: tuple[str, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def money(value: float | None, *, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if digits == 2 and abs(value) >= 1000:
+        return f"${value:,.0f}"
+    return f"${value:,.{digits}f}"
+
+
+def unit_cost(value: float | None) -> str:
+    """$/image: small numbers, shown to 3 significant digits."""
+    if value is None:
+        return "-"
+    return f"${value:.3g}" if value < 0.01 else f"${value:.4f}"
+
+
+def stages_label(stages: Sequence[str]) -> str:
+    return "+".join(STAGE_SHORT.get(s, s) for s in stages)
+
+
+def recipes_text(recipes: dict[str, str]) -> str:
+    return " ".join(f"{STAGE_SHORT.get(s, s)}={r}" for s, r in recipes.items())
+
+
+def _replicas(g: GroupPlan) -> str:
+    if g.shared_gpu is None:
+        return str(g.replicas)
+    return f"{(g.gpu_fraction or 0.0):.0%} of {g.shared_gpu}"
+
+
+def _cells(g: GroupPlan) -> str:
+    if g.measured:
+        return "measured"
+    return f"est ±{g.uncertainty:.0%}"
+
+
+def workload_view(wp: WorkloadPlan) -> View:
+    """One row per group (the topology column lists the groups, so its rows read as the topology): what runs
+    where, and what it costs per hour, image, 1000 images and month."""
+    rows: list[tuple[str, ...]] = []
+    per_image = 3600.0 * wp.rate
+    for g in wp.groups:
+        rows.append(
+            (
+                f"[{stages_label(g.stages)}]",
+                g.family,
+                "\n".join(f"{STAGE_SHORT.get(s, s)}={r}" for s, r in g.recipes.items()),
+                str(g.batch),
+                _replicas(g),
+                f"{g.utilization:.0%}",
+                f"{g.p95_s:.2f}",
+                money(g.cost_per_hour),
+                unit_cost(g.cost_per_hour / per_image),
+                money(g.cost_per_hour / per_image * 1000, digits=3),
+                money(g.cost_per_hour * HOURS_PER_MONTH),
+                _cells(g),
+            )
+        )
+    objective = f"{wp.p95_objective_s:g} s" if wp.p95_objective_s is not None else "none"
+    who = wp.name if wp.name == wp.model else f"{wp.name}: {wp.model}"
+    rows.append(
+        (
+            "total",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"{wp.predicted_p95_s:.2f}",
+            money(wp.cost_per_hour),
+            unit_cost(wp.cost_per_image),
+            money(wp.cost_per_image * 1000, digits=3),
+            money(wp.cost_per_hour * HOURS_PER_MONTH),
+            "",
+        )
+    )
+    return View(
+        title=f"{who} at {wp.rate:g} images/s (topology {wp.topology}, headroom {wp.headroom:.0%}, "
+        f"p95 objective {objective})",
+        columns=(
+            "topology",
+            "family",
+            "recipes",
+            "batch",
+            "replicas",
+            "util",
+            "p95 s",
+            "$/hour",
+            "$/image",
+            "$/1k",
+            "$/month",
+            "numbers",
+        ),
+        rows=rows,
+        right=frozenset({3, 4, 5, 6, 7, 8, 9, 10}),
+        totals=frozenset({len(rows) - 1}),
+        caption="p95 s: predicted (batch formation + queueing + service); the last row is the workload's total. "
+        + ("Meets the p95 objective." if wp.meets_latency else "ABOVE the p95 objective.")
+        + " $/1k: per 1000 images; a month is 730 hours. numbers: measured, or estimated (est) with its"
+        " uncertainty (see the last table).",
+    )
+
+
+def totals_view(plan: Plan) -> View:
+    """GPUs and cost per family, then the fleet's total and its blended $/image."""
+    cost: dict[str, float] = defaultdict(float)
+    for w in plan.workloads:
+        for g in w.groups:
+            cost[g.family] += g.cost_per_hour
+    rows: list[tuple[str, ...]] = [
+        (fam, str(n), money(cost[fam]), money(cost[fam] * HOURS_PER_MONTH)) for fam, n in sorted(plan.gpus.items())
+    ]
+    total = plan.total_cost_per_hour or 0.0
+    rate = sum(w.rate for w in plan.workloads)
+    rows.append(("total", str(sum(plan.gpus.values())), money(total), money(total * HOURS_PER_MONTH)))
+    per_image = total / (3600.0 * rate) if rate > 0 else None
+    caption = (
+        f"{rate:g} images/s in all: {unit_cost(per_image)} per image, "
+        f"{money(per_image * 1000 if per_image is not None else None, digits=3)} per 1000 images."
+    )
+    if plan.shared_gpus:
+        caption += f" {len(plan.shared_gpus)} GPU(s) are shared by low-rate groups."
+    return View(
+        title="Fleet",
+        columns=("family", "GPUs", "$/hour", "$/month"),
+        rows=rows,
+        right=frozenset({1, 2, 3}),
+        totals=frozenset({len(rows) - 1}),
+        caption=caption,
+    )
+
+
+def baselines_view(plan: Plan) -> View:
+    rows: list[tuple[str, ...]] = []
+    for b in plan.baselines:
+        if not b.feasible or b.cost_per_hour is None:
+            rows.append((b.name, b.description, "-", "-", b.note or "infeasible on this fleet", "-"))
+            continue
+        gpus = ", ".join(f"{n} {f}" for f, n in sorted(b.gpus.items())) or "-"
+        saving = f"{b.saving:.1%}" if b.saving is not None else "-"
+        rows.append(
+            (b.name, b.description, money(b.cost_per_hour), money(b.cost_per_hour * HOURS_PER_MONTH), gpus, saving)
+        )
+    return View(
+        title="Savings over the baselines (solved on the same data)",
+        columns=("baseline", "what it may use", "$/hour", "$/month", "GPUs", "this plan saves"),
+        rows=rows,
+        right=frozenset({2, 3, 5}),
+    )
+
+
+def cells_view(plan: Plan) -> View:
+    """Every latency the plan rests on: measured, or estimated (interpolated, transferred) with its basis."""
+    rows: list[tuple[str, ...]] = []
+    for w in plan.workloads:
+        for g in w.groups:
+            for c in g.cells:
+                rows.append(
+                    (
+                        w.name,
+                        g.family,
+                        STAGE_SHORT.get(c.stage, c.stage),
+                        c.recipe,
+                        str(g.batch),
+                        f"{c.latency_ms:.1f}",
+                        str(c.calls),
+                        c.source,
+                        f"±{c.uncertainty:.0%}" if c.source != "measured" else "",
+                        c.basis,
+                    )
+                )
+    measured = sum(1 for r in rows if r[7] == "measured")
+    return View(
+        title="Measured and estimated numbers",
+        columns=("workload", "family", "stage", "recipe", "batch", "ms/call", "calls", "source", "±", "basis"),
+        rows=rows,
+        right=frozenset({4, 5, 6}),
+        caption=f"{measured} of {len(rows)} stage latencies measured; the others are estimates "
+        "(interpolated between measured batches, or transferred from a measured family by the roofline model).",
+    )
+
+
+def binding_view(plan: Plan) -> View:
+    rows: list[tuple[str, ...]] = []
+    for w in plan.workloads:
+        for constraint in w.binding or ("capacity",):
+            rows.append((w.name, constraint, BINDING_MEANING.get(constraint, "")))
+    sens = plan.sensitivity
+    caption = ""
+    if sens is not None and plan.total_cost_per_hour:
+        parts = []
+        for constraint, alt in sens.relaxed:
+            if alt.cost_per_hour is None:
+                continue
+            change = 1 - alt.cost_per_hour / plan.total_cost_per_hour
+            if change > 0.002:
+                parts.append(f"without the {constraint} constraint: {money(alt.cost_per_hour)}/h ({change:.1%} less)")
+        for item in (*sens.rates, *sens.quality):
+            cost = money(item.cost_per_hour) + "/h" if item.cost_per_hour is not None else "infeasible"
+            parts.append(f"{item.label}: {cost}")
+        caption = "; ".join(parts)
+    return View(
+        title="Binding constraints", columns=("workload", "constraint", "what it means"), rows=rows, caption=caption
+    )
+
+
+def plan_views(plan: Plan) -> list[View]:
+    """The whole recommendation: per workload, the fleet, the baselines, binding constraints, the numbers."""
+    views = [workload_view(w) for w in plan.workloads]
+    views.append(totals_view(plan))
+    if plan.baselines:
+        views.append(baselines_view(plan))
+    views.append(binding_view(plan))
+    views.append(cells_view(plan))
+    return views
+
+
+def what_if_view(results: Sequence[WhatIfResult]) -> View:
+    rows: list[tuple[str, ...]] = []
+    for r in results:
+        gpus = ", ".join(f"{n} {f}" for f, n in sorted(r.gpus.items()))
+        if r.cost_per_hour is None:
+            gpus = f"cannot carry it (carries {r.carried or 0.0:.0%})"
+        rows.append(
+            (
+                r.label,
+                f"{r.rate:g}",
+                money(r.cost_per_hour),
+                unit_cost(r.cost_per_image),
+                money(r.cost_per_image * 1000 if r.cost_per_image is not None else None, digits=3),
+                str(sum(r.gpus.values())) if r.gpus else "-",
+                gpus,
+            )
+        )
+    return View(
+        title="What if the rate changes",
+        columns=("point", "images/s", "$/hour", "$/image", "$/1k images", "GPUs", "GPUs by family"),
+        rows=rows,
+        right=frozenset({1, 2, 3, 4, 5}),
+        caption="Each point re-solves every workload with its rate scaled (an absolute rate is the total over the "
+        "workloads, in their proportions).",
+    )
+
+
+def _delta(before: float | None, after: float | None, *, unit: bool = False) -> str:
+    if before is None or after is None:
+        return "-"
+    fmt = unit_cost if unit else money
+    change = after - before
+    ratio = f" ({change / before:+.0%})" if before else ""
+    return ("+" if change >= 0 else "-") + fmt(abs(change)) + ratio
+
+
+def _gpus(counts: dict[str, float]) -> str:
+    return ", ".join(f"{n:g} {f}" for f, n in sorted(counts.items())) or "-"
+
+
+def compare_views(cmp: Comparison) -> list[View]:
+    """This recommendation against a saved plan: totals and GPUs, then each workload's cost, GPUs and recipes."""
+    rows: list[tuple[str, ...]] = [
+        ("$/hour", money(cmp.before_cost), money(cmp.after_cost), _delta(cmp.before_cost, cmp.after_cost))
+    ]
+    for fam in sorted(set(cmp.before_gpus) | set(cmp.after_gpus)):
+        b, a = cmp.before_gpus.get(fam, 0), cmp.after_gpus.get(fam, 0)
+        rows.append((f"GPUs {fam}", f"{b:g}", f"{a:g}", f"{a - b:+g}"))
+    summary = View(
+        title=f"Compared with {cmp.before_name}",
+        columns=("", "saved plan", "this recommendation", "change"),
+        rows=rows,
+        right=frozenset({1, 2, 3}),
+    )
+    wrows: list[tuple[str, ...]] = []
+    for w in cmp.workloads:
+        wrows.append(
+            (
+                w.name,
+                money(w.before_cost),
+                money(w.after_cost),
+                _delta(w.before_cost, w.after_cost),
+                unit_cost(w.before_cost_per_image),
+                unit_cost(w.after_cost_per_image),
+                _gpus(w.before_gpus),
+                _gpus(w.after_gpus),
+                "; ".join(w.changes) or "same",
+            )
+        )
+    per_workload = View(
+        title="Per workload",
+        columns=(
+            "workload",
+            "$/hour before",
+            "$/hour now",
+            "change",
+            "$/image before",
+            "$/image now",
+            "GPUs before",
+            "GPUs now",
+            "what changed",
+        ),
+        rows=wrows,
+        right=frozenset({1, 2, 3, 4, 5}),
+    )
+    return [summary, per_workload]
+
+
+def context_lines(ctx: Context) -> list[str]:
+    measured = ", ".join(ctx.measured_families) or "none"
+    return [
+        f"Measurements: {ctx.measurements} cells from {ctx.source} (measured on: {measured}).",
+        *ctx.notes,
+    ]

@@ -1,0 +1,353 @@
+"""`planner recommend` end to end: each output format and each error path, on the shipped reference data.
+
+Most tests run the command in-process against one store seeded from the shipped measurements (migrated once per
+module); the README's command runs as a subprocess on a fresh data directory, and the `--database-url` test
+migrates a fresh database of each backend with `planner db upgrade`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from planner.api.schemas.plans import PlanResult
+from planner.core.config import get_settings
+from planner.db import migrate
+from planner.db.seed import seed
+from planner.db.session import make_engine
+from planner.recommend.export import CSV_COLUMNS
+from tests.helpers import CliResult, invoke, run_cli
+
+PLAN_KEYS = [
+    "total_cost_per_hour",
+    "gpus",
+    "workloads",
+    "feasible",
+    "shared_gpus",
+    "baselines",
+    "sensitivity",
+    "infeasible",
+    "warnings",
+    "solver",
+]
+WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
+GROUP_KEYS = {"stages": list, "family": str, "recipes": dict, "batch": int, "replicas": int, "throughput": float}
+
+
+@pytest.fixture(scope="module")
+def reference_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded store migrated and seeded with the catalogs and the shipped reference measurements."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'planner.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    seed(engine, reference=True)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(autouse=True)
+def with_reference_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """These tests plan from the shipped data: the settings must say so (their cache is cleared both ways)."""
+    monkeypatch.setenv("PLANNER_SEED_REFERENCE_DATA", "true")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def recommend(url: str, *args: str) -> CliResult:
+    return invoke("recommend", "--database-url", url, *args)
+
+
+def check_contract_3(plan: dict[str, Any]) -> None:
+    """DESIGN.md contract 3: exact keys (contract first, then the extras) and their types."""
+    assert list(plan) == PLAN_KEYS
+    assert isinstance(plan["total_cost_per_hour"], float)
+    assert plan["gpus"]
+    assert all(isinstance(k, str) and isinstance(n, int) for k, n in plan["gpus"].items())
+    assert isinstance(plan["workloads"], list)
+    assert plan["workloads"]
+    for w in plan["workloads"]:
+        for key, kind in WORKLOAD_KEYS.items():
+            assert isinstance(w[key], kind), (key, w[key])
+        assert w["cost_per_image"] == pytest.approx(w["cost_per_hour"] / (3600 * w["rate"]), rel=1e-4)
+        assert w["groups"]
+        for g in w["groups"]:
+            for key, kind in GROUP_KEYS.items():
+                assert isinstance(g[key], kind), (key, g[key])
+            assert all(isinstance(s, str) for s in g["stages"])
+            assert set(g["recipes"]) == set(g["stages"])
+            assert all(isinstance(r, str) for r in g["recipes"].values())
+    assert plan["total_cost_per_hour"] == pytest.approx(sum(w["cost_per_hour"] for w in plan["workloads"]))
+    PlanResult.model_validate(plan)  # and the service stores it as it is (POST /v1/fleets/{fleet}/plans)
+
+
+# ---- the README's command -----------------------------------------------------------------------------
+
+
+def test_readme_command_on_a_fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`planner recommend --model sdxl --rate 10` with no store yet: it migrates, seeds and answers."""
+    monkeypatch.delenv("PLANNER_DATABASE_URL", raising=False)
+    env = {"XDG_DATA_HOME": str(tmp_path), "PLANNER_SEED_REFERENCE_DATA": "true"}
+    proc = run_cli("planner", "recommend", "--model", "sdxl", "--rate", "10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "sdxl at 10 images/s" in out
+    assert "measured on: h100-sxm-80gb" in out
+    for heading in ("Fleet", "Savings over the baselines", "Binding constraints", "Measured and estimated numbers"):
+        assert heading in out
+    for column in ("$/hour", "$/image", "$/1k", "$/month", "p95 s", "util", "replicas"):
+        assert column in out
+    assert re.search(r"total\s+\d+\s+\$[\d.,]+\s+\$[\d.,]+", out)  # the fleet: GPUs, $/hour, $/month
+    assert (tmp_path / "gpu-fleet-planner" / "planner.db").is_file()
+
+
+# ---- formats --------------------------------------------------------------------------------------------
+
+
+def test_json_is_exactly_contract_3(reference_url: str) -> None:
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    check_contract_3(plan)
+    assert plan["feasible"] is True
+    assert plan["workloads"][0]["name"] == "sdxl"
+    assert {b["name"] for b in plan["baselines"]} == {"naive", "single-family", "gpu-mix-together"}
+    cells = [c for w in plan["workloads"] for g in w["groups"] for c in g["cells"]]
+    assert {c["source"] for c in cells} <= {"measured", "estimated"}
+
+
+def test_table_says_what_is_measured_and_what_binds(reference_url: str) -> None:
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "2", "--family", "h100-sxm-80gb", "--p95", "30")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"sdxl at 2 images/s \(topology \[[a-z+\]\[]+\], headroom 20%, p95 objective 30 s\)", out)
+    assert "h100-sxm-80gb" in out
+    assert re.search(r"\$[\d,.]+\s+measured", out)  # the H100's cells are measured
+    assert "capacity" in out
+    assert "this plan saves" in out
+
+
+def test_csv_has_one_row_per_group_with_documented_columns(reference_url: str) -> None:
+    as_json = json.loads(recommend(reference_url, "--model", "sdxl", "--rate", "10", "--format", "json").stdout)
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    groups = [g for w in as_json["workloads"] for g in w["groups"]]
+    assert len(rows) == len(groups)
+    assert sum(float(r["cost_per_hour"]) for r in rows) == pytest.approx(as_json["total_cost_per_hour"], rel=1e-5)
+    for row, g in zip(rows, groups, strict=True):
+        assert row["family"] == g["family"]
+        assert int(row["batch"]) == g["batch"]
+        assert float(row["cost_per_month"]) == pytest.approx(float(row["cost_per_hour"]) * 730, rel=1e-5)
+        assert row["source"] in ("measured", "estimated")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_report_is_self_contained_with_real_plots(reference_url: str, tmp_path: Path) -> None:
+    from matplotlib import image as mpimg
+
+    out_dir = tmp_path / "review"
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--report", str(out_dir))
+    assert result.returncode == 0, result.stderr
+    page = (out_dir / "index.html").read_text()
+    assert "report written to" in result.stderr
+    assert not re.search(r"""(src|href)=["']https?:""", page)  # nothing fetched from elsewhere
+    for heading in ("$/image against rate", "Cost and quality", "Fleet and savings", "Measured and estimated numbers"):
+        assert heading in page
+    assert "planner recommend --model sdxl --rate 10 --report" in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3  # $/image against rate, cost/quality, GPUs per family
+    for encoded in images:
+        data = base64.b64decode(encoded)
+        width, height = png_size(data)
+        assert width > 0
+        assert height > 0
+        pixels = np.asarray(mpimg.imread(io.BytesIO(data), format="png"))
+        assert pixels.reshape(-1, pixels.shape[-1]).std(axis=0).max() > 0.01  # not a single colour
+    assert "synthetic" in page  # the shipped quality figures are measured on random weights, and say so
+    check_contract_3(json.loads((out_dir / "plan.json").read_text()))
+
+
+def test_what_if_rates_absolute_and_multiplied(reference_url: str) -> None:
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--what-if", "rate=1,x2,100")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout[result.stdout.index("What if the rate changes") :]
+    assert re.search(r"1 images/s\s+1\s+\$", table)
+    assert re.search(r"x2\s+20\s+\$", table)
+    assert re.search(r"100 images/s\s+100\s+\$", table)
+    as_json = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--what-if", "rate=x2", "--format", "json")
+    assert as_json.returncode == 0
+    check_contract_3(json.loads(as_json.stdout))  # stdout stays the plan; the what-if table goes to stderr
+    assert "What if the rate changes" in as_json.stderr
+
+
+def test_compare_with_a_saved_plan(reference_url: str, tmp_path: Path) -> None:
+    saved = tmp_path / "last-quarter.json"
+    before = recommend(reference_url, "--model", "sdxl", "--rate", "5", "--family", "h100-sxm-80gb", "--format", "json")
+    saved.write_text(before.stdout)
+    result = recommend(
+        reference_url, "--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb", "--compare", str(saved)
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"Compared with {saved}" in out
+    assert "GPUs h100-sxm-80gb" in out
+    old = json.loads(before.stdout)["total_cost_per_hour"]
+    assert f"${old:,.2f}" in out
+    assert re.search(r"\+\$[\d.,]+ \(\+\d+%\)", out)  # twice the rate costs more
+
+
+def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
+    reference_url: str, tmp_path: Path
+) -> None:
+    """Contract 2: `lab-gpu-48g` is known only from the scenario's measurements file, at its memory and price."""
+    from planner.db.seed import REFERENCE_CSV
+
+    with REFERENCE_CSV.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r["model"] == "sdxl" and r["status"] == "ok"]
+    for r in rows:
+        r["gpu_family"] = "lab-gpu-48g"
+        r["latency_ms"] = str(float(r["latency_ms"]) * 1.5)
+        r["latency_p95_ms"] = str(float(r["latency_p95_ms"]) * 1.5)
+    with (tmp_path / "lab.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "fleet.yaml").write_text(
+        "fleet:\n"
+        "  - {family: h100-sxm-80gb, price_per_hour: 4.18, available: 16}\n"
+        "  - {family: lab-gpu-48g, price_per_hour: 0.9, memory_gib: 48}\n"
+        "measurements: lab.csv\n"
+        "workloads:\n"
+        "  - {name: sdxl-prod, model: sdxl, rate: 5.0, p95_latency_s: 20, recipes: {denoiser: [bf16, fp8-compile]}}\n"
+        "  - {name: sd15-batch, model: sd15, rate: 2}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(tmp_path / "fleet.yaml"), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    check_contract_3(plan)
+    assert [w["name"] for w in plan["workloads"]] == ["sdxl-prod", "sd15-batch"]
+    assert "lab-gpu-48g" in plan["gpus"]  # measured at $0.90/h: cheaper than any H100 per image
+    sdxl = plan["workloads"][0]
+    assert all(g["recipes"].get("denoiser", "bf16") in ("bf16", "fp8-compile") for g in sdxl["groups"])
+    lab_cells = [c for g in sdxl["groups"] if g["family"] == "lab-gpu-48g" for c in g["cells"]]
+    assert lab_cells
+    assert {c["source"] for c in lab_cells} == {"measured"}
+    assert plan["gpus"].get("h100-sxm-80gb", 0) <= 16
+
+
+def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
+    """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
+    --synthetic-quality lets those measurements count (and the output says what they are)."""
+    args = ("--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb", "--quality", "ssim_image>=0.95")
+    strict = recommend(reference_url, *args, "--format", "json")
+    assert strict.returncode == 0, strict.stderr
+    recipes = {r for w in json.loads(strict.stdout)["workloads"] for g in w["groups"] for r in g["recipes"].values()}
+    assert recipes == {"bf16"}
+    table = recommend(reference_url, *args, "--synthetic-quality")
+    assert table.returncode == 0, table.stderr
+    assert "counts synthetic-weight measurements" in table.stdout
+    loose = recommend(reference_url, *args, "--synthetic-quality", "--format", "json")
+    plan = json.loads(loose.stdout)
+    assert plan["total_cost_per_hour"] <= json.loads(strict.stdout)["total_cost_per_hour"]
+
+
+# ---- errors a person can act on ---------------------------------------------------------------------
+
+
+def test_unknown_model_lists_the_known_ones(reference_url: str) -> None:
+    result = recommend(reference_url, "--model", "sdxxl", "--rate", "10")
+    assert result.returncode == 2
+    assert "--model 'sdxxl': unknown model" in result.stderr
+    assert "sdxl" in result.stderr
+    assert "flux-dev" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_rate_the_fleet_cannot_carry_says_what_would(reference_url: str) -> None:
+    result = recommend(
+        reference_url, "--model", "sdxl", "--rate", "100", "--family", "h100-sxm-80gb", "--available", "2"
+    )
+    assert result.returncode == 3
+    err = result.stderr
+    assert "no plan carries every workload" in err
+    assert re.search(r"carry \d+% of sdxl's rate", err)
+    assert re.search(r"the fleet has 2: add \d+", err)
+    assert "[te+dn+vae]" in err  # printed as text, not swallowed as markup
+
+
+def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "fleet:\n  - {family: h100-sxm-80gb, price_per_hour: 4.18}\nworkloads:\n  - name: a\n    model: sdxl\n"
+        "    rate: -1\n    ratee: 3\n"
+    )
+    result = recommend(reference_url, "--scenario", str(path))
+    assert result.returncode == 2
+    assert f"{path}:6: workloads[0].rate" in result.stderr
+    assert f"{path}:7: workloads[0].ratee: unknown key" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--rate", "10"), "give --model and --rate"),
+        (("--model", "sdxl", "--rate", "0"), "--rate 0: must be positive"),
+        (("--model", "sdxl", "--rate", "1", "--family", "h100-sxm-80gb", "--family", "l4-24gb", "--price", "3"),
+         "--price was given 1 time(s) for 2 --family flag(s)"),
+        (("--model", "sdxl", "--rate", "1", "--family", "nope-gpu"), "--family 'nope-gpu': unknown GPU family"),
+        (("--model", "sdxl", "--rate", "1", "--what-if", "rate=fast"), "--what-if 'rate=fast'"),
+        (("--model", "sdxl", "--rate", "1", "--quality", "ssim>0.9"), "--quality 'ssim>0.9'"),
+        (("--model", "sdxl", "--rate", "1", "--recipe", "unet=bf16"), "--recipe 'unet=bf16'"),
+        (("--scenario", "x.yaml", "--rate", "1"), "--scenario and --rate both describe the workload"),
+    ],
+)  # fmt: skip
+def test_bad_flags_name_the_flag(reference_url: str, args: tuple[str, ...], message: str) -> None:
+    result = recommend(reference_url, *args)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+
+
+def test_compare_refuses_a_file_that_is_not_a_plan(reference_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "notes.json"
+    path.write_text('{"total_cost_per_hour": 3}')
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "1", "--compare", str(path))
+    assert result.returncode == 2
+    assert f"--compare {path}: not a plan" in result.stderr
+    assert "gpus" in result.stderr
+
+
+# ---- a fleet's store ------------------------------------------------------------------------------------
+
+
+def test_database_url_reads_a_migrated_store(empty_db_url: str) -> None:
+    """`planner db upgrade` migrates a fresh database and seeds the reference data; recommend reads it."""
+    upgraded = invoke("db", "upgrade", "--database-url", empty_db_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    result = recommend(empty_db_url, "--model", "sdxl", "--rate", "10", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    check_contract_3(plan)
+    assert plan["workloads"][0]["groups"][0]["cells"][0]["basis"]
+    table = recommend(empty_db_url, "--model", "sdxl", "--rate", "10")
+    assert "measured on: h100-sxm-80gb" in table.stdout
