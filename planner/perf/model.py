@@ -14,6 +14,11 @@ Where a value comes from, in order of preference:
    catalog (a fleet-only family) neither gives nor receives transfers. Peak memory is transferred as-is
    (weights and activations do not depend on the card); power scales with the two TDPs.
    Uncertainty: `transfer_uncertainty(distance)` plus the source's own.
+   Across vendors (an NVIDIA measurement to an AMD family) the roofline split says nothing about the other
+   software stack (attention kernels, compiler backends, fp8 formats: the agent's fp8 layers are e4m3fn via
+   cuBLASLt, MI300X's native format is e4m3fnuz), and no published cross-vendor diffusion latency is in the
+   reference data to calibrate it: such a transfer gets `cross_vendor_uncertainty` (0.5) on top, and a
+   quantized recipe is not transferred across vendors at all. Measure the family to plan on it with confidence.
 A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
 `allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
 
@@ -94,6 +99,7 @@ class PerfSettings:
     transfer: bool = True
     allow_synthetic_data_dependent: bool = False
     imported_uncertainty: float = IMPORTED_ESTIMATE_UNCERTAINTY
+    cross_vendor_uncertainty: float = 0.5
     interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
 
 
@@ -290,6 +296,10 @@ class PerfModel:
             basis=f"measured on {row.gpu_family}" if measured else f"imported estimate for {row.gpu_family}",
         )
 
+    def _vendor(self, family: str) -> str | None:
+        spec = self.families.get(family)
+        return spec.vendor if spec is not None else None
+
     def _transferred(self, key: CellKey) -> CellEstimate | None:
         family, model, stage, recipe, batch, h, w = key
         target = self.ceilings.get(family)
@@ -297,8 +307,11 @@ class PerfModel:
         if target is None or precision is None or target.compute(precision) is None:
             return None
         candidates: list[tuple[float, int, str, CellEstimate]] = []
+        quantized = precision in ("fp8", "int8")
         for src_family in self._by_config.get((model, stage, recipe, h, w), {}):
             if src_family == family:
+                continue
+            if quantized and self._vendor(src_family) != self._vendor(family):
                 continue
             dkey = (src_family, family, precision)
             if dkey not in self._distance:
@@ -353,7 +366,9 @@ class PerfModel:
             power_w=power,
             source="estimated",
             method="transferred",
-            uncertainty=cell.uncertainty + transfer_uncertainty(distance),
+            uncertainty=cell.uncertainty
+            + transfer_uncertainty(distance)
+            + (self.settings.cross_vendor_uncertainty if self._vendor(src_family) != self._vendor(family) else 0.0),
             basis=f"transferred from {src_family} ({cell.method})",
         )
 

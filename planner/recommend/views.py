@@ -218,13 +218,20 @@ def cells_view(plan: Plan) -> View:
                     )
                 )
     measured = sum(1 for r in rows if r[7] == "measured")
+    unmeasured = sorted({r[1] for r in rows} - {r[1] for r in rows if r[7] == "measured"})
+    advice = (
+        f" No cell of {', '.join(unmeasured)} was measured: probe it (`agent probe`) before buying on this plan."
+        if unmeasured
+        else ""
+    )
     return View(
         title="Measured and estimated numbers",
         columns=("workload", "family", "stage", "recipe", "batch", "ms/call", "calls", "source", "±", "basis"),
         rows=rows,
         right=frozenset({4, 5, 6}),
         caption=f"{measured} of {len(rows)} stage latencies measured; the others are estimates "
-        "(interpolated between measured batches, or transferred from a measured family by the roofline model).",
+        "(interpolated between measured batches, or transferred from a measured family by the roofline model)."
+        + advice,
     )
 
 

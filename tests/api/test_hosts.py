@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import ADMIN, ENROLL, FakeClock, gpu, register
@@ -183,7 +184,9 @@ def test_delete_host(client: TestClient) -> None:
 def test_request_lifecycle_queue_claim_complete(client: TestClient) -> None:
     host_id, agent, _ = register(client)
     resp = client.post(
-        f"/v1/hosts/{host_id}/requests", json={"kind": "probe", "spec": {"models": ["sdxl"]}}, headers=ADMIN
+        f"/v1/hosts/{host_id}/requests",
+        json={"kind": "probe", "spec": {"model": "sdxl", "batches": [1, 4]}},
+        headers=ADMIN,
     )
     assert resp.status_code == 201
     req = resp.json()
@@ -226,3 +229,21 @@ def test_a_forged_token_for_the_right_host_writes_nothing(client: TestClient) ->
     other = {"Authorization": f"Bearer {uuid.uuid4()}.x"}
     assert client.post(f"/v1/hosts/{host_id}/heartbeat", json=body, headers=other).status_code == 401
     assert client.post(f"/v1/hosts/{host_id}/heartbeat", json=body, headers=ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"kind": "probe", "spec": {"models": ["sdxl"]}}, "spec.model"),
+        ({"kind": "probe", "spec": {"model": "sdxl", "batches": [0]}}, "spec.batches"),
+        ({"kind": "probe", "spec": {"model": "sdxl", "stages": ["upscaler"]}}, "spec.stages"),
+        ({"kind": "calibrate", "spec": {"model": "sdxl"}}, "spec"),
+    ],
+)
+def test_a_malformed_probe_request_is_refused_before_it_reaches_the_agent(
+    client: TestClient, body: dict[str, object], where: str
+) -> None:
+    host_id, _, _ = register(client)
+    resp = client.post(f"/v1/hosts/{host_id}/requests", json=body, headers=ADMIN)
+    assert resp.status_code == 422
+    assert where in resp.text

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from planner.api.schemas.common import (
     Count,
@@ -195,21 +195,61 @@ class HostOut(Out):
     gpus: list[GpuOut]
 
 
+class ProbeSpec(Strict):
+    """The cells of a probe sweep, as the agent reads them (agent/daemon.py `run_probe`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=64, description="a catalog model id, e.g. sdxl")
+    recipes: list[str] = Field(default_factory=lambda: ["bf16"], min_length=1, max_length=64)
+    batches: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=32)
+    stages: list[Literal["text_encoder", "denoiser", "vae_decoder"]] | None = None
+    height: int | None = Field(default=None, ge=8, le=16384)
+    width: int | None = Field(default=None, ge=8, le=16384)
+    budget_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    quality: bool = True
+    gpu_index: int = Field(default=0, ge=0, le=63)
+
+    @field_validator("batches")
+    @classmethod
+    def _positive(cls, batches: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in batches):
+            raise ValueError("every batch must be between 1 and 4096")
+        return batches
+
+
 class ProbeRequestIn(Strict):
-    """Work for a host's agent: a probe sweep (`spec` says which cells) or a calibration of its GPUs."""
+    """Work for a host's agent: a probe sweep (`spec` says which cells) or a calibration of its GPUs.
+
+    A probe's spec is validated here (ProbeSpec), so a malformed request is a 422 now rather than a failure on
+    the GPU host later; a calibration takes no spec.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"kind": "probe", "spec": {"models": ["sdxl"], "recipes": ["bf16", "fp8-compile"], "batches": [1, 4]}},
+                {"kind": "probe", "spec": {"model": "sdxl", "recipes": ["bf16", "fp8-compile"], "batches": [1, 4]}},
                 {"kind": "calibrate", "spec": {}},
             ]
         },
     )
 
     kind: Literal["probe", "calibrate"]
-    spec: JsonObject = Field(default_factory=dict, description="what the agent should do; the agent reads it")
+    spec: JsonObject = Field(default_factory=dict, description="probe: a ProbeSpec; calibrate: empty")
+
+    @model_validator(mode="after")
+    def _spec_matches_kind(self) -> ProbeRequestIn:
+        if self.kind == "probe":
+            try:
+                ProbeSpec.model_validate(self.spec)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"spec.{where}: {first['msg']}") from None
+        elif self.spec:
+            raise ValueError("spec: a calibration takes no spec; send {}")
+        return self
 
 
 class ProbeRequestComplete(Strict):
