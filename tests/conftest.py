@@ -26,6 +26,9 @@ from planner.db.session import make_engine, session_scope
 # Stores opened by the code under test seed the catalogs but not the shipped reference measurements, so each test
 # sees exactly the measurements it stores; tests of the reference data ask for it (PLANNER_SEED_REFERENCE_DATA).
 os.environ.setdefault("PLANNER_SEED_REFERENCE_DATA", "false")
+# rich pins a console's width from COLUMNS when it is set at import (xdist workers may inherit 80): make the CLI's
+# tables as wide in every process, so assertions on them do not depend on how a run was started.
+os.environ["COLUMNS"] = "200"
 
 BACKENDS = [b.strip() for b in os.environ.get("PLANNER_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 PG_ADMIN_URL = os.environ.get("PLANNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

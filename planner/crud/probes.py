@@ -128,7 +128,7 @@ def submit_probe_run(session: Session, *, payload: ProbeRunIn) -> Submission:
 def _insert(session: Session, *, payload: ProbeRunIn, digest: str, gpus: dict[str, m.Gpu]) -> m.ProbeRun:
     run_id, host_id = str(payload.id), str(payload.host_id)
     host_name = session.scalar(select(m.Host.name).where(m.Host.id == host_id))
-    fill = {k: v for k, v in payload.provenance.items() if k in PROVENANCE_FIELDS}
+    fill = {k: v for k, v in payload.provenance.items() if k in PROVENANCE_FIELDS and v is not None}
     fill.setdefault("host", host_name or host_id)
     rows = [
         LocatedRow(
@@ -147,7 +147,7 @@ def _insert(session: Session, *, payload: ProbeRunIn, digest: str, gpus: dict[st
     run.gpu_uuid = payload.gpu_uuid
     run.gpu_family_id = payload.gpu_family or run.gpu_family_id
     run.weights = payload.weights or run.weights
-    run.provenance = dict(payload.provenance)
+    run.provenance = {k: v for k, v in payload.provenance.items() if v is not None}
     run.source_file = None
     run.source_sha256 = digest
     run.notes = payload.notes

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, SessionDep
-from planner.api.schemas.common import ERROR_RESPONSES
+from planner.api.schemas.common import ERROR_RESPONSES, responses
 from planner.api.schemas.jobs import JobIn, JobOut, JobsSummary
 from planner.core.errors import ConflictError, InputError
 from planner.crud import jobs as crud
@@ -68,12 +68,14 @@ def _job(session: Session, job_id: str) -> m.Job:
     response_model=JobOut,
     status_code=status.HTTP_201_CREATED,
     summary="Submit a generation request",
-    responses={
-        200: {"description": "the job this idempotency key already made"},
-        409: {"description": "the idempotency key was used for another request"},
-        422: {"description": "invalid request, or a workload the plan in force does not route"},
-        503: {"description": "the broker did not take the job; resend with the same key"},
-    },
+    responses=responses(
+        409,
+        503,
+        extra={
+            200: {"description": "the job this idempotency key already made", "model": JobOut},
+            422: {"description": "invalid request, or a workload the plan in force does not route"},
+        },
+    ),
 )
 def submit_job(
     _: AdminDep,
@@ -135,7 +137,7 @@ def list_jobs(
     return [_out(request, job) for job in jobs]
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="A job's state")
+@router.get("/{job_id}", response_model=JobOut, summary="A job's state", responses=responses(404))
 def get_job(_: AdminDep, job_id: str, request: Request, session: SessionDep) -> JobOut:
     return _out(request, _job(session, job_id))
 
@@ -145,7 +147,7 @@ def get_job(_: AdminDep, job_id: str, request: Request, session: SessionDep) -> 
     name="job_result",
     summary="A done job's image (PNG)",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, 409: {"description": "the job is not done"}},
+    responses=responses(404, 409, extra={200: {"content": {"image/png": {}}}}),
 )
 def get_result(_: AdminDep, job_id: str, session: SessionDep, dispatcher: DispatcherDep) -> FileResponse:
     job = _job(session, job_id)
@@ -166,7 +168,12 @@ def get_result(_: AdminDep, job_id: str, session: SessionDep, dispatcher: Dispat
     return FileResponse(path, media_type="image/png", headers={"ETag": f'"{job.result_sha256}"'})
 
 
-@router.post("/{job_id}/requeue", response_model=JobOut, summary="Send a dead or failed job again")
+@router.post(
+    "/{job_id}/requeue",
+    response_model=JobOut,
+    summary="Send a dead or failed job again",
+    responses=responses(404, 409, 503),
+)
 def requeue(_: AdminDep, job_id: str, request: Request, session: SessionDep, dispatcher: DispatcherDep) -> JobOut:
     job = _job(session, job_id)
     if not crud.requeue_job(session, job_id=job_id):

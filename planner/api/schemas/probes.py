@@ -159,10 +159,11 @@ class ProbeRunIn(Strict):
     gpu_uuid: GpuUuid | None = None
     gpu_family: Ident | None = None
     weights: Literal["real", "synthetic"] | None = None
-    provenance: dict[ProvenanceKey, Version] = Field(
+    provenance: dict[ProvenanceKey, Version | None] = Field(
         default_factory=dict,
         max_length=32,
-        description="driver, cuda, torch, diffusers, torchao, agent_version, gpu_name, ...",
+        description="driver, cuda, torch, diffusers, torchao, agent_version, gpu_name, ...; null: not known "
+        "(an agent on a machine without a GPU driver has no driver version)",
     )
     notes: LongText = ""
     started_at: Timestamp | None = None
