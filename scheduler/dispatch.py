@@ -28,13 +28,13 @@ import redis
 from celery import Celery, chain
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from planner.core.errors import InputError, PlannerError
 from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.db.base import utcnow
-from planner.db.session import engine_for
+from planner.db.session import engine_for, session_factory
 from scheduler.celery_app import RUN_GROUP, make_celery
 from scheduler.config import SchedulerSettings
 from scheduler.routing import Backlog, JobShape, Route, RoutingTable, decide
@@ -87,6 +87,7 @@ class Dispatcher:
         *,
         app: Celery | None = None,
         engine: Engine | None = None,
+        sessions: sessionmaker[Session] | None = None,
         client: redis.Redis | None = None,
         table_source: TableSource | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -95,9 +96,11 @@ class Dispatcher:
         self.app = app or make_celery(settings)
         self.redis = client or redis.Redis.from_url(settings.state_redis_url)
         self.state = SchedulerState(self.redis, settings.key_prefix)
-        self.engine = engine or engine_for(settings.database_url)
+        # The job store: the sessions given (the planner service passes its own), else the engine given, else
+        # one opened on SCHEDULER_DATABASE_URL.
+        self.sessions = sessions or session_factory(engine or engine_for(settings.database_url))
         self.tables = TableCache(
-            table_source or DbTableSource(self.engine, settings.fleet), settings.routing_refresh_s, clock
+            table_source or DbTableSource(self.sessions, settings.fleet), settings.routing_refresh_s, clock
         )
         self.clock = clock
         self._lock = threading.Lock()

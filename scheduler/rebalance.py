@@ -28,7 +28,6 @@ from sqlalchemy import select
 from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.db.base import utcnow
-from planner.db.session import session_factory
 from scheduler.dispatch import Dispatcher, DispatchError
 from scheduler.routing import JobShape, NoRouteError, RoutingTable, decide_group, job_salt
 from scheduler.state import WorkerInfo
@@ -61,7 +60,7 @@ class RebalanceReport:
 
 
 def lost_hosts(dispatcher: Dispatcher) -> set[str]:
-    with session_factory(dispatcher.engine)() as session:
+    with dispatcher.sessions() as session:
         return set(session.scalars(select(m.Host.id).where(m.Host.status == "lost")))
 
 
@@ -72,7 +71,7 @@ def evacuate_pool(dispatcher: Dispatcher, pool: str, table: RoutingTable, *, lim
     source = settings.queue_name(pool)
     exclude = frozenset({pool})
     moved = 0
-    sessions = session_factory(dispatcher.engine)
+    sessions = dispatcher.sessions
     with app.connection_for_write() as conn, app.producer_or_acquire() as producer:
         channel: Any = conn.default_channel
         while moved < limit:
@@ -125,7 +124,7 @@ def resend_forgotten(dispatcher: Dispatcher) -> int:
     """Send again the queued jobs whose dispatch never got recorded (their submitter died mid-way)."""
     before = utcnow() - timedelta(seconds=dispatcher.settings.dispatch_grace_s)
     sent = 0
-    with session_factory(dispatcher.engine)() as session:
+    with dispatcher.sessions() as session:
         for job in crud.undispatched_jobs(session, created_before=before, fleet=dispatcher.settings.fleet):
             try:
                 dispatcher.redispatch(session, job)
@@ -194,7 +193,7 @@ def resend_lost(dispatcher: Dispatcher) -> int:
     ):
         return 0
     since = utcnow() - timedelta(seconds=settings.lost_after_s)
-    sessions = session_factory(dispatcher.engine)
+    sessions = dispatcher.sessions
     with sessions() as session:
         candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since, fleet=settings.fleet)}
         if not candidates:

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from planner.db import models as m
-from planner.db.session import session_factory
 from scheduler.routing import EMPTY_TABLE, Pool, RoutingTable
 
 log = logging.getLogger("scheduler.table")
@@ -137,8 +136,8 @@ def find_pool(session: Session, *, fleet: str, pool: str) -> Pool | None:
 class DbTableSource:
     """The routing table read from the planner's store."""
 
-    def __init__(self, engine: Engine, fleet: str) -> None:
-        self._sessions = session_factory(engine)
+    def __init__(self, sessions: sessionmaker[Session], fleet: str) -> None:
+        self._sessions = sessions
         self.fleet = fleet
 
     def version_key(self) -> VersionKey:

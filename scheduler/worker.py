@@ -110,7 +110,7 @@ class WorkerRuntime:
             max_waiting=concurrency,
             prepare_key=self._prepare_key,
         )
-        self.tables = TableCache(DbTableSource(self.engine, settings.fleet), settings.routing_refresh_s)
+        self.tables = TableCache(DbTableSource(self.sessions, settings.fleet), settings.routing_refresh_s)
         self.ready = False
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
@@ -403,7 +403,7 @@ class WorkerRuntime:
             from scheduler.rebalance import rebalance_once
 
             if self._dispatcher is None:
-                self._dispatcher = Dispatcher(self.settings, app=self.app, engine=self.engine, client=self.redis)
+                self._dispatcher = Dispatcher(self.settings, app=self.app, sessions=self.sessions, client=self.redis)
             report = rebalance_once(self._dispatcher)
             if report.moved or report.redispatched:
                 log.warning("rebalance: moved %s, resent %d", report.moved, report.redispatched)

@@ -364,28 +364,54 @@ def _two_stage(problem: Problem, option_set: OptionSet, limited: set[str]) -> Mi
     if not first.feasible or not first.fluid_pools:
         return first
     started = time.perf_counter()
-    _round_pools(problem, option_set, first, limited)
+    _round_pools(problem, option_set, first)
     first.solve_s += time.perf_counter() - started
     first.stages = 2
     return first
 
 
-def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, limited: set[str]) -> None:
+def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult) -> None:
     """Stage 2: round every fluid pool to whole GPUs, greedily, in place.
 
     Pools go from the smallest fractional part up. A pool is rounded down when moving enough tenants out
     costs less than the GPU saved: to room that rounding up left in another pool where the group has a slot
     (free), else to the group's cheapest pure dedicated cover (cheapest per unit of GPU share first).
     Otherwise it is rounded up, and its room is filled with dedicated groups that have a slot there, largest
-    saving first."""
+    saving first. Availability holds throughout: a dedicated cover is taken only where it fits with every
+    GPU already placed (pools not yet rounded counted rounded up), and a pool whose round-up would not fit
+    its family's availability is rounded down whatever the moves cost."""
     opts = problem.options
     fams = problem.families
     options = option_set.options
     util, reserve = opts.share_max_utilization, opts.memory_reserve_gib
-    used = usage(problem, option_set, result)
     chosen = {(wi, m, g) for wi, (m, topo) in result.choices.items() for g in topo}
 
-    def dedicated_cover(key: GroupKey) -> tuple[float, list[tuple[int, int]]] | None:
+    def size_in(i: int) -> float:
+        return _size(options[i], fams[options[i].family], util, reserve)
+
+    # GPUs in use while pools are rounded: dedicated replicas and exact bins, pools already rounded at their
+    # whole count, pools still to round at their count rounded up (they may yet round up).
+    pool_gpus: dict[Pool, int] = {
+        pool: math.ceil(sum(size_in(i) for i in tenants) - 1e-9) for pool, (_, tenants) in result.shared_fluid.items()
+    }
+
+    def in_use(without: Pool | None = None) -> dict[str, int]:
+        use: dict[str, int] = defaultdict(int)
+        for i, n in result.replicas.items():
+            use[options[i].family] += n
+        for fid, _ in result.shared_bins:
+            use[fid] += 1
+        for pool, n in pool_gpus.items():
+            if pool != without:
+                use[pool[0]] += n
+        return use
+
+    def fits(use: Mapping[str, int], fid: str, n: int) -> bool:
+        avail = fams[fid].available
+        return avail is None or use.get(fid, 0) + n <= avail
+
+    def dedicated_cover(key: GroupKey, use: Mapping[str, int]) -> tuple[float, list[tuple[int, int]]] | None:
+        """The group's cheapest pure dedicated cover that fits every family's availability given `use`."""
         lam = problem.workloads[key[0]].rate
         best: tuple[float, list[tuple[int, int]]] | None = None
         for i in option_set.by_group.get(key, []):
@@ -393,8 +419,7 @@ def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, li
             if o.shared or o.credit <= 0:
                 continue
             n = math.ceil(lam / o.credit - COVER_TOLERANCE)
-            avail = fams[o.family].available if o.family in limited else None
-            if avail is not None and used.get(o.family, 0) + n > avail:
+            if not fits(use, o.family, n):
                 continue
             if best is None or n * o.cost_per_hour < best[0]:
                 best = (n * o.cost_per_hour, [(i, n)])
@@ -404,28 +429,33 @@ def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, li
         fam = fams[pool[0]]
         return fam.price_per_hour + fam.energy_cost_per_hour(None)
 
-    def size_in(i: int) -> float:
-        return _size(options[i], fams[options[i].family], util, reserve)
-
     room: dict[Pool, float] = {}
     for pool, (_, tenants) in result.shared_fluid.items():
         total = sum(size_in(i) for i in tenants)
         room[pool] = math.ceil(total - 1e-9) - total
-    for pool, count in sorted(result.fluid_pools.items(), key=lambda kv: kv[1] - math.floor(kv[1])):
+    for pool, _count in sorted(result.fluid_pools.items(), key=lambda kv: kv[1] - math.floor(kv[1])):
         _, tenants = result.shared_fluid[pool]
         sizes = {i: size_in(i) for i in tenants}
         total = sum(sizes.values())
         target = math.floor(total + 1e-9)
         if total - target <= 1e-9:
             result.shared_fluid[pool] = (max(target, 1), tenants)
+            pool_gpus[pool] = max(target, 1)
             room[pool] = 0.0
             continue
+        high = math.ceil(total - 1e-9)
+        # GPUs in use by everything else, with this pool at `target` (what rounding down leaves it).
+        use = in_use(without=pool)
+        use[pool[0]] += target
+        # Rounding up must fit the pool family's availability; where it does not, round down at any cost.
+        must_round_down = not fits(use, pool[0], high - target)
         # Try rounding down: move tenants to room left in other pools (free), else to their cheapest
-        # dedicated cover, cheapest per unit of GPU share first, until the rest fits `target` GPUs.
+        # dedicated cover that fits availability, cheapest per unit of GPU share first, until the rest fits
+        # `target` GPUs.
         moved: list[tuple[int, int | None, tuple[float, list[tuple[int, int]]] | None]] = []
         freed, extra = 0.0, 0.0
         taken: dict[Pool, float] = defaultdict(float)
-        by_cost: list[tuple[float, int, tuple[float, list[tuple[int, int]]]]] = []
+        by_cost: list[tuple[float, int]] = []
         for i in sorted(tenants, key=lambda i: -sizes[i]):
             if total - freed <= target + 1e-9:
                 break
@@ -445,17 +475,22 @@ def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, li
                 moved.append((i, slot, None))
                 freed += sizes[i]
                 continue
-            cover = dedicated_cover(options[i].key)
+            cover = dedicated_cover(options[i].key, use)
             if cover is not None:
-                by_cost.append((cover[0] / sizes[i], i, cover))
-        for _, i, cover in sorted(by_cost):
+                by_cost.append((cover[0] / sizes[i], i))
+        for _, i in sorted(by_cost):
             if total - freed <= target + 1e-9:
                 break
+            cover = dedicated_cover(options[i].key, use)  # again: covers taken before may use the room
+            if cover is None:
+                continue
+            for j, n in cover[1]:
+                use[options[j].family] += n
             moved.append((i, None, cover))
             freed += sizes[i]
             extra += cover[0]
         closes = target >= 1 or freed >= total - 1e-9
-        if total - freed <= target + 1e-9 and closes and extra < price(pool) - 1e-9:
+        if total - freed <= target + 1e-9 and closes and (must_round_down or extra < price(pool) - 1e-9):
             gone = {i for i, _, _ in moved}
             for _, slot, cover in moved:
                 if slot is not None:
@@ -466,18 +501,18 @@ def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, li
                 elif cover is not None:
                     for j, n in cover[1]:
                         result.replicas[j] = result.replicas.get(j, 0) + n
-                        used[options[j].family] = used.get(options[j].family, 0) + n
             kept = [i for i in tenants if i not in gone]
             if kept:
                 result.shared_fluid[pool] = (max(target, 1), kept)
+                pool_gpus[pool] = max(target, 1)
                 room[pool] = max(target, 1) - (total - freed)
             else:
                 del result.shared_fluid[pool]
+                del pool_gpus[pool]
                 room.pop(pool, None)
-            used[pool[0]] = used.get(pool[0], 0) - (math.ceil(count - 1e-6) - target)
             continue
-        high = math.ceil(total - 1e-9)
         result.shared_fluid[pool] = (high, tenants)
+        pool_gpus[pool] = high
         # Fill the room: dedicated groups with a slot in this pool, largest saving per unit of room first.
         left = high - total
         in_pool = {options[i].key for i in tenants}
@@ -503,7 +538,7 @@ def _round_pools(problem: Problem, option_set: OptionSet, result: MilpResult, li
             left -= size
             tenants.append(slot)
             for j in held:
-                used[options[j].family] = used.get(options[j].family, 0) - result.replicas.pop(j)
+                result.replicas.pop(j)
         room[pool] = left
     result.objective = _objective(problem, options, result)
 

@@ -27,6 +27,7 @@ from planner.core.config import Settings
 from planner.db import migrate
 from planner.db.seed import seed_catalogs
 from planner.db.session import make_engine, session_factory, session_scope
+from scheduler.config import get_settings as scheduler_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin, drop_database, new_database_url
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -146,8 +147,13 @@ def settings(store: Store) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, store: Store, clock: FakeClock) -> FastAPI:
-    return create_app(settings, sessions=store.sessions, clock=clock)
+def app(settings: Settings, store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[FastAPI]:
+    # The job dispatcher checks the routing table on every job, in the request's thread: a PostgreSQL test
+    # store is one connection, which a background refresh thread must not share.
+    monkeypatch.setenv("SCHEDULER_ROUTING_REFRESH_S", "0")
+    scheduler_settings.cache_clear()
+    yield create_app(settings, sessions=store.sessions, clock=clock)
+    scheduler_settings.cache_clear()
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from planner.api.main import sweep_once
 from planner.core.config import Settings
@@ -61,3 +63,16 @@ def test_every_example_in_the_openapi_document_is_accepted_by_its_model() -> Non
             if isinstance(extra, dict) and extra.get("examples") and hasattr(obj, "model_validate"):
                 for example in extra["examples"]:
                     obj.model_validate(example)
+
+
+def test_job_dispatcher_reads_the_store_the_app_was_given(app: FastAPI, store: Store) -> None:
+    """An app made from a session factory routes jobs on that store, not on the settings' default database
+    (schemathesis once reached `POST /v1/jobs` on an app whose dispatcher had opened an empty SQLite file)."""
+    from starlette.requests import Request
+
+    from planner.api.routes.jobs import get_dispatcher
+
+    dispatcher = get_dispatcher(Request({"type": "http", "app": app}))
+    assert dispatcher.sessions is store.sessions
+    with dispatcher.sessions() as session:  # the migrated store: the plan tables are there
+        assert session.execute(select(func.count()).select_from(m.Plan)).scalar_one() == 0

@@ -32,14 +32,13 @@ _dispatcher_lock = threading.Lock()
 
 def get_dispatcher(request: Request) -> Dispatcher:
     """The app's dispatcher (`app.state.dispatcher`), built on first use from the SCHEDULER_* settings, on the
-    app's own store engine when it has one (the job store is the planner's store)."""
+    app's own store (the job store is the planner's store)."""
     dispatcher: Dispatcher | None = getattr(request.app.state, "dispatcher", None)
     if dispatcher is None:
         with _dispatcher_lock:
             dispatcher = getattr(request.app.state, "dispatcher", None)
             if dispatcher is None:
-                engine = getattr(request.app.state, "engine", None)
-                dispatcher = Dispatcher(scheduler_settings(), engine=engine)
+                dispatcher = Dispatcher(scheduler_settings(), sessions=request.app.state.sessionmaker)
                 request.app.state.dispatcher = dispatcher
     return dispatcher
 
