@@ -111,6 +111,29 @@ def test_readme_command_on_a_fresh_machine(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "gpu-fleet-planner" / "planner.db").is_file()
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_a_narrow_terminal_never_breaks_a_number(reference_url: str, columns: int) -> None:
+    """Text wraps between words; a table too wide even then prints one record per row. No dollar figure, GPU
+    count or percentage is cut or split across lines, whatever the terminal's width."""
+    args = ("recommend", "--database-url", reference_url, "--model", "sdxl", "--rate", "10")
+    plan = json.loads(run_cli("planner", *args, "--format", "json").stdout)
+    proc = run_cli("planner", *args, env={"COLUMNS": str(columns)})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    workload = plan["workloads"][0]
+    tokens = {
+        f"${workload['cost_per_hour']:.2f}",
+        f"${plan['total_cost_per_hour'] * 730:,.0f}",
+        *(f"${b['cost_per_hour']:.2f}" for b in plan["baselines"]),
+        *(f"{b['saving']:.1%}" for b in plan["baselines"]),
+        *(g["family"] for g in workload["groups"]),
+    }
+    words = set(out.split())
+    assert tokens <= words, tokens - words
+    table_lines = [line for line in out.splitlines() if "  " in line.strip()]  # tables; captions soft-wrap
+    assert max(len(line) for line in table_lines) <= columns
+
+
 # ---- formats --------------------------------------------------------------------------------------------
 
 
