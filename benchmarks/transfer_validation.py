@@ -31,14 +31,13 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _catalog_fallback import catalog_or_fallback
-
+from planner.catalog import loader
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv
 from planner.perf import PerfModel, PerfSettings
 from planner.perf.roofline import OverheadScaling
 
-BASELINE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "h100-baseline.json"
+BASELINE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100-baseline.json"
 H100 = "h100-sxm-80gb"
 GIB = 2**30
 
@@ -174,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=BASELINE, help="h100-baseline.json path")
     parser.add_argument("--overhead", choices=["fixed", "bandwidth", "compute"], default=None)
     args = parser.parse_args(argv)
-    families, models, recipes, notes = catalog_or_fallback()
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    families, models, recipes = dict(loader.gpu_families()), dict(loader.models()), dict(loader.recipes())
     if args.measurements:
         rows = [located.row for located in read_csv(args.measurements)]
         source = f"measurements CSV {args.measurements}"
