@@ -252,22 +252,26 @@ class Sweep:
             free_gpu(self.target.device)
         return self.state
 
+    def _prepare(self, stage: str, recipe: Recipe, **extra: Any) -> PreparedStage:
+        """The stage built for this probe's model, device, size and weights."""
+        return prepare(
+            self.spec,
+            stage,
+            recipe,
+            device=self.target.device,
+            tiny=self.opts.tiny,
+            height=self.height,
+            width=self.width,
+            text_tokens=self.text_tokens,
+            weights_dir=self.opts.weights_dir,
+            **extra,
+        )
+
     def _group(self, stage: str, recipe: Recipe, batches: list[int]) -> None:
         prepared: PreparedStage | None = None
         failure: tuple[str, str] | None = None
         try:
-            prepared = prepare(
-                self.spec,
-                stage,
-                recipe,
-                device=self.target.device,
-                tiny=self.opts.tiny,
-                height=self.height,
-                width=self.width,
-                text_tokens=self.text_tokens,
-                weights_dir=self.opts.weights_dir,
-                options=self.opts.recipe_options,
-            )
+            prepared = self._prepare(stage, recipe, options=self.opts.recipe_options)
         except StageUnsupported as exc:
             failure = ("unsupported", str(exc))
         except torch.OutOfMemoryError as exc:
@@ -504,17 +508,7 @@ class Sweep:
         if ref_recipe is None:
             return None
         try:
-            ref = prepare(
-                self.spec,
-                stage,
-                ref_recipe,
-                device=self.target.device,
-                tiny=self.opts.tiny,
-                height=self.height,
-                width=self.width,
-                text_tokens=self.text_tokens,
-                weights_dir=self.opts.weights_dir,
-            )
+            ref = self._prepare(stage, ref_recipe)
             out = self._stage_outputs(stage, ref)
         except Exception:
             return None

@@ -79,6 +79,21 @@ class _Core:
             return 0.0 if self.cost == 0 else math.nan
         return max(0.0, (self.cost - self.lower_bound) / self.cost)
 
+    def stats(self) -> SolverStats | None:
+        """What the MILP did, for the plan (None when no MILP ran)."""
+        if self.milp is None:
+            return None
+        return SolverStats(
+            status=self.milp.status,
+            solve_s=self.solve_s,
+            build_s=self.build_s,
+            options=len(self.option_set.options),
+            variables=self.milp.variables,
+            constraints=self.milp.constraints,
+            mip_gap=self.gap,
+            objective=self.milp.objective,
+        )
+
     def workload_cost(self, name: str) -> float | None:
         for w in self.workloads:
             if w.name == name:
@@ -613,18 +628,6 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
             problems.append(Infeasibility(w.name, frac, message, suggestion))
         if not problems and core.milp is not None:
             warnings.append(f"the MILP ended with status {core.milp.status!r} without a plan")
-    stats = None
-    if core.milp is not None:
-        stats = SolverStats(
-            status=core.milp.status,
-            solve_s=core.solve_s,
-            build_s=core.build_s,
-            options=len(core.option_set.options),
-            variables=core.milp.variables,
-            constraints=core.milp.constraints,
-            mip_gap=core.gap,
-            objective=core.milp.objective,
-        )
     return Plan(
         feasible=False,
         total_cost_per_hour=None,
@@ -632,7 +635,7 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
         workloads=(),
         infeasible=tuple(problems),
         warnings=tuple(warnings),
-        stats=stats,
+        stats=core.stats(),
     )
 
 
@@ -658,17 +661,6 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
             replace(w, binding=tuple(dict.fromkeys([*w.binding, *sorted(per_workload.get(w.name, set()))])))
             for w in workloads
         ]
-    assert core.milp is not None
-    stats = SolverStats(
-        status=core.milp.status,
-        solve_s=core.solve_s,
-        build_s=core.build_s,
-        options=len(core.option_set.options),
-        variables=core.milp.variables,
-        constraints=core.milp.constraints,
-        mip_gap=core.gap,
-        objective=core.milp.objective,
-    )
     return Plan(
         feasible=True,
         total_cost_per_hour=core.cost,
@@ -678,5 +670,5 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         baselines=tuple(baselines),
         sensitivity=sensitivity,
         warnings=tuple(core.warnings),
-        stats=stats,
+        stats=core.stats(),
     )
