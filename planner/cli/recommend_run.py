@@ -11,13 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from planner.cli.common import console, err_console
 from planner.cli.progress import DeferredProgress
+from planner.cli.tables import render_table
 from planner.core.config import get_settings
 from planner.core.errors import InputError
 from planner.db.session import session_scope
@@ -35,74 +33,10 @@ from planner.scenario import Scenario, load_scenario
 from planner.solver import OptionBuilder, Plan, Problem, solve
 
 
-def column_widths(view: v.View, width: int, gap: int = 2) -> list[int] | None:
-    """Widths that fit `width`: every column at its natural width when the table fits; else each at its
-    narrowest (a number whole, a text column its longest word, a header its longest word), the room left
-    shared among the columns that can wrap, in proportion to what they lack. None when even the narrowest
-    widths do not fit."""
-    cols = range(len(view.columns))
-    cells = [[view.columns[i], *(row[i] for row in view.rows)] for i in cols]
-
-    def longest_word(text: str) -> int:
-        return max((len(w) for w in text.split()), default=0)
-
-    natural = [max(len(line) for c in cells[i] for line in c.splitlines() or [""]) for i in cols]
-    narrowest = [
-        max(
-            longest_word(view.columns[i]),
-            max((len(r[i]) if i in view.right else min(longest_word(r[i]), 24) for r in view.rows), default=0),
-        )
-        for i in cols
-    ]
-    room = width - gap * (len(view.columns) - 1)
-    if sum(natural) <= room:
-        return natural
-    widths = list(narrowest)
-    left = room - sum(widths)
-    if left < 0:
-        return None
-    lack = [natural[i] - widths[i] for i in cols]
-    total_lack = sum(lack)
-    if left > 0 and total_lack > 0:
-        for i in cols:
-            widths[i] += left * lack[i] // total_lack
-    return widths
-
-
 def render_view(view: v.View, out: Console) -> None:
-    """A plain table as a rich table (numbers right-aligned, total rows bold under a rule), at widths that fit
-    the terminal: text wraps between words, a number never breaks."""
-    out.print(Text(view.title, style="bold"), soft_wrap=True)
-    widths = column_widths(view, out.width)
-    if widths is None:
-        _render_records(view, out)
-    else:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for i, (col, w) in enumerate(zip(view.columns, widths, strict=True)):
-            table.add_column(Text(col), justify="right" if i in view.right else "left", overflow="fold", width=w)
-        for i, row in enumerate(view.rows):
-            if i in view.totals and i > 0:
-                table.rows[-1].end_section = True
-            table.add_row(*(Text(cell) for cell in row), style="bold" if i in view.totals else None)
-        out.print(table)
-    if view.caption:
-        out.print(Text(view.caption, style="dim"), soft_wrap=True)
-
-
-def _render_records(view: v.View, out: Console) -> None:
-    """A table too wide for the terminal, one record per row: its first cell as a heading, then one line per
-    other column (empty cells left out)."""
-    for i, row in enumerate(view.rows):
-        out.print(Text(f"{view.columns[0]} {row[0]}".strip(), style="bold" if i in view.totals else "underline"))
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="dim", no_wrap=True)
-        grid.add_column(overflow="fold")
-        for col, cell in zip(view.columns[1:], row[1:], strict=True):
-            if cell:
-                grid.add_row(col, cell)
-        out.print(grid)
-        if i < len(view.rows) - 1:
-            out.print()
+    render_table(
+        view.title, view.columns, view.rows, right=view.right, totals=view.totals, caption=view.caption, out=out
+    )
 
 
 def _notes(scenario: Scenario) -> tuple[str, ...]:

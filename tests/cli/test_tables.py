@@ -1,0 +1,56 @@
+"""CLI tables on narrow terminals: text wraps between words, numbers and ids never split, records when too wide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from planner.catalog import loader
+from planner.cli.tables import column_widths, render_table
+from tests.helpers import run_cli
+
+COLUMNS = ("family", "what it may use", "$/hour")
+ROWS = [("h100-sxm-80gb", "one family, default recipe (bf16), batch 1", "$54.72"), ("l4-24gb", "any mix", "$3.10")]
+
+
+def test_natural_widths_when_the_table_fits() -> None:
+    assert column_widths(COLUMNS, ROWS, 200, whole={0, 2}) == [13, 42, 6]
+
+
+def test_narrow_widths_wrap_text_only() -> None:
+    widths = column_widths(COLUMNS, ROWS, 40, whole={0, 2})
+    assert widths is not None
+    assert widths[0] == 13
+    assert widths[2] == 6
+    assert sum(widths) + 2 * 2 <= 40
+    assert widths[1] >= len("recipe")
+    assert widths[1] < 42
+
+
+def test_too_narrow_for_any_table_prints_records() -> None:
+    assert column_widths(COLUMNS, ROWS, 24, whole={0, 2}) is None
+    out = Console(width=24, record=True, color_system=None)
+    render_table("Savings", COLUMNS, ROWS, out=out, right={2}, whole={0})
+    text = out.export_text()
+    assert "family h100-sxm-80gb" in text
+    assert "family l4-24gb" in text
+    assert "$54.72" in text.split()
+    assert "$3.10" in text.split()
+    assert max(len(line) for line in text.splitlines()) <= 24
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_catalog_listings_show_every_id_whole(tmp_path: Path, columns: int) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path), "COLUMNS": str(columns)}
+    for command, ids in (
+        ("families", loader.gpu_families()),
+        ("models", loader.models()),
+        ("recipes", loader.recipes()),
+    ):
+        proc = run_cli("planner", command, env=env)
+        assert proc.returncode == 0, proc.stderr
+        words = set(proc.stdout.split())
+        assert set(ids) <= words, (command, set(ids) - words)
+        assert max(len(line) for line in proc.stdout.splitlines() if "  " in line.strip()) <= columns
