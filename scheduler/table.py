@@ -81,24 +81,7 @@ def load_table(session: Session, *, fleet: str) -> RoutingTable:
     pools = []
     for e in entries:
         h, w, steps = refs.get(e.workload_name, (None, None, None))
-        pools.append(
-            Pool(
-                pool=e.pool,
-                workload=e.workload_name,
-                group_index=e.group_index,
-                model=e.model_id,
-                stages=tuple(e.stages),
-                family=e.gpu_family_id,
-                recipes=dict(e.recipes),
-                batch=e.batch,
-                replicas=e.replicas,
-                capacity=e.capacity,
-                weight=e.weight,
-                ref_height=h,
-                ref_width=w,
-                ref_steps=steps or default_steps.get(e.model_id),
-            )
-        )
+        pools.append(_pool(e, ref_height=h, ref_width=w, ref_steps=steps or default_steps.get(e.model_id)))
     return RoutingTable(plan_id=plan_id, version=plan_id, pools=tuple(pools))
 
 
@@ -118,6 +101,11 @@ def find_pool(session: Session, *, fleet: str, pool: str) -> Pool | None:
     ).first()
     if entry is None:
         return None
+    return _pool(entry)
+
+
+def _pool(entry: m.RoutingEntry, **ref: Any) -> Pool:
+    """A routing entry as the router's pool; `ref` adds the workload's planned image size and steps."""
     return Pool(
         pool=entry.pool,
         workload=entry.workload_name,
@@ -130,6 +118,7 @@ def find_pool(session: Session, *, fleet: str, pool: str) -> Pool | None:
         replicas=entry.replicas,
         capacity=entry.capacity,
         weight=entry.weight,
+        **ref,
     )
 
 
