@@ -33,6 +33,21 @@ class TimerOptions:
     max_cell_s: float = 60.0
 
 
+# One warm-up call, two one-call windows, no stability demanded: a smoke run of the real code path on tiny
+# models on the CPU (tests, `benchmarks/campaign.py --tiny`), not a measurement.
+SMOKE_TIMER = TimerOptions(
+    warmup_calls=1,
+    warmup_s=0.0,
+    calls_per_window=1,
+    min_window_s=0.0,
+    min_windows=2,
+    stable_windows=2,
+    max_windows=2,
+    spread_threshold=10.0,
+    max_cell_s=5.0,
+)
+
+
 @dataclass(frozen=True)
 class Timing:
     """Latency per call over the stable windows (milliseconds), and how the measurement went."""

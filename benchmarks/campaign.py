@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing
     from agent.target import resolve_target
-    from agent.timing import TimerOptions
+    from agent.timing import SMOKE_TIMER, TimerOptions
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -263,17 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())
         steps = [s for s in steps if s.level.startswith(prefixes)]
     if args.tiny:
-        timer = TimerOptions(
-            warmup_calls=1,
-            warmup_s=0.0,
-            calls_per_window=1,
-            min_window_s=0.0,
-            min_windows=2,
-            stable_windows=2,
-            max_windows=2,
-            spread_threshold=10.0,
-            max_cell_s=5.0,
-        )
+        timer = SMOKE_TIMER
         steps = [
             Step(s.level, s.model, s.recipes, tuple(b for b in s.batches if b <= 2), s.stages, s.reserve_s)
             for s in steps

@@ -84,14 +84,20 @@ def empty_db_url(backend: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """A migrated store with the catalogs seeded, to clone from (cloning is much cheaper than migrating)."""
-    url, handle = new_database_url(backend, tmp_path_factory.mktemp("template"), "tpl")
+    url, handle = seeded_database(backend, tmp_path_factory.mktemp("template"))
+    yield url, handle
+    drop_database(handle)
+
+
+def seeded_database(backend: str, tmp_dir: Path) -> tuple[str, object]:
+    """A new database of the backend, migrated, with the catalogs seeded: (URL, handle for drop_database)."""
+    url, handle = new_database_url(backend, tmp_dir, "tpl")
     migrate.upgrade(url)
     engine = make_engine(url)
     with session_scope(engine) as session:
         seed_catalogs(session)
     engine.dispose()
-    yield url, handle
-    drop_database(handle)
+    return url, handle
 
 
 def clone_database(template: tuple[str, object], tmp_dir: Path, label: str) -> tuple[str, object]:

@@ -27,7 +27,7 @@ from agent.probe import ProbeOptions, Sweep
 from agent.report import probe_run_body
 from agent.spool import Spool
 from agent.target import resolve_target
-from agent.timing import TimerOptions
+from agent.timing import SMOKE_TIMER
 from planner.db import models as m
 from planner.db.session import make_engine
 from tests.helpers import REPO
@@ -91,10 +91,7 @@ def test_results_measured_during_a_one_minute_outage_are_stored_once(
     planner: Planner, store_url: str, tmp_path: Path
 ) -> None:
     target = resolve_target(force_cpu=True)
-    timer = TimerOptions(
-        warmup_calls=1, warmup_s=0.0, calls_per_window=1, min_window_s=0.0, min_windows=2, stable_windows=2,
-        max_windows=2, spread_threshold=10.0,
-    )  # fmt: skip
+    timer = SMOKE_TIMER
     rows = Sweep(
         ProbeOptions(model="sd15", recipes=("bf16",), batches=(1,), stages=("vae_decoder",), tiny=True,
                      timer=timer, quality=False),

@@ -17,23 +17,13 @@ from agent.probe import ProbeOptions, Sweep
 from agent.recipes import RecipeOptions
 from agent.report import CsvSink, load_existing
 from agent.target import Target, resolve_target
-from agent.timing import TimerOptions
+from agent.timing import SMOKE_TIMER
 from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
 from planner.measurements.csvio import read_csv
 
 pytestmark = pytest.mark.slow
 
-FAST = TimerOptions(
-    warmup_calls=1,
-    warmup_s=0.0,
-    calls_per_window=1,
-    min_window_s=0.0,
-    min_windows=2,
-    stable_windows=2,
-    max_windows=2,
-    spread_threshold=10.0,
-    max_cell_s=5.0,
-)
+FAST = SMOKE_TIMER
 SD_RECIPES = ("fp32", "bf16", "bf16-channels-last", "bf16-tiny-vae", "bf16-fbcache", "fp8")
 
 

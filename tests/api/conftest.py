@@ -24,11 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from planner.api.main import create_app
 from planner.core.config import Settings
-from planner.db import migrate
-from planner.db.seed import seed_catalogs
-from planner.db.session import make_engine, session_factory, session_scope
+from planner.db.session import make_engine, session_factory
 from scheduler.config import get_settings as scheduler_settings
-from tests.conftest import PG_ADMIN_URL, _pg_admin, drop_database, new_database_url
+from tests.conftest import PG_ADMIN_URL, _pg_admin, drop_database, seeded_database
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENROLLMENT_TOKEN = "test-enrollment-token-0123456789"
@@ -60,13 +58,10 @@ class Store:
 
 @pytest.fixture(scope="session")
 def template_store(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    """A migrated store with the catalogs seeded, made once per session and backend."""
-    url, handle = new_database_url(backend, tmp_path_factory.mktemp("tpl"), "tpl")
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    with session_scope(engine) as session:
-        seed_catalogs(session)
-    engine.dispose()
+    """A migrated store with the catalogs seeded, made once per session and backend. Not tests/conftest.py's
+    template_db: the PostgreSQL tests here hold a connection to this one, and a database with a connection
+    cannot be cloned from."""
+    url, handle = seeded_database(backend, tmp_path_factory.mktemp("tpl"))
     yield url, handle
     drop_database(handle)
 
