@@ -9,6 +9,7 @@ ceilings then class a cell compute-bound, memory-bound, or overhead-bound (neith
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,20 +93,30 @@ class Cost:
         return self.flops / 1e12
 
 
+COUNTING_ATTENTION: ContextVar[bool] = ContextVar("counting_attention", default=False)
+"""Set while a refused count is retried on the math backend: a recipe that pins an SDPA backend
+(agent.recipes._CallContext) leaves attention alone then, since its own pin, entered inside `fn`, would
+otherwise win over the retry's. FLOPs do not depend on the attention kernel, only the time does."""
+
+
 def count_cost(fn: Callable[[], object]) -> Cost:
     """Run `fn` once, counting FLOPs and bytes (slow: do it outside the timed windows).
 
     torch's SDPA FLOP formula refuses grouped-query attention (Qwen3: fewer key/value heads than query heads);
     the math backend runs the same attention as plain matmuls, which the counter does count, so a refusal is
-    retried there. Counting never fails a cell: the caller gets the error and records no FLOPs.
+    retried there, whatever backend the recipe pins (COUNTING_ATTENTION).
     """
     try:
         return _count(fn)
     except (AssertionError, RuntimeError, NotImplementedError):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel(SDPBackend.MATH):
-            return _count(fn)
+        token = COUNTING_ATTENTION.set(True)
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                return _count(fn)
+        finally:
+            COUNTING_ATTENTION.reset(token)
 
 
 def _count(fn: Callable[[], object]) -> Cost:

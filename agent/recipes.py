@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from agent import quant
+from agent.flops import COUNTING_ATTENTION
 from agent.pipelines import (
     DTYPES,
     BuiltStage,
@@ -218,6 +219,11 @@ def prepare(
         notes.append("fused QKV projections")
     if recipe.channels_last:
         for module in built.modules.values():
+            if any(isinstance(m, nn.Conv3d) for m in module.modules()):
+                raise StageUnsupported(
+                    f"{type(module).__name__} has Conv3d layers: channels_last is a 4-D (Conv2d) layout "
+                    "(channels_last_3d is not part of this recipe)"
+                )
             module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         notes.append("channels_last")
     if recipe.quantization in ("fp8-rowwise", "int8-dynamic"):
@@ -261,7 +267,7 @@ class _CallContext(contextlib.AbstractContextManager[Any]):
 
     def __enter__(self) -> None:
         stack = contextlib.ExitStack()
-        ctx = attention_context(self.attention)
+        ctx = None if COUNTING_ATTENTION.get() else attention_context(self.attention)
         if ctx is not None:
             stack.enter_context(ctx)
         for m in self.cache_modules:

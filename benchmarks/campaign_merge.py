@@ -4,12 +4,18 @@ Rows are copied verbatim (text in, same text out). For each cell (gpu_family, mo
 height, width) the newest `ok` row wins; a cell that never succeeded keeps its newest failed row, so the reason
 it failed stays on record. Files are given oldest first.
 
-    python benchmarks/campaign_merge.py OUT.csv CALL1.csv CALL2.csv ...
+    python benchmarks/campaign_merge.py OUT.csv CALL1.csv CALL2.csv ... [--provenance OUT.json]
+
+With --provenance, the provenance.json beside each input (GPU, driver, CUDA, torch, diffusers, date, weights,
+calibration, one entry per call) is gathered, verbatim, into one file keyed by the input's folder, with the
+command that made it.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -36,11 +42,29 @@ def merge(paths: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
     return columns, [best[k] for k in order]
 
 
+def provenance(inputs: list[Path], command: str) -> dict[str, object]:
+    calls: dict[str, object] = {}
+    for path in inputs:
+        prov = path.parent / "provenance.json"
+        if prov.exists():
+            calls[f"{path.parent.parent.name}/{path.parent.name}"] = json.loads(prov.read_text(encoding="utf-8"))
+    return {
+        "description": "Provenance of the merged reference measurements: each device call's own provenance.json "
+        "(the campaign's calls on one machine accumulate in its last file), as the device returned it. Merged by "
+        f"`{command}` (the newest ok row of each cell; a cell that never succeeded keeps its newest failed row, "
+        "with why). Weights are synthetic: latency, memory and power are the real architectures'; quality "
+        "columns are numeric drift only.",
+        "calls": calls,
+    }
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3:
-        print(__doc__)
-        return 2
-    out, inputs = Path(argv[1]), [Path(p) for p in argv[2:]]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path)
+    p.add_argument("inputs", type=Path, nargs="+")
+    p.add_argument("--provenance", type=Path, default=None, help="also write the gathered provenance here")
+    args = p.parse_args(argv[1:])
+    out, inputs = args.out, args.inputs
     columns, rows = merge(inputs)
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
@@ -48,6 +72,10 @@ def main(argv: list[str]) -> int:
         writer.writerows(rows)
     ok = sum(1 for r in rows if r.get("status", "ok") == "ok")
     print(f"{out}: {len(rows)} cells ({ok} ok, {len(rows) - ok} not ok) from {len(inputs)} file(s)")
+    if args.provenance is not None:
+        command = "python benchmarks/campaign_merge.py " + " ".join(str(a) for a in argv[1:])
+        args.provenance.write_text(json.dumps(provenance(inputs, command), indent=1) + "\n", encoding="utf-8")
+        print(f"{args.provenance}: provenance of {len(inputs)} call(s)")
     return 0
 
 

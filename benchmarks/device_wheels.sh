@@ -3,7 +3,7 @@
 # (ignored by git; carried to the device with `carry: [".whl"]`). The GPU image has python 3.12, torch 2.11
 # (cu130), transformers 5.17, accelerate, safetensors, huggingface-hub, numpy, pyyaml, rich, typer, httpx,
 # nvidia-ml-py, pillow, regex, requests, filelock; it lacks diffusers and what the agent imports beyond that:
-#   agent.probe        -> diffusers (+ importlib_metadata, zipp; huggingface-hub >= 1.32, < 2 for transformers 5.17)
+#   agent.probe        -> diffusers (+ importlib_metadata, lazy-importer, zipp; huggingface-hub >= 1.32, < 2 for transformers 5.17)
 #   agent.config       -> pydantic-settings (+ python-dotenv), platformdirs
 #   planner.catalog,
 #   planner.measurements -> pydantic, pydantic-core (binary, cp312), annotated-types, typing-inspection,
@@ -23,6 +23,7 @@ download() {
 }
 download diffusers==0.42.1
 download importlib-metadata==10.2.0
+download lazy-importer==0.1.0  # importlib-metadata 10's need; the H200 image's importlib-metadata is older
 download zipp==4.1.2
 download huggingface-hub==1.33.0
 download click==8.5.1

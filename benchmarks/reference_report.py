@@ -30,6 +30,10 @@ from planner.measurements.csvio import read_csv  # noqa: E402
 
 Key = tuple[str, str, str, int]  # (model, stage, recipe, batch) on one family
 
+BURST_TFLOPS = {"h100-sxm-80gb": 786.2}
+"""A short burst of bf16 matmuls before the clocks settle (../shared/reference/h100-baseline.json); families
+without one are compared with their calibrated (sustained) figure only."""
+
 
 def flops_per_image_tflop(model_id: str) -> float | None:
     spec = catalog.models()[model_id]
@@ -101,10 +105,19 @@ def markdown(rows: list[MeasurementRow], family: str, ceilings: dict[str, float]
         "",
         "Fastest recipe per model (highest images/s over recipes and batches), and its share of the bf16 roofline "
         "(FLOPs per image over the bf16 matmul ceiling; 'calibrated' is the agent's sustained figure on this GPU, "
-        "'burst' the 786 TFLOP/s of ../shared/reference/h100-baseline.json):",
+        f"{ceilings['calibrated']:.0f} TFLOP/s"
+        + (
+            f"; 'burst' the {ceilings['burst']:.0f} TFLOP/s of ../shared/reference/h100-baseline.json"
+            if "burst" in ceilings
+            else ""
+        )
+        + "):",
         "",
-        "| model | steps | recipe | batch | images/s | TFLOP per image | roofline images/s (calibrated / burst) | "
-        "share (calibrated / burst) |",
+        "| model | steps | recipe | batch | images/s | TFLOP per image | roofline images/s ("
+        + " / ".join(ceilings)
+        + ") | share ("
+        + " / ".join(ceilings)
+        + ") |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     best: dict[str, dict[str, object]] = {}
@@ -117,10 +130,13 @@ def markdown(rows: list[MeasurementRow], family: str, ceilings: dict[str, float]
         ips = float(t["images_per_s"])  # type: ignore[arg-type]
         if tf is None:
             continue
-        roof = [c / tf for c in (ceilings["calibrated"], ceilings["burst"])]
+        roof = [c / tf for c in ceilings.values()]
         lines.append(
             f"| {m} | {t['steps']} | {t['recipe']} | {t['batch']} | {ips:.3f} | {tf:.0f} | "
-            f"{roof[0]:.3f} / {roof[1]:.3f} | {ips / roof[0]:.0%} / {ips / roof[1]:.0%} |"
+            + " / ".join(f"{r:.3f}" for r in roof)
+            + " | "
+            + " / ".join(f"{ips / r:.0%}" for r in roof)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -133,21 +149,28 @@ def plot(rows: list[MeasurementRow], family: str, path: Path) -> None:
 
     table = pipeline_rows(rows, family)
     models = sorted({str(t["model"]) for t in table})
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    recipes = sorted({str(t["recipe"]) for t in table})
+    colors = plt.get_cmap("tab20")
+    color = {r: colors(i % 20) for i, r in enumerate(recipes)}  # one colour per recipe across panels
+    ncols = 4
+    nrows = -(-len(models) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models, strict=False):
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for t in table:
             if t["model"] == model:
                 series[str(t["recipe"])].append((int(t["batch"]), float(t["images_per_s"])))  # type: ignore[call-overload]
         for recipe, pts in sorted(series.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=recipe)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=recipe, color=color[recipe])
         ax.set_xscale("log", base=2)
         ax.set_title(f"{model} on {family}")
         ax.set_xlabel("batch")
         ax.set_ylabel("images/s (whole pipeline)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncols=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -163,8 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = [located.row for located in read_csv(args.csv)]
     prov = json.loads(args.provenance.read_text())
     calls = prov["calls"]
-    calibrated = [c["calibration"]["bf16_tflops"] for c in calls.values() if c.get("calibration")]
-    ceilings = {"calibrated": max(calibrated), "burst": 786.2}
+    calibrated = [
+        c["calibration"]["bf16_tflops"]
+        for c in calls.values()
+        if c.get("calibration") and c["calibration"].get("gpu_family") == args.family
+    ]
+    if not calibrated:
+        print(f"no calibration for family {args.family!r} in {args.provenance}: measure it first (campaign.md)")
+        return 1
+    ceilings = {"calibrated": max(calibrated)}
+    if args.family in BURST_TFLOPS:
+        ceilings["burst"] = BURST_TFLOPS[args.family]
     print(markdown(rows, args.family, ceilings))
     if args.plot:
         target = args.plot.resolve()
