@@ -326,7 +326,9 @@ def _assemble(
                             replicas=n,
                             throughput=n * o.throughput,
                             capacity_credited=n * o.credit,
-                            utilization=w.rate / capacity * (n * o.throughput / capacity),
+                            # The scheduler routes a group's load by throughput (crud/plans.py weights),
+                            # so every pool of the group runs at the group's rate over its capacity.
+                            utilization=w.rate / capacity,
                             service_time_s=o.service_s,
                             service_p95_s=o.service_p95_s,
                             p95_s=pool_p95,

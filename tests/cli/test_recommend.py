@@ -149,6 +149,22 @@ def test_json_is_exactly_contract_3(reference_url: str) -> None:
     assert {c["source"] for c in cells} <= {"measured", "estimated"}
 
 
+def test_each_pool_reports_the_utilization_the_scheduler_will_give_it(reference_url: str) -> None:
+    """Load is routed by throughput, so the pools of one group carry the whole rate between them: the sum over
+    pools of utilization x throughput is the workload's rate, also when a group is spread over several
+    families (10 images/s of SDXL on the shipped data tops up its main pool with smaller ones)."""
+    result = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for g in json.loads(result.stdout)["workloads"][0]["groups"]:
+        groups.setdefault(tuple(g["stages"]), []).append(g)
+    assert any(len(pools) > 1 for pools in groups.values()), "the case should spread a group over several pools"
+    for pools in groups.values():
+        carried = sum(p["utilization"] * p["throughput"] for p in pools)
+        assert carried == pytest.approx(10.0, rel=2e-3)
+        assert len({p["utilization"] for p in pools}) == 1
+
+
 def test_table_says_what_is_measured_and_what_binds(reference_url: str) -> None:
     result = recommend(reference_url, "--model", "sdxl", "--rate", "2", "--family", "h100-sxm-80gb", "--p95", "30")
     assert result.returncode == 0, result.stderr
@@ -324,7 +340,8 @@ def test_a_rate_the_fleet_cannot_carry_says_what_would(reference_url: str) -> No
     assert "no plan carries every workload" in err
     assert re.search(r"carry \d+% of sdxl's rate", err)
     assert re.search(r"the fleet has 2: add \d+", err)
-    assert "[te+dn+vae]" in err  # printed as text, not swallowed as markup
+    # The topology is printed as text, not swallowed as rich markup (which would eat "[te+dn]").
+    assert re.search(r"sdxl alone: (\[(te|dn|vae)(\+(te|dn|vae))*\])+ on h100-sxm-80gb", err), err
 
 
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
