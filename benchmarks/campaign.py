@@ -48,9 +48,21 @@ class Step:
 
 
 def plan(
-    models: tuple[str, ...], *, compile_levels: bool, variants: bool, compile_batches: tuple[int, ...] = (1, 4)
+    models: tuple[str, ...],
+    *,
+    compile_levels: bool,
+    variants: bool,
+    compile_batches: tuple[int, ...] = (1, 4),
+    all_batches: bool = False,
 ) -> list[Step]:
-    """The campaign in priority order (level by level across models, so a cut drops whole levels last-first)."""
+    """The campaign in priority order (level by level across models, so a cut drops whole levels last-first).
+
+    `all_batches` widens every step to batches 1-16 (fp32 included): the full matrix, for a later pass once the
+    priority points are in; cells already measured are skipped as usual.
+    """
+    if all_batches:
+        widened = plan(models, compile_levels=compile_levels, variants=variants, compile_batches=BATCHES)
+        return [Step(s.level, s.model, s.recipes, BATCHES, s.stages, s.reserve_s) for s in widened]
     steps: list[Step] = []
     for m in models:
         steps.append(Step("1-bf16", m, ("bf16",), BATCHES))
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="leave out the compile and quantized levels")
     p.add_argument("--no-variants", action="store_true", help="leave out flux-schnell / sdxl-lightning")
     p.add_argument("--compile-batches", default="1,4", help="denoiser batches of the compile and quantized levels")
+    p.add_argument("--all-batches", action="store_true", help="every step at batches 1-16 (the full matrix)")
     p.add_argument("--no-quality", action="store_true", help="skip the drift (PSNR/SSIM) runs")
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
     p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
@@ -258,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_levels=not (args.no_compile or args.tiny),
         variants=not (args.no_variants or args.tiny),
         compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
+        all_batches=args.all_batches,
     )
     if args.levels:
         prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())

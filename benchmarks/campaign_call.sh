@@ -9,6 +9,7 @@
 # runs once per machine, first. Campaign state lives in .device-out/<gpu>/ (ignored by git, so it stays on a
 # warm device machine between calls) and is copied to $OUT after each step; a fresh machine starts from
 # campaign-state/<gpu>/ when that folder travels with the tree (untracked copy of the last call's $OUT).
+# Environment: VALIDATE=1 runs the validation again; CAMPAIGN_ARGS adds campaign.py flags (e.g. --all-batches).
 set -uo pipefail
 export PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1 PYTHONPATH=.
 budget=${1:?budget in seconds}
@@ -48,7 +49,8 @@ for lv in "${levels[@]}"; do
     echo "campaign_call: ${left}s left, not starting levels $lv"
     break
   fi
-  python3 benchmarks/campaign.py --budget-s "$left" --out "$state" --models "$models" --levels "$lv"
+  # shellcheck disable=SC2086  # CAMPAIGN_ARGS: extra campaign.py flags, word-split on purpose (e.g. --all-batches)
+  python3 benchmarks/campaign.py --budget-s "$left" --out "$state" --models "$models" --levels "$lv" ${CAMPAIGN_ARGS:-}
   cp "$state"/* "$out/"
 done
 echo "campaign_call: $((SECONDS - t0))s"

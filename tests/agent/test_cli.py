@@ -135,3 +135,13 @@ def test_campaign_plan_is_in_priority_order() -> None:
     assert fp32
     assert all(s.batches == (1, 2) for s in fp32)
     assert any("fp8-compile" in s.recipes for s in steps)
+
+
+def test_campaign_all_batches_widens_every_step_and_keeps_the_order() -> None:
+    narrow = campaign.plan(("sdxl",), compile_levels=True, variants=True)
+    wide = campaign.plan(("sdxl",), compile_levels=True, variants=True, all_batches=True)
+    assert [(s.level, s.model, s.recipes, s.stages) for s in wide] == [
+        (s.level, s.model, s.recipes, s.stages) for s in narrow
+    ]
+    assert all(s.batches == (1, 2, 4, 8, 16) for s in wide)
+    assert any(s.batches != (1, 2, 4, 8, 16) for s in narrow)
