@@ -189,28 +189,29 @@ class Nvml:
                 found.setdefault(uuid, []).append(int(data.eventData))
         return found
 
+    def sample(self, handle: Any, xid_errors: list[int] | None = None) -> GpuTelemetry:
+        """One telemetry sample of one GPU."""
+        mem = self._try("nvmlDeviceGetMemoryInfo", handle)
+        temp = self._try("nvmlDeviceGetTemperature", handle, self._nv.NVML_TEMPERATURE_GPU)
+        return GpuTelemetry(
+            uuid=_text(self._nv.nvmlDeviceGetUUID(handle)),
+            utilization_pct=self.utilization_pct(handle),
+            memory_used_gib=float(mem.used) / 2**30 if mem is not None else None,
+            power_w=self.power_w(handle),
+            sm_clock_mhz=self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_SM),
+            mem_clock_mhz=self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_MEM),
+            temperature_c=float(temp) if temp is not None else None,
+            clocks_event_reasons=self.clocks_event_reasons(handle),
+            xid_errors=list(xid_errors or []),
+        )
+
     def telemetry(self) -> list[GpuTelemetry]:
         """One sample of every GPU, for the daemon's heartbeat."""
         xids = self._poll_xids()
         out: list[GpuTelemetry] = []
         for i in range(self.count()):
             h = self.handle(i)
-            uuid = _text(self._nv.nvmlDeviceGetUUID(h))
-            mem = self._try("nvmlDeviceGetMemoryInfo", h)
-            temp = self._try("nvmlDeviceGetTemperature", h, self._nv.NVML_TEMPERATURE_GPU)
-            out.append(
-                GpuTelemetry(
-                    uuid=uuid,
-                    utilization_pct=self.utilization_pct(h),
-                    memory_used_gib=float(mem.used) / 2**30 if mem is not None else None,
-                    power_w=self.power_w(h),
-                    sm_clock_mhz=self._try("nvmlDeviceGetClockInfo", h, self._nv.NVML_CLOCK_SM),
-                    mem_clock_mhz=self._try("nvmlDeviceGetClockInfo", h, self._nv.NVML_CLOCK_MEM),
-                    temperature_c=float(temp) if temp is not None else None,
-                    clocks_event_reasons=self.clocks_event_reasons(h),
-                    xid_errors=xids.get(uuid, []),
-                )
-            )
+            out.append(self.sample(h, xids.get(_text(self._nv.nvmlDeviceGetUUID(h)), [])))
         return out
 
 

@@ -97,43 +97,31 @@ def plain_matmul_tflops(n: int = 8192, calls: int = 400, warmup_s: float = 1.5) 
 
 
 class ClockSampler:
-    """NVML SM clock (MHz), power (W) and temperature (C) sampled on a side thread while a phase runs."""
+    """NVML SM clock (MHz), power (W) and temperature (C) of the target GPU, sampled on a side thread while a
+    phase runs (agent.nvml's reads; without NVML the phase is timed all the same, without clocks)."""
 
-    def __init__(self, period_s: float = 0.1) -> None:
+    def __init__(self, nvml: Any, handle: Any, period_s: float = 0.1) -> None:
         import threading
 
-        self.period_s = period_s
+        self.nvml, self.handle, self.period_s = nvml, handle, period_s
         self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml: Any = pynvml
-            self._handle: Any = pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML: the phase is timed all the same, without clocks
-            self._nvml = None
 
     def _run(self) -> None:
-        nv, h = self._nvml, self._handle
         while not self._stop.wait(self.period_s):
-            self.samples.append(
-                (
-                    float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
-                    nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                    float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-                )
-            )
+            t = self.nvml.sample(self.handle)
+            if t.sm_clock_mhz is not None and t.power_w is not None and t.temperature_c is not None:
+                self.samples.append((float(t.sm_clock_mhz), t.power_w, t.temperature_c))
 
     def __enter__(self) -> ClockSampler:
-        if self._nvml is not None:
+        if self.nvml is not None:
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._nvml is not None:
+        if self.nvml is not None:
             self._thread.join()
 
     def summary(self) -> dict[str, float | int | None]:
@@ -190,13 +178,13 @@ def main() -> int:
 
     # 2. Calibration matmul vs a plain 8192^3 matmul, just before and just after it.
     clocks: dict[str, dict[str, float | int | None]] = {}
-    with ClockSampler() as sampler:
+    with ClockSampler(target.nvml, target.handle) as sampler:
         plain_before_tf = plain_matmul_tflops()
     clocks["plain_before"] = sampler.summary()
-    with ClockSampler() as sampler:
+    with ClockSampler(target.nvml, target.handle) as sampler:
         cal = calibrate(target.device, family=target.family)
     clocks["calibration"] = sampler.summary()
-    with ClockSampler() as sampler:
+    with ClockSampler(target.nvml, target.handle) as sampler:
         plain_after_tf = plain_matmul_tflops()
     clocks["plain_after"] = sampler.summary()
     plain_tf = (plain_before_tf + plain_after_tf) / 2
