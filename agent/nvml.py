@@ -189,12 +189,13 @@ class Nvml:
                 found.setdefault(uuid, []).append(int(data.eventData))
         return found
 
-    def sample(self, handle: Any, xid_errors: list[int] | None = None) -> GpuTelemetry:
-        """One telemetry sample of one GPU."""
+    def sample(self, handle: Any, xids: dict[str, list[int]] | None = None) -> GpuTelemetry:
+        """One telemetry sample of one GPU (`xids`: XID errors by GPU UUID, from one poll)."""
+        uuid = _text(self._nv.nvmlDeviceGetUUID(handle))
         mem = self._try("nvmlDeviceGetMemoryInfo", handle)
         temp = self._try("nvmlDeviceGetTemperature", handle, self._nv.NVML_TEMPERATURE_GPU)
         return GpuTelemetry(
-            uuid=_text(self._nv.nvmlDeviceGetUUID(handle)),
+            uuid=uuid,
             utilization_pct=self.utilization_pct(handle),
             memory_used_gib=float(mem.used) / 2**30 if mem is not None else None,
             power_w=self.power_w(handle),
@@ -202,17 +203,13 @@ class Nvml:
             mem_clock_mhz=self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_MEM),
             temperature_c=float(temp) if temp is not None else None,
             clocks_event_reasons=self.clocks_event_reasons(handle),
-            xid_errors=list(xid_errors or []),
+            xid_errors=list((xids or {}).get(uuid, [])),
         )
 
     def telemetry(self) -> list[GpuTelemetry]:
         """One sample of every GPU, for the daemon's heartbeat."""
         xids = self._poll_xids()
-        out: list[GpuTelemetry] = []
-        for i in range(self.count()):
-            h = self.handle(i)
-            out.append(self.sample(h, xids.get(_text(self._nv.nvmlDeviceGetUUID(h)), [])))
-        return out
+        return [self.sample(self.handle(i), xids) for i in range(self.count())]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
 from agent.flops import classify, count_cost
-from agent.timing import TimerOptions, measure, percentile
+from agent.timing import SMOKE_TIMER, TimerOptions, measure, percentile
 
 
 def test_percentile() -> None:
@@ -44,17 +45,8 @@ def test_measure_stops_an_unstable_cell_at_max_windows() -> None:
         calls["n"] += 1
         time.sleep(0.001 if calls["n"] % 2 else 0.008)
 
-    opts = TimerOptions(
-        warmup_calls=1,
-        warmup_s=0.0,
-        calls_per_window=1,
-        min_window_s=0.0,
-        min_windows=2,
-        stable_windows=2,
-        max_windows=4,
-        spread_threshold=0.01,
-        max_cell_s=5.0,
-    )
+    # The smoke timer's one-call windows, but demanding a 1% spread it cannot reach, over at most 4 windows.
+    opts = dataclasses.replace(SMOKE_TIMER, max_windows=4, spread_threshold=0.01)
     t = measure(noisy, torch.device("cpu"), opts)
     assert not t.stable
     assert t.windows == 4
