@@ -2,6 +2,10 @@
 
 Cells are grouped by (stage, recipe): the stage is built once in the recipe's form and swept over the batch
 sizes in increasing order (a compiled module is reused, recompiling per shape; `compile_s` records it).
+A compiled group starts and ends with torch._dynamo.reset() (code objects such as diffusers' transformer block
+are shared across models, and their compiled entries would pile up toward dynamo's recompile limit) and runs
+with `fail_on_recompile_limit_hit`: past the limit dynamo would otherwise run the function eagerly and the
+cell would time eager code under a compiled recipe's name. Such a cell is `failed`, with why.
 A cell that runs out of memory is recorded `oom` and the larger batches of its group `oom` without running;
 a cell that cannot run here is `unsupported` with the reason; any other error is `failed` with the error.
 The sweep then goes on. It stops cleanly at its time budget, and a rerun with the same output resumes:
@@ -268,6 +272,17 @@ class Sweep:
         )
 
     def _group(self, stage: str, recipe: Recipe, batches: list[int]) -> None:
+        if recipe.compile == "none":
+            self._run_group(stage, recipe, batches)
+            return
+        torch._dynamo.reset()
+        try:
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                self._run_group(stage, recipe, batches)
+        finally:
+            torch._dynamo.reset()
+
+    def _run_group(self, stage: str, recipe: Recipe, batches: list[int]) -> None:
         prepared: PreparedStage | None = None
         failure: tuple[str, str] | None = None
         try:
@@ -356,6 +371,13 @@ class Sweep:
             failure = ("oom", _first_line(exc))
         except StageUnsupported as exc:
             failure = ("unsupported", str(exc))
+        except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+            limit = torch._dynamo.config.recompile_limit
+            failure = (
+                "failed",
+                f"torch.compile reached its recompile limit ({limit}) and would have run this cell eagerly: "
+                f"{_first_line(exc)}; raise RecipeOptions.recompile_limit",
+            )
         except Exception as exc:
             failure = ("unsupported" if _is_kernel_refusal(exc) else "failed", _describe(exc))
         if failure is not None:

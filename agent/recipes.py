@@ -40,6 +40,11 @@ class RecipeOptions:
     quant_backend: str = "agent"  # "agent" (agent/quant.py) or "torchao" (only if importable)
     quant_min_features: int = 128
     compile_fullgraph: bool = False
+    compile_backend: str = "inductor"  # "eager" traces and guards like inductor without codegen (CPU tests)
+    recompile_limit: int = 64
+    """torch._dynamo's per-function limit (default 8): compiled modules are static-shape, so every batch size
+    (and every resolution a repeated block sees: a UNet's transformer blocks run at 3-4) is one more entry of the
+    same code object, and past the limit dynamo silently runs that function eagerly."""
 
 
 @dataclass
@@ -147,15 +152,20 @@ def compile_stage(prepared: PreparedStage, recipe: Recipe, options: RecipeOption
     notes: list[str] = []
     mode = None if recipe.compile == "default" else recipe.compile
     fullgraph = options.compile_fullgraph or (recipe.compile_scope == "whole" and recipe.compile == "max-autotune")
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = options.recompile_limit
+    backend = options.compile_backend
     for name, module in prepared.modules.items():
         repeated = getattr(module, "_repeated_blocks", None)
         if recipe.compile_scope == "regional" and repeated and hasattr(module, "compile_repeated_blocks"):
             regional: Any = module
-            regional.compile_repeated_blocks(mode=mode, dynamic=False, fullgraph=options.compile_fullgraph)
+            regional.compile_repeated_blocks(
+                backend=backend, mode=mode, dynamic=False, fullgraph=options.compile_fullgraph
+            )
             notes.append(f"{name}: regional compile of {list(repeated)} (mode {recipe.compile})")
         else:
             target = _compile_target(module, prepared.runner.setup.stage)
-            target.compile(mode=mode, dynamic=False, fullgraph=fullgraph)
+            target.compile(backend=backend, mode=mode, dynamic=False, fullgraph=fullgraph)
             notes.append(f"{name}: whole-module compile of {type(target).__name__} (mode {recipe.compile})")
     return notes
 

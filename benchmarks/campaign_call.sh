@@ -9,7 +9,7 @@
 # runs once per machine, first. Campaign state lives in .device-out/<gpu>/ (ignored by git, so it stays on a
 # warm device machine between calls) and is copied to $OUT after each step; a fresh machine starts from
 # campaign-state/<gpu>/ when that folder travels with the tree (untracked copy of the last call's $OUT).
-# Environment: VALIDATE=1 runs the validation again; CAMPAIGN_ARGS adds campaign.py flags (e.g. --all-batches).
+# Environment: VALIDATE=1 runs the validation again, VALIDATE=0 skips it (a later pass on a GPU that passed); CAMPAIGN_ARGS adds campaign.py flags (e.g. --all-batches).
 set -uo pipefail
 export PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1 PYTHONPATH=.
 budget=${1:?budget in seconds}
@@ -36,7 +36,9 @@ if [ ! -f "$state/measurements.csv" ] && [ -d "campaign-state/$gpu" ]; then
   echo "campaign_call: state from campaign-state/$gpu"
 fi
 
-if [ -n "${VALIDATE:-}" ] || [ ! -f ".device-out/validation-$gpu.json" ]; then
+if [ "${VALIDATE:-}" = 0 ]; then
+  echo "campaign_call: VALIDATE=0, validation not run on this machine"
+elif [ -n "${VALIDATE:-}" ] || [ ! -f ".device-out/validation-$gpu.json" ]; then
   OUT=.device-out/v python3 benchmarks/agent_validation.py 2>&1 | tee ".device-out/validation-$gpu-log.txt"
   cp .device-out/v/validation.json ".device-out/validation-$gpu.json" 2>/dev/null
 fi

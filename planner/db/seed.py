@@ -2,7 +2,10 @@
 
 Catalog rows are upserted (a newer package updates them); rows the catalog never had (a family a fleet defined,
 a recipe an imported file named) are left alone. The shipped measurements are imported once: their probe runs
-have ids derived from the file's content, so seeding twice stores them once.
+have ids derived from the file's content, so seeding twice stores them once. A newer package's file may lack a
+row an older one shipped (a measurement withdrawn as wrong, benchmarks/results/withdrawn.csv): reseeding
+removes such rows from the runs imported from a shipped file, so the store holds what the package ships; rows
+from the agents and from other imported files are never touched.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from planner import catalog
 from planner.db import models as m
 from planner.db.session import session_scope
+from planner.measurements.contract import MeasurementRow
 
 REFERENCE_DIR = Path(str(resources.files("planner") / "reference"))
 REFERENCE_CSV = REFERENCE_DIR / "measurements.csv"
+REFERENCE_PARTS = ("planner", "reference", "measurements.csv")
+"""How a probe run imported from a shipped file (in whichever install of the package) is recognised."""
 SEED_KEY = "seed_digest"
 
 
@@ -93,9 +99,55 @@ def seed_reference_measurements(session: Session, *, path: Path = REFERENCE_CSV)
     """Import the shipped reference measurements once; returns how many rows were stored now."""
     if not path.is_file():
         return 0
-    from planner.measurements.store import import_file
+    from planner.measurements.csvio import read_csv
+    from planner.measurements.store import import_rows, sha256_file
 
-    return import_file(session, path=path).stored
+    located = read_csv(path)
+    digest = sha256_file(path)
+    stored = import_rows(session, rows=located, name=str(path), digest=digest).stored
+    retire_unshipped_reference_rows(session, rows=[r.row for r in located], digest=digest)
+    return stored
+
+
+def _from_shipped_file(run: m.ProbeRun) -> bool:
+    return run.kind == "import" and run.source_file is not None and Path(run.source_file).parts[-3:] == REFERENCE_PARTS
+
+
+def retire_unshipped_reference_rows(session: Session, *, rows: list[MeasurementRow], digest: str) -> int:
+    """Delete the rows of shipped-file runs that the shipped file no longer has (and runs left empty)."""
+    from planner.measurements.store import run_id
+
+    shipped = {
+        (run_id(r.probe_run, digest), r.gpu_family, r.model, r.stage, r.recipe, r.batch, r.height, r.width)
+        for r in rows
+    }
+    retired = 0
+    for run in session.scalars(select(m.ProbeRun).where(m.ProbeRun.kind == "import")):
+        if not _from_shipped_file(run):
+            continue
+        stale = [
+            meas
+            for meas in run.measurements
+            if (
+                run.id,
+                meas.gpu_family_id,
+                meas.model_id,
+                meas.stage,
+                meas.recipe_id,
+                meas.batch,
+                meas.height,
+                meas.width,
+            )
+            not in shipped
+        ]
+        retired += len(stale)
+        if stale and len(stale) == len(run.measurements) and not run.calibrations:
+            session.delete(run)  # its measurements go with it (cascade)
+            continue
+        for meas in stale:
+            session.delete(meas)
+    session.flush()
+    return retired
 
 
 def seed_digest(*, reference: bool) -> str:

@@ -66,7 +66,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run_id(label: str | None, digest: str) -> str:
+def run_id(label: str | None, digest: str) -> str:
+    """The probe run id of an imported row: its own run UUID, else one derived from the file and label."""
     if label:
         try:
             return str(uuid.UUID(label))
@@ -122,7 +123,7 @@ def import_rows(
     by_run: dict[str, list[MeasurementRow]] = defaultdict(list)
     labels: dict[str, str | None] = {}
     for located in rows:
-        rid = _run_id(located.row.probe_run, digest)
+        rid = run_id(located.row.probe_run, digest)
         by_run[rid].append(located.row)
         labels[rid] = located.row.probe_run
     for rid, run_rows in by_run.items():

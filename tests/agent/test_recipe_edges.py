@@ -1,16 +1,21 @@
-"""Recipe edges the GPU campaign found: a pinned SDPA backend during FLOP counting, channels_last on Conv3d.
+"""Recipe edges the GPU campaign found: a pinned SDPA backend during FLOP counting, channels_last on Conv3d,
+torch.compile's recompile limit.
 
-Both failed cells on the H200 (docs/benchmarks.md); these run the same code paths on the CPU.
+The first two failed cells on the H200; the third timed eager code under a compiled recipe's name on the H100
+(docs/benchmarks.md). These run the same code paths on the CPU; compiles use dynamo's "eager" backend, which
+traces, guards and recompiles exactly as inductor does, without generating code.
 """
 
 from __future__ import annotations
 
+import diffusers.models.attention as diffusers_attention
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.nn import functional
 
 from agent.flops import count_cost
 from agent.probe import ProbeOptions, Sweep
-from agent.recipes import _CallContext
+from agent.recipes import RecipeOptions, _CallContext
 from agent.target import Target, resolve_target
 from agent.timing import SMOKE_TIMER
 
@@ -53,3 +58,42 @@ def test_channels_last_on_a_conv3d_vae_is_unsupported_with_the_reason() -> None:
     rows = Sweep(opts, target).run().rows
     assert [(r.stage, r.recipe, r.status) for r in rows] == [("vae_decoder", "bf16-channels-last", "unsupported")]
     assert "Conv3d" in (rows[0].error or "")
+
+
+def _compiled_sd15(recompile_limit: int, *, size: int = 32) -> ProbeOptions:
+    return ProbeOptions(
+        model="sd15",
+        recipes=("bf16-compile",),
+        batches=(1, 2),
+        stages=("denoiser",),
+        tiny=True,
+        height=size,
+        width=size,
+        timer=SMOKE_TIMER,
+        quality=False,
+        recipe_options=RecipeOptions(compile_backend="eager", recompile_limit=recompile_limit),
+    )
+
+
+def test_a_compiled_cell_past_the_recompile_limit_fails_instead_of_timing_eager_code() -> None:
+    """The tiny UNet's transformer blocks run at two token counts: two static-shape entries of one function.
+    With a limit of one, dynamo would run the second eagerly and the cell would time eager code as compiled."""
+    rows = Sweep(_compiled_sd15(1), resolve_target(force_cpu=True)).run().rows
+    assert [(r.batch, r.status) for r in rows] == [(1, "failed"), (2, "failed")]
+    assert "recompile limit (1)" in (rows[0].error or "")
+    assert "raise RecipeOptions.recompile_limit" in (rows[0].error or "")
+    assert rows[0].latency_ms is None
+
+
+def test_compiled_groups_leave_no_compiled_entries_for_the_next_model() -> None:
+    """diffusers' BasicTransformerBlock.forward is one code object for SDXL and SD 1.5: entries left by one
+    group would count toward the next group's limit (on the H100, SD 1.5 after SDXL ran eagerly at batch 8)."""
+    block_forward = diffusers_attention.BasicTransformerBlock.forward.__code__
+    target = resolve_target(force_cpu=True)
+    first = Sweep(_compiled_sd15(2), target).run().rows
+    assert [r.status for r in first] == ["ok", "ok"]
+    assert first[0].compile_s is not None
+    assert _debug_get_cache_entry_list(block_forward) == []
+    # At 64 px the blocks see two more token counts: within its own limit of two, but not on top of the first's.
+    second = Sweep(_compiled_sd15(2, size=64), target).run().rows
+    assert [r.status for r in second] == ["ok", "ok"], [r.error for r in second]
