@@ -1,14 +1,30 @@
-"""Helpers for tests that run the real command-line programs in a subprocess."""
+"""Helpers for tests that run the real command-line programs in a subprocess, or load a benchmark script."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py as module `name` (benchmarks/ is scripts, not a package)."""
+    bench = str(REPO / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)  # the scripts import each other by bare name
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(

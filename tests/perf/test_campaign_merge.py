@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_benchmark
+
 COLUMNS = ["gpu_family", "model", "stage", "recipe", "batch", "height", "width", "latency_ms", "status", "measured_at"]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("campaign_merge", ROOT / "benchmarks" / "campaign_merge.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["campaign_merge"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("campaign_merge")
 
 
 def _row(batch: int, latency: str, status: str, at: str) -> dict[str, str]:

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from planner.measurements.csvio import write_rows
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_benchmark
 
 
 def _script() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("transfer_validation", ROOT / "benchmarks" / "transfer_validation.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["transfer_validation"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("transfer_validation")
 
 
 BASELINE = {
