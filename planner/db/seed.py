@@ -109,8 +109,8 @@ def seed_reference_measurements(session: Session, *, path: Path = REFERENCE_CSV)
     return stored
 
 
-def _from_shipped_file(run: m.ProbeRun) -> bool:
-    return run.kind == "import" and run.source_file is not None and Path(run.source_file).parts[-3:] == REFERENCE_PARTS
+def _from_shipped_file(source_file: str | None) -> bool:
+    return source_file is not None and Path(source_file).parts[-3:] == REFERENCE_PARTS
 
 
 def retire_unshipped_reference_rows(session: Session, *, rows: list[MeasurementRow], digest: str) -> int:
@@ -123,7 +123,7 @@ def retire_unshipped_reference_rows(session: Session, *, rows: list[MeasurementR
     }
     retired = 0
     for run in session.scalars(select(m.ProbeRun).where(m.ProbeRun.kind == "import")):
-        if not _from_shipped_file(run):
+        if not _from_shipped_file(run.source_file):
             continue
         stale = [
             meas
