@@ -90,6 +90,27 @@ def sizes(spec: ModelSpec, opts: ProbeOptions) -> tuple[int, int, int]:
     return opts.height or h, opts.width or w, t
 
 
+def cache_timer(timer: TimerOptions, default_steps: int) -> TimerOptions:
+    """Timer for a step-cache cell: one window is one denoising trajectory, since skips depend on the step.
+
+    At most CACHE_TRAJECTORY_STEPS steps per trajectory (a 50-step CFG Qwen-Image trajectory at batch 16 would
+    take five minutes per window). Warm-up is the plain timer's (a few steps and `warmup_s`), not a whole
+    trajectory: it only settles clocks and kernels, and each window resets the cache at its first step.
+    """
+    steps = min(default_steps, CACHE_TRAJECTORY_STEPS)
+    return TimerOptions(
+        warmup_calls=min(timer.warmup_calls, steps),
+        warmup_s=timer.warmup_s,
+        calls_per_window=steps,
+        min_window_s=0.0,
+        min_windows=min(timer.min_windows, 2),
+        stable_windows=min(timer.stable_windows, 2),
+        max_windows=timer.max_windows,
+        spread_threshold=timer.spread_threshold,
+        max_cell_s=timer.max_cell_s,
+    )
+
+
 def ordered_recipes(ids: Iterable[str]) -> list[Recipe]:
     """Catalog recipes in sweep order: the reference first (other recipes' drift is measured against it)."""
     catalog = recipes()
@@ -106,6 +127,7 @@ class _SkipCounter:
     def __init__(self, module: nn.Module) -> None:
         self.calls = 0
         self.computed = 0
+        self.counting = False
         self._handles: list[Any] = []
         last = _last_block(module)
         if last is None:
@@ -117,10 +139,10 @@ class _SkipCounter:
         self._handles.append(child.register_forward_pre_hook(self._on_compute))
 
     def _on_call(self, *_: Any) -> None:
-        self.calls += 1
+        self.calls += self.counting
 
     def _on_compute(self, *_: Any) -> None:
-        self.computed += 1
+        self.computed += self.counting
 
     @property
     def skip_rate(self) -> float | None:
@@ -434,20 +456,8 @@ class Sweep:
         timer = self.opts.timer
         counter: _SkipCounter | None = None
         if prepared.uses_cache:
-            # One window = one denoising trajectory (at most CACHE_TRAJECTORY_STEPS steps: a 50-step CFG
-            # Qwen-Image trajectory would take a minute per window); one trajectory of warm-up.
-            steps = min(self.spec.default_steps, CACHE_TRAJECTORY_STEPS)
-            timer = TimerOptions(
-                warmup_calls=steps,
-                warmup_s=0.0,
-                calls_per_window=steps,
-                min_window_s=0.0,
-                min_windows=min(timer.min_windows, 2),
-                stable_windows=min(timer.stable_windows, 2),
-                max_windows=timer.max_windows,
-                spread_threshold=timer.spread_threshold,
-                max_cell_s=timer.max_cell_s,
-            )
+            timer = cache_timer(timer, self.spec.default_steps)
+            steps = timer.calls_per_window
             latents = runner.inputs["latents"]
             module = prepared.cache_modules[0]
             counter = _SkipCounter(module)
@@ -467,14 +477,19 @@ class Sweep:
             if self.target.nvml is not None and self.target.handle is not None
             else None
         )
-        with sampler if sampler is not None else contextlib.nullcontext():
+
+        def window_start() -> None:
             if counter is not None:
-                counter.calls = counter.computed = 0
+                counter.counting = True  # warm-up steps are a trajectory's first steps: they would bias the rate
+            if sampler is not None:
+                sampler.resume()
+
+        with sampler if sampler is not None else contextlib.nullcontext():
             timing = measure(
                 fn,
                 self.target.device,
                 timer,
-                on_window_start=sampler.resume if sampler is not None else None,
+                on_window_start=window_start,
                 on_window_end=sampler.pause if sampler is not None else None,
             )
         power: dict[str, float | None] = {}

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.probe import ProbeOptions, Sweep
+from agent.probe import CACHE_TRAJECTORY_STEPS, ProbeOptions, Sweep
 from agent.recipes import RecipeOptions
 from agent.report import CsvSink, load_existing
 from agent.target import Target, resolve_target
 from agent.timing import SMOKE_TIMER
+from planner.catalog import known_model
 from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
 from planner.measurements.csvio import read_csv
 
@@ -191,6 +192,11 @@ def test_step_cache_on_a_unet_is_unsupported_but_runs_on_flux(rows: list[Measure
     assert flux.status == "ok"
     assert flux.cache_skip_rate is not None
     assert 0 <= flux.cache_skip_rate <= 1
+    # Each timed window is one whole trajectory (the cache's skips depend on the step).
+    steps = min(known_model("flux-schnell").default_steps, CACHE_TRAJECTORY_STEPS)
+    assert flux.calls is not None
+    assert flux.calls % steps == 0
+    assert flux.calls >= 2 * steps
 
 
 def test_out_of_memory_cells_are_recorded_and_the_sweep_goes_on(rows: list[MeasurementRow]) -> None:
