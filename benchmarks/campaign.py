@@ -99,6 +99,64 @@ def plan(
     return steps
 
 
+CellId = tuple[str, str, str, int, int, int]
+"""(model, stage, recipe, batch, height, width): a cell of the plan, without the GPU family."""
+
+
+def planned_cells(steps: list[Step], *, height: int | None = None, width: int | None = None) -> dict[CellId, str]:
+    """Every cell the steps would sweep, with its level: the same cells `Sweep.cells` builds, without a GPU.
+
+    A recipe counts only for the stages it applies to (fused QKV and channels_last have no text-encoder cell).
+    """
+    from planner.catalog import known_model, recipes
+
+    catalog = recipes()
+    cells: dict[CellId, str] = {}
+    for step in steps:
+        spec = known_model(step.model)
+        h, w = height or spec.height, width or spec.width
+        for stage in step.stages or spec.stage_names:
+            for rid in step.recipes:
+                if stage not in catalog[rid].stages:
+                    continue
+                for b in step.batches:
+                    cells.setdefault((step.model, stage, rid, b, h, w), step.level)
+    return cells
+
+
+def coverage(planned: dict[CellId, str], csv_path: Path, family: str) -> tuple[dict[str, int], dict[str, list[CellId]]]:
+    """(status -> count of the plan's cells present for `family`, the missing cells by level)."""
+    import csv
+
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        have = {
+            (r["model"], r["stage"], r["recipe"], int(r["batch"]), int(r["height"]), int(r["width"])): r["status"]
+            for r in csv.DictReader(fh)
+            if r["gpu_family"] == family
+        }
+    present: dict[str, int] = {}
+    missing: dict[str, list[CellId]] = {}
+    for cell, level in planned.items():
+        if cell in have:
+            present[have[cell]] = present.get(have[cell], 0) + 1
+        else:
+            missing.setdefault(level, []).append(cell)
+    return present, missing
+
+
+def print_coverage(planned: dict[CellId, str], csv_path: Path, family: str) -> None:
+    present, missing = coverage(planned, csv_path, family)
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(present.items()))
+    print(f"{family}: {sum(present.values())} of {len(planned)} planned cells in {csv_path} ({statuses or 'none'})")
+    for level, cells in missing.items():
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for model, stage, recipe, batch, _, _ in cells:
+            groups.setdefault((model, stage, recipe), []).append(batch)
+        print(f"  missing, level {level}: {len(cells)}")
+        for (model, stage, recipe), batches in groups.items():
+            print(f"    {model:16s} {stage:12s} {recipe:22s} batches {','.join(map(str, sorted(batches)))}")
+
+
 def environment(target: Any) -> dict[str, Any]:
     import platform
 
@@ -148,7 +206,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
     p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
     p.add_argument("--width", type=int, default=None, help="image width (default: each model's own)")
+    p.add_argument(
+        "--coverage",
+        metavar="FAMILY",
+        default=None,
+        help="print which planned cells the --resume CSV (default: the shipped reference data) lacks for this GPU "
+        "family, by level, and exit (no GPU needed)",
+    )
     args = p.parse_args(argv)
+    if args.coverage:
+        steps = plan(
+            tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            compile_levels=not args.no_compile,
+            variants=not args.no_variants,
+            compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
+            all_batches=args.all_batches,
+        )
+        if args.levels:
+            steps = [s for s in steps if s.level.startswith(tuple(x.strip() for x in args.levels.split(",")))]
+        source = args.resume or REPO / "planner" / "reference" / "measurements.csv"
+        print_coverage(planned_cells(steps, height=args.height, width=args.width), source, args.coverage)
+        return 0
 
     t_start = time.monotonic()
     import torch

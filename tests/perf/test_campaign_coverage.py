@@ -1,0 +1,79 @@
+"""benchmarks/campaign.py --coverage: which planned cells a measurements file lacks for one GPU family."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tests.helpers import REPO, load_benchmark
+
+COLUMNS = ["gpu_family", "model", "stage", "recipe", "batch", "height", "width", "status"]
+
+
+def _campaign() -> ModuleType:
+    return load_benchmark("campaign")
+
+
+def _sd15_steps(c: ModuleType) -> list[Any]:
+    return [
+        c.Step("3-attention-layout", "sd15", ("bf16-sdpa-flash", "bf16-fused-qkv"), (1, 2)),
+        c.Step("4-vae", "sd15", ("bf16-tiny-vae",), (1, 4), ("vae_decoder",)),
+    ]
+
+
+def _write(path: Path, rows: list[tuple[str, str, str, str, int, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for family, model, stage, recipe, batch, status in rows:
+            w.writerow([family, model, stage, recipe, batch, 512, 512, status])
+    return path
+
+
+def test_a_recipe_plans_cells_only_for_the_stages_it_applies_to() -> None:
+    c = _campaign()
+    cells = c.planned_cells(_sd15_steps(c))
+    stages = {(recipe, stage) for _, stage, recipe, _, _, _ in cells}
+    assert ("bf16-sdpa-flash", "text_encoder") in stages
+    assert ("bf16-fused-qkv", "denoiser") in stages
+    assert ("bf16-fused-qkv", "text_encoder") not in stages  # fusion has no text-encoder cell
+    assert {stage for recipe, stage in stages if recipe == "bf16-tiny-vae"} == {"vae_decoder"}
+    assert all((h, w) == (512, 512) for *_, h, w in cells)  # sd15's own size
+    # flash: 3 stages x 2 batches; fused QKV: denoiser and VAE x 2; tiny VAE: 2 batches.
+    assert len(cells) == 6 + 4 + 2
+    assert cells[("sd15", "vae_decoder", "bf16-tiny-vae", 4, 512, 512)] == "4-vae"
+
+
+def test_missing_cells_are_those_the_family_lacks_in_any_status(tmp_path: Path) -> None:
+    c = _campaign()
+    planned = c.planned_cells(_sd15_steps(c))
+    csv_path = _write(
+        tmp_path / "m.csv",
+        [
+            ("h100-sxm-80gb", "sd15", "vae_decoder", "bf16-tiny-vae", 1, "ok"),
+            ("h100-sxm-80gb", "sd15", "vae_decoder", "bf16-sdpa-flash", 2, "unsupported"),
+            ("h200-141gb", "sd15", "vae_decoder", "bf16-tiny-vae", 4, "ok"),  # another family's cell
+            ("h100-sxm-80gb", "sd15", "vae_decoder", "bf16-tiny-vae", 16, "ok"),  # not in the plan
+        ],
+    )
+    present, missing = c.coverage(planned, csv_path, "h100-sxm-80gb")
+    assert present == {"ok": 1, "unsupported": 1}
+    assert missing["4-vae"] == [("sd15", "vae_decoder", "bf16-tiny-vae", 4, 512, 512)]
+    assert len(missing["3-attention-layout"]) == 12 - 2 - 1
+
+
+def test_the_command_prints_the_count_and_the_missing_cells_without_a_gpu(tmp_path: Path) -> None:
+    csv_path = _write(tmp_path / "m.csv", [("h100-sxm-80gb", "sd15", "text_encoder", "bf16", 1, "ok")])
+    result = subprocess.run(
+        [sys.executable, "benchmarks/campaign.py", "--models", "sd15", "--levels", "1", "--resume", str(csv_path),
+         "--coverage", "h100-sxm-80gb"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"h100-sxm-80gb: 1 of 15 planned cells in {csv_path} (1 ok)" in result.stdout
+    assert "missing, level 1-bf16: 14" in result.stdout
+    assert "sd15             text_encoder bf16                   batches 2,4,8,16" in result.stdout
