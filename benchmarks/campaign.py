@@ -157,6 +157,21 @@ def print_coverage(planned: dict[CellId, str], csv_path: Path, family: str) -> N
             print(f"    {model:16s} {stage:12s} {recipe:22s} batches {','.join(map(str, sorted(batches)))}")
 
 
+def selected_steps(args: argparse.Namespace) -> list[Step]:
+    """The plan the command line picks (--models, --levels, --all-batches, ...): one place for a run and --coverage."""
+    steps = plan(
+        tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        compile_levels=not (args.no_compile or args.tiny),
+        variants=not (args.no_variants or args.tiny),
+        compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
+        all_batches=args.all_batches,
+    )
+    if args.levels:
+        prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())
+        steps = [s for s in steps if s.level.startswith(prefixes)]
+    return steps
+
+
 def environment(target: Any) -> dict[str, Any]:
     import platform
 
@@ -215,17 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.coverage:
-        steps = plan(
-            tuple(m.strip() for m in args.models.split(",") if m.strip()),
-            compile_levels=not args.no_compile,
-            variants=not args.no_variants,
-            compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
-            all_batches=args.all_batches,
-        )
-        if args.levels:
-            steps = [s for s in steps if s.level.startswith(tuple(x.strip() for x in args.levels.split(",")))]
         source = args.resume or REPO / "planner" / "reference" / "measurements.csv"
-        print_coverage(planned_cells(steps, height=args.height, width=args.width), source, args.coverage)
+        print_coverage(planned_cells(selected_steps(args), height=args.height, width=args.width), source, args.coverage)
         return 0
 
     t_start = time.monotonic()
@@ -344,16 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv_atomic(csv_path, previous)
     done = {r.cell for r in previous}
 
-    steps = plan(
-        models,
-        compile_levels=not (args.no_compile or args.tiny),
-        variants=not (args.no_variants or args.tiny),
-        compile_batches=tuple(int(b) for b in args.compile_batches.split(",")),
-        all_batches=args.all_batches,
-    )
-    if args.levels:
-        prefixes = tuple(x.strip() for x in args.levels.split(",") if x.strip())
-        steps = [s for s in steps if s.level.startswith(prefixes)]
+    steps = selected_steps(args)
     if args.tiny:
         timer = SMOKE_TIMER
         steps = [
