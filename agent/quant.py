@@ -1,8 +1,10 @@
 """Dynamic fp8 (rowwise) and int8 quantized linear layers, swapped in for nn.Linear.
 
 Why our own and not torchao: torchao 0.17 fp8 + torch.compile did not finish in 8 minutes on the fleet's torch
-2.11 (../shared/reference/h100-baseline.json), so a probe cell would hang. These layers are plain torch ops that
-compile like any other module. torchao stays available behind a flag (`backend="torchao"`) when importable.
+2.11 (../shared/reference/h100-baseline.json), so a probe cell would hang; torchao 0.18 finishes, but its
+regional compile of Flux took 216 s against 25 s for these layers, for a step 7% faster (docs/benchmarks.md).
+These layers are plain torch ops that compile like any other module. torchao stays available behind a flag
+(`backend="torchao"`) when importable.
 
 - fp8 rowwise: weight scaled per output channel once (e4m3), activation scaled per row at run time, then
   `torch._scaled_mm(a_fp8, w_fp8.t(), scale_a, scale_b, out_dtype=bf16)`.
