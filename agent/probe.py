@@ -231,6 +231,10 @@ class Sweep:
             "probe_run": self.probe_run,
             **self.target.provenance(),
         }
+        if recipe.quantization == "none" or self.opts.recipe_options.quant_backend != "torchao":
+            # The column names what quantized the cell, not what happens to be installed: a cell quantized by
+            # the agent's own layers must not read as torchao's (docs/agent.md, "fp8 and int8").
+            base["torchao"] = None
         base.update(values)
         if isinstance(base.get("error"), str):
             base["error"] = base["error"][:2000]

@@ -2,7 +2,8 @@
 
 Why our own and not torchao: torchao 0.17 fp8 + torch.compile did not finish in 8 minutes on the fleet's torch
 2.11 (../shared/reference/h100-baseline.json), so a probe cell would hang; torchao 0.18 finishes, but its
-regional compile of Flux took 216 s against 25 s for these layers, for a step 7% faster (docs/benchmarks.md).
+regional compile of Flux took 200-216 s against 17-25 s for these layers. Its step was 7-12% faster, which
+fast accumulation plus a fused bias (`fast_accum`, `fuse_bias`) close (docs/benchmarks.md).
 These layers are plain torch ops that compile like any other module. torchao stays available behind a flag
 (`backend="torchao"`) when importable.
 
@@ -45,11 +46,18 @@ def _rowwise_scale(x: torch.Tensor, qmax: float) -> torch.Tensor:
 class Fp8RowwiseLinear(nn.Module):
     """y = x W^T + b with W in e4m3 per output channel and x quantized per row at run time."""
 
-    def __init__(self, linear: nn.Linear, *, emulate: bool = False) -> None:
+    def __init__(
+        self, linear: nn.Linear, *, emulate: bool = False, fast_accum: bool = False, fuse_bias: bool = False
+    ) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.emulate = emulate
+        # cuBLASLt's fast fp8 accumulation (torchao's inference default): faster, fewer accumulator bits. Off in
+        # the probe, as fuse_bias: every shipped fp8 cell ran without them (benchmarks/fp8_linear.py times both).
+        self.fast_accum = fast_accum
+        # The bias as the GEMM's epilogue instead of a separate pass over the output (torchao does this).
+        self.fuse_bias = fuse_bias
         w = linear.weight.detach()
         w_scale = _rowwise_scale(w, FP8_MAX)  # (out, 1)
         self.register_buffer("weight_fp8", (w.float() / w_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).contiguous())
@@ -67,7 +75,18 @@ class Fp8RowwiseLinear(nn.Module):
         if self.emulate:
             y = ((a_fp8.float() * a_scale) @ (w_fp8.float() * w_scale.t()).t()).to(self.out_dtype)
         else:
-            y = torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=a_scale, scale_b=w_scale, out_dtype=self.out_dtype)
+            fused = self.bias.to(self.out_dtype) if self.fuse_bias and self.bias is not None else None
+            y = torch._scaled_mm(
+                a_fp8,
+                w_fp8.t(),
+                scale_a=a_scale,
+                scale_b=w_scale,
+                bias=fused,
+                out_dtype=self.out_dtype,
+                use_fast_accum=self.fast_accum,
+            )
+            if fused is not None:
+                return y.reshape(*lead, self.out_features).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features).to(x.dtype)
@@ -80,7 +99,10 @@ class Fp8RowwiseLinear(nn.Module):
         return (w_fp8.float() * self.get_buffer("weight_scale").t()).to(self.out_dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, emulate={self.emulate}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, emulate={self.emulate}, "
+            f"fast_accum={self.fast_accum}, fuse_bias={self.fuse_bias}"
+        )
 
 
 class Int8DynamicLinear(nn.Module):

@@ -234,3 +234,25 @@ def test_budget_stops_the_sweep(target: Target) -> None:
     assert state.rows == []
     assert state.stopped
     assert "budget" in state.stopped
+
+
+@pytest.mark.parametrize(
+    ("backend", "fp8_reads"),
+    [("agent", None), ("torchao", "0.18.0")],
+)
+def test_the_torchao_column_names_torchao_only_on_cells_it_quantized(backend: str, fp8_reads: str | None) -> None:
+    """A host with torchao installed that quantizes with the agent's layers must not record torchao's version."""
+    t = resolve_target(force_cpu=True)
+    t.inventory = t.inventory.model_copy(update={"torchao_version": "0.18.0"})
+    opts = _opts(
+        "sd15",
+        ("bf16", "fp8"),
+        batches=(1,),
+        stages=("denoiser",),
+        quality=False,
+        recipe_options=RecipeOptions(quant_backend=backend, quant_min_features=16),
+    )
+    rows = {r.recipe: r for r in Sweep(opts, t).run().rows}
+    assert rows["bf16"].torchao is None
+    assert rows["fp8"].torchao == fp8_reads
+    assert rows["fp8"].torch == t.inventory.torch_version

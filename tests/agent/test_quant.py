@@ -47,6 +47,32 @@ def test_fp8_kernel_path_agrees_with_emulation(linear: nn.Linear, x: torch.Tenso
     assert _rel_err(kernel, emulated) < 0.01
 
 
+@pytest.mark.parametrize(("fast_accum", "fuse_bias"), [(True, False), (False, True), (True, True)])
+def test_fp8_gemm_options_compute_the_same_layer(
+    linear: nn.Linear, x: torch.Tensor, fast_accum: bool, fuse_bias: bool
+) -> None:
+    """Fast accumulation and the bias as the GEMM's epilogue change speed (benchmarks/fp8_linear.py), not what the
+    layer computes: the bias must be added exactly once, whichever path adds it."""
+    with torch.no_grad():
+        linear.bias.fill_(20.0)  # as large as the outputs of the large rows: a bias added twice or lost shows
+    exact = quant.Fp8RowwiseLinear(linear)(x)
+    optioned = quant.Fp8RowwiseLinear(linear, fast_accum=fast_accum, fuse_bias=fuse_bias)(x)
+    assert optioned.shape == exact.shape
+    assert optioned.dtype == exact.dtype
+    assert _rel_err(optioned, exact) < 0.01
+    assert _rel_err(optioned - 20.0, exact) > 0.1
+
+
+def test_the_probe_swaps_in_exact_accumulation_as_every_shipped_fp8_cell_was_measured() -> None:
+    """Turning fast accumulation or the fused bias on in the probe changes what the recipe fp8 means: the shipped
+    fp8 cells (both GPUs) must be measured again first (docs/benchmarks.md, torchao section)."""
+    module = nn.Sequential(nn.Linear(256, 256))
+    quant.swap_linears(module, "fp8-rowwise", emulate=True)
+    layer = module[0]
+    assert isinstance(layer, quant.Fp8RowwiseLinear)
+    assert (layer.fast_accum, layer.fuse_bias) == (False, False)
+
+
 def test_int8_emulated_and_kernel_match_bf16(linear: nn.Linear, x: torch.Tensor) -> None:
     ref = linear(x)
     emulated = quant.Int8DynamicLinear(linear, emulate=True)(x)
