@@ -72,10 +72,10 @@ class Fp8RowwiseLinear(nn.Module):
         a_fp8 = (x2.float() / a_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
         w_fp8 = self.get_buffer("weight_fp8")
         w_scale = self.get_buffer("weight_scale")
+        fused = self.bias.to(self.out_dtype) if self.fuse_bias and self.bias is not None and not self.emulate else None
         if self.emulate:
             y = ((a_fp8.float() * a_scale) @ (w_fp8.float() * w_scale.t()).t()).to(self.out_dtype)
         else:
-            fused = self.bias.to(self.out_dtype) if self.fuse_bias and self.bias is not None else None
             y = torch._scaled_mm(
                 a_fp8,
                 w_fp8.t(),
@@ -85,9 +85,7 @@ class Fp8RowwiseLinear(nn.Module):
                 out_dtype=self.out_dtype,
                 use_fast_accum=self.fast_accum,
             )
-            if fused is not None:
-                return y.reshape(*lead, self.out_features).to(x.dtype)
-        if self.bias is not None:
+        if self.bias is not None and fused is None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
