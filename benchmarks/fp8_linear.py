@@ -17,7 +17,10 @@ Each variant is compiled alone (`torch.compile`, default mode), warmed up, then 
 median of 5 windows of 20 calls. Also printed: the largest error of each variant's output against the bf16
 layer's, relative to that output's largest magnitude, on the same random input.
 
-    PYTHONPATH=. python3 benchmarks/fp8_linear.py [--batches 1,8]
+    PYTHONPATH=. python3 benchmarks/fp8_linear.py [--batches 1,8] [--step-model flux-dev [--skip-layers]]
+
+`--step-model` then times the model's whole denoiser step as the probe builds fp8-compile (synthetic weights,
+regional compile, median of 3 windows of 3 calls), with the agent's layers as shipped and with both options.
 
 Prints one row per (shape, variant) with ms, TFLOP/s and the ratio to bf16 and to `agent`, then the sum over
 one Flux transformer's layers (19 double blocks, 38 single blocks) per variant; writes fp8-linear.json to
@@ -34,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -115,7 +119,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchao": version("torchao"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "weights": "random (normal, std 0.02), input normal std 1",
+        "weights": "layers: random (normal, std 0.02), input normal std 1; steps: synthetic, the agent's build",
     }
 
 
@@ -157,6 +161,57 @@ def run(batches: list[int], variants: list[str]) -> list[dict[str, Any]]:
     return results
 
 
+STEP_VARIANTS = ("agent", "agent-fast-accum-fused-bias")
+
+
+def time_steps(model: str, batches: list[int], variants: list[str]) -> list[dict[str, Any]]:
+    """The whole denoiser step as the probe builds it for fp8-compile (synthetic weights, regional compile), with
+    the agent's layers as shipped and with both GEMM options: does the layer-level gain hold for the model?"""
+    import torch
+
+    from agent.quant import Fp8RowwiseLinear
+    from agent.recipes import RecipeOptions, prepare
+    from planner.catalog import known_model, recipes
+
+    spec = known_model(model)
+    recipe = recipes()["fp8-compile"]
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        torch._dynamo.reset()
+        prepared = prepare(
+            spec,
+            "denoiser",
+            recipe,
+            device=torch.device("cuda"),
+            tiny=False,
+            height=spec.height,
+            width=spec.width,
+            text_tokens=spec.text_tokens,
+            options=RecipeOptions(),
+        )
+        layers = [m for mod in prepared.modules.values() for m in mod.modules() if isinstance(m, Fp8RowwiseLinear)]
+        for layer in layers:
+            layer.fast_accum = layer.fuse_bias = variant == "agent-fast-accum-fused-bias"
+        prepared.apply_compile()
+        for batch in batches:
+            prepared.runner.prepare(batch)
+            started = time.monotonic()
+            prepared.runner.call()
+            torch.cuda.synchronize()
+            first_s = time.monotonic() - started
+            ms = time_ms(prepared.runner.call, calls=3, windows=3)
+            rows.append({"model": model, "batch": batch, "variant": variant, "layers": len(layers), "ms": ms})
+            print(f"step {model} b{batch} {variant:<28} {ms:9.2f} ms  (first call {first_s:.1f} s)", flush=True)
+        del prepared, layers
+        torch.cuda.empty_cache()
+    for batch in batches:
+        by = {r["variant"]: r["ms"] for r in rows if r["batch"] == batch}
+        if "agent" in by:
+            text = ", ".join(f"{v} {t:.2f} ms ({t / by['agent']:.3f}x agent)" for v, t in by.items())
+            print(f"step b{batch}: {text}")
+    return rows
+
+
 def report(results: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
     """Per-shape ratios to bf16 and to `agent`, and each variant's sum over one transformer's layers."""
     ms = {(r["batch"], r["where"], r["variant"]): r["ms"] for r in results}
@@ -187,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,8", help="images per call, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--step-model", default="", help="also time this model's whole fp8-compile denoiser step")
+    ap.add_argument("--skip-layers", action="store_true", help="only the whole step")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".device-out/fp8-linear")))
     args = ap.parse_args(argv)
     import torch
@@ -202,10 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         variants.remove("torchao")
     info = machine()
     print(f"machine: {info['gpu']} ({info['driver_uuid']}), torch {info['torch']}, torchao {info['torchao']}")
-    results = run([int(b) for b in args.batches.split(",")], variants)
-    totals = report(results, variants)
+    batches = [int(b) for b in args.batches.split(",")]
+    results = [] if args.skip_layers else run(batches, variants)
+    totals = report(results, variants) if results else {}
+    steps = time_steps(args.step_model, batches, list(STEP_VARIANTS)) if args.step_model else []
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"machine": info, "tokens_per_image": TOKENS_PER_IMAGE, "results": results, "totals_ms": totals}
+    summary = {
+        "machine": info,
+        "tokens_per_image": TOKENS_PER_IMAGE,
+        "results": results,
+        "totals_ms": totals,
+        "steps": steps,
+    }
     (args.out / "fp8-linear.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
