@@ -93,15 +93,15 @@ def summarize(args: argparse.Namespace, results: dict[str, tuple[list[Row], str]
             row = by_key.get((backend, recipe))
             t = ms(row)
             ours = ms(by_key.get(("agent", recipe)))
-            if row is None:
-                status = f"not measured ({results[backend][1]})"
-            else:
-                status = row["status"] + (f": {row['error'][:160]}" if row.get("error") else "")
+            # The probe's status, and its note apart: an ok cell may carry one (e.g. "unstable: spread ...").
+            status = row["status"] if row is not None else f"not measured ({results[backend][1]})"
+            note = (row.get("error") or "")[:160] if row is not None else ""
             lines.append(
                 {
                     "recipe": recipe,
                     "backend": backend,
                     "status": status,
+                    "note": note,
                     "latency_ms": t,
                     "compile_s": float(row["compile_s"]) if row and row.get("compile_s") else None,
                     "vs_bf16": t / base if t and base else None,
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{ln['recipe']:<14} {ln['backend']:<8} {fmt(ln['latency_ms'], '9.2f')} {fmt(ln['compile_s'], '9.1f')} "
             f"{fmt(ln['vs_bf16'], '8.3f')} {fmt(ln['vs_agent_layers'], '8.3f')}  {ln['status']}"
+            + (f": {ln['note']}" if ln["note"] else "")
         )
     summary = {
         "machine": info,
