@@ -35,18 +35,18 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from agent.discover import package_version  # noqa: E402 - after the repository is on the path
 
 TOKENS_PER_IMAGE = 4096 + 512
 """Flux-dev at 1024x1024: (1024/16)^2 image tokens plus 512 T5 tokens, one sequence per image (no CFG)."""
@@ -60,13 +60,6 @@ SHAPES: list[tuple[str, int, int, int]] = [
     ("single: attn+mlp out (fused)", 15360, 3072, 38),
 ]
 VARIANTS = ("bf16", "agent", "agent-fast-accum", "agent-fused-bias", "agent-fast-accum-fused-bias", "torchao")
-
-
-def version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def build(variant: str, linear: Any) -> Any:
@@ -105,22 +98,19 @@ def time_ms(fn: Callable[[], Any], *, calls: int = 20, windows: int = 5) -> floa
 
 
 def machine() -> dict[str, Any]:
-    import torch
+    """The campaign's own record of the machine (GPU, UUID, driver, CUDA, torch, torchao, ...)."""
+    from agent.target import resolve_target
+    from benchmarks.campaign import environment
 
-    query = ["nvidia-smi", "--query-gpu=driver_version,uuid", "--format=csv,noheader"]
+    target = resolve_target()
     try:
-        driver = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        driver = ""
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "driver_uuid": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "torchao": version("torchao"),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "weights": "layers: random (normal, std 0.02), input normal std 1; steps: synthetic, the agent's build",
-    }
+        return {
+            **environment(target),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "weights": "layers: random (normal, std 0.02), input normal std 1; steps: synthetic, the agent's build",
+        }
+    finally:
+        target.close()
 
 
 def run(batches: list[int], variants: list[str]) -> list[dict[str, Any]]:
@@ -254,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; use {', '.join(VARIANTS)}")
-    if "torchao" in variants and version("torchao") is None:
+    if "torchao" in variants and package_version("torchao") is None:
         print("torchao is not installed: leaving its variant out", flush=True)
         variants.remove("torchao")
     info = machine()
-    print(f"machine: {info['gpu']} ({info['driver_uuid']}), torch {info['torch']}, torchao {info['torchao']}")
+    print(
+        f"machine: {info['gpu_name']} ({info['gpu_uuid']}, driver {info['driver']}), torch {info['torch']}, "
+        f"torchao {info['torchao']}"
+    )
     batches = [int(b) for b in args.batches.split(",")]
     results = [] if args.skip_layers else run(batches, variants)
     totals = report(results, variants) if results else {}

@@ -28,21 +28,17 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from agent.discover import package_version  # noqa: E402 - after the repository is on the path
 
 BACKENDS = ("agent", "torchao")
 Row = dict[str, str]
-
-
-def version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def probe_command(args: argparse.Namespace, backend: str, csv_path: Path) -> list[str]:
@@ -112,28 +108,19 @@ def summarize(args: argparse.Namespace, results: dict[str, tuple[list[Row], str]
 
 
 def machine() -> dict[str, Any]:
-    import torch
+    """The campaign's own record of the machine (GPU, UUID, driver, CUDA, torch, diffusers, torchao, ...)."""
+    from agent.target import resolve_target
+    from benchmarks.campaign import environment
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    target = resolve_target()
     try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version,uuid", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        driver = ""
-    return {
-        "gpu": gpu,
-        "driver_uuid": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "diffusers": version("diffusers"),
-        "torchao": version("torchao"),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "weights": "synthetic (random, built from the architecture configs)",
-    }
+        return {
+            **environment(target),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "weights": "synthetic (random, built from the architecture configs)",
+        }
+    finally:
+        target.close()
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -157,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         ap.error(f"unknown backend(s) {bad}; use {', '.join(BACKENDS)}")
-    if "torchao" in backends and version("torchao") is None:
+    if "torchao" in backends and package_version("torchao") is None:
         ap.error("torchao is not installed here: install its wheel first (benchmarks/campaign.md says how)")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -165,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = summarize(args, results)
     info = machine()
     print(
-        f"\nmachine: {info['gpu']} ({info['driver_uuid']}), torch {info['torch']}, CUDA {info['cuda']}, "
+        f"\nmachine: {info['gpu_name']} ({info['gpu_uuid']}, driver {info['driver']}), torch {info['torch']}, "
+        f"CUDA {info['cuda_runtime']}, "
         f"diffusers {info['diffusers']}, torchao {info['torchao']}; {args.model} denoiser batch {args.batch}"
     )
     print(f"{'recipe':<14} {'backend':<8} {'ms/call':>9} {'compile s':>9} {'vs bf16':>8} {'vs ours':>8}  status")

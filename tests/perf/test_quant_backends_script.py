@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.discover import package_version
 from tests.helpers import REPO, load_benchmark
 
 
@@ -85,7 +86,7 @@ def test_an_unknown_backend_is_refused_with_the_ones_it_knows(tmp_path: Path) ->
 
 
 def test_asking_for_torchao_where_it_is_not_installed_says_how_to_get_it(tmp_path: Path) -> None:
-    if load_benchmark("quant_backends").version("torchao") is not None:
+    if package_version("torchao") is not None:
         pytest.skip("torchao is installed here: the refusal cannot happen")
     done = _run(tmp_path, "--backends", "torchao", timeout=60)
     assert done.returncode == 2
