@@ -196,6 +196,18 @@ def environment(target: Any) -> dict[str, Any]:
     }
 
 
+def machine_record(weights: str) -> dict[str, Any]:
+    """environment() of this machine's first GPU (or the CPU), dated, with what the weights were: the record a
+    one-off device benchmark writes beside its numbers."""
+    from agent.target import resolve_target
+
+    target = resolve_target()
+    try:
+        return {**environment(target), "date": datetime.now(UTC).isoformat(timespec="seconds"), "weights": weights}
+    finally:
+        target.close()
+
+
 def _version(name: str) -> str | None:
     import importlib.metadata
 

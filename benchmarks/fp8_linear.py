@@ -38,7 +38,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +97,9 @@ def time_ms(fn: Callable[[], Any], *, calls: int = 20, windows: int = 5) -> floa
 
 
 def machine() -> dict[str, Any]:
-    """The campaign's own record of the machine (GPU, UUID, driver, CUDA, torch, torchao, ...)."""
-    from agent.target import resolve_target
-    from benchmarks.campaign import environment
+    from benchmarks.campaign import machine_record
 
-    target = resolve_target()
-    try:
-        return {
-            **environment(target),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "weights": "layers: random (normal, std 0.02), input normal std 1; steps: synthetic, the agent's build",
-        }
-    finally:
-        target.close()
+    return machine_record("layers: random (normal, std 0.02), input normal std 1; steps: synthetic, the agent's build")
 
 
 def run(batches: list[int], variants: list[str]) -> list[dict[str, Any]]:

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +107,9 @@ def summarize(args: argparse.Namespace, results: dict[str, tuple[list[Row], str]
 
 
 def machine() -> dict[str, Any]:
-    """The campaign's own record of the machine (GPU, UUID, driver, CUDA, torch, diffusers, torchao, ...)."""
-    from agent.target import resolve_target
-    from benchmarks.campaign import environment
+    from benchmarks.campaign import machine_record
 
-    target = resolve_target()
-    try:
-        return {
-            **environment(target),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "weights": "synthetic (random, built from the architecture configs)",
-        }
-    finally:
-        target.close()
+    return machine_record("synthetic (random, built from the architecture configs)")
 
 
 def fmt(x: float | None, spec: str) -> str:
