@@ -1,0 +1,327 @@
+"""Where does a denoiser step's time go? Kernel time by kind (GEMM, convolution, attention, norms, fused and
+elementwise passes), next to the FLOPs of each kind, for the recipes that matter to the SDXL aim.
+
+docs/benchmarks.md's SDXL aim (1.5 images/s per H100 at 30 steps, about 80% of the bf16 roofline) stops at
+1.03 images/s: the UNet at batch 16 runs 433 TFLOP/s compiled, 55-61% of the matmul ceiling. Which part of the
+step is slow was not measured. This builds the denoiser as the probe does (synthetic weights, the catalog's
+recipe applied by agent.recipes.prepare), times one call (CUDA events, median of 3 windows of 3 calls after a
+warm-up), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its name.
+FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets an
+achieved TFLOP/s. Variants:
+
+- `bf16`: eager bf16 (the shipped `bf16` cells);
+- `bf16-compile`: the shipped `bf16-compile` recipe: diffusers' regional compile (`compile_repeated_blocks`),
+  which for a UNet compiles only the transformer blocks; the ResNet blocks (GroupNorm, SiLU, convolutions)
+  stay eager;
+- `bf16-compile-whole`: the same recipe with the whole module compiled (default mode, static shapes);
+- `bf16-channels-last-compile-whole`: channels_last memory format, then the whole module compiled.
+
+    PYTHONPATH=. python3 benchmarks/denoiser_profile.py [--model sdxl] [--batches 16] [--variants ...] [--out DIR]
+
+On a machine without a GPU it refuses, unless `--tiny` (the catalog's tiny config on the CPU, for tests: kinds
+from the CPU operators' self time). Writes denoiser-profile.json (with the machine and every kernel's time) to
+$OUT or --out; `--report FILE` prints a saved one as a markdown table, kinds re-derived from the kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+VARIANTS = ("bf16", "bf16-compile", "bf16-compile-whole", "bf16-channels-last-compile-whole")
+
+KINDS: list[tuple[str, re.Pattern[str]]] = [
+    # First match wins: attention before GEMM (flash kernels are GEMMs too); inductor's generated kernels before
+    # convolution (they are named after the ops they fuse: "triton_poi_fused_add_convolution_3" is a conv's
+    # bias add, not a convolution); convolution before GEMM (cuDNN's implicit-GEMM convolutions say "gemm");
+    # the layout copies cuDNN puts around a convolution on their own.
+    ("attention", re.compile(r"flash|fmha|sdpa|attention|attn", re.I)),
+    ("norm", re.compile(r"^triton.*norm", re.I)),
+    ("fused (triton)", re.compile(r"^triton", re.I)),
+    ("conv layout", re.compile(r"nchwtonhwc|nhwctonchw|nchw_to_nhwc|nhwc_to_nchw", re.I)),
+    ("convolution", re.compile(r"conv|fprop|winograd|implicit_?gemm", re.I)),
+    ("gemm", re.compile(r"gemm|nvjet|cublas|cutlass|matmul|s16816|tensorop|aten::(addmm|mm|bmm|baddbmm)\b", re.I)),
+    ("norm", re.compile(r"norm|moments", re.I)),  # RowwiseMomentsCUDAKernel: eager GroupNorm's statistics
+    ("memcpy/memset", re.compile(r"memcpy|memset", re.I)),
+    ("elementwise/reduce", re.compile(r"elementwise|vectorized|unrolled|reduce|copy|cat|index|fill|aten::", re.I)),
+]
+DISPLAY_ORDER = [
+    "gemm",
+    "convolution",
+    "conv layout",
+    "attention",
+    "norm",
+    "fused (triton)",
+    "elementwise/reduce",
+    "memcpy/memset",
+    "other",
+    "(gpu idle)",
+]
+PROFILED_CALLS = 2
+TOP_KERNELS = 12
+FLOP_KINDS = {"convolution": "convolution", "mm": "gemm", "addmm": "gemm", "bmm": "gemm", "baddbmm": "gemm"}
+
+
+def kind_of(kernel: str) -> str:
+    """The kind of one kernel (or, on the CPU, one aten operator) by its name; "other" when nothing matches."""
+    for kind, pattern in KINDS:
+        if pattern.search(kernel):
+            return kind
+    return "other"
+
+
+def flop_kind(op: str) -> str:
+    """The kind an aten operator's FLOPs count towards ("aten.convolution" -> "convolution")."""
+    name = op.split(".")[-1]
+    if "attention" in name:
+        return "attention"
+    return FLOP_KINDS.get(name, "other")
+
+
+def summarize(
+    kernel_us: dict[str, float], calls: int, wall_ms: float, flops: dict[str, float]
+) -> dict[str, dict[str, float | None]]:
+    """Per kind: device ms per call, share of the call's wall time, TFLOP per call and the achieved TFLOP/s."""
+    by_kind: dict[str, float] = {}
+    for name, us in kernel_us.items():
+        kind = kind_of(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + us
+    rows: dict[str, dict[str, float | None]] = {}
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        ms = us / 1000.0 / calls
+        tflop = flops.get(kind, 0.0) / 1e12
+        rows[kind] = {
+            "ms": ms,
+            "share_of_wall": ms / wall_ms,
+            "tflop": tflop or None,
+            "tflops": tflop / (ms / 1000.0) if tflop and ms else None,
+        }
+    busy = sum(r["ms"] or 0.0 for r in rows.values())
+    rows["(gpu idle)"] = {"ms": max(wall_ms - busy, 0.0), "share_of_wall": max(1 - busy / wall_ms, 0.0)}
+    return rows
+
+
+def time_ms(fn: Callable[[], object], sync: Callable[[], None], *, calls: int = 3, windows: int = 3) -> float:
+    """Median ms per call over windows of calls (wall clock between synchronizations), after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    sync()
+    per_call = []
+    for _ in range(windows):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        per_call.append((time.perf_counter() - started) * 1000.0 / calls)
+    return float(statistics.median(per_call))
+
+
+def count_flops(fn: Callable[[], object]) -> dict[str, float]:
+    """FLOPs of one call by kind (FlopCounterMode on the eager module)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    flops: dict[str, float] = {}
+    for op, n in counter.get_flop_counts()["Global"].items():
+        kind = flop_kind(str(op))
+        flops[kind] = flops.get(kind, 0.0) + float(n)
+    return flops
+
+
+def profile(fn: Callable[[], object], sync: Callable[[], None], *, cuda: bool, calls: int = 2) -> dict[str, float]:
+    """Self device time (us) of each kernel over `calls` calls; on the CPU, each operator's self CPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch_profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if cuda and event.device_type == DeviceType.CUDA:
+            us = float(event.self_device_time_total)
+        elif not cuda and event.device_type == DeviceType.CPU and event.key.startswith("aten::"):
+            us = float(event.self_cpu_time_total)
+        else:
+            continue
+        if us > 0:
+            times[event.key] = times.get(event.key, 0.0) + us
+    return times
+
+
+def build(model: str, variant: str, *, tiny: bool) -> Any:
+    """The denoiser in the variant's form, as the probe builds it (uncompiled until apply_compile)."""
+    import torch
+
+    from agent.pipelines import tiny_shapes
+    from agent.recipes import RecipeOptions, prepare
+    from planner.catalog import known_model, recipes
+
+    spec = known_model(model)
+    base = "bf16" if variant == "bf16" else "bf16-compile"
+    recipe = recipes()[base]
+    if variant.endswith("-whole"):
+        recipe = recipe.model_copy(
+            update={"id": variant, "compile_scope": "whole", "channels_last": "channels-last" in variant}
+        )
+    height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
+    return prepare(
+        spec,
+        "denoiser",
+        recipe,
+        device=torch.device("cpu" if tiny else "cuda"),
+        tiny=tiny,
+        height=height,
+        width=width,
+        text_tokens=tokens,
+        options=RecipeOptions(compile_backend="eager" if tiny else "inductor"),
+    )
+
+
+def run(model: str, batches: list[int], variants: list[str], *, tiny: bool) -> list[dict[str, Any]]:
+    import torch
+
+    cuda = not tiny
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    results: list[dict[str, Any]] = []
+    flops_at: dict[int, dict[str, float]] = {}
+    for variant in variants:
+        torch._dynamo.reset()
+        prepared = build(model, variant, tiny=tiny)
+        with torch.inference_mode():
+            for batch in batches:
+                if batch not in flops_at:  # before compile: FlopCounterMode counts the eager module
+                    prepared.runner.prepare(batch)
+                    flops_at[batch] = count_flops(prepared.runner.call)
+            prepared.apply_compile()
+            for batch in batches:
+                prepared.runner.prepare(batch)
+                started = time.monotonic()
+                prepared.runner.call()
+                sync()
+                first_s = time.monotonic() - started
+                wall_ms = time_ms(prepared.runner.call, sync)
+                kernel_us = profile(prepared.runner.call, sync, cuda=cuda, calls=PROFILED_CALLS)
+                kinds = summarize(kernel_us, PROFILED_CALLS, wall_ms, flops_at[batch])
+                total_tflop = sum(flops_at[batch].values()) / 1e12
+                row = {
+                    "model": model,
+                    "variant": variant,
+                    "batch": batch,
+                    "ms": wall_ms,
+                    "first_call_s": first_s,
+                    "tflop": total_tflop,
+                    "tflops": total_tflop / (wall_ms / 1000.0),
+                    "kinds": kinds,
+                    "flops_by_kind": flops_at[batch],
+                    "kernels_ms": {  # every kernel's device ms per call, so the kinds can be re-derived
+                        name: us / 1000.0 / PROFILED_CALLS
+                        for name, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])
+                    },
+                    "notes": prepared.notes,
+                }
+                results.append(row)
+                print(
+                    f"{model} b{batch} {variant:<34} {wall_ms:9.2f} ms  {row['tflops']:6.1f} TFLOP/s  "
+                    f"(first call {first_s:.1f} s)",
+                    flush=True,
+                )
+                for kind, k in kinds.items():
+                    rate = f"{k['tflops']:7.1f} TFLOP/s" if k.get("tflops") else ""
+                    print(f"    {kind:<20} {k['ms']:9.2f} ms  {100 * (k['share_of_wall'] or 0):5.1f}%  {rate}")
+                print("    largest kernels (ms per call, kind):")
+                for name, ms in list(row["kernels_ms"].items())[:TOP_KERNELS]:
+                    print(f"      {ms:8.2f}  {kind_of(name):<18} {name[:110]}")
+        del prepared
+        if cuda:
+            torch.cuda.empty_cache()
+    for batch in batches:
+        by = {r["variant"]: r["ms"] for r in results if r["batch"] == batch}
+        if "bf16" in by:
+            text = ", ".join(f"{v} {t:.1f} ms ({t / by['bf16']:.3f}x bf16)" for v, t in by.items())
+            print(f"{model} b{batch}: {text}")
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A markdown table of one batch's variants side by side, kinds re-derived from each kernel's recorded time
+    (so a saved run is read with the classifier as it is now)."""
+    kinds_by_variant: dict[str, dict[str, dict[str, float | None]]] = {}
+    for r in results:
+        kernel_us = {name: ms * 1000.0 for name, ms in r["kernels_ms"].items()}
+        kinds_by_variant[r["variant"]] = summarize(kernel_us, 1, r["ms"], r["flops_by_kind"])
+    present = [k for k in DISPLAY_ORDER if any(k in v for v in kinds_by_variant.values())]
+    head = " | ".join(f"{v} ms | share | TFLOP/s" for v in kinds_by_variant)
+    lines = [f"| kind | {head} |", "|---|" + "---:|---:|---:|" * len(kinds_by_variant)]
+    for kind in present:
+        flops = next((r["flops_by_kind"].get(kind) for r in results if r["flops_by_kind"].get(kind)), None)
+        label = f"{kind} ({flops / 1e12:.1f} TFLOP)" if flops else kind
+        cells = []
+        for rows in kinds_by_variant.values():
+            k = rows.get(kind)
+            if k is None:
+                cells.append("- | | ")
+                continue
+            rate = f"{k['tflops']:.0f}" if k.get("tflops") else ""
+            cells.append(f"{k['ms']:.2f} | {100 * (k['share_of_wall'] or 0):.1f}% | {rate}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    total = " | ".join(f"**{r['ms']:.2f}** | | **{r['tflops']:.0f}**" for r in results)
+    lines.append(f"| **step** | {total} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="sdxl")
+    ap.add_argument("--batches", default="16", help="images per call, comma-separated")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--tiny", action="store_true", help="the catalog's tiny config on the CPU (tests)")
+    ap.add_argument("--report", type=Path, default=None, help="print a saved denoiser-profile.json as a table")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".device-out/denoiser-profile")))
+    args = ap.parse_args(argv)
+    import json
+
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())["results"]
+        for batch in sorted({r["batch"] for r in saved}):
+            print(f"batch {batch}:\n" + table([r for r in saved if r["batch"] == batch]))
+        return 0
+    import torch
+
+    if not args.tiny and not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU; run it on the device (or pass --tiny for the CPU smoke run)")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; use {', '.join(VARIANTS)}")
+    from benchmarks.campaign import machine_record
+
+    info = machine_record("synthetic (the agent's build)" if not args.tiny else "synthetic, tiny config")
+    print(f"machine: {info.get('gpu_name')} ({info.get('gpu_uuid')}), torch {info.get('torch')}", flush=True)
+    results = run(args.model, [int(b) for b in args.batches.split(",")], variants, tiny=args.tiny)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "denoiser-profile.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""benchmarks/denoiser_profile.py: kernel kinds by name, the per-kind arithmetic, and a real tiny run on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, load_benchmark
+
+
+@pytest.mark.parametrize(
+    ("kernel", "kind"),
+    [
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "convolution"),
+        ("void cudnn::ops::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false, true>", "conv layout"),
+        ("nvjet_tst_128x256_64x4_2x1_v_bz_coopB_NNT", "gemm"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "gemm"),
+        ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3", "attention"),
+        ("triton_red_fused_native_group_norm_silu_3", "norm"),
+        ("triton_poi_fused_add_mul_7", "fused (triton)"),
+        ("triton_poi_fused__to_copy_add_convolution_3", "fused (triton)"),  # a conv's bias add, not the conv
+        ("triton_per_fused_convolution_native_group_norm_2", "norm"),
+        (
+            "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>",
+            "elementwise/reduce",
+        ),
+        ("Memcpy DtoD (Device -> Device)", "memcpy/memset"),
+        ("aten::mkldnn_convolution", "convolution"),
+        ("aten::addmm", "gemm"),
+        ("some_unknown_kernel", "other"),
+    ],
+)
+def test_kernels_are_sorted_into_kinds_by_name(kernel: str, kind: str) -> None:
+    assert load_benchmark("denoiser_profile").kind_of(kernel) == kind
+
+
+def test_flops_count_towards_the_kind_of_their_operator() -> None:
+    dp = load_benchmark("denoiser_profile")
+    assert dp.flop_kind("aten.convolution") == "convolution"
+    assert dp.flop_kind("aten.addmm") == "gemm"
+    assert dp.flop_kind("aten._scaled_dot_product_flash_attention") == "attention"
+    assert dp.flop_kind("aten.native_group_norm") == "other"
+
+
+def test_each_kind_gets_its_time_per_call_share_and_rate_and_the_rest_is_idle() -> None:
+    dp = load_benchmark("denoiser_profile")
+    kernel_us = {
+        "nvjet_a": 60_000.0,
+        "nvjet_b": 20_000.0,
+        "sm90_xmma_fprop_x": 100_000.0,
+        "triton_poi_fused_0": 20_000.0,
+    }
+    rows = dp.summarize(kernel_us, 2, 200.0, {"gemm": 4e12, "convolution": 5e12})
+    assert rows["gemm"]["ms"] == pytest.approx(40.0)
+    assert rows["gemm"]["tflops"] == pytest.approx(100.0)  # 4 TFLOP in 40 ms
+    assert rows["convolution"]["ms"] == pytest.approx(50.0)
+    assert rows["convolution"]["share_of_wall"] == pytest.approx(0.25)
+    assert rows["fused (triton)"]["tflops"] is None
+    assert rows["(gpu idle)"]["ms"] == pytest.approx(100.0)
+    assert next(iter(rows)) == "convolution"  # largest first
+
+
+def test_a_tiny_cpu_run_profiles_the_regional_and_the_whole_compile_it_says_it_did(tmp_path: Path) -> None:
+    dp = load_benchmark("denoiser_profile")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/denoiser_profile.py",
+            "--tiny",
+            "--batches",
+            "1",
+            "--variants",
+            "bf16-compile,bf16-compile-whole",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "denoiser-profile.json").read_text())["results"]
+    by = {r["variant"]: r for r in results}
+    assert "regional compile of ['BasicTransformerBlock']" in " ".join(by["bf16-compile"]["notes"])
+    assert "whole-module compile of UNet2DConditionModel" in " ".join(by["bf16-compile-whole"]["notes"])
+    for r in results:
+        assert r["ms"] > 0
+        assert r["tflop"] > 0
+        assert "convolution" in r["kinds"]
+        assert "gemm" in r["kinds"]
+        assert r["kinds"]["convolution"]["tflop"] > 0  # FlopCounterMode's conv FLOPs reached their kind
+        conv_ms = sum(ms for name, ms in r["kernels_ms"].items() if dp.kind_of(name) == "convolution")
+        assert conv_ms == pytest.approx(r["kinds"]["convolution"]["ms"])  # the raw kernels add up to the kinds
+        assert r["kinds"]["gemm"]["tflop"] > 0
+
+
+def test_without_a_gpu_it_says_where_to_run_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/denoiser_profile.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 2
+    assert "needs a CUDA GPU; run it on the device" in done.stderr
+
+
+def test_a_saved_run_is_reported_with_its_kinds_re_derived_from_the_kernels(tmp_path: Path) -> None:
+    dp = load_benchmark("denoiser_profile")
+    saved = {
+        "results": [
+            {
+                "variant": "bf16",
+                "batch": 4,
+                "ms": 10.0,
+                "tflops": 100.0,
+                "flops_by_kind": {"gemm": 0.5e12},
+                # saved before "moments" counted as a norm: the report must re-derive, not reuse "kinds"
+                "kinds": {"other": {"ms": 2.0}},
+                "kernels_ms": {"nvjet_x": 5.0, "RowwiseMomentsCUDAKernel<bf16>": 2.0},
+            }
+        ]
+    }
+    path = tmp_path / "denoiser-profile.json"
+    path.write_text(json.dumps(saved))
+    assert dp.main(["--report", str(path)]) == 0
+    text = dp.table(saved["results"])
+    assert "| gemm (0.5 TFLOP) | 5.00 | 50.0% | 100 |" in text
+    assert "| norm | 2.00 | 20.0% |  |" in text
+    assert "| (gpu idle) | 3.00 | 30.0% |  |" in text
+    assert "other" not in text
+    assert text.count("| norm |") == 1
