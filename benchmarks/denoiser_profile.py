@@ -1,26 +1,29 @@
 """Where does a denoiser step's time go? Kernel time by kind (GEMM, convolution, attention, norms, fused and
-elementwise passes), next to the FLOPs of each kind, for the recipes that matter to the SDXL aim.
+elementwise passes), next to the FLOPs of each kind, for the recipes behind the SDXL and Flux aims.
 
 docs/benchmarks.md's SDXL aim (1.5 images/s per H100 at 30 steps, about 80% of the bf16 roofline) stops at
 1.03 images/s: the UNet at batch 16 runs 433 TFLOP/s compiled, 55-61% of the matmul ceiling. Which part of the
 step is slow was not measured. This builds the denoiser as the probe does (synthetic weights, the catalog's
-recipe applied by agent.recipes.prepare), times one call (CUDA events, median of 3 windows of 3 calls after a
-warm-up), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its name.
-FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets an
-achieved TFLOP/s. Variants:
+recipe applied by agent.recipes.prepare), times one call (wall clock, median of 3 windows of 3 calls after 3
+warm-up calls), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its
+name. FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets
+an achieved TFLOP/s. A variant is a catalog recipe id (`bf16`, `bf16-compile`, `fp8-compile`, ...), or a recipe
+id followed by `-compile-whole`: that recipe with the whole module compiled (default mode, static shapes).
+The default variants are SDXL's:
 
 - `bf16`: eager bf16 (the shipped `bf16` cells);
 - `bf16-compile`: the shipped `bf16-compile` recipe: diffusers' regional compile (`compile_repeated_blocks`),
   which for a UNet compiles only the transformer blocks; the ResNet blocks (GroupNorm, SiLU, convolutions)
   stay eager;
-- `bf16-compile-whole`: the same recipe with the whole module compiled (default mode, static shapes);
+- `bf16-compile-whole`: bf16 with the whole module compiled;
 - `bf16-channels-last-compile-whole`: channels_last memory format, then the whole module compiled.
 
     PYTHONPATH=. python3 benchmarks/denoiser_profile.py [--model sdxl] [--batches 16] [--variants ...] [--out DIR]
 
-On a machine without a GPU it refuses, unless `--tiny` (the catalog's tiny config on the CPU, for tests: kinds
-from the CPU operators' self time). Writes denoiser-profile.json (with the machine and every kernel's time) to
-$OUT or --out; `--report FILE` prints a saved one as a markdown table, kinds re-derived from the kernels.
+A recipe this machine cannot run (fp8 without an fp8 GPU) is reported and left out. On a machine without a GPU
+it refuses, unless `--tiny` (the catalog's tiny config on the CPU, for tests: kinds from the CPU operators' self
+time). Writes denoiser-profile.json (with the machine and every kernel's time) to $OUT or --out; `--report FILE`
+prints a saved one as a markdown table, kinds re-derived from the kernels.
 """
 
 from __future__ import annotations
@@ -39,16 +42,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-VARIANTS = ("bf16", "bf16-compile", "bf16-compile-whole", "bf16-channels-last-compile-whole")
+DEFAULT_VARIANTS = ("bf16", "bf16-compile", "bf16-compile-whole", "bf16-channels-last-compile-whole")
 
 KINDS: list[tuple[str, re.Pattern[str]]] = [
-    # First match wins: attention before GEMM (flash kernels are GEMMs too); inductor's generated kernels before
-    # convolution (they are named after the ops they fuse: "triton_poi_fused_add_convolution_3" is a conv's
-    # bias add, not a convolution); convolution before GEMM (cuDNN's implicit-GEMM convolutions say "gemm");
-    # the layout copies cuDNN puts around a convolution on their own.
-    ("attention", re.compile(r"flash|fmha|sdpa|attention|attn", re.I)),
+    # First match wins. Inductor's generated kernels first: they are named after the ops they fuse, so
+    # "triton_poi_fused_add_convolution_3" is a conv's bias add and "triton_red_fused__fused_rms_norm__scaled_
+    # dot_product_cudnn_attention_..." Flux's QK-norm and RoPE before attention, not a convolution or attention.
+    # Then attention before GEMM (flash kernels are GEMMs too), convolution before GEMM (cuDNN's implicit-GEMM
+    # convolutions say "gemm"), and the layout copies cuDNN puts around a convolution on their own.
+    ("quantize (triton)", re.compile(r"^triton.*amax", re.I)),  # fp8/int8 per-row scales, with what they fuse
     ("norm", re.compile(r"^triton.*norm", re.I)),
     ("fused (triton)", re.compile(r"^triton", re.I)),
+    ("attention", re.compile(r"flash|fmha|sdpa|attention|attn", re.I)),
     ("conv layout", re.compile(r"nchwtonhwc|nhwctonchw|nchw_to_nhwc|nhwc_to_nchw", re.I)),
     ("convolution", re.compile(r"conv|fprop|winograd|implicit_?gemm", re.I)),
     ("gemm", re.compile(r"gemm|nvjet|cublas|cutlass|matmul|s16816|tensorop|aten::(addmm|mm|bmm|baddbmm)\b", re.I)),
@@ -62,6 +67,7 @@ DISPLAY_ORDER = [
     "conv layout",
     "attention",
     "norm",
+    "quantize (triton)",
     "fused (triton)",
     "elementwise/reduce",
     "memcpy/memset",
@@ -70,7 +76,16 @@ DISPLAY_ORDER = [
 ]
 PROFILED_CALLS = 2
 TOP_KERNELS = 12
-FLOP_KINDS = {"convolution": "convolution", "mm": "gemm", "addmm": "gemm", "bmm": "gemm", "baddbmm": "gemm"}
+FLOP_KINDS = {
+    "convolution": "convolution",
+    "mm": "gemm",
+    "addmm": "gemm",
+    "bmm": "gemm",
+    "baddbmm": "gemm",
+    "_scaled_mm": "gemm",  # the agent's fp8 layers
+    "_int_mm": "gemm",  # the agent's int8 layers
+}
+WHOLE = "-compile-whole"
 
 
 def kind_of(kernel: str) -> str:
@@ -164,26 +179,32 @@ def profile(fn: Callable[[], object], sync: Callable[[], None], *, cuda: bool, c
     return times
 
 
+def recipe_for(variant: str) -> Any:
+    """The catalog recipe a variant names; `<recipe>-compile-whole` is that recipe compiled whole (default mode).
+    Raises KeyError for a name that is neither."""
+    from planner.catalog import recipes
+
+    table = recipes()
+    if variant.endswith(WHOLE):
+        base = table[variant.removesuffix(WHOLE)]
+        return base.model_copy(update={"id": variant, "compile": "default", "compile_scope": "whole"})
+    return table[variant]
+
+
 def build(model: str, variant: str, *, tiny: bool) -> Any:
     """The denoiser in the variant's form, as the probe builds it (uncompiled until apply_compile)."""
     import torch
 
     from agent.pipelines import tiny_shapes
     from agent.recipes import RecipeOptions, prepare
-    from planner.catalog import known_model, recipes
+    from planner.catalog import known_model
 
     spec = known_model(model)
-    base = "bf16" if variant == "bf16" else "bf16-compile"
-    recipe = recipes()[base]
-    if variant.endswith("-whole"):
-        recipe = recipe.model_copy(
-            update={"id": variant, "compile_scope": "whole", "channels_last": "channels-last" in variant}
-        )
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
     return prepare(
         spec,
         "denoiser",
-        recipe,
+        recipe_for(variant),
         device=torch.device("cpu" if tiny else "cuda"),
         tiny=tiny,
         height=height,
@@ -196,6 +217,8 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
 def run(model: str, batches: list[int], variants: list[str], *, tiny: bool) -> list[dict[str, Any]]:
     import torch
 
+    from agent.pipelines import StageUnsupported
+
     cuda = not tiny
 
     def sync() -> None:
@@ -206,7 +229,11 @@ def run(model: str, batches: list[int], variants: list[str], *, tiny: bool) -> l
     flops_at: dict[int, dict[str, float]] = {}
     for variant in variants:
         torch._dynamo.reset()
-        prepared = build(model, variant, tiny=tiny)
+        try:
+            prepared = build(model, variant, tiny=tiny)
+        except StageUnsupported as exc:  # e.g. fp8 without an fp8 GPU: say so, profile the others
+            print(f"{model} {variant}: unsupported here: {exc}", flush=True)
+            continue
         with torch.inference_mode():
             for batch in batches:
                 if batch not in flops_at:  # before compile: FlopCounterMode counts the eager module
@@ -293,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="sdxl")
     ap.add_argument("--batches", default="16", help="images per call, comma-separated")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"catalog recipe ids, each optionally followed by {WHOLE} (whole-module compile)",
+    )
     ap.add_argument("--tiny", action="store_true", help="the catalog's tiny config on the CPU (tests)")
     ap.add_argument("--report", type=Path, default=None, help="print a saved denoiser-profile.json as a table")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".device-out/denoiser-profile")))
@@ -307,12 +338,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = []
+    for v in variants:
+        try:
+            recipe_for(v)
+        except KeyError:
+            unknown.append(v)
+    if unknown:
+        from planner.catalog import recipes
+
+        ap.error(
+            f"unknown variant(s) {unknown}: use catalog recipe ids ({', '.join(recipes())}), each optionally "
+            f"followed by {WHOLE}"
+        )
     if not args.tiny and not torch.cuda.is_available():
         ap.error("needs a CUDA GPU; run it on the device (or pass --tiny for the CPU smoke run)")
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {unknown}; use {', '.join(VARIANTS)}")
     from benchmarks.campaign import machine_record
 
     info = machine_record("synthetic (the agent's build)" if not args.tiny else "synthetic, tiny config")

@@ -25,6 +25,13 @@ from tests.helpers import REPO, load_benchmark
         ("triton_poi_fused_add_mul_7", "fused (triton)"),
         ("triton_poi_fused__to_copy_add_convolution_3", "fused (triton)"),  # a conv's bias add, not the conv
         ("triton_per_fused_convolution_native_group_norm_2", "norm"),
+        ("triton_red_fused__fused_rms_norm__scaled_dot_product_cudnn_attention__to_copy_add_mul_neg", "norm"),
+        ("triton_poi_fused__scaled_dot_product_cudnn_attention__to_copy_add_cat_mul_neg_permute", "fused (triton)"),
+        (
+            "triton_red_fused__scaled_mm__to_copy_abs_add_amax_clamp_div_mul_native_layer_norm_split",
+            "quantize (triton)",
+        ),
+        ("nvjet_sm90_qqtst_128x128_128x6_1x1_h_bz_coopA_algo2_ovscale_TNT", "gemm"),
         (
             "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>",
             "elementwise/reduce",
@@ -139,3 +146,57 @@ def test_a_saved_run_is_reported_with_its_kinds_re_derived_from_the_kernels(tmp_
     assert "| (gpu idle) | 3.00 | 30.0% |  |" in text
     assert "other" not in text
     assert text.count("| norm |") == 1
+
+
+def test_a_variant_is_a_catalog_recipe_or_one_compiled_whole() -> None:
+    dp = load_benchmark("denoiser_profile")
+    assert dp.recipe_for("fp8-compile").compile_scope == "regional"
+    whole = dp.recipe_for("fp8-compile-whole")
+    assert (whole.quantization, whole.compile, whole.compile_scope) == ("fp8-rowwise", "default", "whole")
+    eager_whole = dp.recipe_for("bf16-compile-whole")
+    assert (eager_whole.precision, eager_whole.compile, eager_whole.compile_scope) == ("bf16", "default", "whole")
+    with pytest.raises(KeyError):
+        dp.recipe_for("bf17-compile-whole")
+
+
+def test_an_unknown_variant_is_refused_with_the_recipes_it_could_be() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/denoiser_profile.py", "--variants", "bf16,fp9-compile"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 2
+    assert "unknown variant(s) ['fp9-compile']" in done.stderr
+    assert "fp8-compile" in done.stderr
+    assert "-compile-whole" in done.stderr
+
+
+def test_a_recipe_this_machine_cannot_run_is_reported_and_the_others_still_profiled(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/denoiser_profile.py",
+            "--tiny",
+            "--model",
+            "flux-dev",
+            "--batches",
+            "1",
+            "--variants",
+            "fp8-compile,bf16",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "flux-dev fp8-compile: unsupported here:" in done.stdout
+    results = json.loads((tmp_path / "denoiser-profile.json").read_text())["results"]
+    assert [r["variant"] for r in results] == ["bf16"]
+    assert results[0]["kinds"]["attention"]["ms"] > 0
