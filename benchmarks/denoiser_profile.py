@@ -8,7 +8,9 @@ recipe applied by agent.recipes.prepare), times one call (wall clock, median of 
 warm-up calls), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its
 name. FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets
 an achieved TFLOP/s. A variant is a catalog recipe id (`bf16`, `bf16-compile`, `fp8-compile`, ...), or a recipe
-id followed by `-compile-whole`: that recipe with the whole module compiled (default mode, static shapes).
+id followed by `-compile-whole`: that recipe with the whole module compiled (default mode, static shapes);
+either may end in modifiers: `+fast-gemm` (fp8 layers with fast accumulation and the bias in the GEMM) and
+`+cudagraphs` (compile mode "reduce-overhead"), e.g. `fp8-compile-whole+fast-gemm+cudagraphs`.
 The default variants are SDXL's:
 
 - `bf16`: eager bf16 (the shipped `bf16` cells);
@@ -179,16 +181,33 @@ def profile(fn: Callable[[], object], sync: Callable[[], None], *, cuda: bool, c
     return times
 
 
+MODIFIERS = ("fast-gemm", "cudagraphs")
+"""`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (agent.quant's options,
+off in the probe); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
+
+
 def recipe_for(variant: str) -> Any:
-    """The catalog recipe a variant names; `<recipe>-compile-whole` is that recipe compiled whole (default mode).
-    Raises KeyError for a name that is neither."""
+    """The catalog recipe a variant names: `<recipe>`, `<recipe>-compile-whole` (compiled whole, default mode),
+    either followed by `+modifier`s (MODIFIERS). Raises KeyError for an unknown recipe, ValueError for a
+    modifier that is unknown or does not apply."""
     from planner.catalog import recipes
 
+    name, *mods = variant.split("+")
     table = recipes()
-    if variant.endswith(WHOLE):
-        base = table[variant.removesuffix(WHOLE)]
-        return base.model_copy(update={"id": variant, "compile": "default", "compile_scope": "whole"})
-    return table[variant]
+    if name.endswith(WHOLE):
+        recipe = table[name.removesuffix(WHOLE)].model_copy(update={"compile": "default", "compile_scope": "whole"})
+    else:
+        recipe = table[name]
+    unknown = [m for m in mods if m not in MODIFIERS]
+    if unknown:
+        raise ValueError(f"unknown modifier(s) {unknown} in {variant!r}")
+    if "fast-gemm" in mods and not recipe.quantization.startswith("fp8"):
+        raise ValueError(f"+fast-gemm needs an fp8 recipe, not {name!r}")
+    if "cudagraphs" in mods:
+        if recipe.compile == "none":
+            raise ValueError(f"+cudagraphs needs a compiled recipe, not {name!r}")
+        recipe = recipe.model_copy(update={"compile": "reduce-overhead"})
+    return recipe.model_copy(update={"id": variant})
 
 
 def build(model: str, variant: str, *, tiny: bool) -> Any:
@@ -196,12 +215,13 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
     import torch
 
     from agent.pipelines import tiny_shapes
+    from agent.quant import Fp8RowwiseLinear
     from agent.recipes import RecipeOptions, prepare
     from planner.catalog import known_model
 
     spec = known_model(model)
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
-    return prepare(
+    prepared = prepare(
         spec,
         "denoiser",
         recipe_for(variant),
@@ -212,12 +232,19 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
         text_tokens=tokens,
         options=RecipeOptions(compile_backend="eager" if tiny else "inductor"),
     )
+    if "+fast-gemm" in variant:
+        layers = [m for mod in prepared.modules.values() for m in mod.modules() if isinstance(m, Fp8RowwiseLinear)]
+        for layer in layers:
+            layer.fast_accum = layer.fuse_bias = True
+        prepared.notes.append(f"{len(layers)} fp8 layers with fast accumulation and the bias in the GEMM")
+    return prepared
 
 
-def run(model: str, batches: list[int], variants: list[str], *, tiny: bool) -> list[dict[str, Any]]:
+def profile_variant(
+    model: str, variant: str, batches: list[int], flops_at: dict[int, dict[str, float]], *, tiny: bool
+) -> list[dict[str, Any]]:
+    """Build, compile, time and profile one variant at each batch; one row per batch."""
     import torch
-
-    from agent.pipelines import StageUnsupported
 
     cuda = not tiny
 
@@ -225,68 +252,87 @@ def run(model: str, batches: list[int], variants: list[str], *, tiny: bool) -> l
         if cuda:
             torch.cuda.synchronize()
 
-    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    prepared = build(model, variant, tiny=tiny)
+    with torch.inference_mode():
+        for batch in batches:
+            if batch not in flops_at:  # before compile: FlopCounterMode counts the eager module
+                prepared.runner.prepare(batch)
+                flops_at[batch] = count_flops(prepared.runner.call)
+        prepared.apply_compile()
+        for batch in batches:
+            prepared.runner.prepare(batch)
+            started = time.monotonic()
+            prepared.runner.call()
+            sync()
+            first_s = time.monotonic() - started
+            wall_ms = time_ms(prepared.runner.call, sync)
+            kernel_us = profile(prepared.runner.call, sync, cuda=cuda, calls=PROFILED_CALLS)
+            kinds = summarize(kernel_us, PROFILED_CALLS, wall_ms, flops_at[batch])
+            total_tflop = sum(flops_at[batch].values()) / 1e12
+            row = {
+                "model": model,
+                "variant": variant,
+                "batch": batch,
+                "ms": wall_ms,
+                "first_call_s": first_s,
+                "tflop": total_tflop,
+                "tflops": total_tflop / (wall_ms / 1000.0),
+                "kinds": kinds,
+                "flops_by_kind": flops_at[batch],
+                "kernels_ms": {  # every kernel's device ms per call, so the kinds can be re-derived
+                    name: us / 1000.0 / PROFILED_CALLS for name, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])
+                },
+                "notes": prepared.notes,
+            }
+            rows.append(row)
+            print(
+                f"{model} b{batch} {variant:<34} {wall_ms:9.2f} ms  {row['tflops']:6.1f} TFLOP/s  "
+                f"(first call {first_s:.1f} s)",
+                flush=True,
+            )
+            for kind, k in kinds.items():
+                rate = f"{k['tflops']:7.1f} TFLOP/s" if k.get("tflops") else ""
+                print(f"    {kind:<20} {k['ms']:9.2f} ms  {100 * (k['share_of_wall'] or 0):5.1f}%  {rate}")
+            print("    largest kernels (ms per call, kind):")
+            for name, ms in list(row["kernels_ms"].items())[:TOP_KERNELS]:
+                print(f"      {ms:8.2f}  {kind_of(name):<18} {name[:110]}")
+    return rows
+
+
+def run(
+    model: str, batches: list[int], variants: list[str], *, tiny: bool, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Every variant in turn; `save` gets what there is after each one, so a later variant that fails or runs
+    past the call's limit loses only itself. A variant that cannot run here (StageUnsupported) or fails is
+    recorded with why, and the others still run."""
+    import torch
+
+    from agent.pipelines import StageUnsupported
+
+    done: dict[str, Any] = {"results": [], "not_run": []}
     flops_at: dict[int, dict[str, float]] = {}
     for variant in variants:
         torch._dynamo.reset()
         try:
-            prepared = build(model, variant, tiny=tiny)
-        except StageUnsupported as exc:  # e.g. fp8 without an fp8 GPU: say so, profile the others
+            done["results"].extend(profile_variant(model, variant, batches, flops_at, tiny=tiny))
+        except StageUnsupported as exc:  # e.g. fp8 without an fp8 GPU
             print(f"{model} {variant}: unsupported here: {exc}", flush=True)
-            continue
-        with torch.inference_mode():
-            for batch in batches:
-                if batch not in flops_at:  # before compile: FlopCounterMode counts the eager module
-                    prepared.runner.prepare(batch)
-                    flops_at[batch] = count_flops(prepared.runner.call)
-            prepared.apply_compile()
-            for batch in batches:
-                prepared.runner.prepare(batch)
-                started = time.monotonic()
-                prepared.runner.call()
-                sync()
-                first_s = time.monotonic() - started
-                wall_ms = time_ms(prepared.runner.call, sync)
-                kernel_us = profile(prepared.runner.call, sync, cuda=cuda, calls=PROFILED_CALLS)
-                kinds = summarize(kernel_us, PROFILED_CALLS, wall_ms, flops_at[batch])
-                total_tflop = sum(flops_at[batch].values()) / 1e12
-                row = {
-                    "model": model,
-                    "variant": variant,
-                    "batch": batch,
-                    "ms": wall_ms,
-                    "first_call_s": first_s,
-                    "tflop": total_tflop,
-                    "tflops": total_tflop / (wall_ms / 1000.0),
-                    "kinds": kinds,
-                    "flops_by_kind": flops_at[batch],
-                    "kernels_ms": {  # every kernel's device ms per call, so the kinds can be re-derived
-                        name: us / 1000.0 / PROFILED_CALLS
-                        for name, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])
-                    },
-                    "notes": prepared.notes,
-                }
-                results.append(row)
-                print(
-                    f"{model} b{batch} {variant:<34} {wall_ms:9.2f} ms  {row['tflops']:6.1f} TFLOP/s  "
-                    f"(first call {first_s:.1f} s)",
-                    flush=True,
-                )
-                for kind, k in kinds.items():
-                    rate = f"{k['tflops']:7.1f} TFLOP/s" if k.get("tflops") else ""
-                    print(f"    {kind:<20} {k['ms']:9.2f} ms  {100 * (k['share_of_wall'] or 0):5.1f}%  {rate}")
-                print("    largest kernels (ms per call, kind):")
-                for name, ms in list(row["kernels_ms"].items())[:TOP_KERNELS]:
-                    print(f"      {ms:8.2f}  {kind_of(name):<18} {name[:110]}")
-        del prepared
-        if cuda:
+            done["not_run"].append({"variant": variant, "status": "unsupported", "why": str(exc)})
+        except Exception as exc:  # a compile or runtime failure of one variant: keep it, go on
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"{model} {variant}: failed: {why}", flush=True)
+            done["not_run"].append({"variant": variant, "status": "failed", "why": why})
+        if not tiny:
             torch.cuda.empty_cache()
+        save(done)
     for batch in batches:
-        by = {r["variant"]: r["ms"] for r in results if r["batch"] == batch}
-        if "bf16" in by:
-            text = ", ".join(f"{v} {t:.1f} ms ({t / by['bf16']:.3f}x bf16)" for v, t in by.items())
-            print(f"{model} b{batch}: {text}")
-    return results
+        by = {r["variant"]: r["ms"] for r in done["results"] if r["batch"] == batch}
+        if by:
+            first, base = next(iter(by.items()))
+            text = ", ".join(f"{v} {t:.1f} ms ({t / base:.3f}x)" for v, t in by.items())
+            print(f"{model} b{batch}, against {first}: {text}")
+    return done
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -323,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
-        help=f"catalog recipe ids, each optionally followed by {WHOLE} (whole-module compile)",
+        help=f"catalog recipe ids, each optionally followed by {WHOLE} (whole-module compile) and +modifiers",
     )
     ap.add_argument("--tiny", action="store_true", help="the catalog's tiny config on the CPU (tests)")
     ap.add_argument("--report", type=Path, default=None, help="print a saved denoiser-profile.json as a table")
@@ -345,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
             recipe_for(v)
         except KeyError:
             unknown.append(v)
+        except ValueError as exc:
+            ap.error(f"{exc}; modifiers: {', '.join('+' + m for m in MODIFIERS)}")
     if unknown:
         from planner.catalog import recipes
 
         ap.error(
             f"unknown variant(s) {unknown}: use catalog recipe ids ({', '.join(recipes())}), each optionally "
-            f"followed by {WHOLE}"
+            f"followed by {WHOLE} and by modifiers ({', '.join('+' + m for m in MODIFIERS)})"
         )
     if not args.tiny and not torch.cuda.is_available():
         ap.error("needs a CUDA GPU; run it on the device (or pass --tiny for the CPU smoke run)")
@@ -358,10 +406,13 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_record("synthetic (the agent's build)" if not args.tiny else "synthetic, tiny config")
     print(f"machine: {info.get('gpu_name')} ({info.get('gpu_uuid')}), torch {info.get('torch')}", flush=True)
-    results = run(args.model, [int(b) for b in args.batches.split(",")], variants, tiny=args.tiny)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "denoiser-profile.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
-    return 0
+
+    def save(done: dict[str, Any]) -> None:
+        (args.out / "denoiser-profile.json").write_text(json.dumps({"machine": info, **done}, indent=2) + "\n")
+
+    done = run(args.model, [int(b) for b in args.batches.split(",")], variants, tiny=args.tiny, save=save)
+    return 0 if done["results"] else 1
 
 
 if __name__ == "__main__":

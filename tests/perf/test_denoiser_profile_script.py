@@ -157,6 +157,15 @@ def test_a_variant_is_a_catalog_recipe_or_one_compiled_whole() -> None:
     assert (eager_whole.precision, eager_whole.compile, eager_whole.compile_scope) == ("bf16", "default", "whole")
     with pytest.raises(KeyError):
         dp.recipe_for("bf17-compile-whole")
+    graphs = dp.recipe_for("fp8-compile-whole+fast-gemm+cudagraphs")
+    assert (graphs.quantization, graphs.compile, graphs.compile_scope) == ("fp8-rowwise", "reduce-overhead", "whole")
+    assert dp.recipe_for("bf16-compile+cudagraphs").compile_scope == "regional"
+    with pytest.raises(ValueError, match="needs an fp8 recipe"):
+        dp.recipe_for("bf16-compile+fast-gemm")
+    with pytest.raises(ValueError, match="needs a compiled recipe"):
+        dp.recipe_for("fp8+cudagraphs")
+    with pytest.raises(ValueError, match="unknown modifier"):
+        dp.recipe_for("fp8-compile+turbo")
 
 
 def test_an_unknown_variant_is_refused_with_the_recipes_it_could_be() -> None:
@@ -197,6 +206,30 @@ def test_a_recipe_this_machine_cannot_run_is_reported_and_the_others_still_profi
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "flux-dev fp8-compile: unsupported here:" in done.stdout
-    results = json.loads((tmp_path / "denoiser-profile.json").read_text())["results"]
-    assert [r["variant"] for r in results] == ["bf16"]
-    assert results[0]["kinds"]["attention"]["ms"] > 0
+    saved = json.loads((tmp_path / "denoiser-profile.json").read_text())
+    assert [r["variant"] for r in saved["results"]] == ["bf16"]
+    assert saved["results"][0]["kinds"]["attention"]["ms"] > 0
+    assert saved["not_run"][0]["variant"] == "fp8-compile"
+    assert saved["not_run"][0]["status"] == "unsupported"
+
+
+def test_a_variant_that_fails_is_recorded_and_what_ran_before_and_after_it_is_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dp = load_benchmark("denoiser_profile")
+
+    def fake_profile(model: str, variant: str, batches: list[int], flops_at: dict, *, tiny: bool) -> list[dict]:
+        if variant == "b":
+            raise RuntimeError("CUDA graphs: captured a CPU tensor\nmore detail")
+        return [{"variant": variant, "batch": 1, "ms": 1.0}]
+
+    monkeypatch.setattr(dp, "profile_variant", fake_profile)
+    snapshots: list[list[str]] = []
+    done = dp.run(
+        "sdxl", [1], ["a", "b", "c"], tiny=True, save=lambda d: snapshots.append([r["variant"] for r in d["results"]])
+    )
+    assert [r["variant"] for r in done["results"]] == ["a", "c"]
+    assert done["not_run"] == [
+        {"variant": "b", "status": "failed", "why": "RuntimeError: CUDA graphs: captured a CPU tensor"}
+    ]
+    assert snapshots == [["a"], ["a"], ["a", "c"]]  # saved after every variant, the failed one included
