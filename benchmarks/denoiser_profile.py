@@ -25,7 +25,7 @@ The default variants are SDXL's:
 A recipe this machine cannot run (fp8 without an fp8 GPU) is reported and left out. On a machine without a GPU
 it refuses, unless `--tiny` (the catalog's tiny config on the CPU, for tests: kinds from the CPU operators' self
 time). Writes denoiser-profile.json (with the machine and every kernel's time) to $OUT or --out; `--report FILE`
-prints a saved one as a markdown table, kinds re-derived from the kernels.
+prints a saved one as a markdown table, kinds re-derived from the kernels (`--plot PNG` draws it too).
 """
 
 from __future__ import annotations
@@ -362,6 +362,38 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict[str, Any]], title: str, path: Path) -> None:
+    """One stacked bar per variant: where its step's milliseconds go, kind by kind (same colours in every bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = {
+        r["variant"]: summarize({n: ms * 1000.0 for n, ms in r["kernels_ms"].items()}, 1, r["ms"], r["flops_by_kind"])
+        for r in results
+    }
+    palette = plt.get_cmap("tab20")
+    colors = {kind: palette(2 * i % 20) for i, kind in enumerate(DISPLAY_ORDER)} | {"(gpu idle)": "#dddddd"}
+    fig, ax = plt.subplots(figsize=(1.9 * len(kinds) + 3.5, 4.4))
+    bottoms = [0.0] * len(kinds)
+    for kind in DISPLAY_ORDER:
+        heights = [float(v.get(kind, {}).get("ms") or 0.0) for v in kinds.values()]
+        if any(heights):
+            ax.bar(list(kinds), heights, bottom=bottoms, label=kind, color=colors[kind])
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, (r, top) in enumerate(zip(results, bottoms, strict=True)):  # kernels profiled can sum past the wall
+        ax.text(x, top, f"{r['ms']:.1f} ms", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(bottoms) * 1.08)
+    ax.set_ylabel("ms per call")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=7, rotation=12)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="sdxl")
@@ -373,14 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tiny", action="store_true", help="the catalog's tiny config on the CPU (tests)")
     ap.add_argument("--report", type=Path, default=None, help="print a saved denoiser-profile.json as a table")
+    ap.add_argument("--plot", type=Path, default=None, help="with --report: also draw it (one PNG per batch)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".device-out/denoiser-profile")))
     args = ap.parse_args(argv)
     import json
 
     if args.report is not None:
         saved = json.loads(args.report.read_text())["results"]
-        for batch in sorted({r["batch"] for r in saved}):
-            print(f"batch {batch}:\n" + table([r for r in saved if r["batch"] == batch]))
+        batches = sorted({r["batch"] for r in saved})
+        for batch in batches:
+            rows = [r for r in saved if r["batch"] == batch]
+            print(f"batch {batch}:\n" + table(rows))
+            if args.plot is not None:
+                path = args.plot if len(batches) == 1 else args.plot.with_stem(f"{args.plot.stem}-b{batch}")
+                plot(rows, f"{rows[0]['model']} denoiser, batch {batch}: device time per call by kind", path)
+                print(f"plot: {path}")
         return 0
     import torch
 

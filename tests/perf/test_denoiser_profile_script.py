@@ -126,6 +126,7 @@ def test_a_saved_run_is_reported_with_its_kinds_re_derived_from_the_kernels(tmp_
     saved = {
         "results": [
             {
+                "model": "sdxl",
                 "variant": "bf16",
                 "batch": 4,
                 "ms": 10.0,
@@ -139,7 +140,9 @@ def test_a_saved_run_is_reported_with_its_kinds_re_derived_from_the_kernels(tmp_
     }
     path = tmp_path / "denoiser-profile.json"
     path.write_text(json.dumps(saved))
-    assert dp.main(["--report", str(path)]) == 0
+    png = tmp_path / "profile.png"
+    assert dp.main(["--report", str(path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = dp.table(saved["results"])
     assert "| gemm (0.5 TFLOP) | 5.00 | 50.0% | 100 |" in text
     assert "| norm | 2.00 | 20.0% |  |" in text
