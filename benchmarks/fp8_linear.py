@@ -149,28 +149,14 @@ def time_steps(model: str, batches: list[int], variants: list[str]) -> list[dict
     import torch
 
     from agent.quant import Fp8RowwiseLinear
-    from agent.recipes import RecipeOptions, prepare
-    from planner.catalog import known_model, recipes
+    from benchmarks.denoiser_profile import build
 
-    spec = known_model(model)
-    recipe = recipes()["fp8-compile"]
     rows: list[dict[str, Any]] = []
     for variant in variants:
         torch._dynamo.reset()
-        prepared = prepare(
-            spec,
-            "denoiser",
-            recipe,
-            device=torch.device("cuda"),
-            tiny=False,
-            height=spec.height,
-            width=spec.width,
-            text_tokens=spec.text_tokens,
-            options=RecipeOptions(),
-        )
+        fast = variant == "agent-fast-accum-fused-bias"
+        prepared = build(model, "fp8-compile+fast-gemm" if fast else "fp8-compile", tiny=False)
         layers = [m for mod in prepared.modules.values() for m in mod.modules() if isinstance(m, Fp8RowwiseLinear)]
-        for layer in layers:
-            layer.fast_accum = layer.fuse_bias = variant == "agent-fast-accum-fused-bias"
         prepared.apply_compile()
         for batch in batches:
             prepared.runner.prepare(batch)

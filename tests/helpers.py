@@ -43,6 +43,19 @@ def run_cli(
     )
 
 
+def run_benchmark(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python benchmarks/<name>.py args...` as on a machine without a GPU (CUDA hidden, a bare PATH)."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{name}.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
+        check=False,
+    )
+
+
 def invoke(*args: str, env: dict[str, str] | None = None) -> CliResult:
     """Run the `planner` command in-process (typer's runner): the same code path, without interpreter start-up."""
     from typer.testing import CliRunner

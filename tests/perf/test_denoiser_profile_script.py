@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, load_benchmark
+from tests.helpers import load_benchmark, run_benchmark
 
 
 @pytest.mark.parametrize(
@@ -74,23 +72,16 @@ def test_each_kind_gets_its_time_per_call_share_and_rate_and_the_rest_is_idle() 
 
 def test_a_tiny_cpu_run_profiles_the_regional_and_the_whole_compile_it_says_it_did(tmp_path: Path) -> None:
     dp = load_benchmark("denoiser_profile")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/denoiser_profile.py",
-            "--tiny",
-            "--batches",
-            "1",
-            "--variants",
-            "bf16-compile,bf16-compile-whole",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "denoiser_profile",
+        "--tiny",
+        "--batches",
+        "1",
+        "--variants",
+        "bf16-compile,bf16-compile-whole",
+        "--out",
+        str(tmp_path),
         timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "denoiser-profile.json").read_text())["results"]
@@ -109,14 +100,7 @@ def test_a_tiny_cpu_run_profiles_the_regional_and_the_whole_compile_it_says_it_d
 
 
 def test_without_a_gpu_it_says_where_to_run_it() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/denoiser_profile.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = run_benchmark("denoiser_profile")
     assert done.returncode == 2
     assert "needs a CUDA GPU; run it on the device" in done.stderr
 
@@ -172,14 +156,7 @@ def test_a_variant_is_a_catalog_recipe_or_one_compiled_whole() -> None:
 
 
 def test_an_unknown_variant_is_refused_with_the_recipes_it_could_be() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/denoiser_profile.py", "--variants", "bf16,fp9-compile"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = run_benchmark("denoiser_profile", "--variants", "bf16,fp9-compile")
     assert done.returncode == 2
     assert "unknown variant(s) ['fp9-compile']" in done.stderr
     assert "fp8-compile" in done.stderr
@@ -187,25 +164,18 @@ def test_an_unknown_variant_is_refused_with_the_recipes_it_could_be() -> None:
 
 
 def test_a_recipe_this_machine_cannot_run_is_reported_and_the_others_still_profiled(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/denoiser_profile.py",
-            "--tiny",
-            "--model",
-            "flux-dev",
-            "--batches",
-            "1",
-            "--variants",
-            "fp8-compile,bf16",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "denoiser_profile",
+        "--tiny",
+        "--model",
+        "flux-dev",
+        "--batches",
+        "1",
+        "--variants",
+        "fp8-compile,bf16",
+        "--out",
+        str(tmp_path),
         timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "flux-dev fp8-compile: unsupported here:" in done.stdout

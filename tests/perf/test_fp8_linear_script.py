@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import REPO, load_benchmark
+from tests.helpers import load_benchmark, run_benchmark
 
 
 def test_report_divides_by_the_same_shapes_baselines_and_weights_sums_by_layer_count() -> None:
@@ -28,13 +25,6 @@ def test_report_divides_by_the_same_shapes_baselines_and_weights_sums_by_layer_c
 
 
 def test_without_a_gpu_it_says_where_to_run_it() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/fp8_linear.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = run_benchmark("fp8_linear")
     assert done.returncode == 2
     assert "needs a CUDA GPU of compute capability 8.9 or later (fp8); run it on the device" in done.stderr
