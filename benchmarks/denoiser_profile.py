@@ -88,6 +88,9 @@ FLOP_KINDS = {
     "_int_mm": "gemm",  # the agent's int8 layers
 }
 WHOLE = "-compile-whole"
+MODIFIERS = ("fast-gemm", "cudagraphs")
+"""`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (agent.quant's options,
+off in the probe); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
 
 
 def kind_of(kernel: str) -> str:
@@ -179,11 +182,6 @@ def profile(fn: Callable[[], object], sync: Callable[[], None], *, cuda: bool, c
         if us > 0:
             times[event.key] = times.get(event.key, 0.0) + us
     return times
-
-
-MODIFIERS = ("fast-gemm", "cudagraphs")
-"""`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (agent.quant's options,
-off in the probe); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
 
 
 def recipe_for(variant: str) -> Any:

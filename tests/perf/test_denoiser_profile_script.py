@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,21 +72,30 @@ def test_each_kind_gets_its_time_per_call_share_and_rate_and_the_rest_is_idle() 
     assert next(iter(rows)) == "convolution"  # largest first
 
 
-def test_a_tiny_cpu_run_profiles_the_regional_and_the_whole_compile_it_says_it_did(tmp_path: Path) -> None:
-    dp = load_benchmark("denoiser_profile")
+def tiny_run(out: Path, model: str, variants: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The script on the model's tiny config on the CPU at batch 1; what it printed and what it saved."""
     done = run_benchmark(
         "denoiser_profile",
         "--tiny",
+        "--model",
+        model,
         "--batches",
         "1",
         "--variants",
-        "bf16-compile,bf16-compile-whole",
+        variants,
         "--out",
-        str(tmp_path),
+        str(out),
         timeout=300,
     )
+    saved_file = out / "denoiser-profile.json"
+    return done, json.loads(saved_file.read_text()) if saved_file.exists() else {}
+
+
+def test_a_tiny_cpu_run_profiles_the_regional_and_the_whole_compile_it_says_it_did(tmp_path: Path) -> None:
+    dp = load_benchmark("denoiser_profile")
+    done, saved = tiny_run(tmp_path, "sdxl", "bf16-compile,bf16-compile-whole")
     assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads((tmp_path / "denoiser-profile.json").read_text())["results"]
+    results = saved["results"]
     by = {r["variant"]: r for r in results}
     assert "regional compile of ['BasicTransformerBlock']" in " ".join(by["bf16-compile"]["notes"])
     assert "whole-module compile of UNet2DConditionModel" in " ".join(by["bf16-compile-whole"]["notes"])
@@ -164,22 +175,9 @@ def test_an_unknown_variant_is_refused_with_the_recipes_it_could_be() -> None:
 
 
 def test_a_recipe_this_machine_cannot_run_is_reported_and_the_others_still_profiled(tmp_path: Path) -> None:
-    done = run_benchmark(
-        "denoiser_profile",
-        "--tiny",
-        "--model",
-        "flux-dev",
-        "--batches",
-        "1",
-        "--variants",
-        "fp8-compile,bf16",
-        "--out",
-        str(tmp_path),
-        timeout=300,
-    )
+    done, saved = tiny_run(tmp_path, "flux-dev", "fp8-compile,bf16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "flux-dev fp8-compile: unsupported here:" in done.stdout
-    saved = json.loads((tmp_path / "denoiser-profile.json").read_text())
     assert [r["variant"] for r in saved["results"]] == ["bf16"]
     assert saved["results"][0]["kinds"]["attention"]["ms"] > 0
     assert saved["not_run"][0]["variant"] == "fp8-compile"
