@@ -53,8 +53,8 @@ class Fp8RowwiseLinear(nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.emulate = emulate
-        # cuBLASLt's fast fp8 accumulation (torchao's inference default): faster, fewer accumulator bits. Off in
-        # the probe, as fuse_bias: every shipped fp8 cell ran without them (benchmarks/fp8_linear.py times both).
+        # cuBLASLt's fast fp8 accumulation (torchao's inference default): faster, fewer accumulator bits. On only
+        # in recipes with `fast_gemm` (as fuse_bias): the `fp8`/`fp8-compile` cells ran without them.
         self.fast_accum = fast_accum
         # The bias as the GEMM's epilogue instead of a separate pass over the output (torchao does this).
         self.fuse_bias = fuse_bias
@@ -172,11 +172,21 @@ def eligible(linear: nn.Linear, *, min_features: int) -> str | None:
     return None
 
 
-def swap_linears(module: nn.Module, mode: QuantMode, *, min_features: int = 128, emulate: bool = False) -> SwapReport:
-    """Replace eligible nn.Linear children in place with quantized layers; return what was swapped."""
-    layer: type[Fp8RowwiseLinear] | type[Int8DynamicLinear] = (
-        Fp8RowwiseLinear if mode == "fp8-rowwise" else Int8DynamicLinear
-    )
+def swap_linears(
+    module: nn.Module, mode: QuantMode, *, min_features: int = 128, emulate: bool = False, fast_gemm: bool = False
+) -> SwapReport:
+    """Replace eligible nn.Linear children in place with quantized layers; return what was swapped.
+
+    `fast_gemm` (fp8 only) turns on the layers' fast accumulation and the bias in the GEMM: the recipes that ask
+    for it (`Recipe.fast_gemm`) are separate ids, so a shipped fp8 cell keeps meaning exact accumulation."""
+    if fast_gemm and mode != "fp8-rowwise":
+        raise ValueError(f"fast_gemm is an fp8 option; {mode} has no fast accumulation")
+
+    def layer(linear: nn.Linear) -> nn.Module:
+        if mode == "fp8-rowwise":
+            return Fp8RowwiseLinear(linear, emulate=emulate, fast_accum=fast_gemm, fuse_bias=fast_gemm)
+        return Int8DynamicLinear(linear, emulate=emulate)
+
     swapped: list[str] = []
     skipped: dict[str, str] = {}
     targets: list[tuple[nn.Module, str, str, nn.Linear]] = []
@@ -190,7 +200,7 @@ def swap_linears(module: nn.Module, mode: QuantMode, *, min_features: int = 128,
         if why is not None:
             skipped[full] = why
             continue
-        setattr(parent, child_name, layer(child, emulate=emulate))
+        setattr(parent, child_name, layer(child))
         swapped.append(full)
     return SwapReport(swapped, skipped)
 

@@ -242,13 +242,21 @@ def prepare(
             if opts.quant_backend == "torchao":
                 if not quant.torchao_available():
                     raise StageUnsupported("torchao was asked for (--quant-backend torchao) but is not importable")
+                if recipe.fast_gemm:
+                    raise StageUnsupported(
+                        f"recipe {recipe.id!r} sets fast_gemm, an option of the agent's own fp8 layers: "
+                        "run it with --quant-backend agent"
+                    )
                 report = quant.quantize_with_torchao(module, mode)
             else:
-                report = quant.swap_linears(module, mode, min_features=opts.quant_min_features)
+                report = quant.swap_linears(
+                    module, mode, min_features=opts.quant_min_features, fast_gemm=recipe.fast_gemm
+                )
             if report.count == 0:
                 raise StageUnsupported(f"{name}: no Linear layer is eligible for {mode} quantization")
+            fast = ", fast accumulation, bias in the GEMM" if recipe.fast_gemm else ""
             notes.append(
-                f"{name}: {report.count} Linear layers {mode} ({opts.quant_backend}), {len(report.skipped)} kept"
+                f"{name}: {report.count} Linear layers {mode} ({opts.quant_backend}{fast}), {len(report.skipped)} kept"
             )
     if recipe.cache == "first-block-cache":
         threshold = recipe.cache_threshold or 0.08

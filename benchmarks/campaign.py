@@ -31,6 +31,14 @@ if str(REPO) not in sys.path:
 BATCHES = (1, 2, 4, 8, 16)
 MAIN_MODELS = ("sdxl", "flux-dev", "sd15", "z-image-turbo", "qwen-image")
 VARIANT_MODELS = ("flux-schnell", "sdxl-lightning")
+LEVER_BATCHES = (1, 16)
+WHOLE_UNET_RECIPES = ("bf16-compile-whole", "fp8-fast-compile-whole")
+
+
+def _is_unet(model: str) -> bool:
+    from planner.catalog import known_model
+
+    return any(c.class_name == "UNet2DConditionModel" for c in known_model(model).stage("denoiser").components)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,10 @@ def plan(
     """
     if all_batches:
         widened = plan(models, compile_levels=compile_levels, variants=variants, compile_batches=BATCHES)
-        return [Step(s.level, s.model, s.recipes, BATCHES, s.stages, s.reserve_s) for s in widened]
+        return [
+            Step(s.level, s.model, s.recipes, s.batches if s.level == "8-levers" else BATCHES, s.stages, s.reserve_s)
+            for s in widened
+        ]
     steps: list[Step] = []
     for m in models:
         steps.append(Step("1-bf16", m, ("bf16",), BATCHES))
@@ -93,6 +104,15 @@ def plan(
             steps.append(Step("6-compile-vae", m, ("bf16-compile",), (1, 4), ("vae_decoder",), reserve_s=45))
             steps.append(Step("6-int8", m, ("int8-compile",), compile_batches, ("denoiser",), reserve_s=45))
             steps.append(Step("6-int8-eager", m, ("int8",), (1,), ("denoiser",)))
+        # The levers the step profiles found (docs/benchmarks.md, "Where a denoiser step's time goes"): a UNet
+        # compiled whole (bf16, and fp8 with the fast GEMM), a DiT's fp8 with the fast GEMM. A whole-UNet compile
+        # takes 100-170 s per batch size, so these stay at the latency and the throughput points (1 and 16) even
+        # under --all-batches; the reserve keeps a call from starting one it cannot finish.
+        for m in models:
+            if _is_unet(m):
+                steps.append(Step("8-levers", m, WHOLE_UNET_RECIPES, LEVER_BATCHES, ("denoiser",), reserve_s=240))
+            else:
+                steps.append(Step("8-levers", m, ("fp8-fast-compile",), LEVER_BATCHES, ("denoiser",), reserve_s=60))
     if variants:
         for m in VARIANT_MODELS:
             steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))

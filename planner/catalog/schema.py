@@ -225,7 +225,21 @@ class Recipe(_Strict):
     fused_qkv: bool = False
     channels_last: bool = False
     cuda_graphs: bool = False
+    fast_gemm: bool = Field(
+        default=False,
+        description="fp8 GEMMs with cuBLASLt's fast accumulation and the bias in the GEMM's epilogue (torchao's "
+        "inference default); fp8 quantization only",
+    )
     data_dependent: bool = Field(
         default=False, description="its speed depends on activations (step caches): synthetic weights mislead"
     )
     reference: bool = Field(default=False, description="the recipe quality drift is measured against")
+
+    @model_validator(mode="after")
+    def _fast_gemm_is_fp8(self) -> Recipe:
+        if self.fast_gemm and not self.quantization.startswith("fp8"):
+            raise ValueError(
+                f"recipe {self.id!r}: fast_gemm is an option of the fp8 GEMMs, but its quantization is "
+                f"{self.quantization!r}; set quantization to fp8-rowwise or drop fast_gemm"
+            )
+        return self
