@@ -89,8 +89,8 @@ FLOP_KINDS = {
 }
 WHOLE = "-compile-whole"
 MODIFIERS = ("fast-gemm", "cudagraphs")
-"""`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (agent.quant's options,
-off in the probe); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
+"""`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (`Recipe.fast_gemm`, as
+in the catalog's fp8-fast-compile recipes); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
 
 
 def kind_of(kernel: str) -> str:
@@ -192,15 +192,19 @@ def recipe_for(variant: str) -> Any:
 
     name, *mods = variant.split("+")
     table = recipes()
-    if name.endswith(WHOLE):
+    if name in table:  # catalog ids win: bf16-compile-whole, fp8-fast-compile-whole are recipes of their own
+        recipe = table[name]
+    elif name.endswith(WHOLE):
         recipe = table[name.removesuffix(WHOLE)].model_copy(update={"compile": "default", "compile_scope": "whole"})
     else:
-        recipe = table[name]
+        raise KeyError(name)
     unknown = [m for m in mods if m not in MODIFIERS]
     if unknown:
         raise ValueError(f"unknown modifier(s) {unknown} in {variant!r}")
-    if "fast-gemm" in mods and not recipe.quantization.startswith("fp8"):
-        raise ValueError(f"+fast-gemm needs an fp8 recipe, not {name!r}")
+    if "fast-gemm" in mods:
+        if not recipe.quantization.startswith("fp8"):
+            raise ValueError(f"+fast-gemm needs an fp8 recipe, not {name!r}")
+        recipe = recipe.model_copy(update={"fast_gemm": True})
     if "cudagraphs" in mods:
         if recipe.compile == "none":
             raise ValueError(f"+cudagraphs needs a compiled recipe, not {name!r}")
@@ -213,7 +217,6 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
     import torch
 
     from agent.pipelines import tiny_shapes
-    from agent.quant import Fp8RowwiseLinear
     from agent.recipes import RecipeOptions, prepare
     from planner.catalog import known_model
 
@@ -230,11 +233,6 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
         text_tokens=tokens,
         options=RecipeOptions(compile_backend="eager" if tiny else "inductor"),
     )
-    if "+fast-gemm" in variant:
-        layers = [m for mod in prepared.modules.values() for m in mod.modules() if isinstance(m, Fp8RowwiseLinear)]
-        for layer in layers:
-            layer.fast_accum = layer.fuse_bias = True
-        prepared.notes.append(f"{len(layers)} fp8 layers with fast accumulation and the bias in the GEMM")
     return prepared
 
 
