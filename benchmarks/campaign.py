@@ -104,6 +104,10 @@ def plan(
             steps.append(Step("6-compile-vae", m, ("bf16-compile",), (1, 4), ("vae_decoder",), reserve_s=45))
             steps.append(Step("6-int8", m, ("int8-compile",), compile_batches, ("denoiser",), reserve_s=45))
             steps.append(Step("6-int8-eager", m, ("int8",), (1,), ("denoiser",)))
+    if variants:
+        for m in VARIANT_MODELS:
+            steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))
+    if compile_levels:
         # The levers the step profiles found (docs/benchmarks.md, "Where a denoiser step's time goes"): a UNet
         # compiled whole (bf16, and fp8 with the fast GEMM), a DiT's fp8 with the fast GEMM. A whole-UNet compile
         # takes 100-170 s per batch size, so these stay at the latency and the throughput points (1 and 16) even
@@ -113,9 +117,6 @@ def plan(
                 steps.append(Step("8-levers", m, WHOLE_UNET_RECIPES, LEVER_BATCHES, ("denoiser",), reserve_s=240))
             else:
                 steps.append(Step("8-levers", m, ("fp8-fast-compile",), LEVER_BATCHES, ("denoiser",), reserve_s=60))
-    if variants:
-        for m in VARIANT_MODELS:
-            steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))
     return steps
 
 

@@ -90,7 +90,8 @@ FLOP_KINDS = {
 WHOLE = "-compile-whole"
 MODIFIERS = ("fast-gemm", "cudagraphs")
 """`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (`Recipe.fast_gemm`, as
-in the catalog's fp8-fast-compile recipes); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA graphs)."""
+in the catalog's fp8-fast-compile recipes); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA
+graphs)."""
 
 
 def kind_of(kernel: str) -> str:
@@ -222,7 +223,7 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
 
     spec = known_model(model)
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
-    prepared = prepare(
+    return prepare(
         spec,
         "denoiser",
         recipe_for(variant),
@@ -233,7 +234,6 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
         text_tokens=tokens,
         options=RecipeOptions(compile_backend="eager" if tiny else "inductor"),
     )
-    return prepared
 
 
 def profile_variant(

@@ -143,5 +143,6 @@ def test_campaign_all_batches_widens_every_step_and_keeps_the_order() -> None:
     assert [(s.level, s.model, s.recipes, s.stages) for s in wide] == [
         (s.level, s.model, s.recipes, s.stages) for s in narrow
     ]
-    assert all(s.batches == (1, 2, 4, 8, 16) for s in wide)
+    # Every step but the lever level (a whole compile per batch size: 1 and 16 only, tests/perf).
+    assert all(s.batches == (1, 2, 4, 8, 16) for s in wide if s.level != "8-levers")
     assert any(s.batches != (1, 2, 4, 8, 16) for s in narrow)

@@ -80,7 +80,7 @@ def test_fast_gemm_recipes_build_fast_fp8_layers_and_the_shipped_fp8_recipe_does
 
 
 def test_fast_gemm_is_refused_on_a_recipe_that_is_not_fp8_with_the_fix() -> None:
-    with pytest.raises(ValidationError, match="fast_gemm is an option of the fp8 GEMMs.*set quantization to fp8"):
+    with pytest.raises(ValidationError, match=r"fast_gemm is an option of the fp8 GEMMs.*set quantization to fp8"):
         Recipe(id="int8-fast", stages=["denoiser"], precision="int8", quantization="int8-dynamic", fast_gemm=True)
     with pytest.raises(ValueError, match="fast_gemm is an fp8 option"):
         quant.swap_linears(nn.Sequential(nn.Linear(64, 64)), "int8-dynamic", min_features=16, fast_gemm=True)

@@ -157,7 +157,8 @@ def test_a_variant_is_a_catalog_recipe_or_one_compiled_whole() -> None:
         dp.recipe_for("bf17-compile-whole")
     graphs = dp.recipe_for("fp8-compile-whole+fast-gemm+cudagraphs")
     assert (graphs.quantization, graphs.compile, graphs.compile_scope) == ("fp8-rowwise", "reduce-overhead", "whole")
-    assert graphs.fast_gemm and not dp.recipe_for("fp8-compile").fast_gemm
+    assert graphs.fast_gemm
+    assert not dp.recipe_for("fp8-compile").fast_gemm
     # A catalog id ending in -compile-whole is that recipe, not a derived one (there is no "fp8-fast" recipe).
     catalog_whole = dp.recipe_for("fp8-fast-compile-whole")
     assert (catalog_whole.fast_gemm, catalog_whole.compile_scope) == (True, "whole")
