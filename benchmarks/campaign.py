@@ -53,6 +53,8 @@ class Step:
     reserve_s: float = 0.0
     """Seconds a cell of this step may take beyond the budget check (a whole-UNet compile took 145 s on an
     H100): no cell of the step starts unless this much budget is left, so a call does not run past its limit."""
+    widens: bool = True
+    """Whether --all-batches widens it to batches 1-16 (not a whole-UNet compile: 50-170 s per batch size)."""
 
 
 def plan(
@@ -71,7 +73,7 @@ def plan(
     if all_batches:
         widened = plan(models, compile_levels=compile_levels, variants=variants, compile_batches=BATCHES)
         return [
-            Step(s.level, s.model, s.recipes, s.batches if s.level == "8-levers" else BATCHES, s.stages, s.reserve_s)
+            Step(s.level, s.model, s.recipes, BATCHES if s.widens else s.batches, s.stages, s.reserve_s, s.widens)
             for s in widened
         ]
     steps: list[Step] = []
@@ -109,12 +111,14 @@ def plan(
             steps.append(Step("7-variants", m, ("bf16",), (1, 4, 16)))
     if compile_levels:
         # The levers the step profiles found (docs/benchmarks.md, "Where a denoiser step's time goes"): a UNet
-        # compiled whole (bf16, and fp8 with the fast GEMM), a DiT's fp8 with the fast GEMM. A whole-UNet compile
-        # takes 100-170 s per batch size, so these stay at the latency and the throughput points (1 and 16) even
-        # under --all-batches; the reserve keeps a call from starting one it cannot finish.
+        # compiled whole (bf16, and fp8 with the fast GEMM), a DiT's fp8 with the fast GEMM (regional). A whole-UNet
+        # compile takes 50-170 s per batch size, so those stay at the latency and the throughput points (1 and 16)
+        # even under --all-batches; the reserve keeps a call from starting one it cannot finish.
         for m in models:
             if _is_unet(m):
-                steps.append(Step("8-levers", m, WHOLE_UNET_RECIPES, LEVER_BATCHES, ("denoiser",), reserve_s=240))
+                steps.append(
+                    Step("8-levers", m, WHOLE_UNET_RECIPES, LEVER_BATCHES, ("denoiser",), reserve_s=240, widens=False)
+                )
             else:
                 steps.append(Step("8-levers", m, ("fp8-fast-compile",), LEVER_BATCHES, ("denoiser",), reserve_s=60))
     return steps
