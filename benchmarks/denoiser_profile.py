@@ -9,8 +9,9 @@ warm-up calls), then profiles 2 calls with torch.profiler and sums each kernel's
 name. FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets
 an achieved TFLOP/s. A variant is a catalog recipe id (`bf16`, `bf16-compile`, `fp8-compile`, ...), or a recipe
 id followed by `-compile-whole`: that recipe with the whole module compiled (default mode, static shapes);
-either may end in modifiers: `+fast-gemm` (fp8 layers with fast accumulation and the bias in the GEMM) and
-`+cudagraphs` (compile mode "reduce-overhead"), e.g. `fp8-compile-whole+fast-gemm+cudagraphs`.
+either may end in modifiers: `+fast-gemm` (fp8 layers with fast accumulation and the bias in the GEMM),
+`+cudagraphs` (compile mode "reduce-overhead") and `+static-scales` (fp8 activation scales fixed ahead of time:
+benchmarks/fp8_static.py), e.g. `fp8-compile-whole+fast-gemm+cudagraphs`.
 The default variants are SDXL's:
 
 - `bf16`: eager bf16 (the shipped `bf16` cells);
@@ -88,10 +89,11 @@ FLOP_KINDS = {
     "_int_mm": "gemm",  # the agent's int8 layers
 }
 WHOLE = "-compile-whole"
-MODIFIERS = ("fast-gemm", "cudagraphs")
+MODIFIERS = ("fast-gemm", "cudagraphs", "static-scales")
 """`+fast-gemm`: the agent's fp8 layers with fast accumulation and the bias in the GEMM (`Recipe.fast_gemm`, as
 in the catalog's fp8-fast-compile recipes); `+cudagraphs`: the recipe's compile in mode "reduce-overhead" (CUDA
-graphs)."""
+graphs); `+static-scales`: the fp8 layers with per-tensor activation scales fixed by one calibration call
+(benchmarks/fp8_static.py: an experiment, not a recipe)."""
 
 
 def kind_of(kernel: str) -> str:
@@ -202,9 +204,10 @@ def recipe_for(variant: str) -> Any:
     unknown = [m for m in mods if m not in MODIFIERS]
     if unknown:
         raise ValueError(f"unknown modifier(s) {unknown} in {variant!r}")
+    for fp8_only in ("fast-gemm", "static-scales"):
+        if fp8_only in mods and not recipe.quantization.startswith("fp8"):
+            raise ValueError(f"+{fp8_only} needs an fp8 recipe, not {name!r}")
     if "fast-gemm" in mods:
-        if not recipe.quantization.startswith("fp8"):
-            raise ValueError(f"+fast-gemm needs an fp8 recipe, not {name!r}")
         recipe = recipe.model_copy(update={"fast_gemm": True})
     if "cudagraphs" in mods:
         if recipe.compile == "none":
@@ -223,7 +226,7 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
 
     spec = known_model(model)
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
-    return prepare(
+    prepared = prepare(
         spec,
         "denoiser",
         recipe_for(variant),
@@ -234,6 +237,16 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
         text_tokens=tokens,
         options=RecipeOptions(compile_backend="eager" if tiny else "inductor"),
     )
+    if "+static-scales" in variant:
+        from benchmarks.fp8_static import make_static
+
+        def calibrate() -> None:
+            prepared.runner.prepare(1, seed=1)  # other inputs than the timed calls'
+            prepared.runner.call()
+
+        swapped = sum(make_static(module, calibrate) for module in prepared.modules.values())
+        prepared.notes.append(f"{swapped} fp8 layers with static per-tensor scales (one calibration call)")
+    return prepared
 
 
 def profile_variant(

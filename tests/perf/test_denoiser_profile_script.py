@@ -165,6 +165,9 @@ def test_a_variant_is_a_catalog_recipe_or_one_compiled_whole() -> None:
     assert dp.recipe_for("bf16-compile+cudagraphs").compile_scope == "regional"
     with pytest.raises(ValueError, match="needs an fp8 recipe"):
         dp.recipe_for("bf16-compile+fast-gemm")
+    with pytest.raises(ValueError, match=r"\+static-scales needs an fp8 recipe"):
+        dp.recipe_for("bf16-compile-whole+static-scales")
+    assert dp.recipe_for("fp8-fast-compile-whole+static-scales").compile_scope == "whole"
     with pytest.raises(ValueError, match="needs a compiled recipe"):
         dp.recipe_for("fp8+cudagraphs")
     with pytest.raises(ValueError, match="unknown modifier"):
