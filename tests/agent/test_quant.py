@@ -64,8 +64,8 @@ def test_fp8_gemm_options_compute_the_same_layer(
 
 
 def test_the_probe_swaps_in_exact_accumulation_as_every_shipped_fp8_cell_was_measured() -> None:
-    """Turning fast accumulation or the fused bias on in the probe changes what the recipe fp8 means: the shipped
-    fp8 cells (both GPUs) must be measured again first (docs/benchmarks.md, torchao section)."""
+    """The default swap (recipes fp8, fp8-compile) keeps exact accumulation and a separate bias, as their shipped
+    cells on both GPUs were measured; the fast GEMM is the separate recipes' `fast_gemm` (test_lever_recipes.py)."""
     module = nn.Sequential(nn.Linear(256, 256))
     quant.swap_linears(module, "fp8-rowwise", emulate=True)
     layer = module[0]
