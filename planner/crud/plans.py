@@ -25,9 +25,39 @@ Loc = tuple[str | int, ...]
 IN_FORCE = ("active", "stale")
 
 
-def pool_name(workload: str, group_index: int, family: str) -> str:
-    """The queue a routing entry names: `<workload>.<group_index>.<family>`."""
-    return f"{workload}.{group_index}.{family}"
+def pool_name(workload: str, group_index: int, family: str, nth: int = 1) -> str:
+    """The queue a routing entry names: `<workload>.<group_index>.<family>`, and `.<nth>` after it from the
+    second pool of one family serving the same group (another recipe or batch)."""
+    base = f"{workload}.{group_index}.{family}"
+    return base if nth == 1 else f"{base}.{nth}"
+
+
+def topology_indices(
+    groups: Sequence[Sequence[str]], model_stages: Sequence[str] | None
+) -> tuple[list[int], str | None]:
+    """Each group's index in its workload's topology, and what is wrong with the split (None if nothing).
+
+    A plan may serve one group of the topology from several pools (two families, or two recipes on one): they
+    all carry the same index, which the router reads as one step of the pipeline with a choice of pools. The
+    distinct stage lists, in pipeline order, must split the model's stages into consecutive groups with no
+    stage missing or served twice.
+    """
+    distinct: list[tuple[str, ...]] = []
+    for stages in groups:
+        if tuple(stages) not in distinct:
+            distinct.append(tuple(stages))
+    order = list(model_stages) if model_stages else [s for st in distinct for s in st]
+    distinct.sort(key=lambda st: order.index(st[0]) if st[0] in order else len(order))
+    index = {st: i for i, st in enumerate(distinct)}
+    covered = [s for st in distinct for s in st]
+    problem = None
+    if groups and model_stages is not None and covered != list(model_stages):
+        split = "".join("[" + "+".join(st) + "]" for st in distinct)
+        problem = (
+            f"the groups' stages {split} do not split the model's stages {'+'.join(model_stages)} into consecutive "
+            "groups (a stage is missing or in two groups); give every stage exactly one group's stage list"
+        )
+    return [index[tuple(stages)] for stages in groups], problem
 
 
 def store_plan(
@@ -41,7 +71,11 @@ def store_plan(
 ) -> m.Plan:
     """A draft plan from a contract-3 result, with its groups and routing entries (each problem names its field)."""
     families = set(session.scalars(select(m.GpuFamily.id)))
-    models = set(session.scalars(select(m.Model.id)))
+    model_stages = {
+        model.id: [st.stage for st in model.stages]
+        for model in session.scalars(select(m.Model).options(selectinload(m.Model.stages)))
+    }
+    models = set(model_stages)
     stored = {w.name: w.models for w in fleet.workloads}
     problems: list[tuple[Loc, str]] = []
     for fam in result.gpus:
@@ -65,9 +99,15 @@ def store_plan(
         for g in w.groups:
             totals[tuple(g.stages)] += g.throughput
             counts[tuple(g.stages)] += 1
+        candidates = stored.get(w.name, [])
+        workload_model = w.model or (candidates[0] if len(candidates) == 1 else None)
+        first_model = (w.groups[0].model if w.groups else None) or workload_model
+        indices, split_problem = topology_indices([g.stages for g in w.groups], model_stages.get(first_model or ""))
+        if split_problem is not None:
+            problems.append(((*loc, "workloads", wi, "groups"), split_problem))
+        seen: dict[tuple[int, str], int] = defaultdict(int)
         for gi, g in enumerate(w.groups):
-            candidates = stored.get(w.name, [])
-            model = g.model or w.model or (candidates[0] if len(candidates) == 1 else None)
+            model = g.model or workload_model
             if model is None:
                 problems.append(
                     (
@@ -83,10 +123,12 @@ def store_plan(
             key = tuple(g.stages)
             weight = g.throughput / totals[key] if totals[key] > 0 else 1.0 / counts[key]
             recipes = {str(k): v for k, v in g.recipes.items()}
+            index = indices[gi]
+            seen[(index, g.family)] += 1
             plan.groups.append(
                 m.PlanGroup(
                     workload_name=w.name,
-                    group_index=gi,
+                    group_index=gi,  # its position in the result; the routing entry carries its topology step
                     model_id=model,
                     stages=list(g.stages),
                     gpu_family_id=g.family,
@@ -99,9 +141,9 @@ def store_plan(
             )
             plan.routes.append(
                 m.RoutingEntry(
-                    pool=pool_name(w.name, gi, g.family),
+                    pool=pool_name(w.name, index, g.family, seen[(index, g.family)]),
                     workload_name=w.name,
-                    group_index=gi,
+                    group_index=index,
                     model_id=model,
                     stages=list(g.stages),
                     gpu_family_id=g.family,

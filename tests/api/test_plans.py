@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import IntegrityError
 
 from planner.db import models as m
+from scheduler.routing import Backlog, JobShape, decide
+from scheduler.table import table_from_json
 from tests.api.conftest import ADMIN, Store, measurement, probe_run, register
 from tests.api.test_fleets import FLEET, WORKLOAD, make_fleet
 
@@ -117,6 +119,74 @@ def test_routing_table_follows_activation_and_its_version_only_increases(
     client.post(f"/v1/plans/{copied['id']}/activate", headers=ADMIN)
     assert client.get(routing, headers=ADMIN).json()["version"] == copied["id"]
     assert client.get(f"/v1/fleets/{fleet['id']}", headers=ADMIN).json()["active_plan_id"] == copied["id"]
+
+
+def test_pools_serving_one_group_share_its_index_and_a_job_takes_one_of_them(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    """A group served by two families (and by two batches of one family) is one step of the pipeline: the
+    router picks one of its pools, it does not chain them."""
+    whole = result()["workloads"][0]["groups"][0]
+    res = result()
+    res["workloads"][0]["groups"] = [
+        {**whole, "family": "h100-sxm-80gb", "batch": 4, "replicas": 1, "throughput": 2.0},
+        {**whole, "family": "l4-24gb", "batch": 2, "replicas": 7, "throughput": 3.0},
+        {**whole, "family": "h100-sxm-80gb", "batch": 8, "replicas": 1, "throughput": 1.0},
+    ]
+    res["gpus"] = {"h100-sxm-80gb": 2, "l4-24gb": 7}
+    store(client, fleet, res, activate=True)
+    table = client.get(f"/v1/fleets/{fleet['name']}/routing", headers=ADMIN).json()
+    assert sorted((p["pool"], p["group_index"], p["weight"]) for p in table["pools"]) == [
+        ("sdxl-prod.0.h100-sxm-80gb", 0, pytest.approx(2 / 6)),
+        ("sdxl-prod.0.h100-sxm-80gb.2", 0, pytest.approx(1 / 6)),
+        ("sdxl-prod.0.l4-24gb", 0, pytest.approx(3 / 6)),
+    ]
+    routing = table_from_json(table)
+    backlog: dict[str, float] = {}
+    for i in range(60):  # a burst: each job's work stays in its pool's backlog
+        route = decide(routing, Backlog(work=dict(backlog)), JobShape(f"job-{i}", "sdxl-prod", 1024, 1024, 30))
+        assert len(route.pools) == 1  # one pool per job, never a chain through all three
+        backlog[route.pools[0]] = backlog.get(route.pools[0], 0.0) + route.work[0]
+    assert backlog == {
+        "sdxl-prod.0.h100-sxm-80gb": pytest.approx(20, abs=1),
+        "sdxl-prod.0.h100-sxm-80gb.2": pytest.approx(10, abs=1),
+        "sdxl-prod.0.l4-24gb": pytest.approx(30, abs=1),
+    }  # in proportion to capacity
+
+
+def test_a_split_over_two_families_routes_each_job_through_each_step_once(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    res = result(split=True)
+    te, rest = res["workloads"][0]["groups"]
+    res["workloads"][0]["groups"] = [rest, {**te, "family": "h100-sxm-80gb"}, te]  # any order
+    store(client, fleet, res, activate=True)
+    table = client.get(f"/v1/fleets/{fleet['name']}/routing", headers=ADMIN).json()
+    assert sorted((p["pool"], p["group_index"]) for p in table["pools"]) == [
+        ("sdxl-prod.0.h100-sxm-80gb", 0),
+        ("sdxl-prod.0.l4-24gb", 0),
+        ("sdxl-prod.1.h100-sxm-80gb", 1),
+    ]
+    routing = table_from_json(table)
+    route = decide(routing, Backlog(), JobShape("job-1", "sdxl-prod", 1024, 1024, 30))
+    assert len(route.pools) == 2
+    assert route.pools[0].startswith("sdxl-prod.0.")
+    assert route.pools[1] == "sdxl-prod.1.h100-sxm-80gb"
+
+
+def test_groups_that_do_not_split_the_models_stages_are_422(client: TestClient, fleet: dict[str, Any]) -> None:
+    for groups in (
+        [result(split=True)["workloads"][0]["groups"][1]],  # no text encoder anywhere
+        [*result(split=True)["workloads"][0]["groups"], result()["workloads"][0]["groups"][0]],  # te twice
+    ):
+        res = result()
+        res["workloads"][0]["groups"] = groups
+        resp = client.post(f"/v1/fleets/{fleet['id']}/plans", json={"result": res}, headers=ADMIN)
+        assert resp.status_code == 422, resp.text
+        (problem,) = resp.json()["detail"]
+        assert problem["field"] == "result.workloads.0.groups"
+        assert "text_encoder+denoiser+vae_decoder" in problem["msg"]
+    assert client.get(f"/v1/fleets/{fleet['id']}/plans", headers=ADMIN).json()["total"] == 0
 
 
 def test_activate_is_idempotent_and_infeasible_plans_are_refused(client: TestClient, fleet: dict[str, Any]) -> None:
@@ -274,6 +344,7 @@ def test_solve_stores_the_solvers_plan_with_its_groups_and_routes(
     # The stored groups and routing entries are the plan JSON's groups, in order.
     (workload,) = result["workloads"]
     assert workload["name"] == "sdxl-prod"
+    topology = [tuple(g) for g in workload["topology_groups"]]
     expected = [
         (gi, g["family"], g["stages"], g["recipes"], g["batch"], g["replicas"], g["throughput"])
         for gi, g in enumerate(workload["groups"])
@@ -291,7 +362,8 @@ def test_solve_stores_the_solvers_plan_with_its_groups_and_routes(
         (p["group_index"], p["family"], p["stages"], p["recipes"], p["batch"], p["replicas"], p["capacity"])
         for p in table["pools"]
     ]
-    assert routes == expected
+    # a routing entry's index is its group's step in the topology
+    assert sorted(map(str, routes)) == sorted(str((topology.index(tuple(e[2])), *e[1:])) for e in expected)
     assert all(p["model"] == "sdxl" for p in table["pools"])
     dedicated: dict[str, float] = {}
     for g in workload["groups"]:

@@ -133,7 +133,7 @@ class SolveIn(Strict):
 
 class PlanGroupOut(Out):
     workload: str = Field(validation_alias="workload_name")
-    group_index: int
+    group_index: int = Field(description="the group's position in the plan result's `groups` of its workload")
     model: str = Field(validation_alias="model_id")
     stages: list[str]
     family: str = Field(validation_alias="gpu_family_id")
@@ -220,9 +220,14 @@ class PlanComparison(BaseModel):
 
 
 class RoutingPool(Out):
-    pool: str = Field(description="queue name: <workload>.<group_index>.<family>")
+    pool: str = Field(
+        description="queue name: <workload>.<group_index>.<family>, then .<n> for a family's n-th pool of one group"
+    )
     workload: str = Field(validation_alias="workload_name")
-    group_index: int
+    group_index: int = Field(
+        description="the step of the workload's topology this pool serves (0 first); pools of one step are "
+        "alternatives, a job takes one of them"
+    )
     model: str = Field(validation_alias="model_id")
     stages: list[str]
     family: str = Field(validation_alias="gpu_family_id")
