@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 import uuid
@@ -151,12 +152,17 @@ class Dispatcher:
         return decide(self.table(), self.backlog(), shape)
 
     def resolve(self, request: crud.JobRequest) -> crud.JobRequest:
-        """Fill a request's size and steps from its workload's planned image where it left them out."""
-        if request.steps is not None:
-            return request
-        groups = self.table().groups(request.workload_name)
-        steps = next((p.ref_steps for g in groups for p in g if "denoiser" in p.stages and p.ref_steps), None)
-        return dataclasses.replace(request, steps=steps)
+        """Fill what a request left out: a random seed, and its workload's planned size and steps."""
+        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        height, width = request.height, request.width
+        if height is None or width is None:
+            planned_h, planned_w = self.default_size(request.workload_name)
+            height, width = height or planned_h, width or planned_w
+        steps = request.steps
+        if steps is None:
+            groups = self.table().groups(request.workload_name)
+            steps = next((p.ref_steps for g in groups for p in g if "denoiser" in p.stages and p.ref_steps), None)
+        return dataclasses.replace(request, seed=seed, height=height, width=width, steps=steps)
 
     def default_size(self, workload: str) -> tuple[int, int]:
         """The planned (height, width) of a workload, for requests that give none."""
@@ -169,14 +175,25 @@ class Dispatcher:
     # Submission.
 
     def submit(self, session: Session, *, idempotency_key: str, request: crud.JobRequest) -> Submitted:
-        """Store and send a job; a resubmission of a key returns its job (and resends it if it never left)."""
-        request = self.resolve(request)
+        """Store and send a job; a resubmission of a key returns its job (and resends it if it never left).
+
+        The key is looked up before anything else: a resend gets its job back even after the plan in force
+        changed or stopped routing its workload, and only the fields the client gave are compared.
+        """
+        job = crud.job_for_key(session, idempotency_key=idempotency_key, request=request)
+        if job is not None:
+            session.commit()
+            return self._resubmitted(session, job)
+        resolved = self.resolve(request)
+        if resolved.height is None or resolved.width is None:  # pragma: no cover - resolve fills both or raises
+            raise InputError(f"workload {request.workload_name!r}: give height and width in the request")
         job_id = str(uuid.uuid4())
-        route = self.route(JobShape(job_id, request.workload_name, request.height, request.width, request.steps))
+        route = self.route(JobShape(job_id, resolved.workload_name, resolved.height, resolved.width, resolved.steps))
         job, created = crud.create_job(
             session,
             idempotency_key=idempotency_key,
-            request=request,
+            request=resolved,
+            sent=request,
             job_id=job_id,
             pool=route.pools[0],
             plan_id=route.plan_id,
@@ -191,6 +208,10 @@ class Dispatcher:
                 session.commit()
                 raise
             return Submitted(job, True, route)
+        return self._resubmitted(session, job)
+
+    def _resubmitted(self, session: Session, job: m.Job) -> Submitted:
+        """A resubmitted key's job: sent again if its first dispatch never reached the broker (after a grace)."""
         if (
             job.state == "queued"
             and job.pool is None

@@ -43,22 +43,42 @@ class Claim(StrEnum):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What a client asks for; an idempotent resubmission must ask for the same thing."""
+    """What a client asks for; an idempotent resubmission must ask for the same thing.
+
+    `seed`, `height`, `width` and `steps` may be left out (None): the scheduler fills them once, when it creates
+    the job (a random seed, the workload's planned size and steps). A resend that leaves them out again asks for
+    the same thing, whatever was filled in and whatever the plan in force says now.
+    """
 
     workload_name: str
     prompt: str
-    seed: int
-    height: int
-    width: int
+    seed: int | None = None
+    height: int | None = None
+    width: int | None = None
     steps: int | None = None
     negative_prompt: str | None = None
 
     def differs_from(self, job: m.Job) -> list[str]:
-        return [
-            name
-            for name in ("workload_name", "prompt", "seed", "height", "width", "steps", "negative_prompt")
-            if getattr(self, name) != getattr(job, name)
-        ]
+        """The fields this request gave that the job has otherwise (left-out fields match anything)."""
+        always = ("workload_name", "prompt", "negative_prompt")
+        given = [name for name in ("seed", "height", "width", "steps") if getattr(self, name) is not None]
+        return [name for name in (*always, *given) if getattr(self, name) != getattr(job, name)]
+
+
+def job_for_key(session: Session, *, idempotency_key: str, request: JobRequest) -> m.Job | None:
+    """The job an idempotency key already made (None: a new key); a key reused for another request conflicts."""
+    job = session.scalars(
+        select(m.Job).where(m.Job.idempotency_key == idempotency_key).execution_options(populate_existing=True)
+    ).first()
+    if job is None:
+        return None
+    changed = request.differs_from(job)
+    if changed:
+        raise ConflictError(
+            f"idempotency key {idempotency_key!r} was used for job {job.id} with other {', '.join(changed)}; "
+            "use a new key for a new request, or resend the same request"
+        )
+    return job
 
 
 def _rowcount(result: Any) -> int:
@@ -74,14 +94,18 @@ def create_job(
     pool: str | None = None,
     plan_id: int | None = None,
     routing_version: int | None = None,
+    sent: JobRequest | None = None,
 ) -> tuple[m.Job, bool]:
     """The job of an idempotency key: a new queued job (created=True), or the one that key already made.
 
     Concurrent submissions of one key race on the unique key with INSERT ... ON CONFLICT DO NOTHING, so both
-    get the same job and neither sees an integrity error. A key reused for a different request is a conflict.
+    get the same job and neither sees an integrity error. A key reused for a different request is a conflict,
+    judged on `sent` (what the client gave, before the scheduler filled seed, size and steps) when given.
     A new job may be stored with its dispatch (pool, plan, routing version) in the same statement: one round
     trip on the submission path.
     """
+    if request.seed is None or request.height is None or request.width is None:
+        raise ValueError("create_job needs a resolved request (seed, height and width); Dispatcher.resolve fills them")
     now = utcnow()
     values = {
         "id": job_id or str(uuid.uuid4()),
@@ -107,16 +131,10 @@ def create_job(
     job = session.scalars(stmt, execution_options={"populate_existing": True}).first()
     if job is not None:
         return job, True
-    job = session.scalars(
-        select(m.Job).where(m.Job.idempotency_key == idempotency_key).execution_options(populate_existing=True)
-    ).one()
-    changed = request.differs_from(job)
-    if changed:
-        raise ConflictError(
-            f"idempotency key {idempotency_key!r} was used for job {job.id} with other {', '.join(changed)}; "
-            "use a new key for a new request, or resend the same request"
-        )
-    return job, False
+    existing = job_for_key(session, idempotency_key=idempotency_key, request=sent or request)
+    if existing is None:
+        raise RuntimeError(f"idempotency key {idempotency_key!r}: the insert conflicted but no job has the key")
+    return existing, False
 
 
 def get_job(session: Session, *, job_id: str) -> m.Job | None:

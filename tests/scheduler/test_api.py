@@ -54,6 +54,29 @@ def test_submit_read_and_resubmit(client: JobClient, http: TestClient) -> None:
     assert client.get(job.id).state == "queued"
 
 
+def test_a_resend_that_leaves_fields_out_gets_its_job_back_whatever_the_plan_says_now(
+    http: TestClient, engine: Engine, fleet_name: str
+) -> None:
+    """The server fills a left-out seed, size and steps once; a resend leaving them out again is the same
+    request, even after a new plan changed the planned steps or stopped routing the workload."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": str(uuid.uuid4())}
+    body = {"workload": "w1", "prompt": "a cat"}
+    first = http.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 201
+    assert (first.json()["height"], first.json()["steps"]) == (512, 20)
+    again = http.post("/v1/jobs", json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["seed"] == first.json()["seed"]
+    create_plan(engine, fleet_name, [PoolDef("w2", 0, "h100-sxm-80gb", "sd15", ALL)], sizes={"w2": (512, 512, 8)})
+    after = http.post("/v1/jobs", json=body, headers=headers)  # w1 is in no plan now
+    assert after.status_code == 200, after.text
+    assert after.json()["id"] == first.json()["id"]
+    changed = http.post("/v1/jobs", json={**body, "steps": 8}, headers=headers)
+    assert changed.status_code == 409
+    assert "steps" in changed.json()["detail"]
+
+
 def test_refusals(client: JobClient, http: TestClient) -> None:
     assert http.post("/v1/jobs", json={"workload": "w1", "prompt": "x"}).status_code == 401
     bad = http.post("/v1/jobs", json={"workload": "w1", "prompt": "x"}, headers={"Authorization": "Bearer nope"})

@@ -8,7 +8,6 @@ force does not route, 503 if the broker did not take it (resend with the same ke
 
 from __future__ import annotations
 
-import random
 import threading
 import uuid
 from typing import Annotated
@@ -87,17 +86,13 @@ def submit_job(
 ) -> JobOut:
     key = body.idempotency_key or idempotency_header or str(uuid.uuid4())
     try:
-        height, width = body.height, body.width
-        if height is None or width is None:
-            planned_h, planned_w = dispatcher.default_size(body.workload)
-            height, width = height or planned_h, width or planned_w
         req = crud.JobRequest(
             workload_name=body.workload,
             prompt=body.prompt,
             negative_prompt=body.negative_prompt,
-            seed=body.seed if body.seed is not None else random.randrange(2**31),
-            height=height,
-            width=width,
+            seed=body.seed,
+            height=body.height,
+            width=body.width,
             steps=body.steps,
         )
         submitted = dispatcher.submit(session, idempotency_key=key, request=req)
