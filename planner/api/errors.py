@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from planner.core.errors import (
     ConflictError,
@@ -60,6 +60,14 @@ def _unique_violation(exc: IntegrityError) -> bool:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        broken = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if broken is not None:  # not a field's fault: the body did not parse (FastAPI puts the offset in loc)
+            where = broken.get("loc", ("body", "?"))[-1]
+            return _json(
+                status.HTTP_400_BAD_REQUEST,
+                {"detail": f"the body is not JSON ({broken.get('msg', 'decode error')} at character {where}); "
+                 "send a JSON object with Content-Type: application/json"},
+            )  # fmt: skip
         return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, {"detail": validation_problems(exc.errors())})
 
     @app.exception_handler(FieldError)
@@ -90,6 +98,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _json(status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
+
+    @app.exception_handler(OperationalError)
+    async def _store_down(_: Request, exc: OperationalError) -> JSONResponse:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        return _json(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": f"the store did not answer ({reason}); retry shortly, and check the database if it persists"},
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:

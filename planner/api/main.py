@@ -119,4 +119,6 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """The factory uvicorn calls in each worker (`planner serve`): settings from the environment."""
-    return create_app(get_settings())
+    settings = get_settings()
+    settings.check_serving()
+    return create_app(settings)

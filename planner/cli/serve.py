@@ -33,6 +33,7 @@ def serve(
             os.environ[name] = str(value)
     get_settings.cache_clear()
     settings = get_settings()  # refuses unsafe defaults before anything listens
+    settings.check_serving()
     engine = open_store(settings.database_url, settings=settings)  # refuses a store behind its migrations
     engine.dispose()
     console.print(

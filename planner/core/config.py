@@ -6,6 +6,7 @@ FastAPI's full-stack template does: a fleet's planner must not start with a gues
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -97,9 +98,31 @@ class Settings(BaseSettings):
             raise ConfigError("PLANNER_DEFAULT_PAGE_SIZE is above PLANNER_MAX_PAGE_SIZE; lower the former.")
         return self
 
+    def check_serving(self) -> None:
+        """Refuse to serve the API beyond this machine with the placeholder admin token, in any environment.
+
+        Development keeps the placeholder for a laptop (the API on 127.0.0.1); the container image listens on
+        0.0.0.0, where the placeholder would let anyone on the network administer the fleet.
+        """
+        if self.admin_token.get_secret_value() == DEFAULT_ADMIN_TOKEN and not _is_loopback(self.api_host):
+            raise ConfigError(
+                f"PLANNER_ADMIN_TOKEN is left at its default while the API listens on {self.api_host}, beyond this "
+                "machine; set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`), or listen "
+                "on 127.0.0.1 (PLANNER_API_HOST or --host)."
+            )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 @lru_cache(maxsize=1)

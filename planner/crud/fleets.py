@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from planner.api.schemas.common import MAX_INT32
 from planner.api.schemas.fleets import FleetIn, WorkloadIn
 from planner.core.errors import ConflictError, FieldError, NotFoundError
 from planner.crud.catalog import default_price
@@ -32,6 +33,8 @@ def get_fleet(session: Session, *, fleet: str | int) -> m.Fleet:
     """A fleet by id (digits) or name."""
     query = select(m.Fleet).options(selectinload(m.Fleet.families), selectinload(m.Fleet.workloads))
     if isinstance(fleet, int) or fleet.isdigit():
+        if int(fleet) > MAX_INT32:  # no such id; a bigger integer overflows the store's column type
+            raise NotFoundError("fleet", fleet, hint="list fleets with GET /v1/fleets")
         query = query.where(m.Fleet.id == int(fleet))
     else:
         query = query.where(m.Fleet.name == fleet)

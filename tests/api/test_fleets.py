@@ -160,3 +160,9 @@ def test_workload_validation_names_the_field(client: TestClient) -> None:
         resp = client.post(base, json={**WORKLOAD, **change}, headers=ADMIN)
         assert resp.status_code == 422, change
         assert resp.json()["detail"][0]["field"] == field, (change, resp.json())
+
+
+def test_a_fleet_id_beyond_the_stores_integers_is_404(client: TestClient) -> None:
+    for path in ("", "/routing", "/workloads", "/plans"):
+        resp = client.get(f"/v1/fleets/99999999999999999999{path}", headers=ADMIN)
+        assert resp.status_code == 404, (path, resp.text)

@@ -27,8 +27,14 @@ def test_readyz_is_503_when_the_store_is_unreachable() -> None:
     with TestClient(app) as c:
         resp = c.get("/readyz")
         metrics = c.get("/metrics")
+        fleets = c.get("/v1/fleets", headers={"Authorization": f"Bearer {'x' * 32}"})
+        summary = c.get("/v1/jobs/summary", headers={"Authorization": f"Bearer {'x' * 32}"})
     assert resp.status_code == 503
     assert "store unreachable" in resp.json()["detail"]
+    for answer in (fleets, summary):  # every route, not only /readyz: a client retries a 503, not a 500
+        assert answer.status_code == 503, answer.text
+        assert "the store did not answer" in answer.json()["detail"]
+        assert answer.headers["Retry-After"] == "5"
     assert metrics.status_code == 200
     assert "planner_store_up 0.0" in metrics.text
     engine.dispose()
@@ -61,3 +67,9 @@ def _sample(text: str, series: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
     assert len(values) == 1, (series, text)
     return values[0]
+
+
+def test_a_body_that_is_not_json_is_400_saying_so(client: TestClient) -> None:
+    resp = client.post("/v1/fleets", content=b"{not json", headers={**ADMIN, "Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert "not JSON" in resp.json()["detail"]

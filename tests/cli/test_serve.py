@@ -29,6 +29,22 @@ def test_serve_refuses_the_default_admin_token_outside_development(tmp_path: Pat
     assert "PLANNER_ADMIN_TOKEN" in proc.stdout + proc.stderr
 
 
+def test_serve_refuses_the_default_admin_token_beyond_loopback_in_development(tmp_path: Path) -> None:
+    """The container image listens on 0.0.0.0 and defaults to development: a plain `docker run` must not serve
+    an API anyone on the network can administer."""
+    proc = run_cli(
+        "planner",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        env={"PLANNER_ENVIRONMENT": "development", "PLANNER_ADMIN_TOKEN": "change-me"},
+    )
+    assert proc.returncode != 0
+    assert "listens on 0.0.0.0" in proc.stdout + proc.stderr
+
+
 @pytest.mark.postgres
 def test_serve_refuses_a_postgresql_store_behind_its_migrations(backend: str, empty_db_url: str) -> None:
     if backend != "postgresql":

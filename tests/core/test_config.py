@@ -34,3 +34,12 @@ def test_the_environment_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PLANNER_ADMIN_TOKEN", DEFAULT_ADMIN_TOKEN)
     with pytest.raises(ConfigError):
         Settings()
+
+
+def test_serving_beyond_loopback_needs_a_real_admin_token_even_in_development() -> None:
+    for host in ("127.0.0.1", "localhost", "::1"):
+        Settings(environment="development", api_host=host).check_serving()  # a laptop
+    for host in ("0.0.0.0", "10.1.2.3", "planner.internal"):
+        with pytest.raises(ConfigError, match=f"listens on {host}"):
+            Settings(environment="development", api_host=host).check_serving()
+    Settings(environment="development", api_host="0.0.0.0", admin_token=SecretStr("a" * 32)).check_serving()

@@ -125,7 +125,7 @@ def list_jobs(
     state: Annotated[str | None, Query(pattern="^(queued|running|done|failed|dead)$")] = None,
     workload: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[JobOut]:
     jobs = crud.list_jobs(session, state=state, workload=workload, limit=limit, offset=offset)
     return [_out(request, job) for job in jobs]
