@@ -8,8 +8,9 @@ not at all when every thread is already waiting (no one else can arrive). While 
 prepare the next one and write the previous one's results: CPU work stays off the GPU's critical path.
 
 The GPU thread's busy time (the batch calls, which synchronise the device) over the wall time is the share of
-time the GPU was busy; per pool, images over busy seconds is the service rate the drift check compares with
-the plan.
+time the GPU was busy. Per pool, the work of full batches (at the batch limit, in the plan's images: a job's
+resolution x steps against the planned image) over their busy seconds is the service rate the drift check
+compares with the plan; a partial batch runs below the planned rate by design (light load) and is not evidence.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class PoolStats:
     images: int = 0
     batches: int = 0
     busy_s: float = 0.0
+    full_work: float = 0.0  # planned images of work done in full batches
+    full_busy_s: float = 0.0  # the busy seconds of those batches
 
 
 @dataclass
@@ -65,7 +68,9 @@ class BatcherStats:
             swap_s=self.swap_s,
             batches=self.batches,
             images=self.images,
-            pools={k: PoolStats(v.images, v.batches, v.busy_s) for k, v in self.pools.items()},
+            pools={
+                k: PoolStats(v.images, v.batches, v.busy_s, v.full_work, v.full_busy_s) for k, v in self.pools.items()
+            },
         )
 
 
@@ -84,19 +89,22 @@ class Batcher:
         wait_s: float,
         max_waiting: int,
         prepare_key: Callable[[BatchKey], float] | None = None,
+        work_of: Callable[[BatchKey], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "gpu",
     ) -> None:
         """`max_waiting` is the number of task threads: when all of them wait here, a batch starts at once.
 
         `prepare_key(key)` runs in the GPU thread before a batch (loads or swaps the pool's modules) and returns
-        the seconds it spent, counted as swap time, not as busy time.
+        the seconds it spent, counted as swap time, not as busy time. `work_of(key)` is one item's work in the
+        pool's planned images (1 when not given).
         """
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.max_waiting = max(1, max_waiting)
         self.prepare_key = prepare_key
+        self.work_of = work_of
         self.clock = clock
         self._cond = threading.Condition()
         self._pending: dict[BatchKey, deque[_Item]] = {}
@@ -186,5 +194,8 @@ class Batcher:
                 ps.images += len(batch)
                 ps.batches += 1
                 ps.busy_s += busy
+                if len(batch) >= max(1, self.max_batch(key.pool)):
+                    ps.full_work += len(batch) * (self.work_of(key) if self.work_of is not None else 1.0)
+                    ps.full_busy_s += busy
             for item, out in zip(batch, outputs, strict=True):
                 item.future.set_result(out)

@@ -181,8 +181,8 @@ class Dispatcher:
         changed or stopped routing its workload, and only the fields the client gave are compared.
         """
         job = crud.job_for_key(session, idempotency_key=idempotency_key, request=request)
+        session.commit()  # end the read: SQLite cannot turn a read transaction into a write once another wrote
         if job is not None:
-            session.commit()
             return self._resubmitted(session, job)
         resolved = self.resolve(request)
         if resolved.height is None or resolved.width is None:  # pragma: no cover - resolve fills both or raises

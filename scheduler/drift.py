@@ -1,9 +1,12 @@
 """Drift: a pool whose achieved throughput departs from its plan for a sustained window makes the plan stale.
 
-What is compared: the rate a replica achieves while its GPU is busy (images per busy second, summed over the
-pool's replicas) against the plan's rate per replica (capacity / replicas). The wall-clock throughput is not
-compared: it follows demand, and a pool with little traffic would look slow while being exactly as fast as
-planned. "Sustained" means every one of `buckets` consecutive sub-windows of the window departs beyond the
+What is compared: the rate a replica achieves while its GPU is busy on full batches (work per busy second,
+summed over the pool's replicas) against the plan's rate per replica (capacity / replicas). Work is counted in
+the plan's images: a job twice the planned pixels, or with twice the steps, is two. Only batches at the planned
+size count: the plan's rate is the rate at that batch, and a batch of one under light load is slower per image
+by design, not drift. The wall-clock throughput is not compared: it follows demand, and a pool with little
+traffic would look slow while being exactly as fast as planned. A pool that never fills a batch is not judged.
+"Sustained" means every one of `buckets` consecutive sub-windows of the window departs beyond the
 tolerance in the same direction, each with enough busy time to be evidence; a burst, a warm-up or an idle
 stretch does not. Faster than planned is drift too (the plan buys more than it needs).
 
@@ -25,10 +28,10 @@ from planner.db import models as m
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """What one replica did in one interval ending at `t` (epoch seconds)."""
+    """What one replica did in full batches in one interval ending at `t` (epoch seconds)."""
 
     t: float
-    images: int
+    work: float  # planned images
     busy_s: float
 
 
@@ -57,12 +60,12 @@ def drift_decision(
         return DriftVerdict(False, f"pool {pool}: no planned rate to compare with")
     start = now - window_s
     width = window_s / buckets
-    images = [0] * buckets
+    images = [0.0] * buckets
     busy = [0.0] * buckets
     for s in samples:
         if start < s.t <= now:
             b = min(int((s.t - start) / width), buckets - 1)
-            images[b] += s.images
+            images[b] += s.work
             busy[b] += s.busy_s
     ratios: list[float | None] = [
         (images[b] / busy[b]) / planned_rate if busy[b] >= min_busy_s and busy[b] > 0 else None for b in range(buckets)

@@ -105,9 +105,10 @@ class SchedulerState:
 
     # Samples for the drift check.
 
-    def push_samples(self, pool: str, samples: Iterable[Sample], ttl_s: float) -> None:
-        key = f"{self.prefix}samples:{pool}"
-        rows = [json.dumps([s.t, s.images, s.busy_s]) for s in samples]
+    def push_samples(self, pool: str, samples: Iterable[Sample], ttl_s: float, *, plan_id: int | None) -> None:
+        """Keyed by plan too: a pool name the next plan reuses starts with no samples of the old one."""
+        key = f"{self.prefix}samples:{plan_id}:{pool}"
+        rows = [json.dumps([s.t, s.work, s.busy_s]) for s in samples]
         if not rows:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -116,12 +117,13 @@ class SchedulerState:
         pipe.expire(key, int(ttl_s) + 60)
         pipe.execute()
 
-    def samples(self, pool: str, since: float) -> list[Sample]:
+    def samples(self, pool: str, since: float, *, plan_id: int | None) -> list[Sample]:
         out = []
-        for raw in cast(list[bytes], self.client.lrange(f"{self.prefix}samples:{pool}", 0, SAMPLES_KEPT - 1)):
-            t, images, busy = json.loads(raw)
+        key = f"{self.prefix}samples:{plan_id}:{pool}"
+        for raw in cast(list[bytes], self.client.lrange(key, 0, SAMPLES_KEPT - 1)):
+            t, work, busy = json.loads(raw)
             if t >= since:
-                out.append(Sample(t=float(t), images=int(images), busy_s=float(busy)))
+                out.append(Sample(t=float(t), work=float(work), busy_s=float(busy)))
         out.reverse()
         return out
 

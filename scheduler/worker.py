@@ -48,7 +48,7 @@ from scheduler.intermediates import make_intermediates
 from scheduler.metrics import WorkerMetrics
 from scheduler.model_cache import ModelCache
 from scheduler.results import DirectoryResults
-from scheduler.routing import Pool
+from scheduler.routing import Pool, job_work
 from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, default_build_stage
 from scheduler.state import SchedulerState, WorkerInfo
 from scheduler.table import DbTableSource, TableCache, find_pool
@@ -109,6 +109,7 @@ class WorkerRuntime:
             wait_s=settings.batch_wait_s,
             max_waiting=concurrency,
             prepare_key=self._prepare_key,
+            work_of=self._work_of,
         )
         self.tables = TableCache(DbTableSource(self.sessions, settings.fleet), settings.routing_refresh_s)
         self.ready = False
@@ -160,6 +161,10 @@ class WorkerRuntime:
     def _max_batch(self, pool: str) -> int:
         batch = self.pools[pool].batch
         return min(batch, self.settings.max_batch) if self.settings.max_batch else batch
+
+    def _work_of(self, key: BatchKey) -> float:
+        """One item's work in its pool's planned images (drift compares work, not images, with the plan)."""
+        return job_work(self.pools[key.pool], key.height, key.width, key.steps)
 
     def _prepare_key(self, key: BatchKey) -> float:
         _, seconds = self.cache.get(self.group_spec(key.pool))
@@ -329,8 +334,12 @@ class WorkerRuntime:
             old = prev.pools.get(pool)
             images = (cur.images if cur else 0) - (old.images if old else 0)
             busy = (cur.busy_s if cur else 0.0) - (old.busy_s if old else 0.0)
-            if images or busy > 0:
-                self.state.push_samples(pool, [Sample(now, images, busy)], self.settings.drift_window_s)
+            full_work = (cur.full_work if cur else 0.0) - (old.full_work if old else 0.0)
+            full_busy = (cur.full_busy_s if cur else 0.0) - (old.full_busy_s if old else 0.0)
+            if full_busy > 0:
+                self.state.push_samples(
+                    pool, [Sample(now, full_work, full_busy)], self.settings.drift_window_s, plan_id=table.plan_id
+                )
             done = self._done_times[pool]
             while done and done[0][0] < now_mono - self.settings.throughput_window_s:
                 done.popleft()
@@ -370,7 +379,7 @@ class WorkerRuntime:
 
     def _check_drift(self, plan_id: int, pool: Pool, now: float) -> None:
         s = self.settings
-        samples = self.state.samples(pool.pool, since=now - s.drift_window_s)
+        samples = self.state.samples(pool.pool, since=now - s.drift_window_s, plan_id=plan_id)
         verdict = drift_decision(
             planned_rate=pool.replica_rate,
             samples=samples,

@@ -43,6 +43,28 @@ def test_fills_batches_up_to_the_plan_batch() -> None:
     assert b.stats.batches == len(sizes)
 
 
+def test_only_full_batches_count_as_drift_evidence_weighed_by_their_work() -> None:
+    """The plan's rate is the rate at its batch: a partial batch (light load) is not evidence of drift, and a
+    job bigger than the planned image counts as more work."""
+    rec = Recorder(sleep_s=0.02)
+    big = BatchKey("p.0.cpu", 128, 64, 2)
+    b = Batcher(rec, max_batch=lambda pool: 4, wait_s=0.05, max_waiting=100, work_of=lambda k: k.height / 64)
+    b.start()
+    try:
+        for f in [b.submit(KEY, i) for i in range(4)]:  # one full batch of planned images
+            f.result(timeout=10)
+        b.submit(KEY, 9).result(timeout=10)  # alone: a partial batch
+        for f in [b.submit(big, i) for i in range(4)]:  # a full batch of double-size jobs
+            f.result(timeout=10)
+    finally:
+        b.stop()
+    assert [len(x) for x in rec.batches] == [4, 1, 4]
+    stats = b.snapshot().pools["p.0.cpu"]
+    assert stats.images == 9
+    assert stats.full_work == pytest.approx(4 + 4 * 2)
+    assert 0 < stats.full_busy_s < stats.busy_s
+
+
 def test_a_lone_item_waits_at_most_the_wait_bound() -> None:
     rec = Recorder()
     b = Batcher(rec, max_batch=lambda pool: 8, wait_s=0.2, max_waiting=100)

@@ -19,7 +19,7 @@ def samples(rate: float, *, start: float, end: float, every: float = 10.0, busy:
     out = []
     t = start + every
     while t <= end:
-        out.append(Sample(t=t, images=round(rate * busy), busy_s=busy))
+        out.append(Sample(t=t, work=rate * busy, busy_s=busy))
         t += every
     return out
 
