@@ -29,7 +29,7 @@ from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.db.base import utcnow
 from scheduler.dispatch import Dispatcher, DispatchError
-from scheduler.routing import JobShape, NoRouteError, RoutingTable, decide_group, job_salt
+from scheduler.routing import JobShape, NoCapacityError, NoRouteError, RoutingTable, decide_group, job_salt
 from scheduler.state import WorkerInfo
 
 log = logging.getLogger("scheduler.rebalance")
@@ -89,7 +89,7 @@ def evacuate_pool(dispatcher: Dispatcher, pool: str, table: RoutingTable, *, lim
                 if g >= len(groups):
                     raise NoRouteError(f"the plan in force has no group {g} for workload {payload['workload']!r}")
                 target, work = decide_group(groups[g], dispatcher.backlog(), shape, job_salt(shape.job_id), exclude)
-            except NoRouteError as exc:
+            except (NoRouteError, NoCapacityError) as exc:
                 # Nowhere to go: leave it where it is (first in line), for when the pool or another comes back.
                 message.reject(requeue=True)
                 log.warning("cannot move job %s off pool %s: %s", payload["job_id"], pool, exc)
@@ -129,6 +129,8 @@ def resend_forgotten(dispatcher: Dispatcher) -> int:
             try:
                 dispatcher.redispatch(session, job)
                 sent += 1
+            except NoCapacityError as exc:  # it stays queued for the next pass, when a pool is back
+                log.warning("job %s waits for capacity: %s", job.id, exc)
             except NoRouteError as exc:
                 crud.fail_job(session, job_id=job.id, error=str(exc), dead=False)
                 session.commit()
@@ -212,6 +214,8 @@ def resend_lost(dispatcher: Dispatcher) -> int:
                 crud.move_job(session, job_id=job_id, pool=route.pools[0])  # and it was touched now
                 session.commit()
                 sent += 1
+            except NoCapacityError as exc:  # it stays as it is; the next pass looks again
+                log.warning("job %s waits for capacity: %s", job_id, exc)
             except NoRouteError as exc:
                 crud.fail_job(session, job_id=job_id, error=str(exc), dead=False)
                 session.commit()

@@ -20,14 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import inf
 
-from planner.core.errors import InputError
+from planner.core.errors import InputError, PlannerError
 
 DENOISER = "denoiser"
 VAE_DECODER = "vae_decoder"
 
 
 class NoRouteError(InputError):
-    """The active plan has no (available) pool for a job."""
+    """The plan in force does not route the job's workload: the request's fault (422), or the plan's."""
+
+
+class NoCapacityError(PlannerError):
+    """The workload is routed, but none of a group's pools can take a job now (drained, lost): a transient state,
+    so a job waits (queued) and a new submission is a 503 to resend, not a failure of the request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +167,7 @@ def decide_group(
             best_work.append(w)
     if not best:
         names = [p.pool for p in candidates]
-        raise NoRouteError(
+        raise NoCapacityError(
             f"no available pool for workload {job.workload!r} group {candidates[0].group_index} "
             f"(pools {names} are drained, lost or have no capacity); bring a worker of one of them up "
             "or activate a plan with capacity for it."

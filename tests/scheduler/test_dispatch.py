@@ -13,14 +13,14 @@ import pytest
 import redis
 from sqlalchemy import Engine, update
 
-from planner.core.errors import ConflictError
+from planner.core.errors import ConflictError, InputError
 from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.db.session import session_factory, session_scope
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher
 from scheduler.rebalance import pools_to_evacuate, rebalance_once
-from scheduler.routing import NoRouteError
+from scheduler.routing import NoCapacityError, NoRouteError
 from scheduler.state import WorkerInfo
 from tests.scheduler.conftest import PoolDef, create_plan
 
@@ -196,6 +196,35 @@ def test_forgotten_jobs_are_sent_again(
         s.flush()
         s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
     assert rebalance_once(dispatcher).redispatched >= 1
+    assert job.id in [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)]  # type: ignore[index]
+
+
+def test_a_job_with_no_pool_up_waits_queued_and_goes_when_one_is_back(
+    dispatcher: Dispatcher, engine: Engine, settings: SchedulerSettings, fleet_name: str, redis_client: redis.Redis
+) -> None:
+    """No capacity is a transient state, not the request's fault: the job is not failed, and new submissions
+    are refused as retryable (NoCapacityError, a 503 at the API), not as bad input."""
+    p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
+    plan_id = create_plan(engine, fleet_name, [p])
+    with session_scope(engine) as s:
+        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req(), plan_id=plan_id)
+        s.flush()
+        s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
+    host_id = str(uuid.uuid4())
+    with session_scope(engine) as s:
+        s.add(m.Host(id=host_id, name=f"host-{host_id[:8]}", token_hash="x", status="lost"))
+    dispatcher.state.heartbeat(WorkerInfo("wa@host", host_id, (p.name,), time.time()))
+    report = rebalance_once(dispatcher)
+    assert report.unavailable == {p.name}
+    assert report.redispatched == 0
+    with session_factory(engine)() as s:
+        assert crud.get_job(s, job_id=job.id).state == "queued"  # type: ignore[union-attr]
+    with pytest.raises(NoCapacityError, match="no available pool"):
+        submit(dispatcher, engine, req(seed=5))
+    assert not issubclass(NoCapacityError, InputError)  # so the API answers 503, not 422
+    with session_scope(engine) as s:
+        s.execute(update(m.Host).where(m.Host.id == host_id).values(status="active"))
+    assert rebalance_once(dispatcher).redispatched == 1
     assert job.id in [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)]  # type: ignore[index]
 
 

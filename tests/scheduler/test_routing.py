@@ -9,6 +9,7 @@ import pytest
 from scheduler.routing import (
     Backlog,
     JobShape,
+    NoCapacityError,
     NoRouteError,
     Pool,
     RoutingTable,
@@ -110,7 +111,7 @@ def test_unavailable_drained_and_empty_pools_are_skipped() -> None:
         ),
     )
     assert decide(table, Backlog(unavailable=frozenset({"sdxl-prod.0.a"})), job()).pools == ("sdxl-prod.0.d",)
-    with pytest.raises(NoRouteError, match="no available pool"):
+    with pytest.raises(NoCapacityError, match="no available pool"):
         decide(table, Backlog(unavailable=frozenset({"sdxl-prod.0.a", "sdxl-prod.0.d"})), job())
 
 

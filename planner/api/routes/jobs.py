@@ -3,7 +3,8 @@
 `POST /v1/jobs` stores the job and sends it to the scheduler's queues (scheduler.dispatch.Dispatcher, built from
 the `SCHEDULER_*` settings on first use, or `app.state.dispatcher`): 201 with the new job, 200 with the job an
 idempotency key already made, 409 if that key was used for another request, 422 for a workload the plan in
-force does not route, 503 if the broker did not take it (resend with the same key).
+force does not route, 503 if the broker did not take it or no pool of the workload is up now (resend with the
+same key).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from planner.db import models as m
 from scheduler.config import get_settings as scheduler_settings
 from scheduler.dispatch import Dispatcher, DispatchError
 from scheduler.results import DirectoryResults
+from scheduler.routing import NoCapacityError
 
 _dispatcher_lock = threading.Lock()
 
@@ -100,7 +102,7 @@ def submit_job(
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except DispatchError as exc:
+    except (DispatchError, NoCapacityError) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
@@ -178,7 +180,7 @@ def requeue(_: AdminDep, job_id: str, request: Request, session: SessionDep, dis
         dispatcher.redispatch(session, job)
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except DispatchError as exc:
+    except (DispatchError, NoCapacityError) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     session.refresh(job)
     return _out(request, job)
