@@ -150,6 +150,28 @@ class WorkerRuntime:
 
     # Pools and the GPU thread.
 
+    def _follow(self, planned: Pool, plan_id: int | None) -> None:
+        """Serve what the plan in force says a pool is: a new plan may give a pool name other stages, recipes or
+        batch, and a worker started under the old one would otherwise keep running the old configuration.
+
+        The next batch loads the new stage group (the model cache swaps it in); the batch limit follows at once.
+        """
+        current = self.pools[planned.pool]
+        before = (current.model, current.stages, dict(current.recipes), current.batch)
+        after = (planned.model, planned.stages, dict(planned.recipes), planned.batch)
+        if before == after:
+            if current != planned:
+                self.pools[planned.pool] = planned  # capacity, weight, planned image: drift and metrics follow
+            return
+        log.warning(
+            "pool %s changed in plan %s: %s %s %s batch %d -> %s %s %s batch %d; serving the new configuration",
+            planned.pool,
+            plan_id,
+            *(before[0], "+".join(before[1]), before[2], before[3]),
+            *(after[0], "+".join(after[1]), after[2], after[3]),
+        )
+        self.pools[planned.pool] = planned
+
     def group_spec(self, pool: str) -> GroupSpec:
         p = self.pools[pool]
         return GroupSpec(p.model, p.stages, tuple(sorted(p.recipes.items())), self.settings.tiny, self.settings.device)
@@ -348,6 +370,7 @@ class WorkerRuntime:
             if cur and cur.busy_s > 0:
                 self.metrics.service_rate.labels(pool).set(cur.images / cur.busy_s)
             planned = table.get(pool) or p
+            self._follow(planned, table.plan_id)
             self.metrics.planned_rate.labels(pool).set(planned.replica_rate)
             if images:
                 log.info(

@@ -1,0 +1,51 @@
+"""A worker follows the plan in force: a pool name the next plan gives other stages, recipes or batch is served
+with the new configuration (in-process runtime on the real store and Redis, no-op stages)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from planner.db.session import session_factory
+from scheduler.config import SchedulerSettings
+from scheduler.stages import noop_builder
+from scheduler.table import find_pool
+from scheduler.worker import WorkerRuntime
+from tests.scheduler.conftest import PoolDef, create_plan
+
+ALL = ["text_encoder", "denoiser", "vae_decoder"]
+
+
+@pytest.mark.redis
+def test_a_pool_the_next_plan_reconfigures_is_served_as_planned(
+    settings: SchedulerSettings, engine: Engine, fleet_name: str, redis_client: redis.Redis
+) -> None:
+    first = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4)
+    create_plan(engine, fleet_name, [first])
+    with session_factory(engine)() as s:
+        pool = find_pool(s, fleet=settings.fleet, pool=first.name)
+    assert pool is not None
+    runtime = WorkerRuntime(
+        settings,
+        [pool],
+        name="follow@t",
+        concurrency=2,
+        build_stage=noop_builder(0),
+        engine=engine,
+        client=redis_client,
+    )
+    runtime.start(preload=False)
+    try:
+        runtime.tick()
+        assert runtime.group_spec(first.name).stages == tuple(ALL)  # nothing changed yet
+        second = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ["text_encoder"], batch=16, recipes={"text_encoder": "bf16"})
+        rest = PoolDef("w1", 1, "l4-24gb", "sd15", ["denoiser", "vae_decoder"], batch=2)
+        create_plan(engine, fleet_name, [second, rest])
+        runtime.tick()
+        spec = runtime.group_spec(first.name)
+        assert spec.stages == ("text_encoder",)
+        assert dict(spec.recipes) == {"text_encoder": "bf16"}
+        assert runtime._max_batch(first.name) == min(16, settings.max_batch or 16)
+    finally:
+        runtime.stop()
