@@ -179,12 +179,15 @@ def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> set[str]:
 
 
 def resend_lost(dispatcher: Dispatcher) -> int:
-    """Send again the dispatched jobs whose message is nowhere: not queued, not held by a worker.
+    """Send again the dispatched jobs whose message is nowhere: not queued, not held by a live worker.
 
     The Redis transport takes a message off its queue (BRPOP) before it records it as unacknowledged, so a worker
     killed in between loses it. Such a job stays queued (or running, mid-chain) and nothing touches it: after
     `lost_after_s` it is looked for in the broker and, if absent, sent again from its first group (a message
-    that was only in transit makes a duplicate, which the job store absorbs). Rate-limited: one pass per
+    that was only in transit makes a duplicate, which the job store absorbs). A running job whose worker is gone
+    (no heartbeat for `worker_lost_s`: killed, its host down) is sent again too, although its message is still
+    held unacknowledged: otherwise it would wait for the visibility timeout (an hour by default). The held
+    message comes back after that timeout as a duplicate, which the job store absorbs. Rate-limited: one pass per
     `lost_after_s / 2` across the workers.
     """
     settings = dispatcher.settings
@@ -201,14 +204,18 @@ def resend_lost(dispatcher: Dispatcher) -> int:
         if not candidates:
             return 0
         present = messages_in_broker(dispatcher, set(candidates))
+        now = time.time()
+        live = {w.name for w in dispatcher.state.workers() if now - w.seen_at <= settings.worker_lost_s}
         sent = 0
         for job_id, job in candidates.items():
-            if job_id in present:
+            holder_gone = job.state == "running" and job.worker is not None and job.worker not in live
+            if job_id in present and not holder_gone:
                 continue
             fresh = crud.get_job(session, job_id=job_id)
             if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= since:
                 continue  # it moved meanwhile
-            log.warning("job %s (%s on %s) has no message in the broker; sending it again", job_id, job.state, job.pool)
+            why = f"its worker {job.worker} is gone" if holder_gone else "it has no message in the broker"
+            log.warning("job %s (%s on %s): %s; sending it again", job_id, job.state, job.pool, why)
             try:
                 route = dispatcher.redispatch(session, fresh)
                 crud.move_job(session, job_id=job_id, pool=route.pools[0])  # and it was touched now
