@@ -84,7 +84,9 @@ def test_refusals(client: JobClient, http: TestClient) -> None:
     with pytest.raises(JobClientError) as err:
         client.submit(workload="unknown", prompt="x")
     assert err.value.status_code == 422
-    assert "unknown" in str(err.value.detail)
+    (problem,) = err.value.detail  # type: ignore[misc]
+    assert problem["field"] == "workload"
+    assert "'unknown' is not in the active plan" in problem["msg"]
     with pytest.raises(JobClientError) as err:
         client.submit(workload="w1", prompt="x", height=100)  # not a multiple of 8
     assert err.value.status_code == 422

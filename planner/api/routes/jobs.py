@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session
 from planner.api.deps import AdminDep, SessionDep
 from planner.api.schemas.common import ERROR_RESPONSES, responses
 from planner.api.schemas.jobs import JobIn, JobOut, JobsSummary
-from planner.core.errors import ConflictError, InputError
+from planner.core.errors import ConflictError, FieldError, InputError
 from planner.crud import jobs as crud
 from planner.db import models as m
 from scheduler.config import get_settings as scheduler_settings
 from scheduler.dispatch import Dispatcher, DispatchError
 from scheduler.results import DirectoryResults
-from scheduler.routing import NoCapacityError
+from scheduler.routing import NoCapacityError, NoRouteError
 
 _dispatcher_lock = threading.Lock()
 
@@ -100,6 +100,8 @@ def submit_job(
         submitted = dispatcher.submit(session, idempotency_key=key, request=req)
     except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except NoRouteError as exc:  # the documented 422 shape: a list of problems, each naming its field
+        raise FieldError.at(("workload",), str(exc)) from exc
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     except (DispatchError, NoCapacityError) as exc:
