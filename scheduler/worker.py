@@ -226,10 +226,12 @@ class WorkerRuntime:
             if task.request.retries < self.settings.max_retries:
                 raise task.retry(countdown=self._backoff(task), max_retries=self.settings.max_retries)
             log.error("job %s is not in the job store; dropping its message", job_id)
+            self._release(payload)
             raise Ignore()
         chain_id = f"{job_id}:{payload.get('dispatch_id', '')}"
         if claim is crud.Claim.FINISHED or (not last and self.state.group_done(chain_id, g)):
             self.metrics.jobs.labels(pool, "duplicate").inc()
+            self._release(payload)
             raise Ignore()
         if claim is crud.Claim.EXHAUSTED:
             self._end(
@@ -286,6 +288,7 @@ class WorkerRuntime:
             if not won:
                 self.results.delete(rel)
                 self.metrics.jobs.labels(pool, "duplicate").inc()
+                self._release(payload)
                 raise Ignore()
             self.results.discard_others(job_id, rel)
             result: dict[str, Any] = {"job_id": job_id, "state": "done", "result_path": rel}
@@ -296,6 +299,7 @@ class WorkerRuntime:
             ref = self.intermediates.put(chain_id, g + 1, out)
             if not self.state.mark_group_done(chain_id, g, self.settings.intermediate_ttl_s):
                 self.metrics.jobs.labels(pool, "duplicate").inc()
+                self._release(payload)
                 raise Ignore()
             result = {**payload, "group": g + 1, "input_ref": ref}
             outcome = "forwarded"
@@ -308,22 +312,31 @@ class WorkerRuntime:
 
     def _end(self, job_id: str, payload: dict[str, Any], error: str, *, dead: bool, pool: str) -> None:
         """End a job without a result: failed or dead-lettered; its remaining work leaves the backlogs."""
-        g = int(payload["group"])
         with self.sessions() as session:
             ended = crud.fail_job(session, job_id=job_id, error=error, dead=dead)
             session.commit()
+        self._release(payload)
         if not ended:
             return
         log.error("job %s %s: %s", job_id, "dead-lettered" if dead else "failed", error)
         if dead:
             self.state.dead_letter(job_id, error, payload)
+        if payload.get("input_ref"):
+            self.intermediates.delete(payload["input_ref"])
+        self.metrics.jobs.labels(pool, "dead" if dead else "failed").inc()
+
+    def _release(self, payload: dict[str, Any]) -> None:
+        """Take a message's remaining work (its group and the chain behind it) off the backlogs.
+
+        Every publish (a first dispatch, a resend, an evacuation's republish) adds its route's work, so every
+        message that ends without running its chain on, a duplicate included, must take it off again; otherwise
+        the backlogs only grow and the router steers away from pools that are in fact idle.
+        """
+        g = int(payload["group"])
         remaining: dict[str, float] = {}
         for p, w in zip(payload["route"][g:], payload["work"][g:], strict=True):
             remaining[p] = remaining.get(p, 0.0) - float(w)
         self.state.add_backlog(remaining)
-        if payload.get("input_ref"):
-            self.intermediates.delete(payload["input_ref"])
-        self.metrics.jobs.labels(pool, "dead" if dead else "failed").inc()
 
     # The monitor.
 

@@ -20,6 +20,7 @@ from planner.db import models as m
 from planner.db.session import session_factory
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher
+from scheduler.routing import JobShape
 from tests.scheduler.conftest import PoolDef, WorkerProcess, create_plan, wait_for
 
 ALL = ["text_encoder", "denoiser", "vae_decoder"]
@@ -89,6 +90,13 @@ def test_noop_jobs_end_to_end(
     assert "cannot be served" in (jobs[failing[1]].error or "")
     dead = d.state.dead_letters()
     assert [e["job_id"] for e in dead] == [failing[0]]
+    # duplicates of finished jobs (a resend whose first message was only late) are skipped, and their work
+    # leaves the backlogs too: on both pools of a split job's chain
+    wait_for(lambda: all(abs(v) < 1e-6 for v in d.state.snapshot().work.values()), 10, "backlogs to drain")
+    for jid in (ok[0], split[0]):
+        job = jobs[jid]
+        d.publish(job, d.route(JobShape(job.id, job.workload_name, job.height, job.width, job.steps)))
+    assert sum(d.state.snapshot().work.values()) > 0
     # every group's work left the backlogs, and the split jobs' intermediates are gone
     wait_for(lambda: all(abs(v) < 1e-6 for v in d.state.snapshot().work.values()), 10, "backlogs to drain")
     assert list(d.redis.scan_iter(match=f"{settings.key_prefix}im:*")) == []
@@ -110,6 +118,8 @@ def test_noop_jobs_end_to_end(
         assert name in text, name
     assert f'scheduler_jobs_total{{outcome="done",pool="{batched.name}"}} 20.0' in text
     assert f'scheduler_jobs_total{{outcome="forwarded",pool="{split0.name}"}} 6.0' in text
+    assert f'scheduler_jobs_total{{outcome="duplicate",pool="{batched.name}"}} 1.0' in text
+    assert f'scheduler_jobs_total{{outcome="duplicate",pool="{split0.name}"}} 1.0' in text
 
 
 @pytest.mark.redis
