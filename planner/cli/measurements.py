@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
 from planner.db.session import session_scope
@@ -27,10 +28,13 @@ def import_(
     with session_scope(engine) as session:
         result = import_file(session, path=file)
     console.print(
-        f"stored {result.stored} measurement(s) in {len(result.runs_created)} run(s)"
-        + (f"; {result.skipped} already stored (same run) skipped" if result.skipped else "")
-        + (f"; new recipes: {', '.join(result.new_recipes)}" if result.new_recipes else "")
-        + (f"; new families: {', '.join(result.new_families)}" if result.new_families else "")
+        Text(
+            f"stored {result.stored} measurement(s) in {len(result.runs_created)} run(s)"
+            + (f"; {result.skipped} already stored (same run) skipped" if result.skipped else "")
+            + (f"; new recipes: {', '.join(result.new_recipes)}" if result.new_recipes else "")
+            + (f"; new families: {', '.join(result.new_families)}" if result.new_families else "")
+        ),
+        highlight=False,
     )
 
 
@@ -58,4 +62,4 @@ def export(
                 count = write_rows(rows, fh)
             tmp.replace(output)
     if output is not None:
-        console.print(f"wrote {count} measurement(s) to {output}")
+        console.print(Text(f"wrote {count} measurement(s) to {output}"), highlight=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from planner.cli.common import console, err_console
 from planner.cli.progress import DeferredProgress
@@ -196,11 +197,12 @@ def run(
         write_csv(plan, sys.stdout)
     else:
         for line in v.context_lines(context):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(Text(line), highlight=False, soft_wrap=True)
         for view in v.plan_views(plan):
             render_view(view, console)
         for warning in plan.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            # Plain text: a warning names groups like `[te+dn]`, which rich markup would swallow.
+            console.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
 
     extra: list[tuple[str, list[v.View]]] = []
     if points:
@@ -253,4 +255,4 @@ def _write_report(
             builder=builder,
             tick=progress.tick,
         )
-    err_console.print(f"report written to {path}", highlight=False, soft_wrap=True)
+    err_console.print(Text(f"report written to {path}"), highlight=False, soft_wrap=True)

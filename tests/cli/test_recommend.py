@@ -265,6 +265,24 @@ def test_compare_with_a_saved_plan(reference_url: str, tmp_path: Path) -> None:
     assert re.search(r"\+\$[\d.,]+ \(\+\d+%\)", out)  # twice the rate costs more
 
 
+def test_compare_on_a_narrow_terminal_prints_the_topology_change(reference_url: str, tmp_path: Path) -> None:
+    """At 80 columns the per-workload comparison prints one record per row; its topologies stay as typed."""
+    args = ("--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb")
+    now = json.loads(recommend(reference_url, *args, "--format", "json").stdout)["workloads"][0]["topology"]
+    before = "[te][dn][vae]" if now != "[te][dn][vae]" else "[te+dn+vae]"
+    saved = json.loads(recommend(reference_url, *args, "--format", "json").stdout)
+    saved["workloads"][0]["topology"] = before
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    # A subprocess: the console reads COLUMNS when it is created, at import.
+    proc = run_cli(
+        "planner", "recommend", "--database-url", reference_url, *args, "--compare", str(path), env={"COLUMNS": "80"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "what changed" in proc.stdout  # one record per row, not a table
+    assert f"topology {before} -> {now}" in " ".join(proc.stdout.split())
+
+
 def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     reference_url: str, tmp_path: Path
 ) -> None:
