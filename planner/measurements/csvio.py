@@ -135,6 +135,10 @@ def read_csv(path: str | Path) -> list[LocatedRow]:
             return parse_rows(fh, name=str(p))
     except FileNotFoundError as exc:
         raise InputError(f"{p}: no such file; give the path of a measurements CSV") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{p}: is a directory; give the path of a measurements CSV file in it") from exc
+    except OSError as exc:  # permissions, a device, ...: say so rather than print a traceback
+        raise InputError(f"{p}: cannot read it ({exc.strerror or exc}); give a readable measurements CSV") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8 CSV") from exc
 

@@ -136,3 +136,27 @@ def test_unknown_family_defined_by_file(tmp_path: Path, store_url: str) -> None:
         mem = conn.execute(select(m.GpuFamily.memory_gib).where(m.GpuFamily.id == "lab-gpu-48g")).scalar_one()
     engine.dispose()
     assert mem == 48.0
+
+
+# ---- paths a person can get wrong: one-line errors, no traceback, nothing written ------------------------------
+
+
+def test_import_of_a_directory_says_so(tmp_path: Path, store_url: str) -> None:
+    seeded = count(store_url)
+    proc = run_cli("planner", "measurements", "import", str(tmp_path), "--database-url", store_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {tmp_path}: is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert count(store_url) == seeded
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_export_to_a_bad_path_names_it_and_writes_nothing(tmp_path: Path, store_url: str, where: str) -> None:
+    output = tmp_path / "nowhere" / "x.csv" if where == "missing-dir" else tmp_path
+    proc = run_cli("planner", "measurements", "export", "-o", str(output), "--database-url", store_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: --output {output}:" in proc.stderr
+    assert ("does not exist" if where == "missing-dir" else "is a directory") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+    assert not list(tmp_path.glob("*.tmp"))
