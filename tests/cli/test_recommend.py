@@ -410,6 +410,33 @@ def test_compare_refuses_a_file_that_is_not_a_plan(reference_url: str, tmp_path:
 # ---- a fleet's store ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("bogus://", "database URL 'bogus://': unknown backend 'bogus'"),
+        ("notaurl", "database URL 'notaurl' is not a URL SQLAlchemy can read"),
+        ("postgresql://me:secret@db:port/planner", "database URL 'postgresql://me:***@db:port/planner' is not a URL"),
+    ],
+)
+def test_a_bad_database_url_is_named_without_a_traceback(url: str, message: str) -> None:
+    proc = run_cli("planner", "recommend", "--model", "sdxl", "--rate", "1", "--database-url", url)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "--database-url (or PLANNER_DATABASE_URL)" in proc.stderr
+    assert "secret" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [("recommend", "--model", "sdxl", "--rate", "1"), ("db", "upgrade")])
+def test_a_sqlite_file_in_a_missing_directory_is_refused_not_created(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A typed path whose directory is missing is most likely a typo: name it rather than create it."""
+    missing = tmp_path / "no" / "such"
+    result = invoke(*command, "--database-url", f"sqlite:///{missing / 'a.db'}")
+    assert result.returncode == 2, result.stderr
+    assert f"the directory {missing} does not exist; create it (mkdir -p {missing})" in result.stderr
+    assert not (tmp_path / "no").exists()
+
+
 def test_database_url_reads_a_migrated_store(empty_db_url: str) -> None:
     """`planner db upgrade` migrates a fresh database and seeds the reference data; recommend reads it."""
     upgraded = invoke("db", "upgrade", "--database-url", empty_db_url)
