@@ -131,7 +131,9 @@ def read_csv(path: str | Path) -> list[LocatedRow]:
     """Read a measurements file from disk."""
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark, which would else glue itself to
+        # the first column's name (`\ufeffgpu_family`) and make it "missing".
+        with p.open(newline="", encoding="utf-8-sig") as fh:
             return parse_rows(fh, name=str(p))
     except FileNotFoundError as exc:
         raise InputError(f"{p}: no such file; give the path of a measurements CSV") from exc

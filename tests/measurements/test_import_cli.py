@@ -160,3 +160,14 @@ def test_export_to_a_bad_path_names_it_and_writes_nothing(tmp_path: Path, store_
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "nowhere").exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_excel_csv_utf8_with_a_byte_order_mark_imports(tmp_path: Path, store_url: str) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM; it used to make the first column `missing`."""
+    path = write_csv(tmp_path / "excel.csv", [GOOD])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    seeded = count(store_url)
+    proc = invoke("measurements", "import", str(path), "--database-url", store_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "stored 1 measurement(s)" in proc.stdout
+    assert count(store_url) == seeded + 1
