@@ -15,7 +15,7 @@ from planner.db.session import session_scope
 from planner.db.store import open_store
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import write_rows
-from planner.measurements.store import import_file, iter_rows, measurements_query
+from planner.measurements.store import check_filters, import_file, iter_rows, measurements_query
 
 app = typer.Typer(help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True)
 
@@ -47,7 +47,9 @@ def export(
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write; standard output if absent."),
     gpu_family: str | None = typer.Option(None, "--family", help="Only this GPU family."),
     model: str | None = typer.Option(None, help="Only this model."),
-    stage: str | None = typer.Option(None, help="Only this stage."),
+    stage: str | None = typer.Option(
+        None, help="Only this stage: text_encoder (te), denoiser (dn) or vae_decoder (vae)."
+    ),
     recipe: str | None = typer.Option(None, help="Only this recipe."),
     all_runs: bool = typer.Option(False, "--all-runs", help="Every run's rows, not only the newest per cell."),
     database_url: DatabaseUrlOption = None,
@@ -56,8 +58,11 @@ def export(
     if output is not None:
         check_output(output)
     engine = open_store(database_url)
-    query = measurements_query(gpu_family=gpu_family, model=model, stage=stage, recipe=recipe, latest_only=not all_runs)
     with session_scope(engine) as session:
+        stage = check_filters(session, gpu_family=gpu_family, model=model, stage=stage, recipe=recipe)
+        query = measurements_query(
+            gpu_family=gpu_family, model=model, stage=stage, recipe=recipe, latest_only=not all_runs
+        )
         rows = iter_rows(session, query)
         count = write_rows(rows, sys.stdout) if output is None else _write_file(output, rows)
     if output is not None:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from planner.catalog.schema import STAGE_ALIASES, STAGES
 from planner.core.errors import InputError
 from planner.db import models as m
 from planner.measurements.contract import ALL_COLUMNS, MeasurementRow
@@ -199,6 +200,37 @@ def import_file(session: Session, *, path: Path) -> ImportResult:
     if not rows:
         raise InputError(f"{path}: no rows after the header; nothing to import")
     return import_rows(session, rows=rows, name=str(path), digest=sha256_file(path))
+
+
+def check_filters(
+    session: Session,
+    *,
+    gpu_family: str | None = None,
+    model: str | None = None,
+    stage: str | None = None,
+    recipe: str | None = None,
+) -> str | None:
+    """Refuse a filter naming nothing the store knows (a typo would else export an empty file and exit 0).
+
+    Returns the stage with its alias resolved (`dn` -> `denoiser`), as `planner recommend --recipe` accepts it.
+    """
+    if stage is not None:
+        stage = STAGE_ALIASES.get(stage, stage)
+        if stage not in STAGES:
+            names = ", ".join(f"{full} ({short})" for short, full in STAGE_ALIASES.items())
+            raise InputError(f"--stage {stage!r}: unknown stage. Fix: use one of {names}.")
+    for flag, value, table, command in (
+        ("--family", gpu_family, m.GpuFamily, "planner families"),
+        ("--model", model, m.Model, "planner models"),
+        ("--recipe", recipe, m.Recipe, "planner recipes"),
+    ):
+        if value is not None and session.get(table, value) is None:
+            known = sorted(session.scalars(select(table.id)))
+            shown = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
+            raise InputError(
+                f"{flag} {value!r}: not in the store. Known: {shown}. Fix: use one of those ids (`{command}`)."
+            )
+    return stage
 
 
 def measurements_query(

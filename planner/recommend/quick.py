@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from planner.catalog.schema import STAGE_ALIASES
 from planner.core.errors import InputError
 from planner.planning import StoreCatalog, scenario_from_data
 from planner.scenario import Scenario
 
 QUALITY_METRICS = ("ssim_image", "psnr_image", "psnr_latent")
-STAGE_ALIASES = {"te": "text_encoder", "dn": "denoiser", "vae": "vae_decoder"}
 _QUALITY = re.compile(r"^\s*([a-z_]+)\s*>=\s*([0-9.eE+-]+)\s*$")
 
 

@@ -171,3 +171,34 @@ def test_excel_csv_utf8_with_a_byte_order_mark_imports(tmp_path: Path, store_url
     assert proc.returncode == 0, proc.stderr
     assert "stored 1 measurement(s)" in proc.stdout
     assert count(store_url) == seeded + 1
+
+
+def test_export_takes_the_stage_aliases_recommend_takes(tmp_path: Path, store_url: str) -> None:
+    path = write_csv(tmp_path / "good.csv", [GOOD, {**GOOD, "stage": "vae_decoder", "recipe": "bf16-tiny-vae"}])
+    assert invoke("measurements", "import", str(path), "--database-url", store_url).returncode == 0
+    short = invoke("measurements", "export", "--stage", "dn", "--family", "h100-sxm-80gb", "--database-url", store_url)
+    full = invoke(
+        "measurements", "export", "--stage", "denoiser", "--family", "h100-sxm-80gb", "--database-url", store_url
+    )
+    assert short.returncode == 0, short.stderr
+    exported = list(csv.DictReader(io.StringIO(short.stdout)))
+    assert exported
+    assert {r["stage"] for r in exported} == {"denoiser"}
+    assert short.stdout == full.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--stage", "unet", "--stage 'unet': unknown stage. Fix: use one of text_encoder (te), denoiser (dn)"),
+        ("--family", "nosuch", "--family 'nosuch': not in the store. Known: a10-24gb"),
+        ("--model", "sdxxl", "--model 'sdxxl': not in the store. Known: flux-dev"),
+        ("--recipe", "nope", "--recipe 'nope': not in the store. Known: bf16"),
+    ],
+)
+def test_export_refuses_a_filter_naming_nothing(store_url: str, flag: str, value: str, message: str) -> None:
+    """A typo used to print only the header and exit 0, which reads as 'no measurements'."""
+    proc = invoke("measurements", "export", flag, value, "--database-url", store_url)
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr
+    assert proc.stdout == ""
