@@ -378,6 +378,19 @@ def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path
     assert f"{path}:7: workloads[0].ratee: unknown key" in result.stderr
 
 
+def test_a_scenario_quality_floor_outside_the_metric_range_is_malformed(reference_url: str, tmp_path: Path) -> None:
+    """`min: 95` (for 0.95) used to reach the solver and exit 3, 'no plan', as if the fleet were the problem."""
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "fleet:\n  - {family: h100-sxm-80gb, price_per_hour: 4.18}\nworkloads:\n  - name: a\n    model: sdxl\n"
+        "    rate: 1\n    quality: {metric: ssim_image, min: 95}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(path))
+    assert result.returncode == 2, result.stderr
+    assert f"{path}:7: workloads[0].quality.min: ssim_image lies in [-1, 1]" in result.stderr
+    assert "no measurement can meet a floor of 95" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -388,6 +401,10 @@ def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path
         (("--model", "sdxl", "--rate", "1", "--family", "nope-gpu"), "--family 'nope-gpu': unknown GPU family"),
         (("--model", "sdxl", "--rate", "1", "--what-if", "rate=fast"), "--what-if 'rate=fast'"),
         (("--model", "sdxl", "--rate", "1", "--quality", "ssim>0.9"), "--quality 'ssim>0.9'"),
+        (("--model", "sdxl", "--rate", "1", "--quality", "ssim_image>=2"),
+         "--quality 'ssim_image>=2': ssim_image lies in [-1, 1] (1 = identical to the reference recipe): no "
+         "measurement can meet a floor of 2"),
+        (("--model", "sdxl", "--rate", "1", "--quality", "ssim_image>=-3"), "every measurement meets a floor of -3"),
         (("--model", "sdxl", "--rate", "1", "--recipe", "unet=bf16"), "--recipe 'unet=bf16'"),
         (("--scenario", "x.yaml", "--rate", "1"), "--scenario and --rate both describe the workload"),
     ],
