@@ -188,6 +188,10 @@ def run(
         builder = builder_for(problem)
         plan = solve(problem, builder=builder)
     if not plan.feasible:
+        if output_format == "json":
+            # A script reads stdout: it gets the object (feasible false, `infeasible` saying why and what would
+            # carry the rate) and the exit code 3; a person reads the same explanation on stderr.
+            sys.stdout.write(plan.to_json() + "\n")
         raise InfeasibleError(plan)
 
     side = console if output_format == "table" else err_console

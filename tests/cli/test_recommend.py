@@ -366,6 +366,23 @@ def test_a_rate_the_fleet_cannot_carry_says_what_would(reference_url: str) -> No
     assert re.search(r"sdxl alone: (\[(te|dn|vae)(\+(te|dn|vae))*\])+ on h100-sxm-80gb", err), err
 
 
+def test_json_of_a_rate_the_fleet_cannot_carry_is_the_plan_object_with_why(reference_url: str) -> None:
+    """A script reading stdout gets feasible false and the diagnosis, not an empty stdout; the exit code stays 3."""
+    args = ("--model", "sdxl", "--rate", "100", "--family", "h100-sxm-80gb", "--available", "2", "--format", "json")
+    result = recommend(reference_url, *args)
+    assert result.returncode == 3
+    plan = json.loads(result.stdout)
+    assert list(plan) == PLAN_KEYS
+    assert plan["feasible"] is False
+    assert plan["total_cost_per_hour"] is None
+    assert plan["workloads"] == []
+    [why] = plan["infeasible"]
+    assert why["workload"] == "sdxl"
+    assert 0 < why["carried_fraction"] < 1
+    assert "add" in why["suggestion"]
+    assert "no plan carries every workload" in result.stderr
+
+
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
