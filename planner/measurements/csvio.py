@@ -145,7 +145,8 @@ def read_csv(path: str | Path) -> list[LocatedRow]:
         raise InputError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8 CSV") from exc
 
 
-def _format(value: object) -> str:
+def format_value(value: object) -> str:
+    """A value as the CSV holds it (floats to 6 significant places): also how two rows are compared."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -163,7 +164,7 @@ def write_rows(rows: Iterable[MeasurementRow], stream: IO[str], *, columns: Sequ
     writer.writerow(columns)
     count = 0
     for row in rows:
-        writer.writerow([_format(getattr(row, c)) for c in columns])
+        writer.writerow([format_value(getattr(row, c)) for c in columns])
         count += 1
     return count
 

@@ -202,3 +202,60 @@ def test_export_refuses_a_filter_naming_nothing(store_url: str, flag: str, value
     assert proc.returncode == 2, proc.stdout
     assert message in proc.stderr
     assert proc.stdout == ""
+
+
+def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp_path: Path, store_url: str) -> None:
+    """A stored run is never changed: same content is skipped, other content refused whole (it used to be
+    skipped too, silently dropping the edits with exit 0); an empty probe_run column imports it as a new run."""
+    run = "0b5c3a52-4a4e-4a57-9d0b-1f0f6a6c2f01"
+    cols = (*CONTRACT_COLUMNS, "probe_run")
+    rows = [
+        {
+            **GOOD,
+            "batch": str(b),
+            "latency_ms": f"{90.123456789 * b}",
+            "latency_p95_ms": f"{95.5 * b}",
+            "probe_run": run,
+        }
+        for b in (1, 2)
+    ]
+    first = invoke(
+        "measurements", "import", str(write_csv(tmp_path / "run.csv", rows, cols)), "--database-url", store_url
+    )
+    assert first.returncode == 0, first.stderr
+    exported = tmp_path / "export.csv"
+    args = ("--family", "h100-sxm-80gb", "--model", "sdxl", "--database-url", store_url)
+    assert invoke("measurements", "export", "-o", str(exported), *args).returncode == 0
+    stored = count(store_url)
+
+    again = invoke("measurements", "import", str(exported), "--database-url", store_url)  # unedited: rounded floats
+    assert again.returncode == 0, again.stderr
+    assert "stored 0 measurement(s) in 0 run(s); 2 already stored (same run) skipped" in again.stdout
+
+    table = list(csv.DictReader(io.StringIO(exported.read_text())))
+    table[1]["latency_ms"] = "150"
+    other = {**table[0], "probe_run": "", "batch": "8", "latency_ms": "400", "latency_p95_ms": "420"}  # a new run
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([*table, other])
+    refused = invoke("measurements", "import", str(edited), "--database-url", store_url)
+    assert refused.returncode == 1, refused.stdout
+    assert f"probe run {run}:" in refused.stderr
+    assert "line 3, field latency_ms: 150.0 in the file, 180.246914 stored" in refused.stderr
+    assert "nothing from this file was stored" in refused.stderr
+    assert "empty the probe_run column" in refused.stderr
+    assert count(store_url) == stored  # not even the file's new run
+
+    for row in (*table, other):
+        row["probe_run"] = ""
+    with edited.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([*table, other])
+    new_run = invoke("measurements", "import", str(edited), "--database-url", store_url)
+    assert new_run.returncode == 0, new_run.stderr
+    assert "stored 3 measurement(s) in 1 run(s)" in new_run.stdout
+    latest = invoke("measurements", "export", *args)
+    assert sorted(float(r["latency_ms"]) for r in csv.DictReader(io.StringIO(latest.stdout))) == [90.123457, 150, 400]
