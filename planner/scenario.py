@@ -22,6 +22,7 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -29,6 +30,21 @@ from planner.catalog.schema import ID_PATTERN, STAGES, GpuFamily, ModelSpec, Sta
 from planner.core.errors import InputError
 
 QualityMetricName = Literal["ssim_image", "psnr_image", "psnr_latent"]
+METRIC_RANGES: dict[str, tuple[float, float]] = {"ssim_image": (-1.0, 1.0)}
+"""Where a quality metric's values can lie (the measurements contract's bounds); PSNR has none (inf: identical)."""
+
+
+def floor_range_problem(metric: str, floor: float) -> str | None:
+    """Why a quality floor outside its metric's range is refused: above it nothing passes, below it everything
+    does, and either is a typo (ssim_image>=95 for 0.95) better named than answered with 'no plan' (exit 3)."""
+    bounds = METRIC_RANGES.get(metric)
+    if bounds is None or bounds[0] <= floor <= bounds[1]:
+        return None
+    lo, hi = bounds
+    effect = "no measurement can meet" if floor > hi else "every measurement meets"
+    return f"{metric} lies in [{lo:g}, {hi:g}] (1 = identical to the reference recipe): {effect} a floor of {floor:g}"
+
+
 KeyPath = tuple[str | int, ...]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
 Ident = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
@@ -68,6 +84,14 @@ class QualityFloor(_Strict):
     missing: Literal["exclude", "allow"] = Field(
         default="exclude", description="what a recipe without a quality measurement gets"
     )
+
+    @field_validator("min")
+    @classmethod
+    def _within_the_metric_range(cls, value: float, info: ValidationInfo) -> float:
+        problem = floor_range_problem(str(info.data.get("metric", "ssim_image")), value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class QualityScores(_Strict):

@@ -22,6 +22,9 @@ from pydantic import (
 STAGES: tuple[str, ...] = ("text_encoder", "denoiser", "vae_decoder")
 """The ordered stages of every text-to-image pipeline (DESIGN.md vocabulary)."""
 
+STAGE_ALIASES: dict[str, str] = {"te": "text_encoder", "dn": "denoiser", "vae": "vae_decoder"}
+"""Short stage names the CLI accepts wherever it takes a stage (the topology's `[te+dn][vae]`)."""
+
 Stage = Literal["text_encoder", "denoiser", "vae_decoder"]
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
 FactStatus = Literal["read", "secondary", "computed", "measured", "unverified"]

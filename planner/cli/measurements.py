@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
+from planner.core.errors import InputError
 from planner.db.session import session_scope
 from planner.db.store import open_store
+from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import write_rows
-from planner.measurements.store import import_file, iter_rows, measurements_query
+from planner.measurements.store import check_filters, import_file, iter_rows, measurements_query
 
 app = typer.Typer(help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True)
 
@@ -27,10 +31,13 @@ def import_(
     with session_scope(engine) as session:
         result = import_file(session, path=file)
     console.print(
-        f"stored {result.stored} measurement(s) in {len(result.runs_created)} run(s)"
-        + (f"; {result.skipped} already stored (same run) skipped" if result.skipped else "")
-        + (f"; new recipes: {', '.join(result.new_recipes)}" if result.new_recipes else "")
-        + (f"; new families: {', '.join(result.new_families)}" if result.new_families else "")
+        Text(
+            f"stored {result.stored} measurement(s) in {len(result.runs_created)} run(s)"
+            + (f"; {result.skipped} already stored (same run) skipped" if result.skipped else "")
+            + (f"; new recipes: {', '.join(result.new_recipes)}" if result.new_recipes else "")
+            + (f"; new families: {', '.join(result.new_families)}" if result.new_families else "")
+        ),
+        highlight=False,
     )
 
 
@@ -40,22 +47,52 @@ def export(
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write; standard output if absent."),
     gpu_family: str | None = typer.Option(None, "--family", help="Only this GPU family."),
     model: str | None = typer.Option(None, help="Only this model."),
-    stage: str | None = typer.Option(None, help="Only this stage."),
+    stage: str | None = typer.Option(
+        None, help="Only this stage: text_encoder (te), denoiser (dn) or vae_decoder (vae)."
+    ),
     recipe: str | None = typer.Option(None, help="Only this recipe."),
     all_runs: bool = typer.Option(False, "--all-runs", help="Every run's rows, not only the newest per cell."),
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Write stored measurements as the CSV contract (newest per cell unless --all-runs)."""
-    engine = open_store(database_url)
-    query = measurements_query(gpu_family=gpu_family, model=model, stage=stage, recipe=recipe, latest_only=not all_runs)
-    with session_scope(engine) as session:
-        rows = iter_rows(session, query)
-        if output is None:
-            count = write_rows(rows, sys.stdout)
-        else:
-            tmp = output.with_suffix(output.suffix + ".tmp")
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                count = write_rows(rows, fh)
-            tmp.replace(output)
     if output is not None:
-        console.print(f"wrote {count} measurement(s) to {output}")
+        check_output(output)
+    engine = open_store(database_url)
+    with session_scope(engine) as session:
+        stage = check_filters(session, gpu_family=gpu_family, model=model, stage=stage, recipe=recipe)
+        query = measurements_query(
+            gpu_family=gpu_family, model=model, stage=stage, recipe=recipe, latest_only=not all_runs
+        )
+        rows = iter_rows(session, query)
+        count = write_rows(rows, sys.stdout) if output is None else _write_file(output, rows)
+    if output is not None:
+        console.print(Text(f"wrote {count} measurement(s) to {output}"), highlight=False)
+
+
+def check_output(output: Path) -> None:
+    """Refuse an --output whose directory is missing, or that is a directory, before reading the store."""
+    if output.is_dir():
+        raise InputError(f"--output {output}: is a directory; give a file name, e.g. -o {output / 'measurements.csv'}")
+    if not output.parent.is_dir():
+        raise InputError(
+            f"--output {output}: the directory {output.parent} does not exist; create it first "
+            f"(mkdir -p {output.parent}) or write elsewhere."
+        )
+
+
+def _write_file(output: Path, rows: Iterable[MeasurementRow]) -> int:
+    """Write to a temporary file beside OUTPUT, then rename: a failed export never leaves a half-written file."""
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            count = write_rows(rows, fh)
+        tmp.replace(output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"--output {output}: cannot write it ({exc.strerror or exc}); choose a writable path."
+        ) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count

@@ -21,7 +21,7 @@ class DeferredProgress:
     def __init__(self, console: Console, description: str, total: int | None = None) -> None:
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # the solver's messages name groups like [te+dn]
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),

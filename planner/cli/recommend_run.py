@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from planner.cli.common import console, err_console
 from planner.cli.progress import DeferredProgress
@@ -187,6 +188,10 @@ def run(
         builder = builder_for(problem)
         plan = solve(problem, builder=builder)
     if not plan.feasible:
+        if output_format == "json":
+            # A script reads stdout: it gets the object (feasible false, `infeasible` saying why and what would
+            # carry the rate) and the exit code 3; a person reads the same explanation on stderr.
+            sys.stdout.write(plan.to_json() + "\n")
         raise InfeasibleError(plan)
 
     side = console if output_format == "table" else err_console
@@ -196,11 +201,12 @@ def run(
         write_csv(plan, sys.stdout)
     else:
         for line in v.context_lines(context):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(Text(line), highlight=False, soft_wrap=True)
         for view in v.plan_views(plan):
             render_view(view, console)
         for warning in plan.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            # Plain text: a warning names groups like `[te+dn]`, which rich markup would swallow.
+            console.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
 
     extra: list[tuple[str, list[v.View]]] = []
     if points:
@@ -253,4 +259,4 @@ def _write_report(
             builder=builder,
             tick=progress.tick,
         )
-    err_console.print(f"report written to {path}", highlight=False, soft_wrap=True)
+    err_console.print(Text(f"report written to {path}"), highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import typer
+from rich.text import Text
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
 from planner.core.config import get_settings
@@ -36,9 +37,13 @@ def serve(
     settings.check_serving()
     engine = open_store(settings.database_url, settings=settings)  # refuses a store behind its migrations
     engine.dispose()
+    # Text, not markup: an IPv6 address (`[fe80::1]`) or a URL would otherwise lose its brackets.
     console.print(
-        f"planner API on http://{settings.api_host}:{settings.api_port} "
-        f"({settings.api_workers} worker(s), store {engine.url.render_as_string(hide_password=True)})"
+        Text(
+            f"planner API on http://{settings.api_host}:{settings.api_port} "
+            f"({settings.api_workers} worker(s), store {engine.url.render_as_string(hide_password=True)})"
+        ),
+        highlight=False,
     )
     uvicorn.run(
         "planner.api.main:app_from_env",

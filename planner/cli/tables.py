@@ -86,7 +86,7 @@ def render_table(
 
 def _render_records(columns: Sequence[str], rows: Rows, out: Console, totals: Collection[int]) -> None:
     """A table too wide for the terminal, one record per row: its first cell as a heading, then one line per
-    other column (empty cells left out)."""
+    other column (empty cells left out). Cells are Text, never markup: `[te+dn]` is a topology, not a style."""
     for i, row in enumerate(rows):
         out.print(Text(f"{columns[0]} {row[0]}".strip(), style="bold" if i in totals else "underline"))
         grid = Table.grid(padding=(0, 2))
@@ -94,7 +94,7 @@ def _render_records(columns: Sequence[str], rows: Rows, out: Console, totals: Co
         grid.add_column(overflow="fold")
         for col, cell in zip(columns[1:], row[1:], strict=True):
             if cell:
-                grid.add_row(col, cell)
+                grid.add_row(Text(col), Text(cell))
         out.print(grid)
         if i < len(rows) - 1:
             out.print()

@@ -131,15 +131,22 @@ def read_csv(path: str | Path) -> list[LocatedRow]:
     """Read a measurements file from disk."""
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark, which would else glue itself to
+        # the first column's name (`\ufeffgpu_family`) and make it "missing".
+        with p.open(newline="", encoding="utf-8-sig") as fh:
             return parse_rows(fh, name=str(p))
     except FileNotFoundError as exc:
         raise InputError(f"{p}: no such file; give the path of a measurements CSV") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{p}: is a directory; give the path of a measurements CSV file in it") from exc
+    except OSError as exc:  # permissions, a device, ...: say so rather than print a traceback
+        raise InputError(f"{p}: cannot read it ({exc.strerror or exc}); give a readable measurements CSV") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: not UTF-8 text ({exc}); save the file as UTF-8 CSV") from exc
 
 
-def _format(value: object) -> str:
+def format_value(value: object) -> str:
+    """A value as the CSV holds it (floats to 6 significant places): also how two rows are compared."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -157,7 +164,7 @@ def write_rows(rows: Iterable[MeasurementRow], stream: IO[str], *, columns: Sequ
     writer.writerow(columns)
     count = 0
     for row in rows:
-        writer.writerow([_format(getattr(row, c)) for c in columns])
+        writer.writerow([format_value(getattr(row, c)) for c in columns])
         count += 1
     return count
 

@@ -5,6 +5,11 @@ model, stage of that model) before anything is written, so a bad row leaves the 
 grouped into probe runs by their `probe_run` column (one run per file when absent); a run's id is that column
 when it is a UUID, else derived from the file's content, so importing the same file twice stores it once.
 
+The store is append-only reference data: a stored run is never changed. A file naming a stored run id with the
+same content (an unedited export, the same file again) is skipped; with other content (an edited export, a cell
+the stored run lacks) it is refused whole, naming the run, the lines and fields, and how to import the rows as a
+new run: empty the `probe_run` column (or give a label that is not a UUID), and the run id comes from the file.
+
 Choices the contract leaves open, written down:
 - A recipe the catalog does not know is accepted and recorded as a non-catalog recipe for that stage
   (DESIGN.md: "imported measurements may name recipes the code never heard of").
@@ -20,15 +25,16 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from planner.core.errors import InputError
+from planner.catalog.schema import STAGE_ALIASES, STAGES
+from planner.core.errors import ConflictError, InputError
 from planner.db import models as m
 from planner.measurements.contract import ALL_COLUMNS, MeasurementRow
-from planner.measurements.csvio import CsvValidationError, LocatedRow, RowError, read_csv
+from planner.measurements.csvio import CsvValidationError, LocatedRow, RowError, format_value, read_csv
 
 RUN_NAMESPACE = uuid.UUID("6f1c1d2e-8a53-4c5e-9a43-6c0de1a5e0b1")
 PROVENANCE_FIELDS = (
@@ -106,6 +112,55 @@ def validate_against_store(session: Session, rows: Sequence[LocatedRow], *, name
         raise CsvValidationError(name, errors)
 
 
+class RunChangedError(ConflictError):
+    """A file names a stored probe run but holds other content; nothing from it was stored."""
+
+    def __init__(self, name: str, changed: dict[str, list[RowError]]) -> None:
+        self.changed = changed
+        lines = []
+        for rid, errors in changed.items():
+            lines.append(f"  probe run {rid}:")
+            lines.extend(f"    {e}" for e in errors[:10])
+            if len(errors) > 10:
+                lines.append(f"    ... and {len(errors) - 10} more")
+        super().__init__(
+            f"{name}: {len(changed)} probe run(s) already stored with other content; a stored run is never changed, "
+            "and nothing from this file was stored.\n" + "\n".join(lines) + "\n"
+            "Fix: to import these rows as a new run, empty the probe_run column (or replace it with a label that "
+            "is not a UUID) and import again; the new run's id then comes from the file."
+        )
+
+
+_COMPARED = tuple(c for c in ALL_COLUMNS if c not in ("probe_run", "gpu_memory_gib"))
+
+
+def run_changes(session: Session, rid: str, rows: Sequence[LocatedRow]) -> list[RowError]:
+    """How a file's rows of a stored run differ from what the store holds for it (values as the CSV writes them,
+    so an unedited export compares equal); a cell the stored run lacks is a change too."""
+    stored = {
+        row.cell: row
+        for row in (
+            row_from_measurement(meas)
+            for meas in session.scalars(select(m.Measurement).where(m.Measurement.probe_run_id == rid))
+        )
+    }
+    errors: list[RowError] = []
+    for located in rows:
+        old = stored.get(located.row.cell)
+        if old is None:
+            errors.append(RowError(located.line, "cell", "a cell the stored run does not have"))
+            continue
+        for column in _COMPARED:
+            new_text, old_text = format_value(getattr(located.row, column)), format_value(getattr(old, column))
+            if new_text != old_text:
+                errors.append(
+                    RowError(
+                        located.line, column, f"{new_text or '(empty)'} in the file, {old_text or '(empty)'} stored"
+                    )
+                )
+    return errors
+
+
 def import_rows(
     session: Session,
     *,
@@ -114,20 +169,32 @@ def import_rows(
     digest: str,
     kind: str = "import",
     host_id: str | None = None,
+    changed_runs: Literal["refuse", "skip"] = "refuse",
 ) -> ImportResult:
-    """Store validated rows; the caller's transaction commits or rolls back the whole file."""
+    """Store validated rows; the caller's transaction commits or rolls back the whole file.
+
+    A run already stored is skipped when the file's rows of it are the same; other content is refused
+    (RunChangedError) before anything is written, unless `changed_runs="skip"` (the shipped reference seed, whose
+    retired cells `planner.db.seed` handles itself).
+    """
     validate_against_store(session, rows, name=name)
     result = ImportResult()
     known_families = set(session.scalars(select(m.GpuFamily.id)))
     recipes = {r.id: r for r in session.scalars(select(m.Recipe))}
-    by_run: dict[str, list[MeasurementRow]] = defaultdict(list)
+    by_run: dict[str, list[LocatedRow]] = defaultdict(list)
     labels: dict[str, str | None] = {}
     for located in rows:
         rid = run_id(located.row.probe_run, digest)
-        by_run[rid].append(located.row)
+        by_run[rid].append(located)
         labels[rid] = located.row.probe_run
-    for rid, run_rows in by_run.items():
-        if session.get(m.ProbeRun, rid) is not None:
+    stored_runs = {rid for rid in by_run if session.get(m.ProbeRun, rid) is not None}
+    if changed_runs == "refuse":
+        changed = {rid: errs for rid in sorted(stored_runs) if (errs := run_changes(session, rid, by_run[rid]))}
+        if changed:
+            raise RunChangedError(name, changed)
+    for rid, located_rows in by_run.items():
+        run_rows = [located.row for located in located_rows]
+        if rid in stored_runs:
             result.runs_skipped.append(rid)
             result.skipped += len(run_rows)
             continue
@@ -199,6 +266,37 @@ def import_file(session: Session, *, path: Path) -> ImportResult:
     if not rows:
         raise InputError(f"{path}: no rows after the header; nothing to import")
     return import_rows(session, rows=rows, name=str(path), digest=sha256_file(path))
+
+
+def check_filters(
+    session: Session,
+    *,
+    gpu_family: str | None = None,
+    model: str | None = None,
+    stage: str | None = None,
+    recipe: str | None = None,
+) -> str | None:
+    """Refuse a filter naming nothing the store knows (a typo would else export an empty file and exit 0).
+
+    Returns the stage with its alias resolved (`dn` -> `denoiser`), as `planner recommend --recipe` accepts it.
+    """
+    if stage is not None:
+        stage = STAGE_ALIASES.get(stage, stage)
+        if stage not in STAGES:
+            names = ", ".join(f"{full} ({short})" for short, full in STAGE_ALIASES.items())
+            raise InputError(f"--stage {stage!r}: unknown stage. Fix: use one of {names}.")
+    for flag, value, table, command in (
+        ("--family", gpu_family, m.GpuFamily, "planner families"),
+        ("--model", model, m.Model, "planner models"),
+        ("--recipe", recipe, m.Recipe, "planner recipes"),
+    ):
+        if value is not None and session.get(table, value) is None:
+            known = sorted(session.scalars(select(table.id)))
+            shown = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
+            raise InputError(
+                f"{flag} {value!r}: not in the store. Known: {shown}. Fix: use one of those ids (`{command}`)."
+            )
+    return stage
 
 
 def measurements_query(

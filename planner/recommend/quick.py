@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from planner.catalog.schema import STAGE_ALIASES
 from planner.core.errors import InputError
 from planner.planning import StoreCatalog, scenario_from_data
-from planner.scenario import Scenario
+from planner.scenario import Scenario, floor_range_problem
 
 QUALITY_METRICS = ("ssim_image", "psnr_image", "psnr_latent")
-STAGE_ALIASES = {"te": "text_encoder", "dn": "denoiser", "vae": "vae_decoder"}
 _QUALITY = re.compile(r"^\s*([a-z_]+)\s*>=\s*([0-9.eE+-]+)\s*$")
 
 
@@ -61,6 +61,9 @@ def parse_quality(text: str, *, synthetic: bool = False) -> dict[str, Any]:
         value = math.nan
     if not math.isfinite(value):
         raise InputError(f"--quality {text!r}: {match.group(2)!r} is not a number. Fix: e.g. ssim_image>=0.95.")
+    problem = floor_range_problem(match.group(1), value)
+    if problem is not None:
+        raise InputError(f"--quality {text!r}: {problem}. Fix: give a floor within the range, e.g. ssim_image>=0.95.")
     return {"metric": match.group(1), "min": value, "weights": "any" if synthetic else "real", "missing": "exclude"}
 
 

@@ -265,6 +265,24 @@ def test_compare_with_a_saved_plan(reference_url: str, tmp_path: Path) -> None:
     assert re.search(r"\+\$[\d.,]+ \(\+\d+%\)", out)  # twice the rate costs more
 
 
+def test_compare_on_a_narrow_terminal_prints_the_topology_change(reference_url: str, tmp_path: Path) -> None:
+    """At 80 columns the per-workload comparison prints one record per row; its topologies stay as typed."""
+    args = ("--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb")
+    now = json.loads(recommend(reference_url, *args, "--format", "json").stdout)["workloads"][0]["topology"]
+    before = "[te][dn][vae]" if now != "[te][dn][vae]" else "[te+dn+vae]"
+    saved = json.loads(recommend(reference_url, *args, "--format", "json").stdout)
+    saved["workloads"][0]["topology"] = before
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    # A subprocess: the console reads COLUMNS when it is created, at import.
+    proc = run_cli(
+        "planner", "recommend", "--database-url", reference_url, *args, "--compare", str(path), env={"COLUMNS": "80"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "what changed" in proc.stdout  # one record per row, not a table
+    assert f"topology {before} -> {now}" in " ".join(proc.stdout.split())
+
+
 def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     reference_url: str, tmp_path: Path
 ) -> None:
@@ -348,6 +366,23 @@ def test_a_rate_the_fleet_cannot_carry_says_what_would(reference_url: str) -> No
     assert re.search(r"sdxl alone: (\[(te|dn|vae)(\+(te|dn|vae))*\])+ on h100-sxm-80gb", err), err
 
 
+def test_json_of_a_rate_the_fleet_cannot_carry_is_the_plan_object_with_why(reference_url: str) -> None:
+    """A script reading stdout gets feasible false and the diagnosis, not an empty stdout; the exit code stays 3."""
+    args = ("--model", "sdxl", "--rate", "100", "--family", "h100-sxm-80gb", "--available", "2", "--format", "json")
+    result = recommend(reference_url, *args)
+    assert result.returncode == 3
+    plan = json.loads(result.stdout)
+    assert list(plan) == PLAN_KEYS
+    assert plan["feasible"] is False
+    assert plan["total_cost_per_hour"] is None
+    assert plan["workloads"] == []
+    [why] = plan["infeasible"]
+    assert why["workload"] == "sdxl"
+    assert 0 < why["carried_fraction"] < 1
+    assert "add" in why["suggestion"]
+    assert "no plan carries every workload" in result.stderr
+
+
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
@@ -360,6 +395,19 @@ def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path
     assert f"{path}:7: workloads[0].ratee: unknown key" in result.stderr
 
 
+def test_a_scenario_quality_floor_outside_the_metric_range_is_malformed(reference_url: str, tmp_path: Path) -> None:
+    """`min: 95` (for 0.95) used to reach the solver and exit 3, 'no plan', as if the fleet were the problem."""
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "fleet:\n  - {family: h100-sxm-80gb, price_per_hour: 4.18}\nworkloads:\n  - name: a\n    model: sdxl\n"
+        "    rate: 1\n    quality: {metric: ssim_image, min: 95}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(path))
+    assert result.returncode == 2, result.stderr
+    assert f"{path}:7: workloads[0].quality.min: ssim_image lies in [-1, 1]" in result.stderr
+    assert "no measurement can meet a floor of 95" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -370,6 +418,10 @@ def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path
         (("--model", "sdxl", "--rate", "1", "--family", "nope-gpu"), "--family 'nope-gpu': unknown GPU family"),
         (("--model", "sdxl", "--rate", "1", "--what-if", "rate=fast"), "--what-if 'rate=fast'"),
         (("--model", "sdxl", "--rate", "1", "--quality", "ssim>0.9"), "--quality 'ssim>0.9'"),
+        (("--model", "sdxl", "--rate", "1", "--quality", "ssim_image>=2"),
+         "--quality 'ssim_image>=2': ssim_image lies in [-1, 1] (1 = identical to the reference recipe): no "
+         "measurement can meet a floor of 2"),
+        (("--model", "sdxl", "--rate", "1", "--quality", "ssim_image>=-3"), "every measurement meets a floor of -3"),
         (("--model", "sdxl", "--rate", "1", "--recipe", "unet=bf16"), "--recipe 'unet=bf16'"),
         (("--scenario", "x.yaml", "--rate", "1"), "--scenario and --rate both describe the workload"),
     ],
@@ -390,6 +442,33 @@ def test_compare_refuses_a_file_that_is_not_a_plan(reference_url: str, tmp_path:
 
 
 # ---- a fleet's store ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("bogus://", "database URL 'bogus://': unknown backend 'bogus'"),
+        ("notaurl", "database URL 'notaurl' is not a URL SQLAlchemy can read"),
+        ("postgresql://me:secret@db:port/planner", "database URL 'postgresql://me:***@db:port/planner' is not a URL"),
+    ],
+)
+def test_a_bad_database_url_is_named_without_a_traceback(url: str, message: str) -> None:
+    proc = run_cli("planner", "recommend", "--model", "sdxl", "--rate", "1", "--database-url", url)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "--database-url (or PLANNER_DATABASE_URL)" in proc.stderr
+    assert "secret" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [("recommend", "--model", "sdxl", "--rate", "1"), ("db", "upgrade")])
+def test_a_sqlite_file_in_a_missing_directory_is_refused_not_created(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A typed path whose directory is missing is most likely a typo: name it rather than create it."""
+    missing = tmp_path / "no" / "such"
+    result = invoke(*command, "--database-url", f"sqlite:///{missing / 'a.db'}")
+    assert result.returncode == 2, result.stderr
+    assert f"the directory {missing} does not exist; create it (mkdir -p {missing})" in result.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_database_url_reads_a_migrated_store(empty_db_url: str) -> None:

@@ -54,3 +54,14 @@ def test_catalog_listings_show_every_id_whole(tmp_path: Path, columns: int) -> N
         words = set(proc.stdout.split())
         assert set(ids) <= words, (command, set(ids) - words)
         assert max(len(line) for line in proc.stdout.splitlines() if "  " in line.strip()) <= columns
+
+
+def test_records_print_brackets_as_text_not_markup() -> None:
+    """A topology (`[te+dn]`) is data: rich markup would swallow it as a style tag and print `topology  -> ;`."""
+    columns = ("workload", "what changed", "$/hour")
+    rows = [("sdxl", "topology [te+dn+vae] -> [te+dn][vae]; [bold]not a style[/bold]", "$40.08")]
+    out = Console(width=24, record=True, color_system=None)
+    render_table("Per workload", columns, rows, out=out, right={2}, whole={0})
+    text = "".join(out.export_text().split())  # the narrow value column folds long words
+    assert "[te+dn+vae]->[te+dn][vae]" in text
+    assert "[bold]notastyle[/bold]" in text

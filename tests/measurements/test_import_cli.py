@@ -136,3 +136,126 @@ def test_unknown_family_defined_by_file(tmp_path: Path, store_url: str) -> None:
         mem = conn.execute(select(m.GpuFamily.memory_gib).where(m.GpuFamily.id == "lab-gpu-48g")).scalar_one()
     engine.dispose()
     assert mem == 48.0
+
+
+# ---- paths a person can get wrong: one-line errors, no traceback, nothing written ------------------------------
+
+
+def test_import_of_a_directory_says_so(tmp_path: Path, store_url: str) -> None:
+    seeded = count(store_url)
+    proc = run_cli("planner", "measurements", "import", str(tmp_path), "--database-url", store_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {tmp_path}: is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert count(store_url) == seeded
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_export_to_a_bad_path_names_it_and_writes_nothing(tmp_path: Path, store_url: str, where: str) -> None:
+    output = tmp_path / "nowhere" / "x.csv" if where == "missing-dir" else tmp_path
+    proc = run_cli("planner", "measurements", "export", "-o", str(output), "--database-url", store_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: --output {output}:" in proc.stderr
+    assert ("does not exist" if where == "missing-dir" else "is a directory") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_excel_csv_utf8_with_a_byte_order_mark_imports(tmp_path: Path, store_url: str) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM; it used to make the first column `missing`."""
+    path = write_csv(tmp_path / "excel.csv", [GOOD])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    seeded = count(store_url)
+    proc = invoke("measurements", "import", str(path), "--database-url", store_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "stored 1 measurement(s)" in proc.stdout
+    assert count(store_url) == seeded + 1
+
+
+def test_export_takes_the_stage_aliases_recommend_takes(tmp_path: Path, store_url: str) -> None:
+    path = write_csv(tmp_path / "good.csv", [GOOD, {**GOOD, "stage": "vae_decoder", "recipe": "bf16-tiny-vae"}])
+    assert invoke("measurements", "import", str(path), "--database-url", store_url).returncode == 0
+    short = invoke("measurements", "export", "--stage", "dn", "--family", "h100-sxm-80gb", "--database-url", store_url)
+    full = invoke(
+        "measurements", "export", "--stage", "denoiser", "--family", "h100-sxm-80gb", "--database-url", store_url
+    )
+    assert short.returncode == 0, short.stderr
+    exported = list(csv.DictReader(io.StringIO(short.stdout)))
+    assert exported
+    assert {r["stage"] for r in exported} == {"denoiser"}
+    assert short.stdout == full.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--stage", "unet", "--stage 'unet': unknown stage. Fix: use one of text_encoder (te), denoiser (dn)"),
+        ("--family", "nosuch", "--family 'nosuch': not in the store. Known: a10-24gb"),
+        ("--model", "sdxxl", "--model 'sdxxl': not in the store. Known: flux-dev"),
+        ("--recipe", "nope", "--recipe 'nope': not in the store. Known: bf16"),
+    ],
+)
+def test_export_refuses_a_filter_naming_nothing(store_url: str, flag: str, value: str, message: str) -> None:
+    """A typo used to print only the header and exit 0, which reads as 'no measurements'."""
+    proc = invoke("measurements", "export", flag, value, "--database-url", store_url)
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp_path: Path, store_url: str) -> None:
+    """A stored run is never changed: same content is skipped, other content refused whole (it used to be
+    skipped too, silently dropping the edits with exit 0); an empty probe_run column imports it as a new run."""
+    run = "0b5c3a52-4a4e-4a57-9d0b-1f0f6a6c2f01"
+    cols = (*CONTRACT_COLUMNS, "probe_run")
+    rows = [
+        {
+            **GOOD,
+            "batch": str(b),
+            "latency_ms": f"{90.123456789 * b}",
+            "latency_p95_ms": f"{95.5 * b}",
+            "probe_run": run,
+        }
+        for b in (1, 2)
+    ]
+    first = invoke(
+        "measurements", "import", str(write_csv(tmp_path / "run.csv", rows, cols)), "--database-url", store_url
+    )
+    assert first.returncode == 0, first.stderr
+    exported = tmp_path / "export.csv"
+    args = ("--family", "h100-sxm-80gb", "--model", "sdxl", "--database-url", store_url)
+    assert invoke("measurements", "export", "-o", str(exported), *args).returncode == 0
+    stored = count(store_url)
+
+    again = invoke("measurements", "import", str(exported), "--database-url", store_url)  # unedited: rounded floats
+    assert again.returncode == 0, again.stderr
+    assert "stored 0 measurement(s) in 0 run(s); 2 already stored (same run) skipped" in again.stdout
+
+    table = list(csv.DictReader(io.StringIO(exported.read_text())))
+    table[1]["latency_ms"] = "150"
+    other = {**table[0], "probe_run": "", "batch": "8", "latency_ms": "400", "latency_p95_ms": "420"}  # a new run
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([*table, other])
+    refused = invoke("measurements", "import", str(edited), "--database-url", store_url)
+    assert refused.returncode == 1, refused.stdout
+    assert f"probe run {run}:" in refused.stderr
+    assert "line 3, field latency_ms: 150.0 in the file, 180.246914 stored" in refused.stderr
+    assert "nothing from this file was stored" in refused.stderr
+    assert "empty the probe_run column" in refused.stderr
+    assert count(store_url) == stored  # not even the file's new run
+
+    for row in (*table, other):
+        row["probe_run"] = ""
+    with edited.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([*table, other])
+    new_run = invoke("measurements", "import", str(edited), "--database-url", store_url)
+    assert new_run.returncode == 0, new_run.stderr
+    assert "stored 3 measurement(s) in 1 run(s)" in new_run.stdout
+    latest = invoke("measurements", "export", *args)
+    assert sorted(float(r["latency_ms"]) for r in csv.DictReader(io.StringIO(latest.stdout))) == [90.123457, 150, 400]
