@@ -1,9 +1,13 @@
 """The performance model: latency and memory of any (family, model, stage, recipe, batch, resolution) cell.
 
 Where a value comes from, in order of preference:
-1. measured: a measurement row of the cell with status `ok` (several rows: `source=measured` beats
-   `estimated`, then the newest `measured_at`, then real weights). Uncertainty 0; an imported row labelled
-   `estimated` keeps its label and gets `imported_uncertainty` (0.30).
+1. measured: a measurement row of the cell with status `ok`. Several rows of one cell: a row of
+   `override_rows` (a scenario's own `measurements:` file, DESIGN.md contract 2: "used for this run") beats
+   every row of `rows` (the store's), whatever its source or date, because it is what the user asked this run
+   to plan from, and a contract-only CSV has no `measured_at` to win on; then, within each of the two sets,
+   `source=measured` beats `estimated`, then the newest `measured_at`, then real weights. Uncertainty 0; an
+   imported row labelled `estimated` keeps its label and gets `imported_uncertainty` (0.30). Quality is not
+   overridden: it keeps the worst value over both sets (the conservative side).
 2. interpolated: the same family measured at a smaller and a larger batch of the same (model, stage, recipe,
    resolution). Latency, p95 and memory are linear in batch between the two nearest measured batches (the
    latency curve is concave at small batches, so this over-estimates, the safe side). Uncertainty
@@ -103,11 +107,16 @@ class PerfSettings:
     interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
 
 
-def _rank(row: MeasurementRow) -> tuple[int, datetime, int]:
+def _rank(row: MeasurementRow, *, override: bool = False) -> tuple[int, int, datetime, int]:
+    """Order of preference among rows of one cell (module docstring, 1.): override set, source, date, weights.
+
+    The override flag comes first so that a scenario file's row, which usually has no `measured_at`, is not
+    beaten by an older stored row that has one.
+    """
     stamp = row.measured_at or _EPOCH
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return (1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
+    return (1 if override else 0, 1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
 
 
 class PerfModel:
@@ -122,7 +131,9 @@ class PerfModel:
         recipes: Mapping[str, Recipe],
         calibration: Mapping[str, Calibration] | None = None,
         settings: PerfSettings | None = None,
+        override_rows: Iterable[MeasurementRow] = (),
     ) -> None:
+        """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them."""
         self.families = dict(families)
         self.models = dict(models)
         self.recipes = dict(recipes)
@@ -132,20 +143,22 @@ class PerfModel:
             fid: ceilings_for(fam, calibration.get(fid)) for fid, fam in self.families.items()
         }
         self._quality_rows: dict[ConfigKey, list[MeasurementRow]] = defaultdict(list)
-        best: dict[CellKey, MeasurementRow] = {}
-        for row in rows:
+        best: dict[CellKey, tuple[tuple[int, int, datetime, int], MeasurementRow]] = {}
+        tagged = [(row, False) for row in rows] + [(row, True) for row in override_rows]
+        for row, override in tagged:
             if row.status != "ok" or row.latency_ms is None:
                 continue
             config: ConfigKey = (row.model, row.stage, row.recipe, row.height, row.width)
             self._quality_rows[config].append(row)
             if self._unusable(row):
                 continue
+            rank = _rank(row, override=override)
             held = best.get(row.cell)
-            if held is None or _rank(row) > _rank(held):
-                best[row.cell] = row
-        self._cells = best
+            if held is None or rank > held[0]:
+                best[row.cell] = (rank, row)
+        self._cells = {cell: row for cell, (_, row) in best.items()}
         self._by_config: dict[ConfigKey, dict[str, dict[int, MeasurementRow]]] = defaultdict(lambda: defaultdict(dict))
-        for key, row in best.items():
+        for key, row in self._cells.items():
             fam, model, stage, recipe, batch, h, w = key
             self._by_config[(model, stage, recipe, h, w)][fam][batch] = row
         self._memo: dict[CellKey, CellEstimate | None] = {}

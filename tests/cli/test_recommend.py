@@ -306,6 +306,39 @@ def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     assert plan["gpus"].get("h100-sxm-80gb", 0) <= 16
 
 
+def test_the_scenarios_measurements_win_over_the_stores_for_their_cells(reference_url: str, tmp_path: Path) -> None:
+    """Contract 2: a scenario's CSV is "used for this run". With the H100 SDXL cells at 10x latency in a
+    contract-only CSV (no `measured_at`), the plan must use those, not the store's dated rows of the same cells."""
+    from planner.db.seed import REFERENCE_CSV
+
+    contract = "gpu_family,model,stage,recipe,batch,height,width,latency_ms,latency_p95_ms,peak_mem_gib,power_w"
+    fields = [*contract.split(","), "weights", "source"]
+    with REFERENCE_CSV.open(newline="") as fh:
+        rows = [
+            {k: r[k] for k in fields}
+            for r in csv.DictReader(fh)
+            if r["gpu_family"] == "h100-sxm-80gb" and r["model"] == "sdxl" and r["status"] == "ok"
+        ]
+    for r in rows:
+        r["latency_ms"] = str(float(r["latency_ms"]) * 10)
+        r["latency_p95_ms"] = str(float(r["latency_p95_ms"]) * 10)
+    (tmp_path / "sub").mkdir()
+    with (tmp_path / "sub" / "slow.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    base = "fleet:\n  - {family: h100-sxm-80gb}\nworkloads:\n  - {name: a, model: sdxl, rate: 1}\n"
+    (tmp_path / "store.yaml").write_text(base)
+    (tmp_path / "slow.yaml").write_text(base + "measurements: sub/slow.csv\n")
+    fast = recommend(reference_url, "--scenario", str(tmp_path / "store.yaml"), "--format", "json")
+    slow = recommend(reference_url, "--scenario", str(tmp_path / "slow.yaml"), "--format", "json")
+    assert fast.returncode == 0, fast.stderr
+    assert slow.returncode == 0, slow.stderr
+    fast_gpus = json.loads(fast.stdout)["gpus"]["h100-sxm-80gb"]
+    slow_plan = json.loads(slow.stdout)
+    assert slow_plan["gpus"]["h100-sxm-80gb"] >= 8 * fast_gpus
+
+
 def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
     """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
     --synthetic-quality lets those measurements count (and the output says what they are)."""

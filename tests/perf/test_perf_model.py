@@ -67,6 +67,24 @@ def test_measured_row_beats_estimated_and_newest_measurement_wins() -> None:
     assert two.latency_ms == 110.0
 
 
+def test_override_rows_win_their_cells_over_newer_stored_rows() -> None:
+    """A scenario's measurements file is what the user asked this run to use (contract 2): its undated row beats
+    a dated, measured store row of the same cell, and it leaves the store's other cells alone."""
+    stored = [
+        row("h100", "m", "denoiser", "bf16", 1, 90.0, measured_at=datetime(2026, 3, 1, tzinfo=UTC)),
+        row("h100", "m", "denoiser", "bf16", 2, 120.0, measured_at=datetime(2026, 3, 1, tzinfo=UTC)),
+    ]
+    override = [row("h100", "m", "denoiser", "bf16", 1, 900.0, source="estimated")]
+    p = PerfModel(stored, families=FAMILIES, models={"m": MODEL}, recipes=RECIPES, override_rows=override)
+    one = p.latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
+    two = p.latency("h100", "m", "denoiser", "bf16", 2, 1024, 1024)
+    assert one is not None
+    assert one.latency_ms == 900.0
+    assert one.method == "imported-estimate"
+    assert two is not None
+    assert two.latency_ms == 120.0
+
+
 def test_imported_estimate_is_labelled_with_uncertainty() -> None:
     p = perf([row("h100", "m", "denoiser", "bf16", 1, 50.0, source="estimated")])
     cell = p.latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
