@@ -32,6 +32,20 @@ Pruning before the MILP (exact, not heuristic):
   availability limit costs no more per replica and credits no less (replace it replica by replica);
 - for shared mode the Pareto front of (phi, memory) per (group, family, class) is kept; past
   `exact_packing_max_items` candidates only the smallest slot per pool matters (fluid packing).
+
+Latency tie-break. Keeping only the largest credit per segment is exact for cost, but at a low rate it keeps
+latency nobody pays to avoid: at lambda = 0.05/s a batch-16 option needs the same single replica as batch 1,
+and its batch timeout (b - 1) / lambda = 300 s ends up in the plan. So each kept dedicated option o carries
+`alternatives`: the rows a of its segment with
+    price_a <= price_o,  ceil(lambda / credit_a) = ceil(lambda / credit_o)  and  floor_a < floor_b for every
+    such row b of the segment with credit_b >= credit_a,   floor = (b - 1) / lambda + T95 (1 + u)
+(the p95 without queueing: the Pareto front of credit against p95 floor, largest credit first, among the rows
+that carry the rate alone with as few replicas as o; one that needs more could only be swapped in where
+another pool of the group leaves room, rare enough not to build thousands of them for). They are not MILP
+columns, so the MILP, its bound and its optimal cost are unchanged; after the solve (`planner.solver.engine`),
+a pool's n replicas of o are swapped for n replicas of an alternative when the group still covers its rate,
+    sum_pool n credit - n (credit_o - credit_a) >= lambda,
+and the pool's predicted p95 drops: same replicas, same or lower price, so the cost never rises.
 """
 
 from __future__ import annotations
@@ -132,6 +146,9 @@ class Option:
     latency_bound: bool
     budget_s: float | None
     share_class: int = -1
+    alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
+    """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
+    (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
 
     @property
     def key(self) -> GroupKey:
@@ -141,6 +158,54 @@ class Option:
     def pool(self) -> tuple[str, int]:
         """Where a shared-mode option may be packed: (family, service-time class)."""
         return (self.family, self.share_class)
+
+
+@dataclass(frozen=True)
+class _AlternativeSource:
+    """What building an alternative Option needs from one `_select` call (shared by its options)."""
+
+    lists: _RowLists
+    workload: int
+    model: str
+    families: list[str]
+    credit: FloatArray
+    cost: FloatArray
+    cstar: FloatArray
+    latency_bound: NDArray[np.bool_]
+    budgets: list[float | None]
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """An option's latency tie-break candidates, built into Options only when the engine asks: most options are
+    never chosen, and building tens of thousands of Options up front doubled the time to build a large set."""
+
+    source: _AlternativeSource
+    rows: IntArray
+    credit_scale: float = 1.0
+
+    def options(self) -> list[Option]:
+        src = self.source
+        out = []
+        for i in self.rows.tolist():
+            credit = float(src.credit[i]) * self.credit_scale
+            out.append(
+                src.lists.option(
+                    i,
+                    src.workload,
+                    src.model,
+                    src.families[src.lists.family[i]],
+                    credit=credit,
+                    cost=float(src.cost[i]),
+                    cstar=float(src.cstar[i]),
+                    latency_bound=bool(src.latency_bound[i]) or self.credit_scale < 1.0,
+                    budget=src.budgets[src.lists.group[i]],
+                    shared=False,
+                    fraction=src.rate / credit,
+                )
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -709,7 +774,29 @@ class OptionBuilder:
             & ~np.eye(n, dtype=bool),
             axis=1,
         )
+        # Latency tie-break (module docstring): per segment, the rows after its pick (credit descending) that
+        # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
+        # its rank lets one running minimum over `order` restart at every segment.
+        rank = np.cumsum(first) - 1
+        floor_all = (b - 1) / lam + own
+        floor_o = floor_all[order]
+        alone = np.ceil(lam / credit[order] - 1e-9)  # replicas the row needs to carry the rate by itself
+        cheap = (cost[order] <= cost[order[first]][rank] + 1e-12) & (alone <= alone[first][rank])
+        big = float(np.max(floor_o)) + 1.0
+        key = np.where(cheap, floor_o, np.inf) - rank * big
+        running = np.minimum.accumulate(np.r_[np.inf, key])[:-1]
+        front = ~first & cheap & (key < running - 1e-9 * big)
+        fpos = np.nonzero(front)[0]
+        alt_rows: dict[int, IntArray] = {}
+        if fpos.size:
+            owners = order[np.nonzero(first)[0][rank[fpos]]]  # the segment's pick, contiguous per segment
+            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+            alt_rows = dict(zip(owners[starts].tolist(), np.split(order[fpos], starts[1:]), strict=True))
+        source = _AlternativeSource(
+            lists, wi, model_id, tbl.families, credit, cost, cstar, latency_bound, group_budget, lam
+        )
         for i in picks[~dominated].tolist():
+            rows_i = alt_rows.get(i)
             out.append(
                 lists.option(
                     i,
@@ -723,6 +810,7 @@ class OptionBuilder:
                     budget=group_budget[lists.group[i]],
                     shared=False,
                     fraction=float(lam / credit[i]),
+                    alternatives=None if rows_i is None else Alternatives(source, rows_i),
                 )
             )
         share = opts.share_gpus if flt.share is None else flt.share
@@ -817,6 +905,7 @@ class _RowLists:
         shared: bool,
         fraction: float,
         share_class: int = -1,
+        alternatives: Alternatives | None = None,
     ) -> Option:
         return Option(
             wi,
@@ -841,6 +930,7 @@ class _RowLists:
             latency_bound,
             budget,
             share_class,
+            alternatives,
         )
 
 

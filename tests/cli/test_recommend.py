@@ -339,6 +339,20 @@ def test_the_scenarios_measurements_win_over_the_stores_for_their_cells(referenc
     assert slow_plan["gpus"]["h100-sxm-80gb"] >= 8 * fast_gpus
 
 
+def test_a_low_rate_plan_carries_no_latency_that_costs_nothing_to_avoid(reference_url: str) -> None:
+    """sd15 at 0.05 images/s fits one T4 at any batch: without a p95 objective the plan must still take the
+    batch that answers in seconds (it used to keep batch 16, a 300 s batch timeout, at the same $0.53/h)."""
+    args = ("--model", "sd15", "--rate", "0.05", "--family", "t4-16gb", "--format", "json")
+    free = recommend(reference_url, *args)
+    bound = recommend(reference_url, *args, "--p95", "20")
+    assert free.returncode == 0, free.stderr
+    assert bound.returncode == 0, bound.stderr
+    free_plan, bound_plan = json.loads(free.stdout), json.loads(bound.stdout)
+    assert free_plan["total_cost_per_hour"] == pytest.approx(bound_plan["total_cost_per_hour"])
+    assert free_plan["workloads"][0]["predicted_p95_s"] <= 20
+    assert {g["batch"] for g in free_plan["workloads"][0]["groups"]} == {1}
+
+
 def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
     """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
     --synthetic-quality lets those measurements count (and the output says what they are)."""
