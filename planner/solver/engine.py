@@ -594,19 +594,44 @@ def _sensitivity(
 # ---- infeasible -------------------------------------------------------------------------------------
 
 
-def _suggest(reasons: list[str]) -> str:
+KNOBS: dict[str, tuple[str, str]] = {
+    "p95": ("the workload's `p95_latency_s`", "--p95"),
+    "family": ("a `fleet:` entry", "--family"),
+    "memory": ("`memory_gib` of the fleet entry, if the GPU has more", "--family with a larger GPU"),
+    "recipes": ("the workload's `recipes:` allow-list", "--recipe"),
+    "quality": ("the workload's `quality:` floor", "--quality"),
+    "size": ("the workload's `height`/`width`", "--height/--width"),
+}
+"""Where a fix is made: (scenario key, recommend flag); `SolverOptions.inputs` says which the user used."""
+
+
+def _knob(problem: Problem, name: str) -> str:
+    key, flag = KNOBS[name]
+    inputs = problem.options.inputs
+    return key if inputs == "scenario" else flag if inputs == "flags" else f"{key} (or {flag})"
+
+
+def _suggest(problem: Problem, reasons: list[str]) -> str:
+    """What to change, named as the user gave the input (scenario key or flag; both when unknown)."""
     text = " ".join(reasons)
     tips = []
     if "GiB" in text:
-        tips.append("add a family with more memory, or allow a lighter recipe (fp8/int8 weights) or a split topology")
+        tips.append(
+            f"add a family with more memory ({_knob(problem, 'family')}) or allow a lighter recipe (fp8/int8 "
+            f"weights, {_knob(problem, 'recipes')})"
+            + (f", or raise {KNOBS['memory'][0]}" if problem.options.inputs != "flags" else "")
+        )
     if "latency budget" in text:
-        tips.append("relax p95_latency_s or add a faster family")
+        tips.append(f"relax {_knob(problem, 'p95')} or add a faster family ({_knob(problem, 'family')})")
     if "no cells" in text or "no family" in text:
-        tips.append("probe the model on a fleet family (agent probe) or add a family with measurements")
+        tips.append(
+            f"probe the model on a fleet family (agent probe) or add a family with measurements "
+            f"({_knob(problem, 'family')})"
+        )
     if "quality floor" in text:
-        tips.append("lower the quality floor or measure the quality of more recipes")
+        tips.append(f"lower {_knob(problem, 'quality')} or measure the quality of more recipes")
     if "allowed recipe" in text:
-        tips.append("widen the recipes allow-list")
+        tips.append(f"widen {_knob(problem, 'recipes')}")
     return "; ".join(tips) or "see the reasons"
 
 
@@ -624,7 +649,7 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
                 workload=w.name,
                 carried_fraction=0.0,
                 message=f"{w.name} cannot be served: " + "; ".join(reasons),
-                suggestion=_suggest(reasons),
+                suggestion=_suggest(problem, reasons),
             )
         )
     rest = [w for wi, w in enumerate(problem.workloads) if wi not in core.unserved]

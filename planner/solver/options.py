@@ -223,16 +223,29 @@ class OptionFilter:
 
 
 @dataclass
+class GroupDiagnostics:
+    """One group of one model: what its best row needs, to say which group blocks a workload and why."""
+
+    has_rows: bool = False
+    min_memory_gib: float = math.inf
+    """The least memory any of its rows needs (NaN-memory rows left out)."""
+    fits: bool = False
+    min_floor_p95_s: float = math.inf
+    """Over the rows that fit: batch formation (b - 1) / rate + own p95 service, the p95 without queueing."""
+    budget_s: float | None = None
+    ok: bool = False
+    """Some row fits and meets the group's latency budget."""
+
+
+@dataclass
 class Diagnostics:
     """Why a workload has few or no options, to explain an infeasible answer."""
 
     reasons: list[str] = field(default_factory=list)
-    min_memory_gib: float = math.inf
     max_free_gib: float = 0.0
-    min_floor_p95_s: float = math.inf
-    budget_s: float | None = None
-    memory_excluded: int = 0
-    latency_excluded: int = 0
+    objective_s: float | None = None
+    groups: dict[tuple[str, Group], GroupDiagnostics] = field(default_factory=dict)
+    """Per (model, group), filled only for a model some of whose groups have no option."""
 
 
 @dataclass
@@ -531,7 +544,7 @@ class OptionBuilder:
                 usable = [t for t in tops if all(g in groups_with_options for g in t)]
                 choices[wi].extend((model_id, t) for t in usable)
                 if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
-                    diag.reasons.append(self._why_none(model_id, diag, opts))
+                    diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
         options.extend(self._shared_options(problem, shared_rows))
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
         for i, o in enumerate(options):
@@ -598,19 +611,73 @@ class OptionBuilder:
             self._row_lists[id(tbl)] = hit
         return hit
 
-    def _why_none(self, model_id: str, diag: Diagnostics, opts: SolverOptions) -> str:
-        if diag.memory_excluded and not diag.latency_excluded:
+    def _why_none(self, model_id: str, stages: Sequence[str], diag: Diagnostics, opts: SolverOptions) -> str:
+        """Why no topology of a model has an option for every group, told of the group that blocks it.
+
+        A topology t is blocked by its groups g without an option. When some topology is blocked by memory
+        alone, the memory that would unblock one is min_t max_{g in t} need_g (need_g: the least any row of g
+        needs); that value and its group are named, so the number is what a GPU must have free. Otherwise,
+        when some topology is blocked by latency alone, the one nearest to its budgets (least max over its
+        blocked groups of floor_g / budget_g) is named with that group's p95 floor and budget. Otherwise each
+        blocked group of the topology with the fewest blocked groups is described by its own reason.
+        """
+        info = {g: diag.groups.get((model_id, g), GroupDiagnostics()) for t in topologies(stages) for g in t}
+
+        def why(g: Group) -> str:
+            d = info[g]
+            return "cells" if not d.has_rows else "memory" if not d.fits else "latency"
+
+        def memory(g: Group) -> str:
             return (
-                f"{model_id}: needs at least {diag.min_memory_gib:.1f} GiB for its smallest group, the "
-                f"largest allowed GPU has {diag.max_free_gib:.1f} GiB after the "
-                f"{opts.memory_reserve_gib:g} GiB reserve"
+                f"its {group_name(g)} group needs at least {info[g].min_memory_gib:.1f} GiB, the largest allowed "
+                f"GPU has {diag.max_free_gib:.1f} GiB after the {opts.memory_reserve_gib:g} GiB reserve"
             )
-        if diag.latency_excluded and diag.budget_s is not None:
+
+        def latency(g: Group) -> str:
+            d = info[g]
+            budget = d.budget_s if d.budget_s is not None else math.inf
+            whole = len(g) == len(stages) or diag.objective_s is None
+            of = "" if whole else f", its share of the {diag.objective_s:g} s objective"
+            if d.min_floor_p95_s > budget:
+                return (
+                    f"the fastest option of its {group_name(g)} group has a p95 of {d.min_floor_p95_s:.2f} s "
+                    f"before any queueing, over that group's latency budget ({budget:.2f} s{of})"
+                )
             return (
-                f"{model_id}: the fastest option's p95 ({diag.min_floor_p95_s:.2f} s) exceeds the latency "
-                f"budget of its group ({diag.budget_s:.2f} s)"
+                f"its {group_name(g)} group's p95 with queueing stays over that group's latency budget "
+                f"({budget:.2f} s{of}) even with {opts.max_latency_extra_replicas} replicas more than the rate needs"
             )
-        return f"{model_id}: no family in the fleet has cells (measured or estimated) for every stage"
+
+        blocked = {t: [g for g in t if not info[g].ok] for t in topologies(stages)}
+        blocked = {t: gs for t, gs in blocked.items() if gs}
+        if not blocked or not any(d.has_rows for d in info.values()):
+            return f"{model_id}: no family in the fleet has cells (measured or estimated) for every stage"
+        by_memory = [t for t, gs in blocked.items() if all(why(g) == "memory" for g in gs)]
+        if by_memory:
+            t = min(by_memory, key=lambda t: max(info[g].min_memory_gib for g in blocked[t]))
+            g = max(blocked[t], key=lambda g: info[g].min_memory_gib)
+            split = f" (split as {topology_name(t)})" if len(t) > 1 else ""
+            return f"{model_id}: {memory(g)}{split}"
+        by_latency = [t for t, gs in blocked.items() if all(why(g) == "latency" for g in gs)]
+
+        def ratio(g: Group) -> float:
+            budget = info[g].budget_s
+            return info[g].min_floor_p95_s / budget if budget else math.inf
+
+        if by_latency:
+            t = min(by_latency, key=lambda t: max(ratio(g) for g in blocked[t]))
+            return f"{model_id}: {latency(max(blocked[t], key=ratio))}"
+        t = min(blocked, key=lambda t: len(blocked[t]))
+        parts = []
+        for g in blocked[t]:
+            kind = why(g)
+            if kind == "memory":
+                parts.append(memory(g))
+            elif kind == "latency":
+                parts.append(latency(g))
+            else:
+                parts.append(f"its {group_name(g)} group has no cells (measured or estimated) on the allowed families")
+        return f"{model_id}: " + "; ".join(parts)
 
     def _build_model(
         self,
@@ -662,8 +729,7 @@ class OptionBuilder:
                 else:
                     share = len(group) / len(stages)
                 budget = w.p95_latency_s * share
-                if diag.budget_s is None or len(group) == len(stages):
-                    diag.budget_s = budget
+                diag.objective_s = w.p95_latency_s
             budgets[(wi, model_id, group)] = budget
             group_budget.append(budget)
         if table is None:
@@ -690,9 +756,6 @@ class OptionBuilder:
         diag.max_free_gib = max(diag.max_free_gib, float(free_by_family.max()))
         free = free_by_family[tbl.seg_family]
         fits = np.ones(b.shape, dtype=bool) if flt.ignore_memory else ~(mem > free)
-        if not np.all(fits):
-            diag.memory_excluded += int(np.sum(~fits))
-            diag.min_memory_gib = min(diag.min_memory_gib, float(np.nanmin(mem)))
         thr = b / t
         service = t * (1 + u)
         own = tbl.p95_s * (1 + u)
@@ -700,9 +763,8 @@ class OptionBuilder:
         c0 = np.maximum(1.0, np.ceil(lam / credit_h - 1e-9))
         has_budget = w.p95_latency_s is not None
         budget = np.array([math.inf if x is None else x for x in group_budget])[tbl.seg_group]
+        floor = (b - 1) / lam + own
         if has_budget:
-            floor = (b - 1) / lam + own
-            diag.min_floor_p95_s = min(diag.min_floor_p95_s, float(np.min(floor)))
             cstar = np.full(b.shape, np.inf)
             idx = np.nonzero(fits)[0]
             if idx.size:
@@ -710,10 +772,22 @@ class OptionBuilder:
                     lam, b[idx], service[idx], own[idx], c0[idx], budget[idx], opts.max_latency_extra_replicas
                 )
             ok = fits & np.isfinite(cstar)
-            diag.latency_excluded += int(np.sum(fits & ~np.isfinite(cstar)))
         else:
             cstar = c0
             ok = fits
+        if np.unique(tbl.seg_group[ok]).size < len(tbl.groups):  # some group has no option: say why, per group
+            for gi, group in enumerate(tbl.groups):
+                rows_g = tbl.seg_group == gi
+                fit_g = rows_g & fits
+                mem_g = mem[rows_g & ~np.isnan(mem)]
+                diag.groups[(model_id, group)] = GroupDiagnostics(
+                    has_rows=bool(np.any(rows_g)),
+                    min_memory_gib=float(mem_g.min()) if mem_g.size else math.inf,
+                    fits=bool(np.any(fit_g)),
+                    min_floor_p95_s=float(floor[fit_g].min()) if np.any(fit_g) else math.inf,
+                    budget_s=group_budget[gi],
+                    ok=bool(np.any(rows_g & ok)),
+                )
         if not np.any(ok):
             return [], None
         latency_bound = np.isfinite(cstar) & (cstar > c0)

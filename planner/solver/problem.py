@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
 from planner.core.errors import InputError
@@ -100,6 +101,9 @@ class SolverOptions:
     latency_repair_rounds: int = 4
     max_latency_extra_replicas: int = 64
     progress: Progress | None = field(default=None, compare=False)
+    inputs: Literal["scenario", "flags", "any"] = "any"
+    """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)
+    or the `planner recommend` flag (`--p95`) they used; `any` names both."""
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,48 @@ def test_a_rate_the_fleet_cannot_carry_says_what_would(reference_url: str) -> No
     assert re.search(r"sdxl alone: (\[(te|dn|vae)(\+(te|dn|vae))*\])+ on h100-sxm-80gb", err), err
 
 
+def test_a_latency_objective_no_option_meets_is_explained_truly_with_the_flag_used(reference_url: str) -> None:
+    """The p95 named must be the blocking group's, and over that group's budget (it used to print the text
+    encoder's 0.01 s against the whole 1 s objective); the fix names --p95, the flag given, not the scenario key."""
+    result = recommend(reference_url, "-m", "sdxl", "-r", "1", "--p95", "1", "--family", "h100-sxm-80gb")
+    assert result.returncode == 3, result.stderr
+    err = " ".join(result.stderr.split())
+    found = re.search(r"group has a p95 of ([\d.]+) s .*?latency budget \(([\d.]+) s", err)
+    assert found, err
+    assert float(found.group(1)) > float(found.group(2))
+    assert "relax --p95" in err
+    assert "p95_latency_s" not in err
+
+
+def test_memory_no_family_has_is_explained_truly_with_the_scenario_key(reference_url: str, tmp_path: Path) -> None:
+    """A 4 GiB fleet-only family: the GiB named must be the blocking group's need, more than the GPU has free
+    (it used to print the text encoder's 1.6 GiB against 2.0 GiB), and the fix names the scenario's keys."""
+    from planner.db.seed import REFERENCE_CSV
+
+    with REFERENCE_CSV.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r["gpu_family"] == "h100-sxm-80gb" and r["model"] == "sdxl"]
+    for r in rows:
+        r["gpu_family"] = "lab-gpu-48g"
+    with (tmp_path / "lab.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "s.yaml").write_text(
+        "fleet:\n  - {family: lab-gpu-48g, price_per_hour: 0.9, memory_gib: 4}\nmeasurements: lab.csv\n"
+        "workloads:\n  - {name: a, model: sdxl, rate: 1}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(tmp_path / "s.yaml"))
+    assert result.returncode == 3, result.stderr
+    err = " ".join(result.stderr.split())
+    found = re.search(r"needs at least ([\d.]+) GiB, the largest allowed GPU has ([\d.]+) GiB", err)
+    assert found, err
+    assert float(found.group(1)) > float(found.group(2))
+    assert "memory_gib" in err
+    assert "--family" not in err
+
+
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
