@@ -21,8 +21,18 @@ Where a value comes from, in order of preference:
    Across vendors (an NVIDIA measurement to an AMD family) the roofline split says nothing about the other
    software stack (attention kernels, compiler backends, fp8 formats: the agent's fp8 layers are e4m3fn via
    cuBLASLt, MI300X's native format is e4m3fnuz), and no published cross-vendor diffusion latency is in the
-   reference data to calibrate it: such a transfer gets `cross_vendor_uncertainty` (0.5) on top, and a
-   quantized recipe is not transferred across vendors at all. Measure the family to plan on it with confidence.
+   reference data to calibrate it: such a transfer gets `cross_vendor_uncertainty` (0.5) on top, and a recipe
+   whose kernels exist on one vendor's stack only is not transferred across vendors at all
+   (`vendor_specific`, decided per recipe field):
+   - `attention: cudnn`: cuDNN is NVIDIA's library; ROCm has no cuDNN backend for SDPA. Blocked.
+   - `quantization` other than `none`, or an fp8/int8 precision: torchao's fp8 GEMMs go through cuBLASLt
+     (e4m3fn; MI300X's native fp8 is e4m3fnuz) and its int8 kernels through NVIDIA-tuned Triton/cuBLAS paths.
+     Blocked. `fast_gemm` is cuBLASLt's fast accumulation: blocked (it implies fp8 anyway).
+   - `attention: flash` / `efficient`: PyTorch's ROCm build has both SDPA backends (AOTriton), so the recipe
+     runs there; its speed is another implementation's, which the cross-vendor uncertainty covers. Allowed.
+   - compile modes and `cuda_graphs`: inductor emits Triton on both vendors and HIP graphs stand in for CUDA
+     graphs. Allowed, with the same uncertainty.
+   Measure the family to plan on it with confidence.
 A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
 `allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
 
@@ -105,6 +115,21 @@ class PerfSettings:
     imported_uncertainty: float = IMPORTED_ESTIMATE_UNCERTAINTY
     cross_vendor_uncertainty: float = 0.5
     interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
+
+
+def vendor_specific(recipe: Recipe | None, precision: str | None) -> str | None:
+    """Why a recipe's kernels exist on one GPU vendor's stack only (module docstring, 3.), or None.
+
+    An unknown recipe (imported, not in the catalog) is judged by its precision alone.
+    """
+    if recipe is not None:
+        if recipe.attention == "cudnn":
+            return "cuDNN attention is NVIDIA-only"
+        if recipe.quantization != "none" or recipe.fast_gemm:
+            return f"{recipe.quantization} quantized kernels differ per vendor"
+    if precision in ("fp8", "int8"):
+        return f"{precision} kernels differ per vendor"
+    return None
 
 
 def _rank(row: MeasurementRow, *, override: bool = False) -> tuple[int, int, datetime, int]:
@@ -320,11 +345,11 @@ class PerfModel:
         if target is None or precision is None or target.compute(precision) is None:
             return None
         candidates: list[tuple[float, int, str, CellEstimate]] = []
-        quantized = precision in ("fp8", "int8")
+        one_vendor = vendor_specific(self.recipes.get(recipe), precision) is not None
         for src_family in self._by_config.get((model, stage, recipe, h, w), {}):
             if src_family == family:
                 continue
-            if quantized and self._vendor(src_family) != self._vendor(family):
+            if one_vendor and self._vendor(src_family) != self._vendor(family):
                 continue
             dkey = (src_family, family, precision)
             if dkey not in self._distance:

@@ -619,7 +619,7 @@ class OptionBuilder:
         needs); that value and its group are named, so the number is what a GPU must have free. Otherwise,
         when some topology is blocked by latency alone, the one nearest to its budgets (least max over its
         blocked groups of floor_g / budget_g) is named with that group's p95 floor and budget. Otherwise each
-        blocked group of the topology with the fewest blocked groups is described by its own reason.
+        blocked group of the topology with the fewest (and narrowest) blocked groups gets its own reason.
         """
         info = {g: diag.groups.get((model_id, g), GroupDiagnostics()) for t in topologies(stages) for g in t}
 
@@ -667,7 +667,7 @@ class OptionBuilder:
         if by_latency:
             t = min(by_latency, key=lambda t: max(ratio(g) for g in blocked[t]))
             return f"{model_id}: {latency(max(blocked[t], key=ratio))}"
-        t = min(blocked, key=lambda t: len(blocked[t]))
+        t = min(blocked, key=lambda t: (len(blocked[t]), sum(len(g) for g in blocked[t])))
         parts = []
         for g in blocked[t]:
             kind = why(g)

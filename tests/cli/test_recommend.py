@@ -353,6 +353,19 @@ def test_a_low_rate_plan_carries_no_latency_that_costs_nothing_to_avoid(referenc
     assert {g["batch"] for g in free_plan["workloads"][0]["groups"]} == {1}
 
 
+def test_no_cudnn_recipe_is_planned_on_an_amd_family(reference_url: str) -> None:
+    """cuDNN attention exists only on NVIDIA: only the MI300X in the fleet, with the text encoder held to cuDNN
+    attention, there is no plan (it used to plan bf16-sdpa-cudnn on mi300x-192gb from the H100's cells)."""
+    args = ("--model", "qwen-image", "--rate", "0.3", "--p95", "60", "--headroom", "0", "--family", "mi300x-192gb")
+    result = recommend(reference_url, *args, "--recipe", "te=bf16-sdpa-cudnn")
+    assert result.returncode == 3, result.stdout
+    assert "its [te] group has no cells" in " ".join(result.stderr.split())
+    free = recommend(reference_url, *args, "--format", "json")
+    assert free.returncode == 0, free.stderr
+    recipes = {r for w in json.loads(free.stdout)["workloads"] for g in w["groups"] for r in g["recipes"].values()}
+    assert not any("cudnn" in r for r in recipes)
+
+
 def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
     """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
     --synthetic-quality lets those measurements count (and the output says what they are)."""

@@ -18,7 +18,7 @@ from planner.perf.roofline import (
     split_time,
     transfer_uncertainty,
 )
-from tests.solver.factory import RECIPES, family, model, row
+from tests.solver.factory import RECIPES, family, model, recipe, row
 
 H100 = family("h100", tbps=3.35, tflops={"bf16": 989, "fp16": 989, "fp8": 1979})
 A100 = family("a100", tbps=2.039, tflops={"bf16": 312, "fp16": 312, "int8": 624})
@@ -208,6 +208,29 @@ def test_transfer_comes_from_the_nearest_measured_family_and_uncertainty_grows_w
     assert near is not None
     assert near.uncertainty == pytest.approx(transfer_uncertainty(math.log(989 / 312)))
     assert far.uncertainty > near.uncertainty
+
+
+def test_vendor_specific_kernels_are_not_transferred_across_vendors() -> None:
+    """cuDNN attention and quantized kernels exist on NVIDIA's stack only: an H100 cell of such a recipe says
+    nothing about an AMD card, while SDPA's flash backend (on ROCm too) transfers with the cross-vendor margin."""
+    mi300x = family("mi300x", memory_gib=192, tbps=5.3, tflops={"bf16": 1307, "fp16": 1307, "fp8": 2615})
+    mi300x = mi300x.model_copy(update={"vendor": "amd"})
+    recipes = {
+        **RECIPES,
+        "bf16-sdpa-cudnn": recipe("bf16-sdpa-cudnn", attention="cudnn"),
+        "bf16-sdpa-flash": recipe("bf16-sdpa-flash", attention="flash"),
+    }
+    rows = [
+        row("h100", "m", "text_encoder", r, 1, 12.0, tflops_per_call=0.1)
+        for r in ("bf16-sdpa-cudnn", "bf16-sdpa-flash", "fp8")
+    ]
+    p = PerfModel(rows, families={"h100": H100, "h200": H200, "mi300x": mi300x}, models={"m": MODEL}, recipes=recipes)
+    assert p.latency("mi300x", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is None
+    assert p.latency("mi300x", "m", "text_encoder", "fp8", 1, 1024, 1024) is None
+    flash = p.latency("mi300x", "m", "text_encoder", "bf16-sdpa-flash", 1, 1024, 1024)
+    assert flash is not None
+    assert flash.uncertainty >= 0.5
+    assert p.latency("h200", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is not None  # same vendor
 
 
 def test_memory_is_transferred_as_is() -> None:
