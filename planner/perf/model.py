@@ -33,6 +33,11 @@ Where a value comes from, in order of preference:
    - compile modes and `cuda_graphs`: inductor emits Triton on both vendors and HIP graphs stand in for CUDA
      graphs. Allowed, with the same uncertainty.
    Measure the family to plan on it with confidence.
+Image size: cells are keyed by resolution and nothing is scaled from one size to another (the FLOPs of
+`planner.perf.roofline.resolution_factor` serve transfers between families at one size), except for a
+size-independent stage (`SIZE_INDEPENDENT_STAGES`: the text encoder, whose input is the prompt's tokens and
+whose cost `resolution_factor` already takes as 1): asked at a size it was not measured at, it uses its cells
+at the model's default size, else at the largest measured size, and says so in the basis.
 A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
 `allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
 
@@ -45,7 +50,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -74,6 +79,8 @@ CellKey = tuple[str, str, str, str, int, int, int]
 ConfigKey = tuple[str, str, str, int, int]
 """(model, stage, recipe, height, width): a cell without its family and batch."""
 
+SIZE_INDEPENDENT_STAGES = frozenset({"text_encoder"})
+"""Stages whose cost does not depend on the image size (module docstring, "Image size")."""
 INTERPOLATION_UNCERTAINTY_PER_DOUBLING = 0.05
 IMPORTED_ESTIMATE_UNCERTAINTY = 0.30
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -209,15 +216,32 @@ class PerfModel:
         """The row chosen for each measured cell."""
         return list(self._cells.values())
 
+    def sizes_for(self, model: str, stage: str) -> list[tuple[int, int]]:
+        """(height, width) with at least one usable cell of the stage, largest first."""
+        return sorted({(h, w) for m, s, h, w in self._recipes if m == model and s == stage}, reverse=True)
+
+    def _size(self, model: str, stage: str, height: int, width: int) -> tuple[int, int]:
+        """The size whose cells serve a request: its own, or for a size-independent stage a measured one."""
+        if stage not in SIZE_INDEPENDENT_STAGES or (model, stage, height, width) in self._recipes:
+            return height, width
+        sizes = self.sizes_for(model, stage)
+        spec = self.models.get(model)
+        if spec is not None and (spec.height, spec.width) in sizes:
+            return spec.height, spec.width
+        return sizes[0] if sizes else (height, width)
+
     def measured_families(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[str]:
+        height, width = self._size(model, stage, height, width)
         return sorted(self._by_config.get((model, stage, recipe, height, width), {}))
 
     def recipes_for(self, model: str, stage: str, height: int, width: int) -> set[str]:
         """Recipes with at least one usable cell of (model, stage, resolution) on any family."""
+        height, width = self._size(model, stage, height, width)
         return set(self._recipes.get((model, stage, height, width), set()))
 
     def batches_for(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[int]:
         """Batches measured on any family for a configuration: where transfers and interpolation can land."""
+        height, width = self._size(model, stage, height, width)
         per_family = self._by_config.get((model, stage, recipe, height, width), {})
         return sorted({b for batches in per_family.values() for b in batches})
 
@@ -245,6 +269,15 @@ class PerfModel:
         key: CellKey = (family, model, stage, recipe, batch, height, width)
         if key in self._memo:
             return self._memo[key]
+        h, w = self._size(model, stage, height, width)
+        if (h, w) != (height, width):  # a size-independent stage: the cell at a measured size, relabelled
+            at = self.latency(family, model, stage, recipe, batch, h, w)
+            found = None
+            if at is not None:
+                basis = f"{at.basis} at {h}x{w} (a {stage}'s cost does not depend on the image size)"
+                found = replace(at, height=height, width=width, basis=basis)
+            self._memo[key] = found
+            return found
         found = self._own(key)
         if found is None and self.settings.transfer:
             found = self._transferred(key)
@@ -427,6 +460,7 @@ class PerfModel:
         The reference recipe itself is exact (SSIM 1, PSNR infinite) when no row says otherwise.
         """
         values: list[float] = []
+        height, width = self._size(model, stage, height, width)
         for row in self._quality_rows.get((model, stage, recipe, height, width), []):
             value = getattr(row, metric)
             if value is None:

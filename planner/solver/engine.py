@@ -623,7 +623,12 @@ def _suggest(problem: Problem, reasons: list[str]) -> str:
         )
     if "latency budget" in text:
         tips.append(f"relax {_knob(problem, 'p95')} or add a faster family ({_knob(problem, 'family')})")
-    if "no cells" in text or "no family" in text:
+    if "measured sizes" in text:
+        tips.append(
+            f"use a measured size ({_knob(problem, 'size')}), or probe the model at this size (agent probe "
+            "with height and width) and import the cells"
+        )
+    elif "no cells" in text or "no family" in text:
         tips.append(
             f"probe the model on a fleet family (agent probe) or add a family with measurements "
             f"({_knob(problem, 'family')})"

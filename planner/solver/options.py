@@ -323,7 +323,11 @@ class OptionBuilder:
         names = [r for r in names if r not in self.recipes or stage in self.recipes[r].stages]
         if not names:
             if not have:
-                return [], f"{model}: no cells for stage {stage} at {h}x{wd}"
+                sizes = ", ".join(f"{sh}x{sw}" for sh, sw in self.perf.sizes_for(model, stage)) or "none"
+                return [], (
+                    f"{model}: no cells for stage {stage} at {h}x{wd} (height x width; measured sizes: {sizes}); "
+                    "cells are not scaled between sizes"
+                )
             measured = ", ".join(sorted(have))
             return [], f"{model}: no allowed recipe of stage {stage} has cells (measured: {measured})"
         passed = [r for r in names if self._quality_ok(w, model, stage, r)]

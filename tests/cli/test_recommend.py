@@ -450,6 +450,18 @@ def test_memory_no_family_has_is_explained_truly_with_the_scenario_key(reference
     assert "--family" not in err
 
 
+def test_an_unmeasured_size_names_the_stage_the_measured_sizes_and_the_fix(reference_url: str) -> None:
+    """1000x1000 SDXL: the text encoder's cells serve any size, so the stage without cells is the denoiser (it
+    used to be the text encoder), and the message lists the measured sizes and how to proceed."""
+    result = recommend(reference_url, "-m", "sdxl", "-r", "1", "--height", "1000", "--width", "1000")
+    assert result.returncode == 3, result.stdout
+    err = " ".join(result.stderr.split())
+    assert "no cells for stage text_encoder" not in err
+    assert "no cells for stage denoiser at 1000x1000" in err
+    assert "measured sizes: 1024x1024" in err
+    assert "--height/--width" in err
+
+
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(

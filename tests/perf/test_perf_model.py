@@ -233,6 +233,25 @@ def test_vendor_specific_kernels_are_not_transferred_across_vendors() -> None:
     assert p.latency("h200", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is not None  # same vendor
 
 
+def test_text_encoder_cells_serve_any_image_size_and_other_stages_do_not() -> None:
+    """A text encoder reads the prompt, not the image: its cells at the model's size serve 1000x1000 (which used
+    to have no cells at all); a denoiser's cells at another size are never used as they are."""
+    rows = [
+        row("h100", "m", "text_encoder", "bf16", 1, 12.0, latency_p95_ms=14.0),
+        row("h100", "m", "denoiser", "bf16", 1, 90.0),
+    ]
+    p = perf(rows)
+    cell = p.latency("h100", "m", "text_encoder", "bf16", 1, 1000, 1000)
+    assert cell is not None
+    assert (cell.latency_ms, cell.latency_p95_ms, cell.height, cell.width) == (12.0, 14.0, 1000, 1000)
+    assert "at 1024x1024" in cell.basis
+    assert p.recipes_for("m", "text_encoder", 1000, 1000) == {"bf16"}
+    assert p.batches_for("m", "text_encoder", "bf16", 1000, 1000) == [1]
+    assert p.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000) is None
+    assert p.recipes_for("m", "denoiser", 1000, 1000) == set()
+    assert p.sizes_for("m", "denoiser") == [(1024, 1024)]
+
+
 def test_memory_is_transferred_as_is() -> None:
     p = perf([row("h100", "m", "denoiser", "bf16", 1, 90.0, mem=33.0, tflops_per_call=20.0)])
     assert p.memory_gib("a100", "m", "denoiser", "bf16", 1, 1024, 1024) == 33.0
