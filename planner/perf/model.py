@@ -197,6 +197,7 @@ class PerfModel:
         self._row_memo: dict[CellKey, CellEstimate] = {}
         self._distance: dict[tuple[str, str, str], float | None] = {}
         self._weights: dict[tuple[str, str, str], float | None] = {}
+        self._sizes: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._recipes: dict[tuple[str, str, int, int], set[str]] = defaultdict(set)
         for model, stage, recipe, h, w in self._by_config:
             self._recipes[(model, stage, h, w)].add(recipe)
@@ -218,7 +219,12 @@ class PerfModel:
 
     def sizes_for(self, model: str, stage: str) -> list[tuple[int, int]]:
         """(height, width) with at least one usable cell of the stage, largest first."""
-        return sorted({(h, w) for m, s, h, w in self._recipes if m == model and s == stage}, reverse=True)
+        key = (model, stage)
+        if key not in self._sizes:
+            self._sizes[key] = sorted(
+                {(h, w) for m, s, h, w in self._recipes if m == model and s == stage}, reverse=True
+            )
+        return list(self._sizes[key])
 
     def _size(self, model: str, stage: str, height: int, width: int) -> tuple[int, int]:
         """The size whose cells serve a request: its own, or for a size-independent stage a measured one."""

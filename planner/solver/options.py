@@ -869,7 +869,12 @@ class OptionBuilder:
         if fpos.size:
             owners = order[np.nonzero(first)[0][rank[fpos]]]  # the segment's pick, contiguous per segment
             starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-            alt_rows = dict(zip(owners[starts].tolist(), np.split(order[fpos], starts[1:]), strict=True))
+            ends = np.r_[starts[1:], owners.size]
+            alts_all = order[fpos]
+            alt_rows = {
+                i: alts_all[a:z]
+                for i, a, z in zip(owners[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
+            }
         source = _AlternativeSource(
             lists, wi, model_id, tbl.families, credit, cost, cstar, latency_bound, group_budget, lam
         )
