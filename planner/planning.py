@@ -3,7 +3,8 @@
 `planner recommend` (a scenario file, or one built from its quick flags) and the service's
 `POST /v1/fleets/{fleet}/plans/solve` (a stored fleet and its workloads) both come through here, so both plan
 from the same things:
-- the store's measurements (latest per cell, status `ok`), plus the scenario's own measurements file;
+- the store's measurements (latest per cell, status `ok`), plus the scenario's own measurements file, whose
+  rows win the cells they have (`planner.perf.model`, 1.);
 - the store's catalog: package catalog entries with the store's prices (an operator's price override comes
   first), families an operator defined (`PUT /v1/gpu-families/{id}`: used with their ceilings when they have
   them, otherwise as fleet-only families of known memory), recipes that imported measurements named;

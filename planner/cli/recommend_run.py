@@ -76,7 +76,13 @@ def _scenario_and_context(
                 assert request is not None
                 scenario = quick_scenario(request, catalog)
             problem = store_problem(
-                session, scenario, settings=settings, store_catalog=catalog, rows=rows, progress=progress.message
+                session,
+                scenario,
+                settings=settings,
+                store_catalog=catalog,
+                rows=rows,
+                progress=progress.message,
+                inputs="scenario" if scenario_file is not None else "flags",
             )
     finally:
         engine.dispose()

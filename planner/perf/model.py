@@ -1,9 +1,13 @@
 """The performance model: latency and memory of any (family, model, stage, recipe, batch, resolution) cell.
 
 Where a value comes from, in order of preference:
-1. measured: a measurement row of the cell with status `ok` (several rows: `source=measured` beats
-   `estimated`, then the newest `measured_at`, then real weights). Uncertainty 0; an imported row labelled
-   `estimated` keeps its label and gets `imported_uncertainty` (0.30).
+1. measured: a measurement row of the cell with status `ok`. Several rows of one cell: a row of
+   `override_rows` (a scenario's own `measurements:` file, DESIGN.md contract 2: "used for this run") beats
+   every row of `rows` (the store's), whatever its source or date, because it is what the user asked this run
+   to plan from, and a contract-only CSV has no `measured_at` to win on; then, within each of the two sets,
+   `source=measured` beats `estimated`, then the newest `measured_at`, then real weights. Uncertainty 0; an
+   imported row labelled `estimated` keeps its label and gets `imported_uncertainty` (0.30). Quality is not
+   overridden: it keeps the worst value over both sets (the conservative side).
 2. interpolated: the same family measured at a smaller and a larger batch of the same (model, stage, recipe,
    resolution). Latency, p95 and memory are linear in batch between the two nearest measured batches (the
    latency curve is concave at small batches, so this over-estimates, the safe side). Uncertainty
@@ -17,8 +21,23 @@ Where a value comes from, in order of preference:
    Across vendors (an NVIDIA measurement to an AMD family) the roofline split says nothing about the other
    software stack (attention kernels, compiler backends, fp8 formats: the agent's fp8 layers are e4m3fn via
    cuBLASLt, MI300X's native format is e4m3fnuz), and no published cross-vendor diffusion latency is in the
-   reference data to calibrate it: such a transfer gets `cross_vendor_uncertainty` (0.5) on top, and a
-   quantized recipe is not transferred across vendors at all. Measure the family to plan on it with confidence.
+   reference data to calibrate it: such a transfer gets `cross_vendor_uncertainty` (0.5) on top, and a recipe
+   whose kernels exist on one vendor's stack only is not transferred across vendors at all
+   (`vendor_specific`, decided per recipe field):
+   - `attention: cudnn`: cuDNN is NVIDIA's library; ROCm has no cuDNN backend for SDPA. Blocked.
+   - `quantization` other than `none`, or an fp8/int8 precision: torchao's fp8 GEMMs go through cuBLASLt
+     (e4m3fn; MI300X's native fp8 is e4m3fnuz) and its int8 kernels through NVIDIA-tuned Triton/cuBLAS paths.
+     Blocked. `fast_gemm` is cuBLASLt's fast accumulation: blocked (it implies fp8 anyway).
+   - `attention: flash` / `efficient`: PyTorch's ROCm build has both SDPA backends (AOTriton), so the recipe
+     runs there; its speed is another implementation's, which the cross-vendor uncertainty covers. Allowed.
+   - compile modes and `cuda_graphs`: inductor emits Triton on both vendors and HIP graphs stand in for CUDA
+     graphs. Allowed, with the same uncertainty.
+   Measure the family to plan on it with confidence.
+Image size: cells are keyed by resolution and nothing is scaled from one size to another (the FLOPs of
+`planner.perf.roofline.resolution_factor` serve transfers between families at one size), except for a
+size-independent stage (`SIZE_INDEPENDENT_STAGES`: the text encoder, whose input is the prompt's tokens and
+whose cost `resolution_factor` already takes as 1): asked at a size it was not measured at, it uses its cells
+at the model's default size, else at the largest measured size, and says so in the basis.
 A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
 `allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
 
@@ -31,7 +50,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -60,6 +79,8 @@ CellKey = tuple[str, str, str, str, int, int, int]
 ConfigKey = tuple[str, str, str, int, int]
 """(model, stage, recipe, height, width): a cell without its family and batch."""
 
+SIZE_INDEPENDENT_STAGES = frozenset({"text_encoder"})
+"""Stages whose cost does not depend on the image size (module docstring, "Image size")."""
 INTERPOLATION_UNCERTAINTY_PER_DOUBLING = 0.05
 IMPORTED_ESTIMATE_UNCERTAINTY = 0.30
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,11 +124,31 @@ class PerfSettings:
     interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
 
 
-def _rank(row: MeasurementRow) -> tuple[int, datetime, int]:
+def vendor_specific(recipe: Recipe | None, precision: str | None) -> str | None:
+    """Why a recipe's kernels exist on one GPU vendor's stack only (module docstring, 3.), or None.
+
+    An unknown recipe (imported, not in the catalog) is judged by its precision alone.
+    """
+    if recipe is not None:
+        if recipe.attention == "cudnn":
+            return "cuDNN attention is NVIDIA-only"
+        if recipe.quantization != "none" or recipe.fast_gemm:
+            return f"{recipe.quantization} quantized kernels differ per vendor"
+    if precision in ("fp8", "int8"):
+        return f"{precision} kernels differ per vendor"
+    return None
+
+
+def _rank(row: MeasurementRow, *, override: bool = False) -> tuple[int, int, datetime, int]:
+    """Order of preference among rows of one cell (module docstring, 1.): override set, source, date, weights.
+
+    The override flag comes first so that a scenario file's row, which usually has no `measured_at`, is not
+    beaten by an older stored row that has one.
+    """
     stamp = row.measured_at or _EPOCH
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return (1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
+    return (1 if override else 0, 1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
 
 
 class PerfModel:
@@ -122,7 +163,9 @@ class PerfModel:
         recipes: Mapping[str, Recipe],
         calibration: Mapping[str, Calibration] | None = None,
         settings: PerfSettings | None = None,
+        override_rows: Iterable[MeasurementRow] = (),
     ) -> None:
+        """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them."""
         self.families = dict(families)
         self.models = dict(models)
         self.recipes = dict(recipes)
@@ -132,26 +175,29 @@ class PerfModel:
             fid: ceilings_for(fam, calibration.get(fid)) for fid, fam in self.families.items()
         }
         self._quality_rows: dict[ConfigKey, list[MeasurementRow]] = defaultdict(list)
-        best: dict[CellKey, MeasurementRow] = {}
-        for row in rows:
+        best: dict[CellKey, tuple[tuple[int, int, datetime, int], MeasurementRow]] = {}
+        tagged = [(row, False) for row in rows] + [(row, True) for row in override_rows]
+        for row, override in tagged:
             if row.status != "ok" or row.latency_ms is None:
                 continue
             config: ConfigKey = (row.model, row.stage, row.recipe, row.height, row.width)
             self._quality_rows[config].append(row)
             if self._unusable(row):
                 continue
+            rank = _rank(row, override=override)
             held = best.get(row.cell)
-            if held is None or _rank(row) > _rank(held):
-                best[row.cell] = row
-        self._cells = best
+            if held is None or rank > held[0]:
+                best[row.cell] = (rank, row)
+        self._cells = {cell: row for cell, (_, row) in best.items()}
         self._by_config: dict[ConfigKey, dict[str, dict[int, MeasurementRow]]] = defaultdict(lambda: defaultdict(dict))
-        for key, row in best.items():
+        for key, row in self._cells.items():
             fam, model, stage, recipe, batch, h, w = key
             self._by_config[(model, stage, recipe, h, w)][fam][batch] = row
         self._memo: dict[CellKey, CellEstimate | None] = {}
         self._row_memo: dict[CellKey, CellEstimate] = {}
         self._distance: dict[tuple[str, str, str], float | None] = {}
         self._weights: dict[tuple[str, str, str], float | None] = {}
+        self._sizes: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._recipes: dict[tuple[str, str, int, int], set[str]] = defaultdict(set)
         for model, stage, recipe, h, w in self._by_config:
             self._recipes[(model, stage, h, w)].add(recipe)
@@ -171,15 +217,37 @@ class PerfModel:
         """The row chosen for each measured cell."""
         return list(self._cells.values())
 
+    def sizes_for(self, model: str, stage: str) -> list[tuple[int, int]]:
+        """(height, width) with at least one usable cell of the stage, largest first."""
+        key = (model, stage)
+        if key not in self._sizes:
+            self._sizes[key] = sorted(
+                {(h, w) for m, s, h, w in self._recipes if m == model and s == stage}, reverse=True
+            )
+        return list(self._sizes[key])
+
+    def _size(self, model: str, stage: str, height: int, width: int) -> tuple[int, int]:
+        """The size whose cells serve a request: its own, or for a size-independent stage a measured one."""
+        if stage not in SIZE_INDEPENDENT_STAGES or (model, stage, height, width) in self._recipes:
+            return height, width
+        sizes = self.sizes_for(model, stage)
+        spec = self.models.get(model)
+        if spec is not None and (spec.height, spec.width) in sizes:
+            return spec.height, spec.width
+        return sizes[0] if sizes else (height, width)
+
     def measured_families(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[str]:
+        height, width = self._size(model, stage, height, width)
         return sorted(self._by_config.get((model, stage, recipe, height, width), {}))
 
     def recipes_for(self, model: str, stage: str, height: int, width: int) -> set[str]:
         """Recipes with at least one usable cell of (model, stage, resolution) on any family."""
+        height, width = self._size(model, stage, height, width)
         return set(self._recipes.get((model, stage, height, width), set()))
 
     def batches_for(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[int]:
         """Batches measured on any family for a configuration: where transfers and interpolation can land."""
+        height, width = self._size(model, stage, height, width)
         per_family = self._by_config.get((model, stage, recipe, height, width), {})
         return sorted({b for batches in per_family.values() for b in batches})
 
@@ -207,6 +275,15 @@ class PerfModel:
         key: CellKey = (family, model, stage, recipe, batch, height, width)
         if key in self._memo:
             return self._memo[key]
+        h, w = self._size(model, stage, height, width)
+        if (h, w) != (height, width):  # a size-independent stage: the cell at a measured size, relabelled
+            at = self.latency(family, model, stage, recipe, batch, h, w)
+            found = None
+            if at is not None:
+                basis = f"{at.basis} at {h}x{w} (a {stage}'s cost does not depend on the image size)"
+                found = replace(at, height=height, width=width, basis=basis)
+            self._memo[key] = found
+            return found
         found = self._own(key)
         if found is None and self.settings.transfer:
             found = self._transferred(key)
@@ -307,11 +384,11 @@ class PerfModel:
         if target is None or precision is None or target.compute(precision) is None:
             return None
         candidates: list[tuple[float, int, str, CellEstimate]] = []
-        quantized = precision in ("fp8", "int8")
+        one_vendor = vendor_specific(self.recipes.get(recipe), precision) is not None
         for src_family in self._by_config.get((model, stage, recipe, h, w), {}):
             if src_family == family:
                 continue
-            if quantized and self._vendor(src_family) != self._vendor(family):
+            if one_vendor and self._vendor(src_family) != self._vendor(family):
                 continue
             dkey = (src_family, family, precision)
             if dkey not in self._distance:
@@ -389,6 +466,7 @@ class PerfModel:
         The reference recipe itself is exact (SSIM 1, PSNR infinite) when no row says otherwise.
         """
         values: list[float] = []
+        height, width = self._size(model, stage, height, width)
         for row in self._quality_rows.get((model, stage, recipe, height, width), []):
             value = getattr(row, metric)
             if value is None:

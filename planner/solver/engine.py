@@ -6,7 +6,10 @@ The steps, and why each is there:
 2. the MILP (planner.solver.milp) picks one (model, topology) per workload and integer replicas per option,
    packing low-rate groups onto shared GPUs;
 3. aggregate shared-GPU decisions are packed first-fit-decreasing into real GPUs;
-4. every group's p95 is recomputed with the pools the MILP actually chose (mixed pools, shared GPUs); a group
+4. a dedicated pool whose rate is covered with room to spare swaps to a lower-latency option of the same
+   group and family at the same replica count and no higher price (`_prefer_lower_latency`; the MILP's cost
+   is kept, only latency nobody pays for goes);
+   every group's p95 is recomputed with the pools the MILP actually chose (mixed pools, shared GPUs); a group
    over its latency budget has its options' credit cut by 15% (or its shared slot forbidden) and the MILP is
    solved again, at most `latency_repair_rounds` times, so an option whose predicted p95 breaks the objective
    is not chosen;
@@ -147,6 +150,34 @@ def _pool_p95(rate: float, used: list[tuple[Option, int]]) -> float:
     return float(wait[0]) + worst
 
 
+def _prefer_lower_latency(rate: float, used: list[tuple[Option, int]]) -> list[tuple[Option, int]]:
+    """The pool with each option swapped for its lowest-p95 alternative that keeps the rate covered.
+
+    The MILP minimises $/hour only, so among covers of equal cost it may keep a batch whose formation time
+    (b - 1) / rate is minutes at a low rate. An alternative a of option o (planner.solver.options, "Latency
+    tie-break") costs no more per replica; n replicas of a replace n of o when
+        sum_pool n' credit' - n (credit_o - credit_a) >= rate   (the MILP's cover still holds)
+    and the pool's p95 (`_pool_p95`) falls. Replica counts are unchanged and prices do not rise, so the
+    plan's cost is the MILP's or lower; the p95 only falls, so no latency objective can break.
+    """
+    pool = list(used)
+    slack = sum(n * o.credit for o, n in pool) - rate
+    best_p95 = _pool_p95(rate, pool)
+    for k, (o, n) in enumerate(used):
+        pick: Option | None = None
+        for a in o.alternatives.options() if o.alternatives is not None else ():
+            if a.cost_per_hour > o.cost_per_hour + 1e-12 or n * (o.credit - a.credit) > slack + rate * 1e-9:
+                continue
+            trial = [*pool[:k], (a, n), *pool[k + 1 :]]
+            p95 = _pool_p95(rate, trial)
+            if p95 < best_p95 * (1 - 1e-9):
+                pick, best_p95 = a, p95
+        if pick is not None:
+            slack -= n * (o.credit - pick.credit)
+            pool[k] = (pick, n)
+    return pool
+
+
 def _cells(o: Option) -> tuple[StageCell, ...]:
     return tuple(
         StageCell(
@@ -212,7 +243,10 @@ def _repair(option_set: OptionSet, violations: dict[GroupKey, tuple[set[str], bo
             if o.shared and was_shared:
                 continue
             if not o.shared and o.family in fams:
-                options[i] = replace(o, credit=o.credit * REPAIR_CREDIT_FACTOR, latency_bound=True)
+                alts = o.alternatives
+                if alts is not None:
+                    alts = replace(alts, credit_scale=alts.credit_scale * REPAIR_CREDIT_FACTOR)
+                options[i] = replace(o, credit=o.credit * REPAIR_CREDIT_FACTOR, latency_bound=True, alternatives=alts)
             kept.append(i)
         by_group[gk] = kept
     return replace(option_set, options=options, by_group=by_group)
@@ -288,6 +322,8 @@ def _assemble(
             dedicated[o.key].append((o, n))
         else:
             warnings.append(f"unused replicas of {problem.workloads[o.workload].name} {o.group} dropped")
+    for key, pool in dedicated.items():
+        dedicated[key] = _prefer_lower_latency(problem.workloads[key[0]].rate, pool)
     gpus: dict[str, int] = defaultdict(int)
     for pool in dedicated.values():
         for o, n in pool:
@@ -558,19 +594,49 @@ def _sensitivity(
 # ---- infeasible -------------------------------------------------------------------------------------
 
 
-def _suggest(reasons: list[str]) -> str:
+KNOBS: dict[str, tuple[str, str]] = {
+    "p95": ("the workload's `p95_latency_s`", "--p95"),
+    "family": ("a `fleet:` entry", "--family"),
+    "memory": ("`memory_gib` of the fleet entry, if the GPU has more", "--family with a larger GPU"),
+    "recipes": ("the workload's `recipes:` allow-list", "--recipe"),
+    "quality": ("the workload's `quality:` floor", "--quality"),
+    "size": ("the workload's `height`/`width`", "--height/--width"),
+}
+"""Where a fix is made: (scenario key, recommend flag); `SolverOptions.inputs` says which the user used."""
+
+
+def _knob(problem: Problem, name: str) -> str:
+    key, flag = KNOBS[name]
+    inputs = problem.options.inputs
+    return key if inputs == "scenario" else flag if inputs == "flags" else f"{key} (or {flag})"
+
+
+def _suggest(problem: Problem, reasons: list[str]) -> str:
+    """What to change, named as the user gave the input (scenario key or flag; both when unknown)."""
     text = " ".join(reasons)
     tips = []
     if "GiB" in text:
-        tips.append("add a family with more memory, or allow a lighter recipe (fp8/int8 weights) or a split topology")
+        tips.append(
+            f"add a family with more memory ({_knob(problem, 'family')}) or allow a lighter recipe (fp8/int8 "
+            f"weights, {_knob(problem, 'recipes')})"
+            + (f", or raise {KNOBS['memory'][0]}" if problem.options.inputs != "flags" else "")
+        )
     if "latency budget" in text:
-        tips.append("relax p95_latency_s or add a faster family")
-    if "no cells" in text or "no family" in text:
-        tips.append("probe the model on a fleet family (agent probe) or add a family with measurements")
+        tips.append(f"relax {_knob(problem, 'p95')} or add a faster family ({_knob(problem, 'family')})")
+    if "measured sizes" in text:
+        tips.append(
+            f"use a measured size ({_knob(problem, 'size')}), or probe the model at this size (agent probe "
+            "with height and width) and import the cells"
+        )
+    elif "no cells" in text or "no family" in text:
+        tips.append(
+            f"probe the model on a fleet family (agent probe) or add a family with measurements "
+            f"({_knob(problem, 'family')})"
+        )
     if "quality floor" in text:
-        tips.append("lower the quality floor or measure the quality of more recipes")
+        tips.append(f"lower {_knob(problem, 'quality')} or measure the quality of more recipes")
     if "allowed recipe" in text:
-        tips.append("widen the recipes allow-list")
+        tips.append(f"widen {_knob(problem, 'recipes')}")
     return "; ".join(tips) or "see the reasons"
 
 
@@ -588,7 +654,7 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
                 workload=w.name,
                 carried_fraction=0.0,
                 message=f"{w.name} cannot be served: " + "; ".join(reasons),
-                suggestion=_suggest(reasons),
+                suggestion=_suggest(problem, reasons),
             )
         )
     rest = [w for wi, w in enumerate(problem.workloads) if wi not in core.unserved]

@@ -32,6 +32,20 @@ Pruning before the MILP (exact, not heuristic):
   availability limit costs no more per replica and credits no less (replace it replica by replica);
 - for shared mode the Pareto front of (phi, memory) per (group, family, class) is kept; past
   `exact_packing_max_items` candidates only the smallest slot per pool matters (fluid packing).
+
+Latency tie-break. Keeping only the largest credit per segment is exact for cost, but at a low rate it keeps
+latency nobody pays to avoid: at lambda = 0.05/s a batch-16 option needs the same single replica as batch 1,
+and its batch timeout (b - 1) / lambda = 300 s ends up in the plan. So each kept dedicated option o carries
+`alternatives`: the rows a of its segment with
+    price_a <= price_o,  ceil(lambda / credit_a) = ceil(lambda / credit_o)  and  floor_a < floor_b for every
+    such row b of the segment with credit_b >= credit_a,   floor = (b - 1) / lambda + T95 (1 + u)
+(the p95 without queueing: the Pareto front of credit against p95 floor, largest credit first, among the rows
+that carry the rate alone with as few replicas as o; one that needs more could only be swapped in where
+another pool of the group leaves room, rare enough not to build thousands of them for). They are not MILP
+columns, so the MILP, its bound and its optimal cost are unchanged; after the solve (`planner.solver.engine`),
+a pool's n replicas of o are swapped for n replicas of an alternative when the group still covers its rate,
+    sum_pool n credit - n (credit_o - credit_a) >= lambda,
+and the pool's predicted p95 drops: same replicas, same or lower price, so the cost never rises.
 """
 
 from __future__ import annotations
@@ -132,6 +146,9 @@ class Option:
     latency_bound: bool
     budget_s: float | None
     share_class: int = -1
+    alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
+    """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
+    (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
 
     @property
     def key(self) -> GroupKey:
@@ -141,6 +158,54 @@ class Option:
     def pool(self) -> tuple[str, int]:
         """Where a shared-mode option may be packed: (family, service-time class)."""
         return (self.family, self.share_class)
+
+
+@dataclass(frozen=True)
+class _AlternativeSource:
+    """What building an alternative Option needs from one `_select` call (shared by its options)."""
+
+    lists: _RowLists
+    workload: int
+    model: str
+    families: list[str]
+    credit: FloatArray
+    cost: FloatArray
+    cstar: FloatArray
+    latency_bound: NDArray[np.bool_]
+    budgets: list[float | None]
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """An option's latency tie-break candidates, built into Options only when the engine asks: most options are
+    never chosen, and building tens of thousands of Options up front doubled the time to build a large set."""
+
+    source: _AlternativeSource
+    rows: IntArray
+    credit_scale: float = 1.0
+
+    def options(self) -> list[Option]:
+        src = self.source
+        out = []
+        for i in self.rows.tolist():
+            credit = float(src.credit[i]) * self.credit_scale
+            out.append(
+                src.lists.option(
+                    i,
+                    src.workload,
+                    src.model,
+                    src.families[src.lists.family[i]],
+                    credit=credit,
+                    cost=float(src.cost[i]),
+                    cstar=float(src.cstar[i]),
+                    latency_bound=bool(src.latency_bound[i]) or self.credit_scale < 1.0,
+                    budget=src.budgets[src.lists.group[i]],
+                    shared=False,
+                    fraction=src.rate / credit,
+                )
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -158,16 +223,29 @@ class OptionFilter:
 
 
 @dataclass
+class GroupDiagnostics:
+    """One group of one model: what its best row needs, to say which group blocks a workload and why."""
+
+    has_rows: bool = False
+    min_memory_gib: float = math.inf
+    """The least memory any of its rows needs (NaN-memory rows left out)."""
+    fits: bool = False
+    min_floor_p95_s: float = math.inf
+    """Over the rows that fit: batch formation (b - 1) / rate + own p95 service, the p95 without queueing."""
+    budget_s: float | None = None
+    ok: bool = False
+    """Some row fits and meets the group's latency budget."""
+
+
+@dataclass
 class Diagnostics:
     """Why a workload has few or no options, to explain an infeasible answer."""
 
     reasons: list[str] = field(default_factory=list)
-    min_memory_gib: float = math.inf
     max_free_gib: float = 0.0
-    min_floor_p95_s: float = math.inf
-    budget_s: float | None = None
-    memory_excluded: int = 0
-    latency_excluded: int = 0
+    objective_s: float | None = None
+    groups: dict[tuple[str, Group], GroupDiagnostics] = field(default_factory=dict)
+    """Per (model, group), filled only for a model some of whose groups have no option."""
 
 
 @dataclass
@@ -245,7 +323,11 @@ class OptionBuilder:
         names = [r for r in names if r not in self.recipes or stage in self.recipes[r].stages]
         if not names:
             if not have:
-                return [], f"{model}: no cells for stage {stage} at {h}x{wd}"
+                sizes = ", ".join(f"{sh}x{sw}" for sh, sw in self.perf.sizes_for(model, stage)) or "none"
+                return [], (
+                    f"{model}: no cells for stage {stage} at {h}x{wd} (height x width; measured sizes: {sizes}); "
+                    "cells are not scaled between sizes"
+                )
             measured = ", ".join(sorted(have))
             return [], f"{model}: no allowed recipe of stage {stage} has cells (measured: {measured})"
         passed = [r for r in names if self._quality_ok(w, model, stage, r)]
@@ -466,7 +548,7 @@ class OptionBuilder:
                 usable = [t for t in tops if all(g in groups_with_options for g in t)]
                 choices[wi].extend((model_id, t) for t in usable)
                 if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
-                    diag.reasons.append(self._why_none(model_id, diag, opts))
+                    diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
         options.extend(self._shared_options(problem, shared_rows))
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
         for i, o in enumerate(options):
@@ -533,19 +615,73 @@ class OptionBuilder:
             self._row_lists[id(tbl)] = hit
         return hit
 
-    def _why_none(self, model_id: str, diag: Diagnostics, opts: SolverOptions) -> str:
-        if diag.memory_excluded and not diag.latency_excluded:
+    def _why_none(self, model_id: str, stages: Sequence[str], diag: Diagnostics, opts: SolverOptions) -> str:
+        """Why no topology of a model has an option for every group, told of the group that blocks it.
+
+        A topology t is blocked by its groups g without an option. When some topology is blocked by memory
+        alone, the memory that would unblock one is min_t max_{g in t} need_g (need_g: the least any row of g
+        needs); that value and its group are named, so the number is what a GPU must have free. Otherwise,
+        when some topology is blocked by latency alone, the one nearest to its budgets (least max over its
+        blocked groups of floor_g / budget_g) is named with that group's p95 floor and budget. Otherwise each
+        blocked group of the topology with the fewest (and narrowest) blocked groups gets its own reason.
+        """
+        info = {g: diag.groups.get((model_id, g), GroupDiagnostics()) for t in topologies(stages) for g in t}
+
+        def why(g: Group) -> str:
+            d = info[g]
+            return "cells" if not d.has_rows else "memory" if not d.fits else "latency"
+
+        def memory(g: Group) -> str:
             return (
-                f"{model_id}: needs at least {diag.min_memory_gib:.1f} GiB for its smallest group, the "
-                f"largest allowed GPU has {diag.max_free_gib:.1f} GiB after the "
-                f"{opts.memory_reserve_gib:g} GiB reserve"
+                f"its {group_name(g)} group needs at least {info[g].min_memory_gib:.1f} GiB, the largest allowed "
+                f"GPU has {diag.max_free_gib:.1f} GiB after the {opts.memory_reserve_gib:g} GiB reserve"
             )
-        if diag.latency_excluded and diag.budget_s is not None:
+
+        def latency(g: Group) -> str:
+            d = info[g]
+            budget = d.budget_s if d.budget_s is not None else math.inf
+            whole = len(g) == len(stages) or diag.objective_s is None
+            of = "" if whole else f", its share of the {diag.objective_s:g} s objective"
+            if d.min_floor_p95_s > budget:
+                return (
+                    f"the fastest option of its {group_name(g)} group has a p95 of {d.min_floor_p95_s:.2f} s "
+                    f"before any queueing, over that group's latency budget ({budget:.2f} s{of})"
+                )
             return (
-                f"{model_id}: the fastest option's p95 ({diag.min_floor_p95_s:.2f} s) exceeds the latency "
-                f"budget of its group ({diag.budget_s:.2f} s)"
+                f"its {group_name(g)} group's p95 with queueing stays over that group's latency budget "
+                f"({budget:.2f} s{of}) even with {opts.max_latency_extra_replicas} replicas more than the rate needs"
             )
-        return f"{model_id}: no family in the fleet has cells (measured or estimated) for every stage"
+
+        blocked = {t: [g for g in t if not info[g].ok] for t in topologies(stages)}
+        blocked = {t: gs for t, gs in blocked.items() if gs}
+        if not blocked or not any(d.has_rows for d in info.values()):
+            return f"{model_id}: no family in the fleet has cells (measured or estimated) for every stage"
+        by_memory = [t for t, gs in blocked.items() if all(why(g) == "memory" for g in gs)]
+        if by_memory:
+            t = min(by_memory, key=lambda t: max(info[g].min_memory_gib for g in blocked[t]))
+            g = max(blocked[t], key=lambda g: info[g].min_memory_gib)
+            split = f" (split as {topology_name(t)})" if len(t) > 1 else ""
+            return f"{model_id}: {memory(g)}{split}"
+        by_latency = [t for t, gs in blocked.items() if all(why(g) == "latency" for g in gs)]
+
+        def ratio(g: Group) -> float:
+            budget = info[g].budget_s
+            return info[g].min_floor_p95_s / budget if budget else math.inf
+
+        if by_latency:
+            t = min(by_latency, key=lambda t: max(ratio(g) for g in blocked[t]))
+            return f"{model_id}: {latency(max(blocked[t], key=ratio))}"
+        t = min(blocked, key=lambda t: (len(blocked[t]), sum(len(g) for g in blocked[t])))
+        parts = []
+        for g in blocked[t]:
+            kind = why(g)
+            if kind == "memory":
+                parts.append(memory(g))
+            elif kind == "latency":
+                parts.append(latency(g))
+            else:
+                parts.append(f"its {group_name(g)} group has no cells (measured or estimated) on the allowed families")
+        return f"{model_id}: " + "; ".join(parts)
 
     def _build_model(
         self,
@@ -597,8 +733,7 @@ class OptionBuilder:
                 else:
                     share = len(group) / len(stages)
                 budget = w.p95_latency_s * share
-                if diag.budget_s is None or len(group) == len(stages):
-                    diag.budget_s = budget
+                diag.objective_s = w.p95_latency_s
             budgets[(wi, model_id, group)] = budget
             group_budget.append(budget)
         if table is None:
@@ -625,9 +760,6 @@ class OptionBuilder:
         diag.max_free_gib = max(diag.max_free_gib, float(free_by_family.max()))
         free = free_by_family[tbl.seg_family]
         fits = np.ones(b.shape, dtype=bool) if flt.ignore_memory else ~(mem > free)
-        if not np.all(fits):
-            diag.memory_excluded += int(np.sum(~fits))
-            diag.min_memory_gib = min(diag.min_memory_gib, float(np.nanmin(mem)))
         thr = b / t
         service = t * (1 + u)
         own = tbl.p95_s * (1 + u)
@@ -635,9 +767,8 @@ class OptionBuilder:
         c0 = np.maximum(1.0, np.ceil(lam / credit_h - 1e-9))
         has_budget = w.p95_latency_s is not None
         budget = np.array([math.inf if x is None else x for x in group_budget])[tbl.seg_group]
+        floor = (b - 1) / lam + own
         if has_budget:
-            floor = (b - 1) / lam + own
-            diag.min_floor_p95_s = min(diag.min_floor_p95_s, float(np.min(floor)))
             cstar = np.full(b.shape, np.inf)
             idx = np.nonzero(fits)[0]
             if idx.size:
@@ -645,10 +776,22 @@ class OptionBuilder:
                     lam, b[idx], service[idx], own[idx], c0[idx], budget[idx], opts.max_latency_extra_replicas
                 )
             ok = fits & np.isfinite(cstar)
-            diag.latency_excluded += int(np.sum(fits & ~np.isfinite(cstar)))
         else:
             cstar = c0
             ok = fits
+        if np.unique(tbl.seg_group[ok]).size < len(tbl.groups):  # some group has no option: say why, per group
+            for gi, group in enumerate(tbl.groups):
+                rows_g = tbl.seg_group == gi
+                fit_g = rows_g & fits
+                mem_g = mem[rows_g & ~np.isnan(mem)]
+                diag.groups[(model_id, group)] = GroupDiagnostics(
+                    has_rows=bool(np.any(rows_g)),
+                    min_memory_gib=float(mem_g.min()) if mem_g.size else math.inf,
+                    fits=bool(np.any(fit_g)),
+                    min_floor_p95_s=float(floor[fit_g].min()) if np.any(fit_g) else math.inf,
+                    budget_s=group_budget[gi],
+                    ok=bool(np.any(rows_g & ok)),
+                )
         if not np.any(ok):
             return [], None
         latency_bound = np.isfinite(cstar) & (cstar > c0)
@@ -709,7 +852,34 @@ class OptionBuilder:
             & ~np.eye(n, dtype=bool),
             axis=1,
         )
+        # Latency tie-break (module docstring): per segment, the rows after its pick (credit descending) that
+        # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
+        # its rank lets one running minimum over `order` restart at every segment.
+        rank = np.cumsum(first) - 1
+        floor_all = (b - 1) / lam + own
+        floor_o = floor_all[order]
+        alone = np.ceil(lam / credit[order] - 1e-9)  # replicas the row needs to carry the rate by itself
+        cheap = (cost[order] <= cost[order[first]][rank] + 1e-12) & (alone <= alone[first][rank])
+        big = float(np.max(floor_o)) + 1.0
+        key = np.where(cheap, floor_o, np.inf) - rank * big
+        running = np.minimum.accumulate(np.r_[np.inf, key])[:-1]
+        front = ~first & cheap & (key < running - 1e-9 * big)
+        fpos = np.nonzero(front)[0]
+        alt_rows: dict[int, IntArray] = {}
+        if fpos.size:
+            owners = order[np.nonzero(first)[0][rank[fpos]]]  # the segment's pick, contiguous per segment
+            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+            ends = np.r_[starts[1:], owners.size]
+            alts_all = order[fpos]
+            alt_rows = {
+                i: alts_all[a:z]
+                for i, a, z in zip(owners[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
+            }
+        source = _AlternativeSource(
+            lists, wi, model_id, tbl.families, credit, cost, cstar, latency_bound, group_budget, lam
+        )
         for i in picks[~dominated].tolist():
+            rows_i = alt_rows.get(i)
             out.append(
                 lists.option(
                     i,
@@ -723,6 +893,7 @@ class OptionBuilder:
                     budget=group_budget[lists.group[i]],
                     shared=False,
                     fraction=float(lam / credit[i]),
+                    alternatives=None if rows_i is None else Alternatives(source, rows_i),
                 )
             )
         share = opts.share_gpus if flt.share is None else flt.share
@@ -817,6 +988,7 @@ class _RowLists:
         shared: bool,
         fraction: float,
         share_class: int = -1,
+        alternatives: Alternatives | None = None,
     ) -> Option:
         return Option(
             wi,
@@ -841,6 +1013,7 @@ class _RowLists:
             latency_bound,
             budget,
             share_class,
+            alternatives,
         )
 
 

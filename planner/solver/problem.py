@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
 from planner.core.errors import InputError
@@ -100,6 +101,9 @@ class SolverOptions:
     latency_repair_rounds: int = 4
     max_latency_extra_replicas: int = 64
     progress: Progress | None = field(default=None, compare=False)
+    inputs: Literal["scenario", "flags", "any"] = "any"
+    """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)
+    or the `planner recommend` flag (`--p95`) they used; `any` names both."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,14 @@ def build_problem(
     perf_settings: PerfSettings | None = None,
     options: SolverOptions | None = None,
 ) -> Problem:
-    """A Problem from a parsed scenario and the store's rows (plus the scenario's own measurements file)."""
+    """A Problem from a parsed scenario and the store's rows (plus the scenario's own measurements file).
+
+    The scenario file's rows win their cells over the store's (`PerfModel`'s `override_rows`): contract 2 says
+    the file is "used for this run", so a stored row of the same cell must not outrank it by being dated.
+    """
     scenario.check_catalog(families, models)
-    all_rows = list(rows)
+    store_rows = list(rows)
+    scenario_rows: list[MeasurementRow] = []
     extra = scenario.measurements_path()
     if extra is not None:
         if not extra.is_file():
@@ -167,7 +176,8 @@ def build_problem(
                 f"{scenario.locate(('measurements',))}: measurements: {extra} does not exist. Fix: give the "
                 "path of a measurements CSV relative to the scenario file, or remove the key."
             )
-        all_rows.extend(located.row for located in read_csv(extra))
+        scenario_rows = [located.row for located in read_csv(extra)]
+    all_rows = [*store_rows, *scenario_rows]
     fleet = fleet_from_scenario(scenario, families)
     known_recipes = set(recipes) | {r.recipe for r in all_rows}
     for i, spec in enumerate(scenario.workloads):
@@ -180,12 +190,13 @@ def build_problem(
                         f"measurements name ({', '.join(sorted(known_recipes)) or 'none known'})."
                     )
     perf = PerfModel(
-        all_rows,
+        store_rows,
         families=families,  # a fleet-only family has no ceilings: it gets only its measured cells
         models=models,
         recipes=recipes,
         calibration=calibration,
         settings=perf_settings,
+        override_rows=scenario_rows,
     )
     sec = scenario.solver
     opts = options or SolverOptions(

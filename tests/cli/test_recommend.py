@@ -324,6 +324,66 @@ def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     assert plan["gpus"].get("h100-sxm-80gb", 0) <= 16
 
 
+def test_the_scenarios_measurements_win_over_the_stores_for_their_cells(reference_url: str, tmp_path: Path) -> None:
+    """Contract 2: a scenario's CSV is "used for this run". With the H100 SDXL cells at 10x latency in a
+    contract-only CSV (no `measured_at`), the plan must use those, not the store's dated rows of the same cells."""
+    from planner.db.seed import REFERENCE_CSV
+
+    contract = "gpu_family,model,stage,recipe,batch,height,width,latency_ms,latency_p95_ms,peak_mem_gib,power_w"
+    fields = [*contract.split(","), "weights", "source"]
+    with REFERENCE_CSV.open(newline="") as fh:
+        rows = [
+            {k: r[k] for k in fields}
+            for r in csv.DictReader(fh)
+            if r["gpu_family"] == "h100-sxm-80gb" and r["model"] == "sdxl" and r["status"] == "ok"
+        ]
+    for r in rows:
+        r["latency_ms"] = str(float(r["latency_ms"]) * 10)
+        r["latency_p95_ms"] = str(float(r["latency_p95_ms"]) * 10)
+    (tmp_path / "sub").mkdir()
+    with (tmp_path / "sub" / "slow.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    base = "fleet:\n  - {family: h100-sxm-80gb}\nworkloads:\n  - {name: a, model: sdxl, rate: 1}\n"
+    (tmp_path / "store.yaml").write_text(base)
+    (tmp_path / "slow.yaml").write_text(base + "measurements: sub/slow.csv\n")
+    fast = recommend(reference_url, "--scenario", str(tmp_path / "store.yaml"), "--format", "json")
+    slow = recommend(reference_url, "--scenario", str(tmp_path / "slow.yaml"), "--format", "json")
+    assert fast.returncode == 0, fast.stderr
+    assert slow.returncode == 0, slow.stderr
+    fast_gpus = json.loads(fast.stdout)["gpus"]["h100-sxm-80gb"]
+    slow_plan = json.loads(slow.stdout)
+    assert slow_plan["gpus"]["h100-sxm-80gb"] >= 8 * fast_gpus
+
+
+def test_a_low_rate_plan_carries_no_latency_that_costs_nothing_to_avoid(reference_url: str) -> None:
+    """sd15 at 0.05 images/s fits one T4 at any batch: without a p95 objective the plan must still take the
+    batch that answers in seconds (it used to keep batch 16, a 300 s batch timeout, at the same $0.53/h)."""
+    args = ("--model", "sd15", "--rate", "0.05", "--family", "t4-16gb", "--format", "json")
+    free = recommend(reference_url, *args)
+    bound = recommend(reference_url, *args, "--p95", "20")
+    assert free.returncode == 0, free.stderr
+    assert bound.returncode == 0, bound.stderr
+    free_plan, bound_plan = json.loads(free.stdout), json.loads(bound.stdout)
+    assert free_plan["total_cost_per_hour"] == pytest.approx(bound_plan["total_cost_per_hour"])
+    assert free_plan["workloads"][0]["predicted_p95_s"] <= 20
+    assert {g["batch"] for g in free_plan["workloads"][0]["groups"]} == {1}
+
+
+def test_no_cudnn_recipe_is_planned_on_an_amd_family(reference_url: str) -> None:
+    """cuDNN attention exists only on NVIDIA: only the MI300X in the fleet, with the text encoder held to cuDNN
+    attention, there is no plan (it used to plan bf16-sdpa-cudnn on mi300x-192gb from the H100's cells)."""
+    args = ("--model", "qwen-image", "--rate", "0.3", "--p95", "60", "--headroom", "0", "--family", "mi300x-192gb")
+    result = recommend(reference_url, *args, "--recipe", "te=bf16-sdpa-cudnn")
+    assert result.returncode == 3, result.stdout
+    assert "its [te] group has no cells" in " ".join(result.stderr.split())
+    free = recommend(reference_url, *args, "--format", "json")
+    assert free.returncode == 0, free.stderr
+    recipes = {r for w in json.loads(free.stdout)["workloads"] for g in w["groups"] for r in g["recipes"].values()}
+    assert not any("cudnn" in r for r in recipes)
+
+
 def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
     """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
     --synthetic-quality lets those measurements count (and the output says what they are)."""
@@ -381,6 +441,60 @@ def test_json_of_a_rate_the_fleet_cannot_carry_is_the_plan_object_with_why(refer
     assert 0 < why["carried_fraction"] < 1
     assert "add" in why["suggestion"]
     assert "no plan carries every workload" in result.stderr
+
+
+def test_a_latency_objective_no_option_meets_is_explained_truly_with_the_flag_used(reference_url: str) -> None:
+    """The p95 named must be the blocking group's, and over that group's budget (it used to print the text
+    encoder's 0.01 s against the whole 1 s objective); the fix names --p95, the flag given, not the scenario key."""
+    result = recommend(reference_url, "-m", "sdxl", "-r", "1", "--p95", "1", "--family", "h100-sxm-80gb")
+    assert result.returncode == 3, result.stderr
+    err = " ".join(result.stderr.split())
+    found = re.search(r"group has a p95 of ([\d.]+) s .*?latency budget \(([\d.]+) s", err)
+    assert found, err
+    assert float(found.group(1)) > float(found.group(2))
+    assert "relax --p95" in err
+    assert "p95_latency_s" not in err
+
+
+def test_memory_no_family_has_is_explained_truly_with_the_scenario_key(reference_url: str, tmp_path: Path) -> None:
+    """A 4 GiB fleet-only family: the GiB named must be the blocking group's need, more than the GPU has free
+    (it used to print the text encoder's 1.6 GiB against 2.0 GiB), and the fix names the scenario's keys."""
+    from planner.db.seed import REFERENCE_CSV
+
+    with REFERENCE_CSV.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r["gpu_family"] == "h100-sxm-80gb" and r["model"] == "sdxl"]
+    for r in rows:
+        r["gpu_family"] = "lab-gpu-48g"
+    with (tmp_path / "lab.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "s.yaml").write_text(
+        "fleet:\n  - {family: lab-gpu-48g, price_per_hour: 0.9, memory_gib: 4}\nmeasurements: lab.csv\n"
+        "workloads:\n  - {name: a, model: sdxl, rate: 1}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(tmp_path / "s.yaml"))
+    assert result.returncode == 3, result.stderr
+    err = " ".join(result.stderr.split())
+    found = re.search(r"needs at least ([\d.]+) GiB, the largest allowed GPU has ([\d.]+) GiB", err)
+    assert found, err
+    assert float(found.group(1)) > float(found.group(2))
+    assert "memory_gib" in err
+    assert "--family" not in err
+
+
+def test_an_unmeasured_size_names_the_stage_the_measured_sizes_and_the_fix(reference_url: str) -> None:
+    """1000x1000 SDXL: the text encoder's cells serve any size, so the stage without cells is the denoiser (it
+    used to be the text encoder), and the message lists the measured sizes and how to proceed."""
+    result = recommend(reference_url, "-m", "sdxl", "-r", "1", "--height", "1000", "--width", "1000")
+    assert result.returncode == 3, result.stdout
+    err = " ".join(result.stderr.split())
+    assert "no cells for stage text_encoder" not in err
+    assert "no cells for stage denoiser at 1000x1000" in err
+    assert "measured sizes: 1024x1024" in err
+    assert "--height/--width" in err
 
 
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:

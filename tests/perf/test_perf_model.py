@@ -18,7 +18,7 @@ from planner.perf.roofline import (
     split_time,
     transfer_uncertainty,
 )
-from tests.solver.factory import RECIPES, family, model, row
+from tests.solver.factory import RECIPES, family, model, recipe, row
 
 H100 = family("h100", tbps=3.35, tflops={"bf16": 989, "fp16": 989, "fp8": 1979})
 A100 = family("a100", tbps=2.039, tflops={"bf16": 312, "fp16": 312, "int8": 624})
@@ -65,6 +65,24 @@ def test_measured_row_beats_estimated_and_newest_measurement_wins() -> None:
     assert one.latency_ms == 90.0
     assert two is not None
     assert two.latency_ms == 110.0
+
+
+def test_override_rows_win_their_cells_over_newer_stored_rows() -> None:
+    """A scenario's measurements file is what the user asked this run to use (contract 2): its undated row beats
+    a dated, measured store row of the same cell, and it leaves the store's other cells alone."""
+    stored = [
+        row("h100", "m", "denoiser", "bf16", 1, 90.0, measured_at=datetime(2026, 3, 1, tzinfo=UTC)),
+        row("h100", "m", "denoiser", "bf16", 2, 120.0, measured_at=datetime(2026, 3, 1, tzinfo=UTC)),
+    ]
+    override = [row("h100", "m", "denoiser", "bf16", 1, 900.0, source="estimated")]
+    p = PerfModel(stored, families=FAMILIES, models={"m": MODEL}, recipes=RECIPES, override_rows=override)
+    one = p.latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
+    two = p.latency("h100", "m", "denoiser", "bf16", 2, 1024, 1024)
+    assert one is not None
+    assert one.latency_ms == 900.0
+    assert one.method == "imported-estimate"
+    assert two is not None
+    assert two.latency_ms == 120.0
 
 
 def test_imported_estimate_is_labelled_with_uncertainty() -> None:
@@ -190,6 +208,48 @@ def test_transfer_comes_from_the_nearest_measured_family_and_uncertainty_grows_w
     assert near is not None
     assert near.uncertainty == pytest.approx(transfer_uncertainty(math.log(989 / 312)))
     assert far.uncertainty > near.uncertainty
+
+
+def test_vendor_specific_kernels_are_not_transferred_across_vendors() -> None:
+    """cuDNN attention and quantized kernels exist on NVIDIA's stack only: an H100 cell of such a recipe says
+    nothing about an AMD card, while SDPA's flash backend (on ROCm too) transfers with the cross-vendor margin."""
+    mi300x = family("mi300x", memory_gib=192, tbps=5.3, tflops={"bf16": 1307, "fp16": 1307, "fp8": 2615})
+    mi300x = mi300x.model_copy(update={"vendor": "amd"})
+    recipes = {
+        **RECIPES,
+        "bf16-sdpa-cudnn": recipe("bf16-sdpa-cudnn", attention="cudnn"),
+        "bf16-sdpa-flash": recipe("bf16-sdpa-flash", attention="flash"),
+    }
+    rows = [
+        row("h100", "m", "text_encoder", r, 1, 12.0, tflops_per_call=0.1)
+        for r in ("bf16-sdpa-cudnn", "bf16-sdpa-flash", "fp8")
+    ]
+    p = PerfModel(rows, families={"h100": H100, "h200": H200, "mi300x": mi300x}, models={"m": MODEL}, recipes=recipes)
+    assert p.latency("mi300x", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is None
+    assert p.latency("mi300x", "m", "text_encoder", "fp8", 1, 1024, 1024) is None
+    flash = p.latency("mi300x", "m", "text_encoder", "bf16-sdpa-flash", 1, 1024, 1024)
+    assert flash is not None
+    assert flash.uncertainty >= 0.5
+    assert p.latency("h200", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is not None  # same vendor
+
+
+def test_text_encoder_cells_serve_any_image_size_and_other_stages_do_not() -> None:
+    """A text encoder reads the prompt, not the image: its cells at the model's size serve 1000x1000 (which used
+    to have no cells at all); a denoiser's cells at another size are never used as they are."""
+    rows = [
+        row("h100", "m", "text_encoder", "bf16", 1, 12.0, latency_p95_ms=14.0),
+        row("h100", "m", "denoiser", "bf16", 1, 90.0),
+    ]
+    p = perf(rows)
+    cell = p.latency("h100", "m", "text_encoder", "bf16", 1, 1000, 1000)
+    assert cell is not None
+    assert (cell.latency_ms, cell.latency_p95_ms, cell.height, cell.width) == (12.0, 14.0, 1000, 1000)
+    assert "at 1024x1024" in cell.basis
+    assert p.recipes_for("m", "text_encoder", 1000, 1000) == {"bf16"}
+    assert p.batches_for("m", "text_encoder", "bf16", 1000, 1000) == [1]
+    assert p.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000) is None
+    assert p.recipes_for("m", "denoiser", 1000, 1000) == set()
+    assert p.sizes_for("m", "denoiser") == [(1024, 1024)]
 
 
 def test_memory_is_transferred_as_is() -> None:

@@ -54,6 +54,34 @@ def test_low_rate_workloads_share_one_gpu() -> None:
     assert plan.total_cost_per_hour == pytest.approx(4.18)
 
 
+def test_at_a_low_rate_equal_cost_plans_take_the_lower_latency_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One replica carries 0.05 images/s at batch 1 or 4 alike: the plan must not keep batch 4's 60 s batch
+    formation (the MILP alone, which sees only $/hour, keeps the largest credit), and must cost the same."""
+    from planner.solver import engine
+
+    rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0})
+    p = problem(rows, [fleet("h100", 4.18)], [workload("a", rate=0.05)], share_gpus=False)
+    plan = solve(p)
+    monkeypatch.setattr(engine, "_prefer_lower_latency", lambda rate, used: used)
+    cost_only = solve(p)
+    assert cost_only.workloads[0].groups[0].batch == 4  # what the defect looked like
+    assert plan.total_cost_per_hour == pytest.approx(cost_only.total_cost_per_hour)
+    assert plan.gpus == cost_only.gpus == {"h100": 1}
+    assert [g.batch for g in plan.workloads[0].groups] == [1] * len(plan.workloads[0].groups)
+    assert plan.workloads[0].predicted_p95_s < 2.0 < 60.0 < cost_only.workloads[0].predicted_p95_s
+
+
+def test_the_latency_tie_break_never_uncovers_the_rate() -> None:
+    """At a rate where batch 1 needs more replicas than batch 4, the tie-break keeps batch 4."""
+    rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0})
+    p = problem(rows, [fleet("h100", 4.18)], [workload("a", rate=5.0)], share_gpus=False)
+    plan = solve(p)
+    groups = plan.workloads[0].groups
+    assert all(g.batch == 4 for g in groups)
+    for g in groups:
+        assert sum(x.capacity_credited for x in groups if x.stages == g.stages) >= 5.0 - 1e-9
+
+
 def test_availability_limits_are_shared_by_all_workloads() -> None:
     rows = pipeline_rows("cheap") + pipeline_rows("dear")
     fleet_ = [fleet("cheap", 1.0, available=2), fleet("dear", 3.0)]
