@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +135,13 @@ class RunChangedError(ConflictError):
 _COMPARED = tuple(c for c in ALL_COLUMNS if c not in ("probe_run", "gpu_memory_gib"))
 
 
+def _as_compared(value: object) -> str:
+    """A value as the CSV writes it, times in UTC: the store keeps UTC, so a file's +02:00 time is the same."""
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return format_value(value)
+
+
 def run_changes(session: Session, rid: str, rows: Sequence[LocatedRow]) -> list[RowError]:
     """How a file's rows of a stored run differ from what the store holds for it (values as the CSV writes them,
     so an unedited export compares equal); a cell the stored run lacks is a change too."""
@@ -151,7 +159,7 @@ def run_changes(session: Session, rid: str, rows: Sequence[LocatedRow]) -> list[
             errors.append(RowError(located.line, "cell", "a cell the stored run does not have"))
             continue
         for column in _COMPARED:
-            new_text, old_text = format_value(getattr(located.row, column)), format_value(getattr(old, column))
+            new_text, old_text = _as_compared(getattr(located.row, column)), _as_compared(getattr(old, column))
             if new_text != old_text:
                 errors.append(
                     RowError(

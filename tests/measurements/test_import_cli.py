@@ -204,6 +204,17 @@ def test_export_refuses_a_filter_naming_nothing(store_url: str, flag: str, value
     assert proc.stdout == ""
 
 
+def test_the_same_file_with_times_off_utc_imports_twice_as_a_skip(tmp_path: Path, store_url: str) -> None:
+    """The store keeps times in UTC; a file's +02:00 time is the same time, not an edit of the run."""
+    cols = (*CONTRACT_COLUMNS, "probe_run", "measured_at")
+    rows = [{**GOOD, "probe_run": "", "measured_at": "2026-11-25T23:56:43+02:00"}]
+    path = write_csv(tmp_path / "local-time.csv", rows, cols)
+    assert invoke("measurements", "import", str(path), "--database-url", store_url).returncode == 0
+    again = invoke("measurements", "import", str(path), "--database-url", store_url)
+    assert again.returncode == 0, again.stderr
+    assert "1 already stored (same run) skipped" in again.stdout
+
+
 def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp_path: Path, store_url: str) -> None:
     """A stored run is never changed: same content is skipped, other content refused whole (it used to be
     skipped too, silently dropping the edits with exit 0); an empty probe_run column imports it as a new run."""
