@@ -151,20 +151,21 @@ def _job_id_of(message: Any) -> str | None:
         return None
 
 
-def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> set[str]:
-    """Which of these jobs have a message in a queue or held (unacknowledged) by a worker; stops once all are."""
+def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> tuple[set[str], set[str]]:
+    """Which of these jobs have a message held (unacknowledged) by a worker, and which one waiting in a queue."""
     settings = dispatcher.settings
     client = dispatcher.redis
-    found: set[str] = set()
+    held: set[str] = set()
     for raw in client.hvals(f"{settings.key_prefix}unacked"):  # [message, exchange, routing key]
         try:
             job = _job_id_of(json.loads(raw)[0])
         except (ValueError, IndexError, TypeError):
             job = None
         if job in wanted:
-            found.add(job)
+            held.add(job)
+    found: set[str] = set()
     for key in client.scan_iter(match=f"{settings.key_prefix}{settings.queue_prefix}*", count=1000):
-        if found >= wanted:
+        if found | held >= wanted:
             break
         if client.type(key) != b"list":
             continue
@@ -175,19 +176,20 @@ def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> set[str]:
                 job = None
             if job in wanted:
                 found.add(job)
-    return found
+    return held, found
 
 
-def resend_lost(dispatcher: Dispatcher) -> int:
+def resend_lost(dispatcher: Dispatcher, workers: Sequence[WorkerInfo]) -> int:
     """Send again the dispatched jobs whose message is nowhere: not queued, not held by a live worker.
 
     The Redis transport takes a message off its queue (BRPOP) before it records it as unacknowledged, so a worker
     killed in between loses it. Such a job stays queued (or running, mid-chain) and nothing touches it: after
     `lost_after_s` it is looked for in the broker and, if absent, sent again from its first group (a message
     that was only in transit makes a duplicate, which the job store absorbs). A running job whose worker is gone
-    (no heartbeat for `worker_lost_s`: killed, its host down) is sent again too, although its message is still
-    held unacknowledged: otherwise it would wait for the visibility timeout (an hour by default). The held
-    message comes back after that timeout as a duplicate, which the job store absorbs. Rate-limited: one pass per
+    (no heartbeat for `worker_lost_s`: killed, its host down) is sent again too when its message is held
+    unacknowledged, which would otherwise wait for the visibility timeout (an hour by default); the held message
+    comes back after that timeout as a duplicate, which the job store absorbs. A job with a message waiting in a
+    queue (a later group of its chain) is left alone: it runs when its turn comes. Rate-limited: one pass per
     `lost_after_s / 2` across the workers.
     """
     settings = dispatcher.settings
@@ -203,13 +205,15 @@ def resend_lost(dispatcher: Dispatcher) -> int:
         candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since, fleet=settings.fleet)}
         if not candidates:
             return 0
-        present = messages_in_broker(dispatcher, set(candidates))
+        held, waiting = messages_in_broker(dispatcher, set(candidates))
         now = time.time()
-        live = {w.name for w in dispatcher.state.workers() if now - w.seen_at <= settings.worker_lost_s}
+        live = {w.name for w in workers if now - w.seen_at <= settings.worker_lost_s}
         sent = 0
         for job_id, job in candidates.items():
+            if job_id in waiting:
+                continue
             holder_gone = job.state == "running" and job.worker is not None and job.worker not in live
-            if job_id in present and not holder_gone:
+            if job_id in held and not holder_gone:
                 continue
             fresh = crud.get_job(session, job_id=job_id)
             if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= since:
@@ -250,5 +254,5 @@ def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> Rebal
             n = evacuate_pool(dispatcher, pool, table)
             if n:
                 report.moved[pool] = n
-    report.redispatched = resend_forgotten(dispatcher) + resend_lost(dispatcher)
+    report.redispatched = resend_forgotten(dispatcher) + resend_lost(dispatcher, workers)
     return report

@@ -234,11 +234,12 @@ def test_a_job_held_by_a_killed_worker_is_sent_again_before_the_visibility_timeo
 ) -> None:
     """A worker killed mid-job leaves its message unacknowledged until the visibility timeout (an hour by
     default): the job is sent again once its worker stops heartbeating, not an hour later; a job held by a live
-    worker is left alone."""
+    worker, or whose message waits in a queue (a later group's turn), is left alone."""
     p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
     create_plan(engine, fleet_name, [p])
     held_dead, _ = submit(dispatcher, engine, req(seed=1))
     held_live, _ = submit(dispatcher, engine, req(seed=2))
+    waiting, _ = submit(dispatcher, engine, req(seed=3))  # its message still waits in the queue
     key = settings.key_prefix + settings.queue_name(p.name)
     unacked = f"{settings.key_prefix}unacked"
     for tag in ("tag-1", "tag-2"):  # the workers took both and the transport holds them as unacknowledged
@@ -246,16 +247,16 @@ def test_a_job_held_by_a_killed_worker_is_sent_again_before_the_visibility_timeo
         assert raw is not None
         redis_client.hset(unacked, tag, json.dumps([json.loads(raw), "", p.name]))
     with session_scope(engine) as s:
-        for job, worker in ((held_dead, "dead@host"), (held_live, "alive@host")):
+        for job, worker in ((held_dead, "dead@host"), (held_live, "alive@host"), (waiting, "dead@host")):
             assert crud.claim_job(s, job_id=job.id, worker=worker, pool=p.name, max_attempts=5) == crud.Claim.CLAIMED
         old = datetime.now(UTC) - timedelta(seconds=60)
-        s.execute(update(m.Job).where(m.Job.id.in_([held_dead.id, held_live.id])).values(updated_at=old))
+        s.execute(update(m.Job).where(m.Job.id.in_([held_dead.id, held_live.id, waiting.id])).values(updated_at=old))
     now = time.time()
     dispatcher.state.heartbeat(WorkerInfo("alive@host", None, (p.name,), now))
     dispatcher.state.heartbeat(WorkerInfo("dead@host", None, (p.name,), now - settings.worker_lost_s - 5))
     redis_client.delete(f"{settings.key_prefix}lock:lost-scan")
     assert rebalance_once(dispatcher).redispatched == 1
-    assert [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)] == [held_dead.id]  # type: ignore[index]
+    assert [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)] == [waiting.id, held_dead.id]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("settings", [{"lost_after_s": 5.0}], indirect=True)
