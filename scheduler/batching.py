@@ -145,8 +145,11 @@ class Batcher:
         with self._cond:
             return self.stats.copy()
 
-    def _next_batch(self) -> list[_Item] | None:
-        """Wait for a batch that is full, or has waited `wait_s`, or cannot grow; None when stopping."""
+    def _next_batch(self) -> tuple[list[_Item], bool] | None:
+        """Wait for a batch that is full, or has waited `wait_s`, or cannot grow; None when stopping.
+
+        Also says whether the batch is full (at the limit it was formed under): only full batches are drift
+        evidence."""
         with self._cond:
             while True:
                 if self._stop:
@@ -163,14 +166,15 @@ class Batcher:
                     if not queue:
                         del self._pending[key]
                     self._count -= len(batch)
-                    return batch
+                    return batch, len(batch) >= limit
                 self._cond.wait(timeout=due - now)
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            formed = self._next_batch()
+            if formed is None:
                 return
+            batch, full = formed
             key = batch[0].key
             try:
                 if self.prepare_key is not None:
@@ -186,6 +190,7 @@ class Batcher:
                 for item in batch:
                     item.future.set_exception(exc)
                 continue
+            full_work = len(batch) * (self.work_of(key) if self.work_of is not None else 1.0) if full else 0.0
             with self._cond:
                 self.stats.busy_s += busy
                 self.stats.batches += 1
@@ -194,8 +199,8 @@ class Batcher:
                 ps.images += len(batch)
                 ps.batches += 1
                 ps.busy_s += busy
-                if len(batch) >= max(1, self.max_batch(key.pool)):
-                    ps.full_work += len(batch) * (self.work_of(key) if self.work_of is not None else 1.0)
+                if full:
+                    ps.full_work += full_work
                     ps.full_busy_s += busy
             for item, out in zip(batch, outputs, strict=True):
                 item.future.set_result(out)

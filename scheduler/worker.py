@@ -181,7 +181,9 @@ class WorkerRuntime:
         return GroupRunner.build(spec, self.build_stage)
 
     def _max_batch(self, pool: str) -> int:
-        batch = self.pools[pool].batch
+        """The plan's batch, capped by the setting and by the task threads (a batch never outgrows them: a plan
+        that raised the batch after start would otherwise never fill one)."""
+        batch = min(self.pools[pool].batch, self.concurrency)
         return min(batch, self.settings.max_batch) if self.settings.max_batch else batch
 
     def _work_of(self, key: BatchKey) -> float:

@@ -30,7 +30,7 @@ def test_a_pool_the_next_plan_reconfigures_is_served_as_planned(
         settings,
         [pool],
         name="follow@t",
-        concurrency=2,
+        concurrency=32,
         build_stage=noop_builder(0),
         engine=engine,
         client=redis_client,
