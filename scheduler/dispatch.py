@@ -1,7 +1,8 @@
 """Submit a job: store it (idempotently), route it, and send it to its pools' queues as a Celery chain.
 
 Order of a submission, and what a failure at each point leaves:
-1. route (nothing stored yet: an unknown workload is refused before a job exists);
+1. route (nothing stored yet: an unknown workload is refused before a job exists, unless the idempotency key
+   already made a job, which is returned);
 2. insert the job, `queued`, with its dispatch (pool, plan, routing version), and commit: one round trip, and a
    worker that takes the message finds the row;
 3. send group 0's task, with the later groups chained behind it on their own pools' queues.
@@ -38,7 +39,7 @@ from planner.db.base import utcnow
 from planner.db.session import engine_for, session_factory
 from scheduler.celery_app import RUN_GROUP, make_celery
 from scheduler.config import SchedulerSettings
-from scheduler.routing import Backlog, JobShape, Route, RoutingTable, decide
+from scheduler.routing import Backlog, JobShape, NoCapacityError, Route, RoutingTable, decide
 from scheduler.state import SchedulerState
 from scheduler.table import DbTableSource, TableCache, TableSource
 
@@ -177,18 +178,24 @@ class Dispatcher:
     def submit(self, session: Session, *, idempotency_key: str, request: crud.JobRequest) -> Submitted:
         """Store and send a job; a resubmission of a key returns its job (and resends it if it never left).
 
-        The key is looked up before anything else: a resend gets its job back even after the plan in force
-        changed or stopped routing its workload, and only the fields the client gave are compared.
+        Only the fields the client gave are compared with the key's job (the scheduler fills seed, size and
+        steps once, at creation). When the plan in force cannot route the request any more (it changed, or no
+        pool is up), the key is looked up before giving up: a resend still gets its job back.
         """
-        job = crud.job_for_key(session, idempotency_key=idempotency_key, request=request)
-        session.commit()  # end the read: SQLite cannot turn a read transaction into a write once another wrote
-        if job is not None:
-            return self._resubmitted(session, job)
-        resolved = self.resolve(request)
-        if resolved.height is None or resolved.width is None:  # pragma: no cover - resolve fills both or raises
-            raise InputError(f"workload {request.workload_name!r}: give height and width in the request")
-        job_id = str(uuid.uuid4())
-        route = self.route(JobShape(job_id, resolved.workload_name, resolved.height, resolved.width, resolved.steps))
+        try:
+            resolved = self.resolve(request)
+            if resolved.height is None or resolved.width is None:  # pragma: no cover - resolve fills or raises
+                raise InputError(f"workload {request.workload_name!r}: give height and width in the request")
+            job_id = str(uuid.uuid4())
+            route = self.route(
+                JobShape(job_id, resolved.workload_name, resolved.height, resolved.width, resolved.steps)
+            )
+        except (InputError, NoCapacityError):
+            known = crud.job_for_key(session, idempotency_key=idempotency_key, request=request)
+            session.commit()
+            if known is None:
+                raise
+            return self._resubmitted(session, known)
         job, created = crud.create_job(
             session,
             idempotency_key=idempotency_key,
