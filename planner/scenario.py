@@ -88,7 +88,9 @@ class QualityFloor(_Strict):
     @field_validator("min")
     @classmethod
     def _within_the_metric_range(cls, value: float, info: ValidationInfo) -> float:
-        problem = floor_range_problem(str(info.data.get("metric", "ssim_image")), value)
+        if "metric" not in info.data:
+            return value  # the metric itself is wrong: its own error says so, a range would only mislead
+        problem = floor_range_problem(str(info.data["metric"]), value)
         if problem is not None:
             raise ValueError(problem)
         return value

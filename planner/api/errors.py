@@ -102,6 +102,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def _store_down(_: Request, exc: OperationalError) -> JSONResponse:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        if "no such table" in reason or "no such column" in reason:  # SQLite behind this version's schema
+            return _json(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                {"detail": f"the store is behind this version's schema ({reason}); run `planner db upgrade`"},
+            )
         return _json(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             {"detail": f"the store did not answer ({reason}); retry shortly, and check the database if it persists"},

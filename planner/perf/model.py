@@ -132,7 +132,7 @@ def vendor_specific(recipe: Recipe | None, precision: str | None) -> str | None:
     if recipe is not None:
         if recipe.attention == "cudnn":
             return "cuDNN attention is NVIDIA-only"
-        if recipe.quantization != "none" or recipe.fast_gemm:
+        if recipe.quantization != "none":  # fast_gemm implies fp8 quantization (the catalog schema checks it)
             return f"{recipe.quantization} quantized kernels differ per vendor"
     if precision in ("fp8", "int8"):
         return f"{precision} kernels differ per vendor"

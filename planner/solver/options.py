@@ -856,8 +856,7 @@ class OptionBuilder:
         # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
         # its rank lets one running minimum over `order` restart at every segment.
         rank = np.cumsum(first) - 1
-        floor_all = (b - 1) / lam + own
-        floor_o = floor_all[order]
+        floor_o = floor[order]
         alone = np.ceil(lam / credit[order] - 1e-9)  # replicas the row needs to carry the rate by itself
         cheap = (cost[order] <= cost[order[first]][rank] + 1e-12) & (alone <= alone[first][rank])
         big = float(np.max(floor_o)) + 1.0

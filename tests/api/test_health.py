@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -73,3 +75,20 @@ def test_a_body_that_is_not_json_is_400_saying_so(client: TestClient) -> None:
     resp = client.post("/v1/fleets", content=b"{not json", headers={**ADMIN, "Content-Type": "application/json"})
     assert resp.status_code == 400
     assert "not JSON" in resp.json()["detail"]
+
+
+def test_a_sqlite_store_behind_the_schema_says_to_upgrade_not_to_retry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    settings = Settings(
+        environment="test", database_url=url, admin_token=SecretStr("x" * 32), heartbeat_sweep_s=0,
+        seed_reference_data=False,
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE fleets RENAME TO fleets_old")  # as a store from before that table
+        engine.dispose()
+        resp = c.get("/v1/fleets", headers={"Authorization": f"Bearer {'x' * 32}"})
+    assert resp.status_code == 503, resp.text
+    assert "planner db upgrade" in resp.json()["detail"]
+    assert "Retry-After" not in resp.headers
