@@ -281,13 +281,13 @@ def build_scenario(session: Session, *, fleet: m.Fleet, now: datetime, settings:
     return {"fleet": entries, "workloads": workloads, "solver": {"memory_reserve_gib": settings.memory_reserve_gib}}
 
 
-def scenario_from_data(data: Mapping[str, Any], *, name: str) -> Scenario:
-    """A Scenario from already-structured data (no file lines): errors name `name` and the key path."""
+def scenario_from_data(data: Mapping[str, Any], *, name: str, fix: str = "correct the stored values") -> Scenario:
+    """A Scenario from already-structured data (no file lines): errors name `name`, the key path and `fix`."""
     try:
         scenario = Scenario.model_validate(dict(data))
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}" for err in exc.errors()[:10]]
-        raise InputError(f"{name}: " + "; ".join(problems) + ". Fix: correct the stored values.") from exc
+        raise InputError(f"{name}: " + "; ".join(problems) + f". Fix: {fix}.") from exc
     scenario._name = name
     return scenario
 

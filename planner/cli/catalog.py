@@ -47,10 +47,19 @@ def families(database_url: DatabaseUrlOption = None) -> None:
 
 @handle_errors
 def models(database_url: DatabaseUrlOption = None) -> None:
-    """List models: stages, default steps, resolution, guidance."""
+    """List models: stages, default steps, resolution, guidance, and the families with measured cells (a model
+    measured nowhere can only be planned after probing it)."""
     engine = open_store(database_url)
     rows: list[tuple[str, ...]] = []
     with session_scope(engine) as session:
+        measured: dict[str, list[str]] = {}
+        for model_id, family in session.execute(
+            select(m.Measurement.model_id, m.Measurement.gpu_family_id)
+            .where(m.Measurement.source == "measured")
+            .distinct()
+            .order_by(m.Measurement.model_id, m.Measurement.gpu_family_id)
+        ):
+            measured.setdefault(model_id, []).append(family)
         for mod in session.scalars(select(m.Model).order_by(m.Model.id)):
             rows.append(
                 (
@@ -61,9 +70,10 @@ def models(database_url: DatabaseUrlOption = None) -> None:
                     f"{mod.width}x{mod.height}",
                     "yes" if mod.cfg else "no",
                     mod.distilled_from or "",
+                    ", ".join(measured.get(mod.id, [])) or "not measured",
                 )
             )
-    columns = ("model", "name", "stages", "steps", "size", "CFG", "distilled from")
+    columns = ("model", "name", "stages", "steps", "size", "CFG", "distilled from", "measured on")
     render_table("Models", columns, rows, out=console, right={3}, whole={0, 4, 6})
 
 

@@ -180,7 +180,9 @@ def quick_scenario(request: QuickRequest, catalog: StoreCatalog) -> Scenario:
                     f"{', '.join(sorted(known_recipes))} (`planner recipes`)."
                 )
     data = {"fleet": _fleet(request, catalog), "workloads": [workload]}
-    return scenario_from_data(data, name="the command line")
+    return scenario_from_data(
+        data, name="the command line", fix="correct the flag the key path names (workloads.0.name is --name)"
+    )
 
 
 @dataclass(frozen=True)

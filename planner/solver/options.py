@@ -323,7 +323,9 @@ class OptionBuilder:
         names = [r for r in names if r not in self.recipes or stage in self.recipes[r].stages]
         if not names:
             if not have:
-                sizes = ", ".join(f"{sh}x{sw}" for sh, sw in self.perf.sizes_for(model, stage)) or "none"
+                sizes = ", ".join(f"{sh}x{sw}" for sh, sw in self.perf.sizes_for(model, stage))
+                if not sizes:
+                    return [], f"{model}: no cells for stage {stage} at any size (this model has not been measured)"
                 return [], (
                     f"{model}: no cells for stage {stage} at {h}x{wd} (height x width; measured sizes: {sizes}); "
                     "cells are not scaled between sizes"

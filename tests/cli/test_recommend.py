@@ -497,6 +497,25 @@ def test_an_unmeasured_size_names_the_stage_the_measured_sizes_and_the_fix(refer
     assert "--height/--width" in err
 
 
+def test_a_model_measured_nowhere_says_so_and_to_probe_it(reference_url: str) -> None:
+    """sdxl-turbo is in the catalog but not in the shipped data: not a size problem ("measured sizes: none" and
+    "use a measured size" misled), a model to probe."""
+    result = recommend(reference_url, "-m", "sdxl-turbo", "-r", "1")
+    assert result.returncode == 3, result.stdout
+    err = " ".join(result.stderr.split())
+    assert "no cells for stage text_encoder at any size (this model has not been measured)" in err
+    assert "probe the model" in err
+    assert "measured size" not in err
+
+
+def test_a_bad_flag_value_names_the_flag(reference_url: str) -> None:
+    result = recommend(reference_url, "-m", "sdxl", "-r", "1", "--name", "bad name!")
+    assert result.returncode == 2
+    assert "workloads.0.name" in result.stderr
+    assert "--name" in result.stderr
+    assert "stored values" not in result.stderr
+
+
 def test_malformed_scenario_names_file_line_and_key(reference_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(

@@ -65,3 +65,14 @@ def test_records_print_brackets_as_text_not_markup() -> None:
     text = "".join(out.export_text().split())  # the narrow value column folds long words
     assert "[te+dn+vae]->[te+dn][vae]" in text
     assert "[bold]notastyle[/bold]" in text
+
+
+def test_models_say_which_families_measured_them(tmp_path: Path) -> None:
+    """The shipped data measures most catalog models; one it does not measure says so (it cannot be planned)."""
+    env = {"XDG_DATA_HOME": str(tmp_path), "COLUMNS": "220", "PLANNER_SEED_REFERENCE_DATA": "true"}
+    proc = run_cli("planner", "models", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "h100-sxm-80gb" in lines["sdxl"]
+    assert "h200-141gb" in lines["sdxl"]
+    assert lines["sdxl-turbo"].rstrip().endswith("not measured")
