@@ -90,8 +90,20 @@ def validate_against_store(session: Session, rows: Sequence[LocatedRow], *, name
     for model_id, stage in session.execute(select(m.ModelStage.model_id, m.ModelStage.stage)):
         stages[model_id].add(stage)
     errors: list[RowError] = []
+    new_family_memory: dict[str, tuple[float, int]] = {}  # family -> (memory, first line giving it)
     for located in rows:
         row, line = located.row, located.line
+        if row.gpu_family not in families and row.gpu_memory_gib is not None:
+            first = new_family_memory.setdefault(row.gpu_family, (row.gpu_memory_gib, line))
+            if abs(first[0] - row.gpu_memory_gib) > 1e-6:
+                errors.append(
+                    RowError(
+                        line,
+                        "gpu_memory_gib",
+                        f"{row.gpu_memory_gib:g} for new family {row.gpu_family!r}, which line {first[1]} defines "
+                        f"with {first[0]:g}; give one memory per family (or two family ids for two GPUs)",
+                    )
+                )
         if row.model not in stages:
             errors.append(
                 RowError(line, "model", f"unknown model {row.model!r}; known models: {', '.join(sorted(stages))}")

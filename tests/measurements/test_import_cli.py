@@ -138,6 +138,19 @@ def test_unknown_family_defined_by_file(tmp_path: Path, store_url: str) -> None:
     assert mem == 48.0
 
 
+def test_a_new_family_given_two_memories_is_refused_naming_both_lines(tmp_path: Path, store_url: str) -> None:
+    cols = (*CONTRACT_COLUMNS, "gpu_memory_gib")
+    lab = {**GOOD, "gpu_family": "lab-gpu-48g"}
+    rows = [{**lab, "gpu_memory_gib": "48"}, {**lab, "batch": "2", "gpu_memory_gib": "24"}]
+    stored = count(store_url)
+    proc = invoke(
+        "measurements", "import", str(write_csv(tmp_path / "lab.csv", rows, cols)), "--database-url", store_url
+    )
+    assert proc.returncode == 2, proc.stdout
+    assert "line 3, field gpu_memory_gib: 24 for new family 'lab-gpu-48g', which line 2 defines with 48" in proc.stderr
+    assert count(store_url) == stored
+
+
 # ---- paths a person can get wrong: one-line errors, no traceback, nothing written ------------------------------
 
 
