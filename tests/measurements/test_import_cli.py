@@ -260,10 +260,7 @@ def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp
     table[1]["latency_ms"] = "150"
     other = {**table[0], "probe_run": "", "batch": "8", "latency_ms": "400", "latency_p95_ms": "420"}  # a new run
     edited = tmp_path / "edited.csv"
-    with edited.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows([*table, other])
+    write_csv(edited, [*table, other], tuple(table[0]))
     refused = invoke("measurements", "import", str(edited), "--database-url", store_url)
     assert refused.returncode == 1, refused.stdout
     assert f"probe run {run}:" in refused.stderr
@@ -274,10 +271,7 @@ def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp
 
     for row in (*table, other):
         row["probe_run"] = ""
-    with edited.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows([*table, other])
+    write_csv(edited, [*table, other], tuple(table[0]))
     new_run = invoke("measurements", "import", str(edited), "--database-url", store_url)
     assert new_run.returncode == 0, new_run.stderr
     assert "stored 3 measurement(s) in 1 run(s)" in new_run.stdout

@@ -185,16 +185,22 @@ def test_a_lost_hosts_queued_jobs_move_to_other_pools(
     assert rebalance_once(dispatcher).unavailable == set()
 
 
+def forgotten_job(engine: Engine, plan_id: int) -> m.Job:
+    """A job stored 30 s ago whose submitter died before sending it (no dispatch recorded)."""
+    with session_scope(engine) as s:
+        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req(), plan_id=plan_id)
+        s.flush()
+        s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
+    return job
+
+
 def test_forgotten_jobs_are_sent_again(
     dispatcher: Dispatcher, engine: Engine, settings: SchedulerSettings, fleet_name: str, redis_client: redis.Redis
 ) -> None:
     """A submitter that died after storing a job but before sending it: the rebalancer sends it."""
     p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
     plan_id = create_plan(engine, fleet_name, [p])
-    with session_scope(engine) as s:
-        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req(), plan_id=plan_id)
-        s.flush()
-        s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
+    job = forgotten_job(engine, plan_id)
     assert rebalance_once(dispatcher).redispatched >= 1
     assert job.id in [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)]  # type: ignore[index]
 
@@ -206,10 +212,7 @@ def test_a_job_with_no_pool_up_waits_queued_and_goes_when_one_is_back(
     are refused as retryable (NoCapacityError, a 503 at the API), not as bad input."""
     p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
     plan_id = create_plan(engine, fleet_name, [p])
-    with session_scope(engine) as s:
-        job, _ = crud.create_job(s, idempotency_key=str(uuid.uuid4()), request=req(), plan_id=plan_id)
-        s.flush()
-        s.execute(update(m.Job).where(m.Job.id == job.id).values(created_at=datetime.now(UTC) - timedelta(seconds=30)))
+    job = forgotten_job(engine, plan_id)
     host_id = str(uuid.uuid4())
     with session_scope(engine) as s:
         s.add(m.Host(id=host_id, name=f"host-{host_id[:8]}", token_hash="x", status="lost"))
