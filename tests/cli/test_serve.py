@@ -17,32 +17,28 @@ from tests.helpers import REPO, run_cli
 TOKEN = "serve-test-admin-token-0123456789"
 
 
-def test_serve_refuses_the_default_admin_token_outside_development(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("environment", "host_args", "message"),
+    [
+        ("production", (), "PLANNER_ADMIN_TOKEN"),
+        # The container image listens on 0.0.0.0 and defaults to development: a plain `docker run` must not
+        # serve an API anyone on the network can administer.
+        ("development", ("--host", "0.0.0.0"), "listens on 0.0.0.0"),
+    ],
+)
+def test_serve_refuses_the_default_admin_token(
+    tmp_path: Path, environment: str, host_args: tuple[str, ...], message: str
+) -> None:
     proc = run_cli(
         "planner",
         "serve",
+        *host_args,
         "--database-url",
         f"sqlite:///{tmp_path / 'x.db'}",
-        env={"PLANNER_ENVIRONMENT": "production", "PLANNER_ADMIN_TOKEN": "change-me"},
+        env={"PLANNER_ENVIRONMENT": environment, "PLANNER_ADMIN_TOKEN": "change-me"},
     )
     assert proc.returncode != 0
-    assert "PLANNER_ADMIN_TOKEN" in proc.stdout + proc.stderr
-
-
-def test_serve_refuses_the_default_admin_token_beyond_loopback_in_development(tmp_path: Path) -> None:
-    """The container image listens on 0.0.0.0 and defaults to development: a plain `docker run` must not serve
-    an API anyone on the network can administer."""
-    proc = run_cli(
-        "planner",
-        "serve",
-        "--host",
-        "0.0.0.0",
-        "--database-url",
-        f"sqlite:///{tmp_path / 'x.db'}",
-        env={"PLANNER_ENVIRONMENT": "development", "PLANNER_ADMIN_TOKEN": "change-me"},
-    )
-    assert proc.returncode != 0
-    assert "listens on 0.0.0.0" in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
 
 
 @pytest.mark.postgres
