@@ -193,6 +193,10 @@ class StageRunner:
             out[name] = ids
         return out
 
+    def example_conditioning(self, rows: int, *, seed: int = 0) -> dict[str, Any]:
+        """`rows` rows of random text conditioning in the denoiser's keyword arguments (the worker's warm-up)."""
+        return self._conditioning(rows, torch.Generator().manual_seed(seed))
+
     def _conditioning(self, rows: int, g: torch.Generator) -> dict[str, Any]:
         """Random text conditioning of the widths the denoiser expects (what the text stage would give)."""
         s = self.setup

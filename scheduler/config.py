@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from planner.core.config import default_data_dir, default_database_url
 from planner.core.errors import ConfigError
+from scheduler.batching import CompiledBatches
 
 MIB = 1024 * 1024
 
@@ -90,6 +91,13 @@ class SchedulerSettings(BaseSettings):
     tiny: bool = Field(default=False, description="build stages from the catalog's tiny configs (CPU tests)")
     batch_wait_s: float = Field(default=0.05, ge=0, description="the longest a batch waits to fill up")
     max_batch: int | None = Field(default=None, ge=1, description="cap on the plan's batch (default: the plan's)")
+    compiled_batches: CompiledBatches = Field(
+        default="pow2",
+        description="batch sizes a compiled (static-shape) stage runs at, each compiled when its group loads, "
+        "before the worker takes jobs; a short batch is padded up to the next one. pow2: 1, 2, 4, ... and the "
+        "plan's batch; plan: the plan's batch only; off: no padding (a new size compiles when first formed, "
+        "while its jobs wait)",
+    )
     model_cache_size: int = Field(default=2, ge=1, description="stage groups resident on one GPU at once")
     heartbeat_s: float = Field(default=5.0, gt=0, description="worker registry, samples and drift check period")
     worker_lost_s: float = Field(default=30.0, gt=0, description="a worker silent this long is gone")

@@ -204,6 +204,8 @@ class _Stage:
         self.modules = prepared.modules
         self.device = self.runner.setup.device
         self.dtype = self.runner.setup.dtype
+        # compiled modules are static-shape (dynamic=False): one graph per batch size, see GroupRunner
+        self.static_shapes = prepared.compiled
 
     def _ctx(self) -> contextlib.AbstractContextManager[Any]:
         """The recipe's call context (attention backend, step cache): entered around every module call."""
@@ -214,6 +216,14 @@ class _Stage:
         self.runner.inputs = {}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def latent_shape(spec: ModelSpec, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, h, w) of an unpacked latent: packed models' sides are even (2 x (side // 16))."""
+    f = spec.vae_scale_factor
+    if spec.architecture in ("sd", "sdxl"):
+        return spec.latent_channels, height // f, width // f
+    return spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
 
 
 def _strip(item: Item, prefixes: tuple[str, ...]) -> Item:
@@ -335,11 +345,32 @@ class DenoiserStage(_Stage):
             raise UnsupportedModelError(f"model {spec.id!r}: no sampler for architecture {spec.architecture!r}")
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(channels, h, w) of a latent: packed models' sides are even (2 x (side // 16))."""
-        f = self.spec.vae_scale_factor
-        if self.spec.architecture in ("sd", "sdxl"):
-            return self.spec.latent_channels, height // f, width // f
-        return self.spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
+        return latent_shape(self.spec, height, width)
+
+    def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
+        """`n` items as the text stage hands them over, with random conditioning of its shapes (warm-up)."""
+        rows = n * (2 if self.spec.cfg else 1)
+        cond = self.runner.example_conditioning(rows)
+        arch = self.spec.architecture
+        if arch in ("sd", "sdxl"):
+            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+            if "added_cond_kwargs" in cond:
+                cols["pooled_prompt_embeds"] = cond["added_cond_kwargs"]["text_embeds"]
+        elif arch == "flux":
+            cols = {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
+        elif arch == "qwen-image":
+            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+        else:
+            cols = {"prompt_embeds": cond["cap_feats"]}
+        out = []
+        for i in range(n):
+            item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
+            for key, rows_of in cols.items():
+                item[key] = rows_of[i]
+                if self.spec.cfg:
+                    item[f"negative_{key}"] = rows_of[n + i]
+            out.append(item)
+        return out
 
     def noise(self, batch: Sequence[Item], height: int, width: int) -> torch.Tensor:
         """Each item's initial noise from its own seed (CPU generator: the same on every device), float32."""
@@ -494,6 +525,20 @@ class VaeDecoderStage(_Stage):
         # the VAE in use's own factors: AutoencoderTiny's are 1 and 0 (TAESD decodes scaled latents)
         self.scaling = float(getattr(cfg, "scaling_factor", None) or 1.0)
         self.shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
+        """`n` items as the denoiser hands them over (zero latents: warm-up)."""
+        shape = latent_shape(self.spec, height, width)
+        return [
+            {
+                "seed": i,
+                "height": height,
+                "width": width,
+                "steps": steps,
+                "latents": torch.zeros(shape, device=self.device),
+            }
+            for i in range(n)
+        ]
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         z = torch.stack([item["latents"] for item in batch]).to(self.device, self.dtype)

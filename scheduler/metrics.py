@@ -68,7 +68,10 @@ class WorkerMetrics:
             registry=r,
         )
         self.swap_seconds = Counter(
-            "scheduler_model_load_seconds_total", "Time spent loading stage groups.", ["worker"], registry=r
+            "scheduler_model_load_seconds_total",
+            "Time spent loading stage groups and compiling them at their batch sizes (warm-up).",
+            ["worker"],
+            registry=r,
         )
 
     def serve(self, port: int) -> None:

@@ -4,7 +4,10 @@
 
 A `StageFn` takes a batch of item dicts and returns one dict per item (the inputs with its outputs merged in);
 it synchronises the device before returning. It may carry `prepare(item) -> item`, the stage's CPU work
-(tokenizing), which the worker runs in the job's own thread, off the GPU's critical path.
+(tokenizing), which the worker runs in the job's own thread, off the GPU's critical path; `static_shapes`
+(True for a compiled stage: one graph per batch size, so `GroupRunner` pads its batches to the sizes it was
+warmed at); and `example_items(n, height, width, steps)`, inputs of its own kind for the warm-up of a group
+that begins with it.
 
 Item keys (what flows between stages, and between groups through the intermediates):
 - in: `prompt`, `negative_prompt`, `seed`, `height`, `width`, `steps`;
@@ -28,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from scheduler.batching import padded_size
 from scheduler.errors import JobError
 
 Item = dict[str, Any]
@@ -59,9 +63,12 @@ class NoopStage:
     stage: str
     ms: float
     calls: int = 0
+    static_shapes: bool = False
+    sizes: list[int] = field(default_factory=list)  # the batch size of each call
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         self.calls += 1
+        self.sizes.append(len(batch))
         if self.ms > 0:
             time.sleep(self.ms / 1000)
         prompts = [str(item.get("prompt") or "") for item in batch]
@@ -101,12 +108,29 @@ class GroupSpec:
         return dict(self.recipes).get(stage, "fp32" if self.device == "cpu" else "bf16")
 
 
+def example_items(fn: StageFn, n: int, *, height: int, width: int, steps: int) -> list[Item]:
+    """`n` inputs for a group that begins with `fn`: its own `example_items`, or requests (prompt, seed, shape)."""
+    own = getattr(fn, "example_items", None)
+    if own is not None:
+        return list(own(n, height=height, width=width, steps=steps))
+    return [
+        {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps} for i in range(n)
+    ]
+
+
 @dataclass
 class GroupRunner:
-    """A pool's stages, built once, run in order on each batch."""
+    """A pool's stages, built once, run in order on each batch.
+
+    `batch_sizes` (set by the worker from the plan's batch, see `scheduler.batching.shape_batches`) are the sizes
+    a static-shape stage runs at: a shorter batch is padded with copies of its last item up to the next size
+    for that stage alone, and the copies' outputs are dropped. Eager stages run the batch as it is.
+    """
 
     spec: GroupSpec
     fns: list[StageFn] = field(default_factory=list)
+    batch_sizes: tuple[int, ...] = ()
+    warmed: set[int] = field(default_factory=set)
 
     @classmethod
     def build(cls, spec: GroupSpec, build_stage: BuildStage) -> GroupRunner:
@@ -121,11 +145,28 @@ class GroupRunner:
                 item = prep(item)
         return item
 
+    @property
+    def static_shapes(self) -> bool:
+        return any(getattr(fn, "static_shapes", False) for fn in self.fns)
+
     def run(self, batch: Sequence[Item]) -> list[Item]:
         items = list(batch)
         for fn in self.fns:
-            items = fn(items)
+            n = len(items)
+            size = padded_size(n, self.batch_sizes) if getattr(fn, "static_shapes", False) else n
+            padded = items + [dict(items[-1]) for _ in range(size - n)]
+            items = fn(padded)[:n]
         return items
+
+    def warm(self, *, height: int, width: int, steps: int) -> list[int]:
+        """Run one batch of each size in `batch_sizes` not run yet (compiling a static-shape stage's graph for it),
+        so that no compile happens while jobs wait. Returns the sizes it ran; none for a group with no
+        static-shape stage (an eager stage has nothing to compile)."""
+        todo = [n for n in self.batch_sizes if n not in self.warmed] if self.static_shapes and self.fns else []
+        for n in todo:
+            self.run(example_items(self.fns[0], n, height=height, width=width, steps=steps))
+            self.warmed.add(n)
+        return todo
 
     def unload(self) -> None:
         for fn in self.fns:

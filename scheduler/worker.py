@@ -34,11 +34,12 @@ from celery.exceptions import Ignore, Retry
 from celery.signals import worker_ready
 from sqlalchemy import Engine
 
+from planner import catalog
 from planner.core.errors import ConfigError
 from planner.crud import jobs as crud
 from planner.db.base import utcnow
 from planner.db.session import make_engine, session_factory
-from scheduler.batching import Batcher, BatcherStats, BatchKey
+from scheduler.batching import Batcher, BatcherStats, BatchKey, shape_batches
 from scheduler.celery_app import make_celery
 from scheduler.codec import encode_png
 from scheduler.config import SchedulerSettings
@@ -54,6 +55,9 @@ from scheduler.state import SchedulerState, WorkerInfo
 from scheduler.table import DbTableSource, TableCache, find_pool
 
 log = logging.getLogger("scheduler.worker")
+
+WARM_STEPS = 3
+"""Steps of a warm-up batch: enough for a step cache's full and cached steps, short of a whole image."""
 
 _RUNTIME: WorkerRuntime | None = None
 
@@ -190,10 +194,40 @@ class WorkerRuntime:
         """One item's work in its pool's planned images (drift compares work, not images, with the plan)."""
         return job_work(self.pools[key.pool], key.height, key.width, key.steps)
 
+    def warm_shape(self, pool: str) -> tuple[int, int, int]:
+        """(height, width, steps) of a pool's warm-up batches: its planned image (the tiny shape in a tiny worker),
+        at a few steps (a compiled graph is the same at every step)."""
+        p = self.pools[pool]
+        spec = catalog.models()[p.model]
+        tiny = getattr(spec, "tiny", None) if self.settings.tiny else None
+        if self.settings.tiny:
+            height, width = (int(tiny.height), int(tiny.width)) if tiny is not None else (64, 64)
+        else:
+            height, width = p.ref_height or spec.height, p.ref_width or spec.width
+        return height, width, min(WARM_STEPS, p.ref_steps or spec.default_steps)
+
+    def _warm(self, runner: GroupRunner, pool: str) -> float:
+        """Compile the group's static-shape stages at every batch size it will run (before jobs wait on it)."""
+        runner.batch_sizes = shape_batches(self._max_batch(pool), self.settings.compiled_batches)
+        if not runner.static_shapes or runner.warmed.issuperset(runner.batch_sizes):
+            return 0.0
+        height, width, steps = self.warm_shape(pool)
+        started = time.monotonic()
+        sizes = runner.warm(height=height, width=width, steps=steps)
+        seconds = time.monotonic() - started
+        log.info(
+            "pool %s: compiled stages warmed at batches %s (%dx%d, %d steps) in %.1f s",
+            *(pool, ",".join(map(str, sizes)), width, height, steps, seconds),
+        )
+        return seconds
+
     def _prepare_key(self, key: BatchKey) -> float:
-        _, seconds = self.cache.get(self.group_spec(key.pool))
-        if seconds > 0:
+        """Load the pool's group (a swap) and warm it; the seconds count as swap time, not as busy time."""
+        runner, load_s = self.cache.get(self.group_spec(key.pool))
+        seconds = load_s + self._warm(runner, key.pool)
+        if load_s > 0:
             self.metrics.swaps.labels(self.name).inc()
+        if seconds > 0:
             self.metrics.swap_seconds.labels(self.name).inc(seconds)
         return seconds
 

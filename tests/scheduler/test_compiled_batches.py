@@ -1,0 +1,153 @@
+"""Compiled stages run at a fixed set of batch sizes, compiled before the worker takes jobs.
+
+A compiled stage holds one static-shape graph per batch size: before this, every short batch the batcher formed
+under light load compiled a new graph while its jobs waited (the H100 e2e run of 2026-11-26: batches of 2 and 6
+each recompiled SDXL's denoiser). Now a worker warms its compiled stages at `shape_batches` and pads a short
+batch up to the next warmed size for those stages only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from planner.db.session import session_factory
+from scheduler.batching import BatchKey, padded_size, shape_batches
+from scheduler.config import SchedulerSettings
+from scheduler.stages import GroupRunner, GroupSpec, NoopStage, StageFn
+from scheduler.table import find_pool
+from scheduler.worker import WorkerRuntime
+from tests.scheduler.conftest import PoolDef, create_plan
+from tests.scheduler.stage_helpers import ALL, items
+
+
+@pytest.mark.parametrize(
+    ("limit", "policy", "sizes"),
+    [
+        (8, "pow2", (1, 2, 4, 8)),
+        (6, "pow2", (1, 2, 4, 6)),
+        (1, "pow2", (1,)),
+        (16, "pow2", (1, 2, 4, 8, 16)),
+        (6, "plan", (6,)),
+        (6, "off", ()),
+    ],
+)
+def test_shape_batches(limit: int, policy: Any, sizes: tuple[int, ...]) -> None:
+    assert shape_batches(limit, policy) == sizes
+
+
+def test_padded_size_is_the_smallest_size_that_holds_the_batch() -> None:
+    assert [padded_size(n, (1, 2, 4, 6)) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
+    assert padded_size(3, ()) == 3  # no sizes: no padding
+    assert padded_size(9, (1, 2, 4, 8)) == 9  # beyond the sizes: as it is
+
+
+def _noop_group(*, static: str) -> GroupRunner:
+    fns: list[StageFn] = [NoopStage(s, 0, static_shapes=s == static) for s in ALL]
+    return GroupRunner(GroupSpec("sd15", tuple(ALL), (), True, "cpu"), fns)
+
+
+def test_only_the_static_stage_is_padded_and_the_padding_is_dropped() -> None:
+    runner = _noop_group(static="denoiser")
+    runner.batch_sizes = (1, 2, 4, 8)
+    batch = items(5)
+    out = runner.run(batch)
+    te, dn, vae = runner.fns
+    assert (te.sizes, dn.sizes, vae.sizes) == ([5], [8], [5])  # type: ignore[attr-defined]
+    assert [o["seed"] for o in out] == [b["seed"] for b in batch]
+
+
+def test_warm_runs_each_size_once_and_only_for_static_stages() -> None:
+    runner = _noop_group(static="denoiser")
+    runner.batch_sizes = (1, 2, 4)
+    assert runner.warm(height=64, width=64, steps=2) == [1, 2, 4]
+    runner.batch_sizes = (1, 2, 4, 8)  # the plan raised the batch: only the new size is compiled
+    assert runner.warm(height=64, width=64, steps=2) == [8]
+    assert runner.fns[1].sizes == [1, 2, 4, 8]  # type: ignore[attr-defined]
+    eager = _noop_group(static="none")
+    eager.batch_sizes = (1, 2, 4)
+    assert eager.warm(height=64, width=64, steps=2) == []
+    assert eager.fns[0].calls == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
+    settings: SchedulerSettings, engine: Engine, fleet_name: str, redis_client: redis.Redis
+) -> None:
+    made: list[NoopStage] = []
+
+    def build(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+        made.append(NoopStage(stage, 0, static_shapes=recipe.endswith("compile")))
+        return made[-1]
+
+    pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
+    create_plan(engine, fleet_name, [pooldef])
+    with session_factory(engine)() as s:
+        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
+    assert pool is not None
+    runtime = WorkerRuntime(
+        settings, [pool], name="warm@t", concurrency=32, build_stage=build, engine=engine, client=redis_client
+    )
+    runtime.start(preload=True)
+    try:
+        te, dn, vae = made
+        assert dn.sizes == [1, 2, 4]  # compiled at every size before the first job
+        key = BatchKey(pooldef.name, 64, 64, 2)
+        assert runtime._prepare_key(key) == 0.0  # nothing left to warm
+        out = runtime._run_batch(key, items(3))
+        assert len(out) == 3
+        assert (te.sizes[-1], dn.sizes[-1], vae.sizes[-1]) == (3, 4, 3)
+        create_plan(engine, fleet_name, [PoolDef(**{**pooldef.__dict__, "batch": 16})])
+        runtime.tick()
+        runtime._prepare_key(key)  # before the next batch: only the sizes the larger batch adds
+        added = [n for n in shape_batches(runtime._max_batch(pooldef.name), "pow2") if n > 4]
+        assert added
+        assert dn.sizes == [1, 2, 4, 4, *added]
+    finally:
+        runtime.stop()
+
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from agent.recipes import RecipeOptions  # noqa: E402
+from scheduler import diffusion  # noqa: E402
+
+
+def _graphs() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sd15", "flux-dev"])
+def test_a_short_batch_after_warm_up_compiles_nothing(model: str) -> None:
+    """The real tiny models, the denoiser compiled (dynamo's eager backend: the same guards and graphs as
+    inductor, no code generation): warmed at 1, 2, 4, a batch of 3 runs padded to 4 with no new graph, and
+    its images are those of the same jobs run unpadded."""
+    torch._dynamo.reset()
+    options = RecipeOptions(compile_backend="eager")
+    fns: list[StageFn] = [
+        diffusion.build_stage(model, "text_encoder", "bf16", True, "cpu"),
+        diffusion.build_stage(model, "denoiser", "bf16-compile", True, "cpu", options=options),
+        diffusion.build_stage(model, "vae_decoder", "bf16", True, "cpu"),
+    ]
+    assert [getattr(fn, "static_shapes", False) for fn in fns] == [False, True, False]
+    runner = GroupRunner(GroupSpec(model, tuple(ALL), (), True, "cpu"), fns)
+    runner.batch_sizes = (1, 2, 4)
+    assert runner.warm(height=64, width=64, steps=2) == [1, 2, 4]
+    warmed = _graphs()
+    assert warmed > 0
+    batch = [runner.prepare(i) for i in items(3, negative="blurry")]
+    padded = runner.run(batch)
+    assert _graphs() == warmed  # the batch of 3 ran on the graphs compiled for 4
+    assert len(padded) == 3
+    runner.batch_sizes = ()  # the old behaviour: the batch runs at its own size, and compiles for it
+    unpadded = runner.run(batch)
+    assert _graphs() > warmed
+    for a, b in zip(padded, unpadded, strict=True):
+        assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 2
+    torch._dynamo.reset()
