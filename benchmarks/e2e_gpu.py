@@ -306,6 +306,28 @@ def job_times(engine: Any, ids: list[str]) -> list[tuple[str, float | None, floa
         return [(j.state, j.created_at.timestamp(), j.finished_at.timestamp() if j.finished_at else None) for j in jobs]
 
 
+def served_rate(finished: list[float], *, batches: float) -> float:
+    """Images/s a standing queue was served at: the completions after the first batch's, over the time since it.
+
+    The first batch's completions (those within a quarter of a mean batch interval of the first one) mark the
+    start: the worker was busy from then to the last completion. The first batch need not be full (it may
+    start before every submission has reached the worker), so its size is read from the times, not assumed:
+    counting the plan's batch instead would count images finished at the window's start as served in it.
+    """
+    if batches < 2:
+        raise SystemExit(
+            f"a standing queue of {batches:g} batch has no window after its first: raise --saturation-batches"
+        )
+    finished = sorted(finished)
+    span = finished[-1] - finished[0]
+    tol = 0.25 * span / max(batches - 1, 1)
+    first = sum(1 for f in finished if f - finished[0] <= tol)
+    start = finished[first - 1]
+    if first == len(finished) or finished[-1] <= start:
+        raise SystemExit(f"the standing queue finished as one batch ({len(finished)} jobs): raise --saturation-batches")
+    return (len(finished) - first) / (finished[-1] - start)
+
+
 def wait_done(engine: Any, ids: list[str], timeout_s: float) -> list[tuple[str, float | None, float | None]]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -354,10 +376,10 @@ def run_config(args: argparse.Namespace, cfg: Config, engine: Any, settings: Any
         finished = sorted(f for st, _, f in times if st == "done" and f is not None)
         if len(finished) < 2 * cfg.batch:
             raise SystemExit(f"{cfg.label}: only {len(finished)} of {n} jobs done")
-        first_batch_end = finished[cfg.batch - 1]
-        achieved = (len(finished) - cfg.batch) / (finished[-1] - first_batch_end)
+        achieved = served_rate(finished, batches=n / cfg.batch)
         result.update(saturation_jobs=n, achieved_throughput=achieved,
-                      throughput_ratio=achieved / cfg.predicted_throughput)  # fmt: skip
+                      throughput_ratio=achieved / cfg.predicted_throughput,
+                      saturation_finished_s=[round(f - finished[0], 4) for f in finished])  # fmt: skip
         log(f"{cfg.label}: served {achieved:.4f} images/s at saturation (predicted {cfg.predicted_throughput:.4f}, "
             f"ratio {achieved / cfg.predicted_throughput:.3f})")  # fmt: skip
 
@@ -377,7 +399,8 @@ def run_config(args: argparse.Namespace, cfg: Config, engine: Any, settings: Any
             times = wait_done(engine, ids, args.timeout_s)
             lat = sorted(f - c for st, c, f in times if st == "done" and f is not None and c is not None)
             p95 = statistics.quantiles(lat, n=20)[-1] if len(lat) >= 20 else max(lat)
-            result.update(rate=rate, rate_phase_jobs=len(ids), p95_s=p95, p50_s=statistics.median(lat))
+            result.update(rate=rate, rate_phase_jobs=len(ids), p95_s=p95, p50_s=statistics.median(lat),
+                          rate_phase_latencies_s=[round(x, 4) for x in lat])  # fmt: skip
             if cfg.predicted_p95_s:
                 result["p95_ratio"] = p95 / cfg.predicted_p95_s
             log(f"{cfg.label}: {len(ids)} jobs at {rate} images/s: p50 {result['p50_s']:.2f} s, p95 {p95:.2f} s "
@@ -400,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-batches", default="1,8")
     p.add_argument("--rate-fraction", type=float, default=0.6, help="planned rate as a fraction of 1 GPU's best")
     p.add_argument("--headroom", type=float, default=0.2)
-    p.add_argument("--saturation-batches", type=int, default=3)
+    p.add_argument("--saturation-batches", type=int, default=4)
     p.add_argument("--rate-phase-s", type=float, default=60.0)
     p.add_argument("--timeout-s", type=float, default=300.0)
     p.add_argument("--redis-port", type=int, default=6379)
