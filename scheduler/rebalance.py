@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -179,6 +179,16 @@ def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> tuple[set[st
     return held, found
 
 
+def _held_by(job: m.Job, worker: WorkerInfo | None) -> bool:
+    """Whether a live worker of the job's worker name is the process that claimed it: a worker restarted under
+    the same name (a fixed `--name`, a supervisor's restart) heartbeats as alive, but the jobs its previous
+    process claimed (before this one started; both times from that host's clock) are nobody's."""
+    if worker is None:
+        return False
+    claimed = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
+    return claimed.timestamp() >= worker.started_at
+
+
 def resend_lost(dispatcher: Dispatcher, workers: Sequence[WorkerInfo]) -> int:
     """Send again the dispatched jobs whose message is nowhere: not queued, not held by a live worker.
 
@@ -188,7 +198,8 @@ def resend_lost(dispatcher: Dispatcher, workers: Sequence[WorkerInfo]) -> int:
     that was only in transit makes a duplicate, which the job store absorbs). A running job whose worker is gone
     (no heartbeat for `worker_lost_s`: killed, its host down) is sent again too when its message is held
     unacknowledged, which would otherwise wait for the visibility timeout (an hour by default); the held message
-    comes back after that timeout as a duplicate, which the job store absorbs. A job with a message waiting in a
+    comes back after that timeout as a duplicate, which the job store absorbs; so is one claimed by an earlier
+    process of a worker that was restarted under the same name. A job with a message waiting in a
     queue (a later group of its chain) is left alone: it runs when its turn comes. Rate-limited: one pass per
     `lost_after_s / 2` across the workers.
     """
@@ -207,12 +218,12 @@ def resend_lost(dispatcher: Dispatcher, workers: Sequence[WorkerInfo]) -> int:
             return 0
         held, waiting = messages_in_broker(dispatcher, set(candidates))
         now = time.time()
-        live = {w.name for w in workers if now - w.seen_at <= settings.worker_lost_s}
+        live = {w.name: w for w in workers if now - w.seen_at <= settings.worker_lost_s}
         sent = 0
         for job_id, job in candidates.items():
             if job_id in waiting:
                 continue
-            holder_gone = job.state == "running" and job.worker is not None and job.worker not in live
+            holder_gone = job.state == "running" and job.worker is not None and not _held_by(job, live.get(job.worker))
             if job_id in held and not holder_gone:
                 continue
             fresh = crud.get_job(session, job_id=job_id)

@@ -35,6 +35,7 @@ class WorkerInfo:
     seen_at: float
     pid: int = 0
     ready: bool = False
+    started_at: float = 0.0  # wall time this process started: a restart under the same name is a new worker
 
 
 class SchedulerState:
@@ -99,6 +100,7 @@ class SchedulerState:
                     float(d["seen_at"]),
                     d.get("pid", 0),
                     d.get("ready", False),
+                    float(d.get("started_at", 0.0)),
                 )
             )
         return out

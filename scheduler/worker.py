@@ -117,6 +117,7 @@ class WorkerRuntime:
         )
         self.tables = TableCache(DbTableSource(self.sessions, settings.fleet), settings.routing_refresh_s)
         self.ready = False
+        self.started_at = time.time()  # jobs claimed under this name before it are a previous process's
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
         self._last_stats: BatcherStats | None = None
@@ -378,7 +379,15 @@ class WorkerRuntime:
 
     def _heartbeat(self) -> None:
         self.state.heartbeat(
-            WorkerInfo(self.name, self.settings.host_id, tuple(self.pools), time.time(), os.getpid(), self.ready)
+            WorkerInfo(
+                self.name,
+                self.settings.host_id,
+                tuple(self.pools),
+                time.time(),
+                os.getpid(),
+                self.ready,
+                self.started_at,
+            )
         )
 
     def _monitor_loop(self) -> None:

@@ -263,6 +263,34 @@ def test_a_job_held_by_a_killed_worker_is_sent_again_before_the_visibility_timeo
 
 
 @pytest.mark.parametrize("settings", [{"lost_after_s": 5.0}], indirect=True)
+def test_a_job_claimed_before_its_worker_restarted_under_the_same_name_is_sent_again(
+    dispatcher: Dispatcher, engine: Engine, settings: SchedulerSettings, fleet_name: str, redis_client: redis.Redis
+) -> None:
+    """A worker restarted under its old name heartbeats as alive, but the job its previous process held is
+    nobody's: it is sent again. A job the current process claimed (after it started) is left alone."""
+    p = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL)
+    create_plan(engine, fleet_name, [p])
+    before, _ = submit(dispatcher, engine, req(seed=1))
+    after, _ = submit(dispatcher, engine, req(seed=2))
+    key = settings.key_prefix + settings.queue_name(p.name)
+    for tag in ("tag-1", "tag-2"):
+        raw = redis_client.rpop(key)
+        assert raw is not None
+        redis_client.hset(f"{settings.key_prefix}unacked", tag, json.dumps([json.loads(raw), "", p.name]))
+    claimed_at = datetime.now(UTC) - timedelta(seconds=60)
+    with session_scope(engine) as s:
+        for job, at in ((before, claimed_at - timedelta(seconds=30)), (after, claimed_at)):
+            assert crud.claim_job(s, job_id=job.id, worker="w@host", pool=p.name, max_attempts=5) == crud.Claim.CLAIMED
+            s.execute(update(m.Job).where(m.Job.id == job.id).values(updated_at=at))
+    now = time.time()
+    restarted = claimed_at.timestamp() - 10  # between the two claims
+    dispatcher.state.heartbeat(WorkerInfo("w@host", None, (p.name,), now, started_at=restarted))
+    redis_client.delete(f"{settings.key_prefix}lock:lost-scan")
+    assert rebalance_once(dispatcher).redispatched == 1
+    assert [msg["args"][0]["job_id"] for msg in queued(redis_client, settings, p.name)] == [before.id]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("settings", [{"lost_after_s": 5.0}], indirect=True)
 def test_a_message_lost_in_transit_is_sent_again(
     dispatcher: Dispatcher, engine: Engine, settings: SchedulerSettings, fleet_name: str, redis_client: redis.Redis
 ) -> None:
