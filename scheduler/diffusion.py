@@ -226,6 +226,15 @@ def latent_shape(spec: ModelSpec, height: int, width: int) -> tuple[int, int, in
     return spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
 
 
+def text_bucket(n: int, base: int) -> int:
+    """The padded text length of a compiled denoiser for a batch whose longest prompt has `n` tokens: `base` (the
+    probe's length) doubled until it holds `n`, at most Qwen-Image's longest sequence (and never below `n`)."""
+    size = max(base, 1)
+    while size < n:
+        size *= 2
+    return max(n, min(size, QWEN_MAX_SEQUENCE))
+
+
 def _strip(item: Item, prefixes: tuple[str, ...]) -> Item:
     return {k: v for k, v in item.items() if not k.startswith(prefixes)}
 
@@ -437,12 +446,18 @@ class DenoiserStage(_Stage):
             return cond
         if arch == "qwen-image":
             n = max(e.shape[0] for e in embeds)
+            if self.static_shapes:
+                # a compiled denoiser sees a few text lengths (masked): the probe's, then doublings of it, not each
+                # batch's longest prompt (a graph per length)
+                n = text_bucket(n, self.runner.setup.text_tokens)
             hidden = torch.stack([torch.cat([e, e.new_zeros(n - e.shape[0], e.shape[1])]) for e in embeds])
             mask = torch.tensor([[1] * e.shape[0] + [0] * (n - e.shape[0]) for e in embeds], dtype=torch.long)
             # QwenImagePipeline passes no mask when nothing is padded
             return {
                 "encoder_hidden_states": hidden,
-                "encoder_hidden_states_mask": None if bool(mask.all()) else mask.to(self.device),
+                "encoder_hidden_states_mask": None
+                if bool(mask.all()) and not self.static_shapes
+                else mask.to(self.device),
             }
         # z-image: one caption feature tensor per row, each its own length
         return {"cap_feats": embeds}
