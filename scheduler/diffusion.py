@@ -152,9 +152,10 @@ class Tokenizer:
         words = word_ids(text, lo=3, hi=self.vocab - 3)[: max(self.max_length - reserved, 0)]
         return [*self.bos, *self.prefix, *words, *self.suffix, *self.eos][: self.max_length]
 
-    def pad_rows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of ids padded (right), and its attention mask (long, 1 = a prompt's token), on the CPU."""
-        n = max([self.length or 0, *(len(r) for r in rows)])
+    def pad_rows(self, rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ids padded (right) to `length` (default: the tokenizer's) or the longest row, and its
+        attention mask (long, 1 = a prompt's token), on the CPU."""
+        n = max([length or self.length or 0, *(len(r) for r in rows)])
         ids = torch.tensor([r + [self.pad] * (n - len(r)) for r in rows], dtype=torch.long)
         mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
         return ids, mask
@@ -273,9 +274,12 @@ class TextEncoderStage(_Stage):
         with torch.inference_mode():
             cond = self._encode({n: [item[f"_ids_{n}"] for item in items] for n in self.tokenizers})
             neg_rows = [i for i, item in enumerate(items) if item[f"_neg_ids_{first}"] is not None]
+            # a compiled encoder runs the negative pass at the batch's (padded, warmed) size, not at the size of
+            # the subset that has a negative prompt (SDXL: an absent one is zeros), which would compile a graph
+            enc_rows = list(range(len(items))) if neg_rows and self.static_shapes else neg_rows
             neg = (
-                self._encode({n: [items[i][f"_neg_ids_{n}"] for i in neg_rows] for n in self.tokenizers})
-                if neg_rows
+                self._encode({n: [self._neg_ids(items[i], n) for i in enc_rows] for n in self.tokenizers})
+                if enc_rows
                 else None
             )
         _sync(self.device)
@@ -285,15 +289,27 @@ class TextEncoderStage(_Stage):
             o.update({k: v[i] for k, v in cond.items()})
             if self.spec.cfg:
                 if neg is not None and i in neg_rows:
-                    j = neg_rows.index(i)
+                    j = enc_rows.index(i)
                     o.update({f"negative_{k}": v[j] for k, v in neg.items()})
                 else:
                     o.update({f"negative_{k}": torch.zeros_like(v[i]) for k, v in cond.items()})
             out.append(o)
         return out
 
+    def _neg_ids(self, item: Item, name: str) -> list[int]:
+        ids: list[int] | None = item[f"_neg_ids_{name}"]
+        return self.tokenizers[name]("") if ids is None else ids
+
     def _ids(self, name: str, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.tokenizers[name].pad_rows(rows)
+        tok = self.tokenizers[name]
+        length = None
+        if self.static_shapes and tok.length is None:
+            # Qwen-Image pads to the batch's longest prompt: a compiled encoder gets the probe's length or a
+            # doubling of it (masked, right padding: a causal encoder's prompt tokens are unchanged)
+            prefix = len(tok.bos) + len(tok.prefix)
+            longest = max(len(r) for r in rows) - prefix
+            length = min(prefix + text_bucket(longest, self.runner.setup.text_tokens), tok.max_length)
+        ids, mask = tok.pad_rows(rows, length)
         return ids.to(self.device), mask.to(self.device)
 
     def _call(self, module: nn.Module, **kwargs: Any) -> Any:

@@ -214,3 +214,58 @@ def test_qwen_image_padded_text_gives_the_unpadded_images() -> None:
     for a, b in zip(*images, strict=True):
         assert np.abs(a - b).max() <= 1
         assert np.abs(a - b).mean() < 0.01
+
+
+@pytest.mark.slow
+def test_compiled_sdxl_text_encoder_with_some_negative_prompts_compiles_nothing() -> None:
+    """SDXL encodes negatives only for the items that have one (an absent one is zeros): a compiled text
+    encoder warmed at 1, 2, 4 must not see a negative pass of 3 rows when 3 of a batch of 4 have one."""
+    torch._dynamo.reset()
+    options = RecipeOptions(compile_backend="eager")
+    te: StageFn = diffusion.build_stage("sdxl", "text_encoder", "bf16-compile", True, "cpu", options=options)
+    runner = GroupRunner(GroupSpec("sdxl", ("text_encoder",), (), True, "cpu"), [te])
+    runner.batch_sizes = (1, 2, 4)
+    assert runner.warm(height=64, width=64, steps=2) == [1, 2, 4]
+    warmed = _graphs()
+    batch = items(4, negative="blurry")
+    batch[0]["negative_prompt"] = None  # three of four have a negative prompt
+    out = runner.run([runner.prepare(i) for i in batch])
+    assert len(out) == 4
+    assert _graphs() == warmed, f"{_graphs() - warmed} graph(s) compiled while serving"
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_qwen_image_text_encoder_compiles_nothing_for_new_prompt_lengths() -> None:
+    """Qwen-Image's tokenizer pads a batch to its longest prompt: a compiled text encoder warmed at load must
+    serve prompts of other lengths (and the empty negative prompt) on the warmed graphs."""
+    torch._dynamo.reset()
+    options = RecipeOptions(compile_backend="eager")
+    te: StageFn = diffusion.build_stage("qwen-image", "text_encoder", "bf16-compile", True, "cpu", options=options)
+    runner = GroupRunner(GroupSpec("qwen-image", ("text_encoder",), (), True, "cpu"), [te])
+    runner.batch_sizes = (2,)
+    assert runner.warm(height=64, width=64, steps=2) == [2]
+    warmed = _graphs()
+    for words in (1, 3, 6):
+        batch = [dict(i, prompt=" ".join(["fox"] * words)) for i in items(2)]
+        assert len(runner.run([runner.prepare(i) for i in batch])) == 2
+    assert _graphs() == warmed, f"{_graphs() - warmed} graph(s) compiled while serving"
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("model", ["sdxl", "qwen-image"])
+def test_a_static_shape_text_encoder_gives_the_plain_ones_embeddings(model: str) -> None:
+    """What a compiled text encoder does to keep its shapes (negatives of the whole batch, Qwen-Image's ids padded
+    to a bucket) leaves each item's embeddings as they were (fp32)."""
+    plain: Any = diffusion.build_stage(model, "text_encoder", "fp32", True, "cpu")
+    static: Any = diffusion.build_stage(model, "text_encoder", "fp32", True, "cpu")
+    static.static_shapes = True
+    batch = items(3, negative="blurry")
+    batch[1]["negative_prompt"] = None
+    a, b = (fn([fn.prepare(i) for i in batch]) for fn in (plain, static))
+    for x, y in zip(a, b, strict=True):
+        assert sorted(x) == sorted(y)
+        for k, v in x.items():
+            if isinstance(v, torch.Tensor):
+                assert v.shape == y[k].shape, k
+                assert torch.allclose(v, y[k], atol=1e-5), k
