@@ -24,6 +24,7 @@ decode). A no-op builder (`noop_builder`) exercises the whole scheduler without 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from scheduler.batching import padded_size
 from scheduler.errors import JobError
 
 Item = dict[str, Any]
+
+log = logging.getLogger("scheduler.stages")
 
 
 class StageFn(Protocol):
@@ -124,13 +127,15 @@ class GroupRunner:
 
     `batch_sizes` (set by the worker from the plan's batch, see `scheduler.batching.shape_batches`) are the sizes
     a static-shape stage runs at: a shorter batch is padded with copies of its last item up to the next size
-    for that stage alone, and the copies' outputs are dropped. Eager stages run the batch as it is.
+    for that stage alone, and the copies' outputs are dropped. Eager stages run the batch as it is. A size whose
+    warm-up failed (out of memory, a compile error) is not tried again and no batch is padded up to it.
     """
 
     spec: GroupSpec
     fns: list[StageFn] = field(default_factory=list)
     batch_sizes: tuple[int, ...] = ()
     warmed: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)  # size -> why its warm-up failed
 
     @classmethod
     def build(cls, spec: GroupSpec, build_stage: BuildStage) -> GroupRunner:
@@ -149,11 +154,18 @@ class GroupRunner:
     def static_shapes(self) -> bool:
         return any(getattr(fn, "static_shapes", False) for fn in self.fns)
 
+    def to_warm(self) -> list[int]:
+        """The sizes `warm` would run now: none for a group with no static-shape stage."""
+        if not (self.static_shapes and self.fns):
+            return []
+        return [n for n in self.batch_sizes if n not in self.warmed and n not in self.failed]
+
     def run(self, batch: Sequence[Item]) -> list[Item]:
         items = list(batch)
+        sizes = [s for s in self.batch_sizes if s not in self.failed]
         for fn in self.fns:
             n = len(items)
-            size = padded_size(n, self.batch_sizes) if getattr(fn, "static_shapes", False) else n
+            size = padded_size(n, sizes) if getattr(fn, "static_shapes", False) else n
             padded = items + [dict(items[-1]) for _ in range(size - n)]
             items = fn(padded)[:n]
         return items
@@ -161,12 +173,19 @@ class GroupRunner:
     def warm(self, *, height: int, width: int, steps: int) -> list[int]:
         """Run one batch of each size in `batch_sizes` not run yet (compiling a static-shape stage's graph for it),
         so that no compile happens while jobs wait. Returns the sizes it ran; none for a group with no
-        static-shape stage (an eager stage has nothing to compile)."""
-        todo = [n for n in self.batch_sizes if n not in self.warmed] if self.static_shapes and self.fns else []
-        for n in todo:
-            self.run(example_items(self.fns[0], n, height=height, width=width, steps=steps))
+        static-shape stage (an eager stage has nothing to compile). A size whose batch fails is noted in `failed`
+        and left out (serving then runs such batches at their own size, as without a warm-up)."""
+        ran = []
+        for n in self.to_warm():
+            try:
+                self.run(example_items(self.fns[0], n, height=height, width=width, steps=steps))
+            except Exception as exc:
+                self.failed[n] = f"{type(exc).__name__}: {exc}"
+                log.error("%s: the warm-up at batch %d failed: %s", "+".join(self.spec.stages), n, self.failed[n])
+                continue
             self.warmed.add(n)
-        return todo
+            ran.append(n)
+        return ran
 
     def unload(self) -> None:
         for fn in self.fns:

@@ -210,7 +210,7 @@ class WorkerRuntime:
     def _warm(self, runner: GroupRunner, pool: str) -> float:
         """Compile the group's static-shape stages at every batch size it will run (before jobs wait on it)."""
         runner.batch_sizes = shape_batches(self._max_batch(pool), self.settings.compiled_batches)
-        if not runner.static_shapes or runner.warmed.issuperset(runner.batch_sizes):
+        if not runner.to_warm():
             return 0.0
         height, width, steps = self.warm_shape(pool)
         started = time.monotonic()

@@ -8,6 +8,7 @@ batch up to the next warmed size for those stages only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from sqlalchemy import Engine
 from planner.db.session import session_factory
 from scheduler.batching import BatchKey, padded_size, shape_batches
 from scheduler.config import SchedulerSettings
-from scheduler.stages import GroupRunner, GroupSpec, NoopStage, StageFn
+from scheduler.stages import GroupRunner, GroupSpec, Item, NoopStage, StageFn
 from scheduler.table import find_pool
 from scheduler.worker import WorkerRuntime
 from tests.scheduler.conftest import PoolDef, create_plan
@@ -107,6 +108,55 @@ def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
         added = [n for n in shape_batches(runtime._max_batch(pooldef.name), "pow2") if n > 4]
         assert added
         assert dn.sizes == [1, 2, 4, 4, *added]
+    finally:
+        runtime.stop()
+
+
+class _OomAt(NoopStage):
+    """A compiled stage that runs out of memory at batches of `oom_at` or more."""
+
+    oom_at = 4
+
+    def __call__(self, batch: Sequence[Item]) -> list[Item]:
+        if len(batch) >= self.oom_at:
+            self.sizes.append(len(batch))
+            raise RuntimeError(f"CUDA out of memory (a batch of {len(batch)})")
+        return super().__call__(batch)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("preload", [True, False], ids=["at-start", "at-swap"])
+def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
+    settings: SchedulerSettings, engine: Engine, fleet_name: str, redis_client: redis.Redis, preload: bool
+) -> None:
+    """Warming the plan's batch fails (out of memory, a compile error): the worker still serves the batches that
+    fit, as it did before warm-ups (it neither fails to start nor fails every batch of the pool retrying the
+    warm-up), and does not pad a short batch up to the size that failed."""
+    made: list[NoopStage] = []
+
+    def build(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+        compiled = recipe.endswith("compile")
+        made.append(_OomAt(stage, 0, static_shapes=True) if compiled else NoopStage(stage, 0))
+        return made[-1]
+
+    pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
+    create_plan(engine, fleet_name, [pooldef])
+    with session_factory(engine)() as s:
+        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
+    assert pool is not None
+    runtime = WorkerRuntime(
+        settings, [pool], name="oom@t", concurrency=8, build_stage=build, engine=engine, client=redis_client
+    )
+    runtime.start(preload=preload)
+    try:
+        key = BatchKey(pooldef.name, 64, 64, 2)
+        for n in (1, 3, 2):
+            runtime._prepare_key(key)
+            out = runtime._run_batch(key, items(n))
+            assert len(out) == n
+        dn = made[1]
+        assert dn.sizes.count(4) == 1  # the failed size was tried once, at the warm-up
+        assert dn.sizes[-3:] == [1, 3, 2]  # the batch of 3 ran as it is, not padded to the size that failed
     finally:
         runtime.stop()
 
