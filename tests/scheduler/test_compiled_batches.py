@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from planner.db.session import session_factory
 from scheduler.batching import BatchKey, padded_size, shape_batches
 from scheduler.config import SchedulerSettings
-from scheduler.stages import GroupRunner, GroupSpec, Item, NoopStage, StageFn
+from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, NoopStage, StageFn
 from scheduler.table import find_pool
 from scheduler.worker import WorkerRuntime
 from tests.scheduler.conftest import PoolDef, create_plan
@@ -75,6 +75,33 @@ def test_warm_runs_each_size_once_and_only_for_static_stages() -> None:
     assert eager.fns[0].calls == 0  # type: ignore[attr-defined]
 
 
+def _compiled_pool_worker(
+    settings: SchedulerSettings,
+    engine: Engine,
+    fleet_name: str,
+    redis_client: redis.Redis,
+    build: BuildStage,
+    *,
+    concurrency: int,
+) -> tuple[PoolDef, WorkerRuntime]:
+    """An in-process worker for one sd15 pool of batch 4 whose denoiser is compiled (`build` makes its stages)."""
+    pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
+    create_plan(engine, fleet_name, [pooldef])
+    with session_factory(engine)() as s:
+        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
+    assert pool is not None
+    runtime = WorkerRuntime(
+        settings,
+        [pool],
+        name="compiled@t",
+        concurrency=concurrency,
+        build_stage=build,
+        engine=engine,
+        client=redis_client,
+    )
+    return pooldef, runtime
+
+
 @pytest.mark.redis
 def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
     settings: SchedulerSettings, engine: Engine, fleet_name: str, redis_client: redis.Redis
@@ -85,14 +112,7 @@ def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
         made.append(NoopStage(stage, 0, static_shapes=recipe.endswith("compile")))
         return made[-1]
 
-    pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
-    create_plan(engine, fleet_name, [pooldef])
-    with session_factory(engine)() as s:
-        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
-    assert pool is not None
-    runtime = WorkerRuntime(
-        settings, [pool], name="warm@t", concurrency=32, build_stage=build, engine=engine, client=redis_client
-    )
+    pooldef, runtime = _compiled_pool_worker(settings, engine, fleet_name, redis_client, build, concurrency=32)
     runtime.start(preload=True)
     try:
         te, dn, vae = made
@@ -139,14 +159,7 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
         made.append(_OomAt(stage, 0, static_shapes=True) if compiled else NoopStage(stage, 0))
         return made[-1]
 
-    pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
-    create_plan(engine, fleet_name, [pooldef])
-    with session_factory(engine)() as s:
-        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
-    assert pool is not None
-    runtime = WorkerRuntime(
-        settings, [pool], name="oom@t", concurrency=8, build_stage=build, engine=engine, client=redis_client
-    )
+    pooldef, runtime = _compiled_pool_worker(settings, engine, fleet_name, redis_client, build, concurrency=8)
     runtime.start(preload=preload)
     try:
         key = BatchKey(pooldef.name, 64, 64, 2)
