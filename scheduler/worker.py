@@ -200,9 +200,8 @@ class WorkerRuntime:
         at a few steps (a compiled graph is the same at every step)."""
         p = self.pools[pool]
         spec = catalog.models()[p.model]
-        tiny = getattr(spec, "tiny", None) if self.settings.tiny else None
         if self.settings.tiny:
-            height, width = (int(tiny.height), int(tiny.width)) if tiny is not None else (64, 64)
+            height, width = spec.tiny.height, spec.tiny.width
         else:
             height, width = p.ref_height or spec.height, p.ref_width or spec.width
         return height, width, min(WARM_STEPS, p.ref_steps or spec.default_steps)
