@@ -26,9 +26,12 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
 
 from planner.db import models as m
-from planner.db.session import session_scope
+from planner.db.session import session_factory, session_scope
 from scheduler.config import SchedulerSettings
+from scheduler.stages import BuildStage
 from scheduler.state import SchedulerState
+from scheduler.table import find_pool
+from scheduler.worker import WorkerRuntime
 from tests.helpers import REPO
 
 REDIS_URL = os.environ.get("SCHEDULER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -259,3 +262,29 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def in_process_worker(
+    settings: SchedulerSettings,
+    engine: Engine,
+    redis_client: redis.Redis,
+    pooldef: PoolDef,
+    build: BuildStage,
+    *,
+    name: str,
+    concurrency: int,
+) -> WorkerRuntime:
+    """A worker runtime in this process for one pool of a new active plan (not started)."""
+    create_plan(engine, settings.fleet, [pooldef])
+    with session_factory(engine)() as s:
+        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
+    assert pool is not None
+    return WorkerRuntime(
+        settings,
+        [pool],
+        name=name,
+        concurrency=concurrency,
+        build_stage=build,
+        engine=engine,
+        client=redis_client,
+    )

@@ -16,13 +16,11 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from planner.db.session import session_factory
 from scheduler.batching import BatchKey, padded_size, shape_batches
 from scheduler.config import SchedulerSettings
 from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, NoopStage, StageFn
-from scheduler.table import find_pool
 from scheduler.worker import WorkerRuntime
-from tests.scheduler.conftest import PoolDef, create_plan
+from tests.scheduler.conftest import PoolDef, create_plan, in_process_worker
 from tests.scheduler.stage_helpers import ALL, items
 
 
@@ -78,7 +76,6 @@ def test_warm_runs_each_size_once_and_only_for_static_stages() -> None:
 def _compiled_pool_worker(
     settings: SchedulerSettings,
     engine: Engine,
-    fleet_name: str,
     redis_client: redis.Redis,
     build: BuildStage,
     *,
@@ -86,18 +83,8 @@ def _compiled_pool_worker(
 ) -> tuple[PoolDef, WorkerRuntime]:
     """An in-process worker for one sd15 pool of batch 4 whose denoiser is compiled (`build` makes its stages)."""
     pooldef = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4, recipes={"denoiser": "bf16-compile"})
-    create_plan(engine, fleet_name, [pooldef])
-    with session_factory(engine)() as s:
-        pool = find_pool(s, fleet=settings.fleet, pool=pooldef.name)
-    assert pool is not None
-    runtime = WorkerRuntime(
-        settings,
-        [pool],
-        name="compiled@t",
-        concurrency=concurrency,
-        build_stage=build,
-        engine=engine,
-        client=redis_client,
+    runtime = in_process_worker(
+        settings, engine, redis_client, pooldef, build, name="compiled@t", concurrency=concurrency
     )
     return pooldef, runtime
 
@@ -112,7 +99,7 @@ def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
         made.append(NoopStage(stage, 0, static_shapes=recipe.endswith("compile")))
         return made[-1]
 
-    pooldef, runtime = _compiled_pool_worker(settings, engine, fleet_name, redis_client, build, concurrency=32)
+    pooldef, runtime = _compiled_pool_worker(settings, engine, redis_client, build, concurrency=32)
     runtime.start(preload=True)
     try:
         te, dn, vae = made
@@ -159,7 +146,7 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
         made.append(_OomAt(stage, 0, static_shapes=True) if compiled else NoopStage(stage, 0))
         return made[-1]
 
-    pooldef, runtime = _compiled_pool_worker(settings, engine, fleet_name, redis_client, build, concurrency=8)
+    pooldef, runtime = _compiled_pool_worker(settings, engine, redis_client, build, concurrency=8)
     runtime.start(preload=preload)
     try:
         key = BatchKey(pooldef.name, 64, 64, 2)

@@ -7,12 +7,9 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from planner.db.session import session_factory
 from scheduler.config import SchedulerSettings
 from scheduler.stages import noop_builder
-from scheduler.table import find_pool
-from scheduler.worker import WorkerRuntime
-from tests.scheduler.conftest import PoolDef, create_plan
+from tests.scheduler.conftest import PoolDef, create_plan, in_process_worker
 
 ALL = ["text_encoder", "denoiser", "vae_decoder"]
 
@@ -22,19 +19,7 @@ def test_a_pool_the_next_plan_reconfigures_is_served_as_planned(
     settings: SchedulerSettings, engine: Engine, fleet_name: str, redis_client: redis.Redis
 ) -> None:
     first = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ALL, batch=4)
-    create_plan(engine, fleet_name, [first])
-    with session_factory(engine)() as s:
-        pool = find_pool(s, fleet=settings.fleet, pool=first.name)
-    assert pool is not None
-    runtime = WorkerRuntime(
-        settings,
-        [pool],
-        name="follow@t",
-        concurrency=32,
-        build_stage=noop_builder(0),
-        engine=engine,
-        client=redis_client,
-    )
+    runtime = in_process_worker(settings, engine, redis_client, first, noop_builder(0), name="follow@t", concurrency=32)
     runtime.start(preload=False)
     try:
         runtime.tick()
