@@ -44,6 +44,14 @@ elif [ -n "${VALIDATE:-}" ] || [ ! -f ".device-out/validation-$gpu.json" ]; then
 fi
 cp .device-out/validation-"$gpu"* "$out/" 2>/dev/null
 
+# A call killed at the device's time limit returns only what is already under $OUT: copy the state there
+# every 10 s as well, so the rows of cells finished before the kill come back (2026-11-26: a call whose last
+# cell ran past the limit returned nothing, and its rows came back only because the next call found the
+# machine still warm).
+( while sleep 10; do cp "$state"/* "$out/" 2>/dev/null; done ) &
+copier=$!
+trap 'kill "$copier" 2>/dev/null' EXIT
+
 IFS=';' read -ra levels <<<"$steps"
 for lv in "${levels[@]}"; do
   left=$((budget - (SECONDS - t0)))
