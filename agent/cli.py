@@ -170,7 +170,9 @@ def probe(
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny CPU configs (tests, dry runs).")] = False,
     weights_dir: Annotated[Path | None, typer.Option(help="Local diffusers-format folder: real weights.")] = None,
     output: Annotated[Path | None, typer.Option(help="Measurements CSV; an existing one is resumed.")] = None,
-    budget_s: Annotated[float | None, typer.Option(help="Stop starting cells after this many seconds.")] = None,
+    budget_s: Annotated[
+        float | None, typer.Option(help="Deadline in seconds: no cell starts that would end past it (predicted).")
+    ] = None,
     memory_cap_gib: Annotated[float | None, typer.Option(help="Cells above this footprint end as oom.")] = None,
     quality: Annotated[bool, typer.Option(help="Measure drift against the reference recipe.")] = True,
     quality_steps: Annotated[int, typer.Option(help="Denoising steps of the drift run.")] = 4,

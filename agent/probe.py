@@ -9,7 +9,10 @@ cell would time eager code under a compiled recipe's name. Such a cell is `faile
 A cell that runs out of memory is recorded `oom` and the larger batches of its group `oom` without running;
 a cell that cannot run here is `unsupported` with the reason; any other error is `failed` with the error.
 The sweep then goes on. It stops cleanly at its time budget, and a rerun with the same output resumes:
-cells already present are skipped.
+cells already present are skipped. The budget is a deadline, not only a start limit: a cell is not started when
+the group's previous cell says it would end past the budget (`predicted_cell_s`), because a device call is killed
+at a hard limit and a cell cut off there is lost (a 2026-11-26 H200 call started Qwen-Image's step-cache cell at
+batch 8 with 150 s of budget left; it needed about 300 s).
 """
 
 from __future__ import annotations
@@ -164,6 +167,18 @@ def _last_block(module: nn.Module) -> nn.Module | None:
     return last
 
 
+def predicted_cell_s(batch: int, *, last_batch: int, last_wall_s: float, last_compile_s: float | None) -> float:
+    """Wall time of a group's next cell at `batch`, from its previous cell at `last_batch`.
+
+    A cell is its compile (paid again per batch size: shapes are static) plus warm-up and timed windows. The
+    compile does not grow with the batch; the rest grows at most in proportion to it (a step-cache cell times
+    whole trajectories, which do; a window-timed cell is capped by `TimerOptions.max_cell_s` and grows less), so
+    the estimate errs long: the sweep may stop a little early, never run a cell into a hard limit it foresaw.
+    """
+    compile_s = min(max(last_compile_s or 0.0, 0.0), last_wall_s)
+    return compile_s + (last_wall_s - compile_s) * max(batch / last_batch, 1.0)
+
+
 class Sweep:
     """Runs the cells of ProbeOptions on a Target, calling `on_row` after each (for incremental output)."""
 
@@ -177,8 +192,10 @@ class Sweep:
         on_row: Callable[[MeasurementRow], None] | None = None,
         progress: Callable[[str, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.opts = opts
+        self.clock = clock
         self.should_stop = should_stop
         self.target = target
         self.spec = known_model(opts.model)
@@ -188,7 +205,7 @@ class Sweep:
         self.progress = progress
         self.height, self.width, self.text_tokens = sizes(self.spec, opts)
         self.weights = "real" if opts.weights_dir is not None else "synthetic"
-        self.state = SweepState()
+        self.state = SweepState(started=clock())
         self._reference: dict[str, dict[str, torch.Tensor]] = {}
         self._ref_vae: StageRunner | None = None
         self.stages = list(opts.stages or self.spec.stage_names)
@@ -254,10 +271,27 @@ class Sweep:
             return True
         if self.opts.budget_s is None:
             return False
-        if time.monotonic() - self.state.started > self.opts.budget_s:
+        if self.clock() - self.state.started > self.opts.budget_s:
             self.state.stopped = f"time budget of {self.opts.budget_s:.0f} s reached"
             return True
         return False
+
+    def _would_overrun(
+        self, stage: str, recipe: Recipe, batch: int, last: tuple[int, float, float | None] | None
+    ) -> bool:
+        """Whether the next cell would end past the budget; `last` is the group's previous (batch, wall, compile)."""
+        if self.opts.budget_s is None or last is None:
+            return False
+        left = self.opts.budget_s - (self.clock() - self.state.started)
+        need = predicted_cell_s(batch, last_batch=last[0], last_wall_s=last[1], last_compile_s=last[2])
+        if need <= left:
+            return False
+        self.state.stopped = (
+            f"time budget: {stage} {recipe.id} batch {batch} would take about {need:.0f} s (batch {last[0]} took "
+            f"{last[1]:.0f} s) and {max(left, 0.0):.0f} s of the {self.opts.budget_s:.0f} s budget are left; "
+            "a rerun resumes from it"
+        )
+        return True
 
     # -- the sweep ------------------------------------------------------------------------------------------
     def run(self) -> SweepState:
@@ -329,10 +363,13 @@ class Sweep:
         try:
             drift = self._quality(stage, recipe, prepared) if self.opts.quality else {}
             base_cost: tuple[int, Cost] | None = None
+            last: tuple[int, float, float | None] | None = None
             for i, batch in enumerate(batches):
-                if self._out_of_budget():
+                if self._out_of_budget() or self._would_overrun(stage, recipe, batch, last):
                     return
+                started = self.clock()
                 row, base_cost, fatal = self._cell(stage, recipe, prepared, batch, base_cost, drift)
+                last = (batch, self.clock() - started, row.compile_s)
                 self._emit(row)
                 if fatal:
                     status = row.status

@@ -244,7 +244,7 @@ def _version(name: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting cells after this many seconds")
+    p.add_argument("--budget-s", type=float, default=420.0, help="deadline: no cell starts that would end past it")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "campaign-out")))
     p.add_argument("--resume", type=Path, default=None, help="previous measurements.csv: its cells are skipped")
     p.add_argument("--calibration", type=Path, default=None, help="previous calibration.json: skip calibrating")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.probe import CACHE_TRAJECTORY_STEPS, ProbeOptions, Sweep
+from agent.probe import CACHE_TRAJECTORY_STEPS, ProbeOptions, Sweep, predicted_cell_s
 from agent.recipes import RecipeOptions
 from agent.report import CsvSink, load_existing
 from agent.target import Target, resolve_target
@@ -234,6 +234,48 @@ def test_budget_stops_the_sweep(target: Target) -> None:
     assert state.rows == []
     assert state.stopped
     assert "budget" in state.stopped
+
+
+def test_a_cell_costs_its_compile_once_and_the_rest_in_proportion_to_the_batch() -> None:
+    # whole-UNet compile at batch 1: 90 s of compile, 10 s of timing -> batch 16 pays the compile once more
+    assert predicted_cell_s(16, last_batch=1, last_wall_s=100.0, last_compile_s=90.0) == pytest.approx(250.0)
+    # a step-cache cell (no compile) times whole trajectories: twice the batch, twice the time
+    assert predicted_cell_s(8, last_batch=4, last_wall_s=140.0, last_compile_s=None) == pytest.approx(280.0)
+    # a compile time reported longer than the cell itself counts as the whole cell
+    assert predicted_cell_s(2, last_batch=1, last_wall_s=5.0, last_compile_s=9.0) == pytest.approx(5.0)
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("budget_s", "batches_run"), [(150.0, [1]), (400.0, [1, 2])])
+def test_the_sweep_does_not_start_a_cell_it_predicts_to_end_past_the_budget(
+    target: Target, monkeypatch: pytest.MonkeyPatch, budget_s: float, batches_run: list[int]
+) -> None:
+    """Each cell takes 100 s of the fake clock: batch 2 is predicted at 200 s, which 50 s of budget cannot hold."""
+    clock = _FakeClock()
+    real_cell = Sweep._cell
+
+    def slow_cell(self: Sweep, *args: object, **kwargs: object) -> object:
+        clock.now += 100.0
+        return real_cell(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Sweep, "_cell", slow_cell)
+    opts = _opts("sd15", ("bf16",), stages=("vae_decoder",), budget_s=budget_s, quality=False)
+    state = Sweep(opts, target, clock=clock).run()
+    assert [r.batch for r in state.rows] == batches_run
+    assert all(r.status == "ok" for r in state.rows)
+    if batches_run == [1]:
+        assert state.stopped is not None
+        assert "vae_decoder bf16 batch 2 would take about 200 s" in state.stopped
+        assert "50 s of the 150 s budget are left" in state.stopped
+    else:
+        assert state.stopped is None
 
 
 @pytest.mark.parametrize(
