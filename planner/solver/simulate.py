@@ -1,0 +1,108 @@
+"""The scheduler's batching policy on one pool, simulated: a check on the analytic p95 (`latency`).
+
+The analytic p95 assumes each batch fills to b at the arrival rate or waits out tau = (b - 1) / lambda, then
+queues as a full batch in an Allen-Cunneen GI/D/c queue. The scheduler's workers batch greedily instead
+(`scheduler.batching.Batcher`): a free replica starts a batch as soon as b jobs wait or the oldest has waited
+`wait_s` (`SchedulerSettings.batch_wait_s`, 0.05 s), and a compiled stage pads a short batch up to the next
+warmed size (`compiled_batches`). Neither shortcut has a closed form that a MILP can use, so the solver keeps
+the analytic bound and this module measures how far that bound is from the policy and on which side
+(`benchmarks/p95_model.py`). It is a simulation of the policy, not of a fleet: one shared FIFO queue, Poisson
+arrivals, service times as given, no hops, no worker restarts.
+
+Event loop: jobs are served in arrival order. The replica that frees first takes the queue's head batch; it
+starts at max(free, min(head arrival + wait_s, arrival of the b-th job)) with every job that has arrived by
+then (at most b), and is busy for `service_s(padded size)`. A job's latency is its batch's end less its
+arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ServiceCurve = Callable[[int], float]
+"""Seconds one replica is busy with a batch of n images (n as run: after padding)."""
+
+
+@dataclass(frozen=True)
+class PoolSimulation:
+    """Latency (s) of the simulated jobs, the mean batch as formed, and the replicas' busy share."""
+
+    mean_s: float
+    p50_s: float
+    p95_s: float
+    mean_batch: float
+    utilization: float
+    jobs: int
+
+
+def padded(n: int, sizes: Sequence[int]) -> int:
+    """The smallest warmed size that holds n (n itself when none does): `scheduler.batching.padded_size`."""
+    return min((s for s in sizes if s >= n), default=n)
+
+
+def simulate_pool(
+    *,
+    rate: float,
+    servers: int,
+    batch: int,
+    service_s: ServiceCurve,
+    wait_s: float,
+    jobs: int = 20_000,
+    warmup_jobs: int = 1_000,
+    sizes: Sequence[int] = (),
+    seed: int = 0,
+) -> PoolSimulation:
+    """Poisson arrivals at `rate` images/s on `servers` replicas batching greedily up to `batch` (module doc).
+
+    The first `warmup_jobs` jobs are left out of the percentiles (the queue starts empty)."""
+    if rate <= 0 or servers < 1 or batch < 1 or jobs < 1:
+        raise ValueError(f"need rate > 0, servers >= 1, batch >= 1, jobs >= 1 (got {rate}, {servers}, {batch}, {jobs})")
+    rng = np.random.default_rng(seed)
+    total = jobs + warmup_jobs
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, total)).tolist()
+    latency = np.empty(total)
+    free = [0.0] * servers
+    heapq.heapify(free)
+    head = 0
+    batches = 0
+    busy = 0.0
+    while head < total:
+        ready = heapq.heappop(free)
+        last = min(head + batch, total) - 1
+        full_at = arrivals[last] if last - head + 1 == batch else float("inf")
+        start = max(ready, min(arrivals[head] + wait_s, full_at))
+        end_index = min(bisect_right(arrivals, start, lo=head), head + batch)
+        n = end_index - head
+        took = service_s(padded(n, sizes))
+        finish = start + took
+        latency[head:end_index] = finish - np.asarray(arrivals[head:end_index])
+        heapq.heappush(free, finish)
+        busy += took
+        batches += 1
+        head = end_index
+    measured = latency[warmup_jobs:]
+    span = max(free) - arrivals[0]
+    return PoolSimulation(
+        mean_s=float(measured.mean()),
+        p50_s=float(np.percentile(measured, 50)),
+        p95_s=float(np.percentile(measured, 95)),
+        mean_batch=total / batches,
+        utilization=busy / (servers * span) if span > 0 else 0.0,
+        jobs=len(measured),
+    )
+
+
+def linear_curve(points: Sequence[tuple[int, float]]) -> ServiceCurve:
+    """Service seconds linear between measured batches (as the performance model interpolates), flat outside."""
+    xs = [float(b) for b, _ in sorted(points)]
+    ys = [s for _, s in sorted(points)]
+
+    def curve(n: int) -> float:
+        return float(np.interp(n, xs, ys))
+
+    return curve
