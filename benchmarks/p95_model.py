@@ -29,10 +29,12 @@ import numpy as np
 
 from planner.solver.latency import pool_p95_s
 from planner.solver.simulate import PoolSimulation, linear_curve, simulate_pool
+from scheduler.batching import shape_batches
+from scheduler.config import SchedulerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "benchmarks" / "results" / "e2e-h100-2026-11-26-warmup"
-WAIT_S = 0.05  # SchedulerSettings.batch_wait_s default
+WAIT_S: float = SchedulerSettings.model_fields["batch_wait_s"].default  # the workers' batch wait (0.05 s)
 JOBS = 20_000
 
 
@@ -49,10 +51,12 @@ def e2e_replay() -> None:
     curve = linear_curve(sorted(per_batch.items()))
     measured = json.loads((E2E / "e2e.json").read_text())["plan"]
     rate, batch = measured["rate"], group["batch"]
+    sizes = shape_batches(batch, "pow2")  # the run's compiled_batches
     sim = simulate_pool(
-        rate=rate, servers=group["replicas"], batch=batch, service_s=curve, wait_s=WAIT_S, jobs=JOBS, sizes=(1, 2, 4, 8)
+        rate=rate, servers=group["replicas"], batch=batch, service_s=curve, wait_s=WAIT_S, jobs=JOBS, sizes=sizes
     )
-    print(f"e2e replay (SDXL, one H100, batch {batch} padded to 1/2/4/8, {rate} images/s, wait {WAIT_S} s):")
+    padded_to = "/".join(map(str, sizes))
+    print(f"e2e replay (SDXL, one H100, batch {batch} padded to {padded_to}, {rate} images/s, wait {WAIT_S} s):")
     points = ", ".join(f"b{b} {s:.3f}" for b, s in sorted(per_batch.items()))
     print(f"  service curve (s per batch, from the run's probe): {points}")
     print(f"  analytic p95 (the plan)     {measured['predicted_p95_s']:7.2f} s")
@@ -87,7 +91,7 @@ def grid() -> None:
     cells: list[GridCell] = []
     for servers in (1, 2, 8):
         for batch in (1, 4, 8, 16):
-            pow2 = (*(2**k for k in range(batch.bit_length()) if 2**k < batch), batch)
+            pow2 = shape_batches(batch, "pow2")
             for fixed in (0.05, 0.15, 0.3, 0.5):
 
                 def curve(n: int, batch: int = batch, fixed: float = fixed) -> float:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.batching import padded_size
+
 ServiceCurve = Callable[[int], float]
 """Seconds one replica is busy with a batch of n images (n as run: after padding)."""
 
@@ -40,11 +42,6 @@ class PoolSimulation:
     jobs: int
 
 
-def padded(n: int, sizes: Sequence[int]) -> int:
-    """The smallest warmed size that holds n (n itself when none does): `scheduler.batching.padded_size`."""
-    return min((s for s in sizes if s >= n), default=n)
-
-
 def simulate_pool(
     *,
     rate: float,
@@ -54,7 +51,7 @@ def simulate_pool(
     wait_s: float,
     jobs: int = 20_000,
     warmup_jobs: int = 1_000,
-    sizes: Sequence[int] = (),
+    sizes: Sequence[int] = (),  # the warmed sizes a short batch pads up to (`scheduler.batching.shape_batches`)
     seed: int = 0,
 ) -> PoolSimulation:
     """Poisson arrivals at `rate` images/s on `servers` replicas batching greedily up to `batch` (module doc).
@@ -64,7 +61,8 @@ def simulate_pool(
         raise ValueError(f"need rate > 0, servers >= 1, batch >= 1, jobs >= 1 (got {rate}, {servers}, {batch}, {jobs})")
     rng = np.random.default_rng(seed)
     total = jobs + warmup_jobs
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, total)).tolist()
+    arrived = np.cumsum(rng.exponential(1.0 / rate, total))
+    arrivals = arrived.tolist()  # bisect on a list: a batch's jobs are those arrived by its start
     latency = np.empty(total)
     free = [0.0] * servers
     heapq.heapify(free)
@@ -78,9 +76,9 @@ def simulate_pool(
         start = max(ready, min(arrivals[head] + wait_s, full_at))
         end_index = min(bisect_right(arrivals, start, lo=head), head + batch)
         n = end_index - head
-        took = service_s(padded(n, sizes))
+        took = service_s(padded_size(n, sizes))
         finish = start + took
-        latency[head:end_index] = finish - np.asarray(arrivals[head:end_index])
+        latency[head:end_index] = finish - arrived[head:end_index]
         heapq.heappush(free, finish)
         busy += took
         batches += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.solver.simulate import linear_curve, padded, simulate_pool
+from planner.solver.simulate import linear_curve, simulate_pool
 
 
 def test_one_replica_batch_one_is_the_m_d_1_queue() -> None:
@@ -48,8 +48,6 @@ def test_more_replicas_only_shorten_the_tail() -> None:
 
 
 def test_helpers() -> None:
-    assert padded(3, (1, 2, 4, 8)) == 4
-    assert padded(9, (1, 2, 4, 8)) == 9
     assert linear_curve([(8, 8.0), (1, 1.0)])(4) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="rate > 0"):
         simulate_pool(rate=0.0, servers=1, batch=1, service_s=lambda n: 1.0, wait_s=0.0)
