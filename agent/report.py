@@ -88,6 +88,20 @@ def write_csv_atomic(path: Path, rows: Iterable[MeasurementRow]) -> int:
     return count
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file under a temporary (hidden) name and rename it over the target: a reader, or a copy of
+    the folder taken meanwhile, sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class CsvSink:
     """Keeps the rows of a sweep (previous ones first) and rewrites the CSV after each new row."""
 

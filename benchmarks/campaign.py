@@ -277,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     from agent.calibrate import CalibrationResult, calibrate
     from agent.probe import ProbeOptions, Sweep
     from agent.recipes import RecipeOptions
-    from agent.report import CsvSink, load_existing
+    from agent.report import CsvSink, load_existing, write_text_atomic
     from agent.target import resolve_target
     from agent.timing import SMOKE_TIMER, TimerOptions
+    from planner.measurements.contract import MeasurementRow
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -367,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 "are the real models'; quality columns are numeric drift only (DESIGN.md).",
             }
         )
-        prov_path.write_text(json.dumps(prov, indent=2, default=str))
-        log_path.write_text(earlier_log + "\n".join(log_lines) + "\n")
+        write_text_atomic(prov_path, json.dumps(prov, indent=2, default=str))
+        write_text_atomic(log_path, earlier_log + "\n".join(log_lines) + "\n")
 
     write_provenance(final=False)
 
@@ -409,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
             max_cell_s=30.0,
         )
     new_rows = 0
+
+    def record(row: MeasurementRow) -> None:
+        """Each row to the CSV and the provenance's count at once: a call killed mid-group returns both agreeing."""
+        sink(row)
+        write_provenance(final=False, new_rows=len(sink.rows) - len(previous))
+
     stopped = None
     for step in steps:
         left = args.budget_s - (time.monotonic() - t_start)
@@ -431,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             quality=not args.no_quality,
             recipe_options=RecipeOptions(quant_min_features=16 if args.tiny else 128),
         )
-        sweep = Sweep(opts, target, done=done, on_row=sink)
+        sweep = Sweep(opts, target, done=done, on_row=record)
         todo = sweep.total()
         if todo == 0:
             continue

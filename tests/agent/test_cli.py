@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -123,6 +124,38 @@ def test_campaign_dry_run_on_tiny_models(tmp_path: Path) -> None:
     calls = json.loads((second / "provenance.json").read_text())["calls"]
     assert len(calls) == 2
     assert calls[-1]["new_rows"] == 0
+
+
+class _Killed(BaseException):
+    """Stands for the device's time limit killing the call mid-group."""
+
+
+def test_a_campaign_killed_mid_group_leaves_provenance_that_counts_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """campaign_call.sh copies the state out every 10 s; what it copies must agree: CSV rows and provenance."""
+    from agent.report import CsvSink
+
+    real_call = CsvSink.__call__
+    written: list[int] = []
+
+    def dies_on_the_fourth_row(self: CsvSink, row: Any) -> None:
+        if len(written) == 3:
+            raise _Killed
+        real_call(self, row)
+        written.append(1)
+
+    monkeypatch.setattr(CsvSink, "__call__", dies_on_the_fourth_row)
+    out = tmp_path / "killed"
+    args = ["--tiny", "--models", "flux-schnell", "--levels", "1", "--height", "32", "--width", "32"]
+    with pytest.raises(_Killed):
+        campaign.main([*args, "--no-quality", "--budget-s", "60", "--out", str(out)])
+    rows = read_csv(out / "measurements.csv")
+    call = json.loads((out / "provenance.json").read_text())["calls"][-1]
+    assert len(rows) == 3
+    assert call["new_rows"] == 3
+    assert call["finished"] is False
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written temporary left
 
 
 def test_campaign_plan_is_in_priority_order() -> None:
