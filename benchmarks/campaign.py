@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     earlier_calls = list(prov.get("calls", []))
 
     def write_provenance(*, final: bool, new_rows: int = 0, stopped: str | None = None) -> None:
-        """Written after calibration and again at the end, so a call cut short still leaves provenance."""
+        """Written after calibration, after every row and at the end: a call cut short leaves provenance that counts
+        the rows its CSV holds."""
         call = {
             **env,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
