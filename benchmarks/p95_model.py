@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def grid() -> None:
 
                 for load in (0.3, 0.5, 0.7, 0.85):
                     rate = load * servers * batch / full_s
-                    common = {"rate": rate, "servers": servers, "batch": batch, "service_s": curve, "jobs": JOBS}
+                    pool = partial(simulate_pool, rate=rate, servers=servers, batch=batch, service_s=curve, jobs=JOBS)
                     analytic = pool_p95_s(
                         rate, np.array([batch]), np.array([full_s]), np.array([full_s]), np.array([servers])
                     )
@@ -110,10 +111,10 @@ def grid() -> None:
                             fixed,
                             load,
                             float(analytic[0]),
-                            greedy=simulate_pool(wait_s=WAIT_S, **common),  # type: ignore[arg-type]
-                            padded=simulate_pool(wait_s=WAIT_S, sizes=pow2, **common),  # type: ignore[arg-type]
+                            greedy=pool(wait_s=WAIT_S),
+                            padded=pool(wait_s=WAIT_S, sizes=pow2),
                             # the policy the analytic model assumes: wait up to the plan's batch timeout
-                            timeout=simulate_pool(wait_s=(batch - 1) / rate, **common),  # type: ignore[arg-type]
+                            timeout=pool(wait_s=(batch - 1) / rate),
                         )
                     )
     print(

@@ -46,6 +46,7 @@ def worker(
     noop_ms: Annotated[
         float | None, typer.Option(help="Run no-op stages taking this many ms per stage call (benchmarks, tests).")
     ] = None,
+    noop_item_ms: Annotated[float, typer.Option(help="With --noop-ms: this many ms more per item of a batch.")] = 0.0,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Serve pools' queues: load their stage groups once, batch jobs dynamically, report throughput."""
@@ -54,7 +55,7 @@ def worker(
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(tiny=tiny, device=device)
-    build = noop_builder(noop_ms) if noop_ms is not None else default_build_stage
+    build = noop_builder(noop_ms, noop_item_ms) if noop_ms is not None else default_build_stage
     code = run_worker(settings, pool, concurrency=concurrency, name=name, build_stage=build, loglevel=loglevel)
     raise typer.Exit(code)
 

@@ -57,7 +57,8 @@ def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, devi
 
 @dataclass
 class NoopStage:
-    """A stage that only takes time: `ms` per batch (a stand-in for GPU work), then passes items on.
+    """A stage that only takes time: `ms` per batch plus `item_ms` per item (a stand-in for GPU work, whose
+    time grows with the batch: `busy_s`), then passes items on.
 
     For exercising the failure paths, a prompt starting with `!fail` makes the batch raise a RuntimeError (as a
     CUDA error would: retried) and one starting with `!bad` a JobError (the request's fault: failed at once).
@@ -68,12 +69,18 @@ class NoopStage:
     calls: int = 0
     static_shapes: bool = False
     sizes: list[int] = field(default_factory=list)  # the batch size of each call
+    item_ms: float = 0.0
+
+    def busy_s(self, n: int) -> float:
+        """Seconds a call on a batch of n takes."""
+        return (self.ms + self.item_ms * n) / 1000
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         self.calls += 1
         self.sizes.append(len(batch))
-        if self.ms > 0:
-            time.sleep(self.ms / 1000)
+        busy = self.busy_s(len(batch))
+        if busy > 0:
+            time.sleep(busy)
         prompts = [str(item.get("prompt") or "") for item in batch]
         if any(p.startswith("!bad") for p in prompts):
             raise JobError(f"{self.stage}: the request cannot be served (a test's `!bad` prompt)")
@@ -90,9 +97,9 @@ class NoopStage:
         return out
 
 
-def noop_builder(ms: float) -> BuildStage:
+def noop_builder(ms: float, item_ms: float = 0.0) -> BuildStage:
     def build(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
-        return NoopStage(stage, ms)
+        return NoopStage(stage, ms, item_ms=item_ms)
 
     return build
 

@@ -53,16 +53,22 @@ def simulate_pool(
     warmup_jobs: int = 1_000,
     sizes: Sequence[int] = (),  # the warmed sizes a short batch pads up to (`scheduler.batching.shape_batches`)
     seed: int = 0,
+    arrivals: Sequence[float] | None = None,
 ) -> PoolSimulation:
     """Poisson arrivals at `rate` images/s on `servers` replicas batching greedily up to `batch` (module doc).
 
-    The first `warmup_jobs` jobs are left out of the percentiles (the queue starts empty)."""
+    The first `warmup_jobs` jobs are left out of the percentiles (the queue starts empty). `arrivals` replays
+    given arrival times (s, ascending) instead: a run's own, to compare job by job; `rate` and `jobs` then only
+    name the run."""
     if rate <= 0 or servers < 1 or batch < 1 or jobs < 1:
         raise ValueError(f"need rate > 0, servers >= 1, batch >= 1, jobs >= 1 (got {rate}, {servers}, {batch}, {jobs})")
-    rng = np.random.default_rng(seed)
-    total = jobs + warmup_jobs
-    arrived = np.cumsum(rng.exponential(1.0 / rate, total))
-    arrivals = arrived.tolist()  # bisect on a list: a batch's jobs are those arrived by its start
+    if arrivals is not None:
+        arrived = np.asarray(arrivals, dtype=np.float64)
+        total = len(arrived)
+    else:
+        total = jobs + warmup_jobs
+        arrived = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, total))
+    times = arrived.tolist()  # bisect on a list: a batch's jobs are those arrived by its start
     latency = np.empty(total)
     free = [0.0] * servers
     heapq.heapify(free)
@@ -72,9 +78,9 @@ def simulate_pool(
     while head < total:
         ready = heapq.heappop(free)
         last = min(head + batch, total) - 1
-        full_at = arrivals[last] if last - head + 1 == batch else float("inf")
-        start = max(ready, min(arrivals[head] + wait_s, full_at))
-        end_index = min(bisect_right(arrivals, start, lo=head), head + batch)
+        full_at = times[last] if last - head + 1 == batch else float("inf")
+        start = max(ready, min(times[head] + wait_s, full_at))
+        end_index = min(bisect_right(times, start, lo=head), head + batch)
         n = end_index - head
         took = service_s(padded_size(n, sizes))
         finish = start + took
@@ -84,7 +90,7 @@ def simulate_pool(
         batches += 1
         head = end_index
     measured = latency[warmup_jobs:]
-    span = max(free) - arrivals[0]
+    span = max(free) - times[0]
     return PoolSimulation(
         mean_s=float(measured.mean()),
         p50_s=float(np.percentile(measured, 50)),

@@ -21,6 +21,7 @@ from planner.db.session import session_factory
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher
 from scheduler.routing import JobShape
+from scheduler.stages import NoopStage, noop_builder
 from tests.scheduler.conftest import PoolDef, WorkerProcess, create_plan, wait_for
 
 ALL = ["text_encoder", "denoiser", "vae_decoder"]
@@ -162,3 +163,17 @@ def test_a_pool_slower_than_planned_makes_the_plan_stale(
         assert len(drift) == 1
         assert drift[0].data["ratio"] < 0.7
         assert drift[0].data["planned_rate"] == 100.0
+
+
+def test_a_noop_stage_takes_its_fixed_time_plus_its_time_per_item() -> None:
+    """`--noop-ms` and `--noop-item-ms` (benchmarks/p95_scheduler.py): a batch's time grows with it when asked."""
+    stage = noop_builder(10.0, 5.0)("sd15", "denoiser", "bf16", True, "cpu")
+    flat = noop_builder(10.0)("sd15", "denoiser", "bf16", True, "cpu")
+    assert isinstance(stage, NoopStage)
+    assert isinstance(flat, NoopStage)
+    assert stage.busy_s(1) == pytest.approx(0.015)
+    assert stage.busy_s(4) == pytest.approx(0.030)
+    assert flat.busy_s(4) == pytest.approx(0.010)
+    out = stage([{"prompt": "a", "seed": 1}, {"prompt": "b", "seed": 2}])
+    assert [item["denoiser_done"] for item in out] == [True, True]
+    assert stage.sizes == [2]

@@ -51,3 +51,13 @@ def test_helpers() -> None:
     assert linear_curve([(8, 8.0), (1, 1.0)])(4) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="rate > 0"):
         simulate_pool(rate=0.0, servers=1, batch=1, service_s=lambda n: 1.0, wait_s=0.0)
+
+
+def test_a_replay_serves_the_given_arrivals_by_the_batcher_rule() -> None:
+    """Two jobs fill batch 2 at 0.01 s; the third waits out the 0.05 s batch wait alone."""
+    sim = simulate_pool(
+        rate=1.0, servers=1, batch=2, service_s=lambda n: 0.1, wait_s=0.05, warmup_jobs=0, arrivals=[0.0, 0.01, 1.0]
+    )
+    assert sim.jobs == 3
+    assert sim.mean_batch == pytest.approx(1.5)
+    assert sim.mean_s == pytest.approx((0.11 + 0.10 + 0.15) / 3)
