@@ -22,40 +22,30 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import httpx
 import numpy as np
-import redis
 import sqlalchemy
 from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scheduler_dispatch import drop_pg_database, machine, new_pg_database, settings_env  # noqa: E402
+from benchmarks.noop_fleet import STAGES, noop_fleet  # noqa: E402
+from benchmarks.scheduler_dispatch import machine  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
-from planner.db import migrate  # noqa: E402
 from planner.db import models as m  # noqa: E402
-from planner.db.seed import seed_catalogs  # noqa: E402
-from planner.db.session import make_engine, session_factory, session_scope  # noqa: E402
+from planner.db.session import session_factory  # noqa: E402
 from planner.solver.latency import pool_p95_s  # noqa: E402
 from planner.solver.simulate import simulate_pool  # noqa: E402
-from scheduler.config import SchedulerSettings  # noqa: E402
-from scheduler.dispatch import Dispatcher  # noqa: E402
 from scheduler.stages import NoopStage  # noqa: E402
-
-STAGES = ["text_encoder", "denoiser", "vae_decoder"]
-POOL = "noop.0.h100-sxm-80gb"
 
 
 def service_s(n: int, ms: float, item_ms: float) -> float:
@@ -67,65 +57,23 @@ def run_load(args: argparse.Namespace, workers_n: int, load: float, work_dir: Pa
     """One pool of `workers_n` worker processes at `load`; returns measured and predicted p95s."""
     full_s = service_s(args.batch, args.ms, args.item_ms)
     rate = load * workers_n * args.batch / full_s
-    db_url, db_name = new_pg_database(args.postgres_admin_url)
-    prefix = f"p95bench-{uuid.uuid4().hex[:8]}:"
-    client = redis.Redis.from_url(args.redis_url)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        migrate.upgrade(db_url)
-        engine = make_engine(db_url, pool_size=args.senders + 4)
-        with session_scope(engine) as s:
-            seed_catalogs(s)
-            fleet = m.Fleet(name="bench")
-            s.add(fleet)
-            s.flush()
-            s.add(m.Workload(fleet_id=fleet.id, name="noop", models=["sd15"], height=64, width=64, steps=1, rate=rate))
-            plan = m.Plan(fleet_id=fleet.id, status="active", activated_at=datetime.now(UTC))
-            s.add(plan)
-            s.flush()
-            s.add(
-                m.RoutingEntry(
-                    plan_id=plan.id,
-                    pool=POOL,
-                    workload_name="noop",
-                    group_index=0,
-                    model_id="sd15",
-                    stages=STAGES,
-                    gpu_family_id="h100-sxm-80gb",
-                    recipes={},
-                    batch=args.batch,
-                    replicas=workers_n,
-                    capacity=workers_n * args.batch / full_s,
-                    weight=1.0,
-                )
-            )
-        settings = SchedulerSettings(
-            broker_url=args.redis_url,
-            result_backend=args.redis_url,
-            database_url=db_url,
-            key_prefix=prefix,
-            fleet="bench",
-            results_dir=work_dir / "results",
-            heartbeat_s=1.0,
-            job_timeout_s=120,
-            visibility_timeout_s=300,
-        )
-        env = {**os.environ, "PYTHONPATH": str(REPO), **settings_env(settings)}
-        ports = [args.metrics_port + k for k in range(workers_n)]  # each worker's batch-size histogram
-        for k in range(workers_n):
-            log = open(work_dir / f"worker{k}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "scheduler", "worker", "--pool", POOL, "--noop-ms", str(args.ms),
-                 "--noop-item-ms", str(args.item_ms), "--name", f"p95-{k}@local", "--loglevel", "WARNING"],
-                env={**env, "SCHEDULER_METRICS_PORT": str(ports[k])}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        dispatcher = Dispatcher(settings, engine=engine)
-        deadline = time.monotonic() + 60
-        while sum(w.ready for w in dispatcher.state.workers()) < workers_n:
-            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-                raise RuntimeError(f"a worker did not start:\n{(work_dir / 'worker0.log').read_text()[-3000:]}")
-            time.sleep(0.1)
-
+    with noop_fleet(
+        redis_url=args.redis_url,
+        postgres_admin_url=args.postgres_admin_url,
+        work_dir=work_dir,
+        workers=workers_n,
+        batch=args.batch,
+        rate=rate,
+        capacity=workers_n * args.batch / full_s,
+        replicas=workers_n,
+        worker_args=["--noop-ms", str(args.ms), "--noop-item-ms", str(args.item_ms)],
+        name="p95",
+        engine_pool_size=args.senders + 4,
+        metrics_port=args.metrics_port,  # each worker's batch-size histogram
+        job_timeout_s=120,
+        visibility_timeout_s=300,
+    ) as fleet:
+        settings, engine, dispatcher, ports = fleet.settings, fleet.engine, fleet.dispatcher, fleet.metrics_ports
         rng = random.Random(7)
         gaps = [rng.expovariate(rate) for _ in range(args.jobs)]
         due = np.cumsum(gaps)
@@ -204,19 +152,6 @@ def run_load(args: argparse.Namespace, workers_n: int, load: float, work_dir: Pa
             "poisson_p95": poisson.p95_s,
             "analytic": float(analytic[0]),
         }
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-        drop_pg_database(args.postgres_admin_url, db_name)
 
 
 def main() -> int:

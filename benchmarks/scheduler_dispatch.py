@@ -24,9 +24,7 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,21 +35,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 import sqlalchemy
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.noop_fleet import noop_fleet  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
-from planner.db import migrate  # noqa: E402
 from planner.db import models as m  # noqa: E402
-from planner.db.seed import seed_catalogs  # noqa: E402
-from planner.db.session import make_engine, session_factory, session_scope  # noqa: E402
+from planner.db.session import session_factory  # noqa: E402
 from scheduler.celery_app import PROBE  # noqa: E402
-from scheduler.config import SchedulerSettings  # noqa: E402
-from scheduler.dispatch import Dispatcher  # noqa: E402
 from scheduler.routing import Backlog, JobShape, Pool, RoutingTable, decide  # noqa: E402
 
 DECISION_AIM_MS = 1.0
@@ -148,35 +142,6 @@ def bench_decision(n: int) -> dict[str, Any]:
     }
 
 
-def new_pg_database(admin_url: str) -> tuple[str, str]:
-    name = f"sched_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{admin_url.rsplit('/', 1)[0]}/{name}", name
-
-
-def drop_pg_database(admin_url: str, name: str) -> None:
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def settings_env(settings: SchedulerSettings) -> dict[str, str]:
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"SCHEDULER_{name.upper()}"] = str(value)
-    return env
-
-
 def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -209,66 +174,30 @@ def paced(n: int, rate: float, senders: int, send: Callable[[int], None]) -> flo
 
 
 def bench_dispatch(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
-    db_url, db_name = new_pg_database(args.postgres_admin_url)
-    prefix = f"schedbench-{uuid.uuid4().hex[:8]}:"
-    client = redis.Redis.from_url(args.redis_url)
-    workers: list[subprocess.Popen[bytes]] = []
-    pool = "noop.0.h100-sxm-80gb"
     out: dict[str, Any] = {}
-    try:
-        migrate.upgrade(db_url)
-        engine = make_engine(db_url, pool_size=args.senders + 4)
-        with session_scope(engine) as s:
-            seed_catalogs(s)
-            fleet = m.Fleet(name="bench")
-            s.add(fleet)
-            s.flush()
-            s.add(m.Workload(fleet_id=fleet.id, name="noop", models=["sd15"], height=64, width=64, steps=1, rate=500))
-            plan = m.Plan(fleet_id=fleet.id, status="active", activated_at=datetime.now(UTC))
-            s.add(plan)
-            s.flush()
-            s.add(
-                m.RoutingEntry(
-                    plan_id=plan.id,
-                    pool=pool,
-                    workload_name="noop",
-                    group_index=0,
-                    model_id="sd15",
-                    stages=["text_encoder", "denoiser", "vae_decoder"],
-                    gpu_family_id="h100-sxm-80gb",
-                    recipes={},
-                    batch=args.batch,
-                    replicas=1,
-                    capacity=1000.0,
-                    weight=1.0,
-                )
-            )
-        settings = SchedulerSettings(
-            broker_url=args.redis_url,
-            result_backend=args.redis_url,
-            database_url=db_url,
-            key_prefix=prefix,
-            fleet="bench",
-            results_dir=work_dir / "results",
-            batch_wait_s=0.0,
-            heartbeat_s=1.0,
-            job_timeout_s=30,
-            visibility_timeout_s=120,
+    with noop_fleet(
+        redis_url=args.redis_url,
+        postgres_admin_url=args.postgres_admin_url,
+        work_dir=work_dir,
+        workers=args.workers,
+        batch=args.batch,
+        rate=500,
+        capacity=1000.0,
+        replicas=1,
+        worker_args=["--noop-ms", "0", "--concurrency", str(args.concurrency)],
+        engine_pool_size=args.senders + 4,
+        keep=args.keep,
+        batch_wait_s=0.0,
+        job_timeout_s=30,
+        visibility_timeout_s=120,
+    ) as fleet:
+        settings, engine, dispatcher, client, prefix = (
+            fleet.settings,
+            fleet.engine,
+            fleet.dispatcher,
+            fleet.client,
+            fleet.prefix,
         )
-        env = {**os.environ, "PYTHONPATH": str(REPO), **settings_env(settings)}
-        for k in range(args.workers):  # replicas of the pool, as a fleet runs one worker per GPU
-            log = open(work_dir / f"worker{k}.log", "wb")  # noqa: SIM115
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "scheduler", "worker", "--pool", pool, "--noop-ms", "0",
-                 "--concurrency", str(args.concurrency), "--name", f"bench{k}@local", "--loglevel", "WARNING"],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        dispatcher = Dispatcher(settings, engine=engine)
-        deadline = time.monotonic() + 60
-        while sum(w.ready for w in dispatcher.state.workers()) < args.workers:
-            if any(w.poll() is not None for w in workers) or time.monotonic() > deadline:
-                raise RuntimeError(f"a worker did not start:\n{(work_dir / 'worker0.log').read_text()[-3000:]}")
-            time.sleep(0.1)
 
         # 2. The dispatch path: route + publish to Redis + a worker takes it.
         route_ms: list[float] = []
@@ -361,20 +290,6 @@ def bench_dispatch(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             "batch": args.batch,
         }
         return out
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-        if not args.keep:
-            drop_pg_database(args.postgres_admin_url, db_name)
 
 
 def main() -> None:
