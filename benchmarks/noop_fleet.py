@@ -6,6 +6,7 @@ behind: the workers are stopped, the keys deleted and the database dropped, what
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -32,6 +33,15 @@ from scheduler.dispatch import Dispatcher
 REPO = Path(__file__).resolve().parents[1]
 POOL = "noop.0.h100-sxm-80gb"
 STAGES = ["text_encoder", "denoiser", "vae_decoder"]
+
+
+def add_service_args(parser: argparse.ArgumentParser) -> None:
+    """--redis-url and --postgres-admin-url, defaulting to the test setup's services (127.0.0.1)."""
+    parser.add_argument("--redis-url", default=os.environ.get("SCHEDULER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=os.environ.get("PLANNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    )
 
 
 def new_pg_database(admin_url: str) -> tuple[str, str]:

@@ -20,7 +20,6 @@ and PostgreSQL of the test setup (127.0.0.1).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.noop_fleet import STAGES, noop_fleet  # noqa: E402
+from benchmarks.noop_fleet import STAGES, add_service_args, noop_fleet  # noqa: E402
 from benchmarks.scheduler_dispatch import machine  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
 from planner.db import models as m  # noqa: E402
@@ -165,11 +164,7 @@ def main() -> int:
     parser.add_argument("--item-ms", type=float, default=20.0, help="ms more per item per stage call")
     parser.add_argument("--senders", type=int, default=2, help="submitting threads")
     parser.add_argument("--metrics-port", type=int, default=19400, help="first worker's Prometheus port")
-    parser.add_argument("--redis-url", default=os.environ.get("SCHEDULER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument(
-        "--postgres-admin-url",
-        default=os.environ.get("PLANNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    )
+    add_service_args(parser)
     args = parser.parse_args()
     full_s = service_s(args.batch, args.ms, args.item_ms)
     fixed = len(STAGES) * args.ms / 1000 / full_s

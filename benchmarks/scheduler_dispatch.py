@@ -41,7 +41,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.noop_fleet import noop_fleet  # noqa: E402
+from benchmarks.noop_fleet import add_service_args, noop_fleet  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
 from planner.db import models as m  # noqa: E402
 from planner.db.session import session_factory  # noqa: E402
@@ -304,11 +304,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (replicas) serving the pool")
     parser.add_argument("--concurrency", type=int, default=8, help="job threads per worker")
     parser.add_argument("--batch", type=int, default=16, help="the pool's batch")
-    parser.add_argument("--redis-url", default=os.environ.get("SCHEDULER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument(
-        "--postgres-admin-url",
-        default=os.environ.get("PLANNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    )
+    add_service_args(parser)
     parser.add_argument("--skip-dispatch", action="store_true", help="time the routing decision only")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     parser.add_argument("--json", type=Path, help="also write the results here")
