@@ -388,19 +388,22 @@ def run_config(args: argparse.Namespace, cfg: Config, engine: Any, settings: Any
             duration = max(args.rate_phase_s, 6 / rate)
             rng = random.Random(7)
             ids = []
+            submitted_s: list[float] = []  # offsets of the submissions: benchmarks/p95_model.py replays them
             start = time.monotonic()
             next_at = start
             while next_at - start < duration:
                 now = time.monotonic()
                 if now < next_at:
                     time.sleep(next_at - now)
+                submitted_s.append(round(time.monotonic() - start, 4))
                 ids += submit(dispatcher, engine, cfg.workload, 1, height=height, width=width, steps=steps, tag="rate")
                 next_at += rng.expovariate(rate)
             times = wait_done(engine, ids, args.timeout_s)
             lat = sorted(f - c for st, c, f in times if st == "done" and f is not None and c is not None)
             p95 = statistics.quantiles(lat, n=20)[-1] if len(lat) >= 20 else max(lat)
             result.update(rate=rate, rate_phase_jobs=len(ids), p95_s=p95, p50_s=statistics.median(lat),
-                          rate_phase_latencies_s=[round(x, 4) for x in lat])  # fmt: skip
+                          rate_phase_latencies_s=[round(x, 4) for x in lat],
+                          rate_phase_submitted_s=submitted_s)  # fmt: skip
             if cfg.predicted_p95_s:
                 result["p95_ratio"] = p95 / cfg.predicted_p95_s
             log(f"{cfg.label}: {len(ids)} jobs at {rate} images/s: p50 {result['p50_s']:.2f} s, p95 {p95:.2f} s "
