@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, create_engine, text
+import sqlalchemy
+from sqlalchemy import Engine, create_engine, select, text
 
 from planner.db import migrate
 from planner.db import models as m
 from planner.db.seed import seed_catalogs
-from planner.db.session import make_engine, session_scope
+from planner.db.session import make_engine, session_factory, session_scope
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher
 
@@ -71,6 +72,24 @@ def settings_env(settings: SchedulerSettings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"SCHEDULER_{name.upper()}"] = str(value)
     return env
+
+
+JobTimes = dict[str, tuple[datetime, datetime]]
+"""job id -> (claimed by a worker, result recorded), for the jobs that finished."""
+
+
+def wait_for_jobs(engine: Engine, ids: Sequence[str], timeout_s: float = 120.0) -> JobTimes:
+    """Wait until every job is done (or `timeout_s` passes) and return the finished ones' times."""
+    sessions = session_factory(engine)
+    wait_until = time.monotonic() + timeout_s
+    with sessions() as s:
+        while True:
+            done = s.scalar(select(sqlalchemy.func.count()).where(m.Job.id.in_(ids), m.Job.state == "done"))
+            if done == len(ids) or time.monotonic() > wait_until:
+                break
+            time.sleep(0.2)
+        rows = s.execute(select(m.Job.id, m.Job.started_at, m.Job.finished_at).where(m.Job.id.in_(ids))).all()
+    return {i: (start, end) for i, start, end in rows if start is not None and end is not None}
 
 
 @dataclass

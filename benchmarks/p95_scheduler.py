@@ -31,16 +31,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import sqlalchemy
-from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.noop_fleet import STAGES, add_service_args, noop_fleet  # noqa: E402
+from benchmarks.noop_fleet import STAGES, add_service_args, noop_fleet, wait_for_jobs  # noqa: E402
 from benchmarks.scheduler_dispatch import machine  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
-from planner.db import models as m  # noqa: E402
 from planner.db.session import session_factory  # noqa: E402
 from planner.solver.latency import pool_p95_s  # noqa: E402
 from planner.solver.simulate import simulate_pool  # noqa: E402
@@ -104,16 +101,7 @@ def run_load(args: argparse.Namespace, workers_n: int, load: float, work_dir: Pa
             t.start()
         for t in lanes:
             t.join()
-        ids = [i for i, _ in submitted]
-        wait_until = time.monotonic() + 120
-        with sessions() as s:
-            while True:
-                done = s.scalar(select(sqlalchemy.func.count()).where(m.Job.id.in_(ids), m.Job.state == "done"))
-                if done == len(ids) or time.monotonic() > wait_until:
-                    break
-                time.sleep(0.2)
-            rows = s.execute(select(m.Job.id, m.Job.started_at, m.Job.finished_at).where(m.Job.id.in_(ids))).all()
-        stamps = {i: (start, end) for i, start, end in rows if start is not None and end is not None}
+        stamps = wait_for_jobs(engine, [i for i, _ in submitted])
         runs = sorted((wall, stamps[i]) for i, wall in submitted if i in stamps)  # in arrival order
         walls = np.array([wall for wall, _ in runs], dtype=np.float64)
         latency = np.array([end.timestamp() - wall for wall, (_, end) in runs], dtype=np.float64)[args.skip :]

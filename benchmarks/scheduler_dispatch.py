@@ -35,15 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy
-from sqlalchemy import select
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.noop_fleet import add_service_args, noop_fleet  # noqa: E402
+from benchmarks.noop_fleet import add_service_args, noop_fleet, wait_for_jobs  # noqa: E402
 from planner.crud import jobs as crud  # noqa: E402
-from planner.db import models as m  # noqa: E402
 from planner.db.session import session_factory  # noqa: E402
 from scheduler.celery_app import PROBE  # noqa: E402
 from scheduler.routing import Backlog, JobShape, Pool, RoutingTable, decide  # noqa: E402
@@ -252,27 +248,16 @@ def bench_dispatch(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             results.clear()
             jobs_n = int(args.job_rate * args.seconds)
             job_send_s = paced(jobs_n, args.job_rate, args.senders, submit)
-            ids = [r[0] for r in results]
-            wait_until = time.monotonic() + 120
-            with sessions() as s:
-                while True:
-                    done = s.scalar(select(sqlalchemy.func.count()).where(m.Job.id.in_(ids), m.Job.state == "done"))
-                    if done == len(ids) or time.monotonic() > wait_until:
-                        break
-                    time.sleep(0.2)
-                stamps = {
-                    r.id: r
-                    for r in s.execute(select(m.Job.id, m.Job.started_at, m.Job.finished_at).where(m.Job.id.in_(ids)))
-                }
+            stamps = wait_for_jobs(engine, [r[0] for r in results])
             e2e, submit_ms, pickup, finish = [], [], [], []
             for job_id, wall, submit_s in results:
-                row = stamps.get(job_id)
-                if row is None or row.finished_at is None or row.started_at is None:
+                if job_id not in stamps:
                     continue
-                e2e.append((row.finished_at.timestamp() - wall) * 1000)
+                started_at, finished_at = stamps[job_id]
+                e2e.append((finished_at.timestamp() - wall) * 1000)
                 submit_ms.append(submit_s * 1000)
-                pickup.append((row.started_at.timestamp() - wall) * 1000 - submit_s * 1000)
-                finish.append((row.finished_at - row.started_at).total_seconds() * 1000)
+                pickup.append((started_at.timestamp() - wall) * 1000 - submit_s * 1000)
+                finish.append((finished_at - started_at).total_seconds() * 1000)
             out["jobs"] = {
                 "rate_target": args.job_rate,
                 "rate_sent": round(jobs_n / job_send_s, 1),
