@@ -40,11 +40,11 @@ from typing import Any
 sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.noop_fleet import drop_pg_database, new_pg_database  # noqa: E402
 from planner.db import migrate  # noqa: E402
 from planner.db.seed import seed_catalogs  # noqa: E402
 from planner.db.session import make_engine, session_scope  # noqa: E402
@@ -145,25 +145,13 @@ def free_port() -> int:
 
 
 def create_database(admin_url: str) -> tuple[str, str]:
-    name = f"planner_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    url, name = new_pg_database(admin_url, prefix="planner_bench")
     migrate.upgrade(url)
     engine = make_engine(url)
     with session_scope(engine) as session:
         seed_catalogs(session)
     engine.dispose()
     return url, name
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def start_server(url: str, port: int, workers: int, admin_token: str) -> subprocess.Popen[bytes]:
@@ -440,7 +428,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        drop_database(args.postgres, name)
+        drop_pg_database(args.postgres, name)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def add_service_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def new_pg_database(admin_url: str) -> tuple[str, str]:
-    name = f"sched_bench_{uuid.uuid4().hex[:8]}"
+def new_pg_database(admin_url: str, prefix: str = "sched_bench") -> tuple[str, str]:
+    """An empty database beside `admin_url`'s: (its URL, its name)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
