@@ -14,6 +14,8 @@ The steps, and why each is there:
    solved again, at most `latency_repair_rounds` times, so an option whose predicted p95 breaks the objective
    is not chosen;
 5. baselines on the same data, sensitivity (what-if rates and quality floors, relaxed constraints);
+   the scheduler's greedy batching simulated on each dedicated pool of the plan (planner.solver.simulate):
+   reported next to the analytic p95, which alone decides (the bound is conservative; docs/benchmarks.md);
 6. an infeasible input returns a plan with `feasible=False` and, per workload, how much of its rate the fleet
    can carry (coverage MILP), why, and what would carry it (the same problem with unlimited availability).
 """
@@ -53,6 +55,7 @@ from planner.solver.plan import (
     WorkloadPlan,
 )
 from planner.solver.problem import Problem, Workload
+from planner.solver.simulate import simulate_workload
 
 REPAIR_CREDIT_FACTOR = 0.85
 BINDING_TOLERANCE = 2e-3
@@ -728,6 +731,19 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         workloads = [
             replace(w, binding=tuple(dict.fromkeys([*w.binding, *sorted(per_workload.get(w.name, set()))])))
             for w in workloads
+        ]
+    if problem.options.simulate_p95:
+        _progress(problem, "simulating the scheduler's batching")
+        by_name = {w.name: w for w in problem.workloads}
+        workloads = [
+            simulate_workload(
+                problem,
+                by_name[wp.name],
+                wp,
+                wait_s=problem.options.batch_wait_s,
+                compiled_batches=problem.options.compiled_batches,
+            )
+            for wp in workloads
         ]
     return Plan(
         feasible=True,

@@ -3,7 +3,8 @@
 Contract 3 keys, exactly: `total_cost_per_hour`, `gpus` (family -> count), `workloads[]` with `name`,
 `topology`, `cost_per_hour`, `cost_per_image`, `groups[]` with `stages`, `family`, `recipes`
 (stage -> recipe), `batch`, `replicas`, `throughput` (images/s of the group's replicas together).
-Everything else is extra: feasibility, predicted p95 per workload and group, utilisation, which cells
+Everything else is extra: feasibility, predicted p95 per workload and group (and the scheduler's batching
+simulated on the plan, `simulated_p95_s`), utilisation, which cells
 were measured or estimated, shared GPUs, baselines and savings, sensitivity, binding constraints,
 infeasibility explanations, solver statistics. A group served on a shared GPU has `replicas: 1` and a
 `shared_gpu` id; its `throughput` is the share of that GPU's capacity it is given. `gpus` counts dedicated
@@ -75,6 +76,9 @@ class GroupPlan:
     shared_gpu: str | None = None
     gpu_fraction: float | None = None
     latency_bound: bool = False
+    simulated_p95_s: float | None = None
+    """p95 of this pool under the scheduler's greedy batching, simulated (planner.solver.simulate); None when
+    not simulated (a shared GPU, or `SolverOptions.simulate_p95` off). `p95_s` is the bound the plan is held to."""
 
     @property
     def measured(self) -> bool:
@@ -102,6 +106,7 @@ class GroupPlan:
             "shared_gpu": self.shared_gpu,
             "gpu_fraction": _num(self.gpu_fraction, 4),
             "latency_bound": self.latency_bound,
+            "simulated_p95_s": _num(self.simulated_p95_s, 4),
         }
 
 
@@ -120,6 +125,8 @@ class WorkloadPlan:
     cost_per_hour: float
     groups: tuple[GroupPlan, ...]
     binding: tuple[Constraint, ...] = ()
+    simulated_p95_s: float | None = None
+    """The groups' simulated p95s summed (as `predicted_p95_s` sums the bounds); None if any is not simulated."""
 
     @property
     def cost_per_image(self) -> float:
@@ -142,6 +149,7 @@ class WorkloadPlan:
             "headroom": self.headroom,
             "p95_objective_s": self.p95_objective_s,
             "predicted_p95_s": _num(self.predicted_p95_s, 4),
+            "simulated_p95_s": _num(self.simulated_p95_s, 4),
             "meets_latency": self.meets_latency,
             "binding": list(self.binding),
         }

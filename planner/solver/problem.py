@@ -17,6 +17,7 @@ from planner.measurements.csvio import read_csv
 from planner.perf.model import PerfModel, PerfSettings
 from planner.perf.roofline import Calibration
 from planner.scenario import QualityFloor, QualityScores, Scenario, WorkloadSpec
+from scheduler.batching import CompiledBatches
 
 Progress = Callable[[str], None]
 
@@ -100,6 +101,13 @@ class SolverOptions:
     what_if_rates: tuple[float, ...] = (0.5, 2.0)
     latency_repair_rounds: int = 4
     max_latency_extra_replicas: int = 64
+    simulate_p95: bool = True
+    """Simulate the scheduler's batching on the solved plan's pools (planner.solver.simulate) and report that
+    p95 next to the analytic bound; the bound alone decides the plan."""
+    batch_wait_s: float = 0.05
+    """The workers' `batch_wait_s` the simulation assumes (SchedulerSettings' default)."""
+    compiled_batches: CompiledBatches = "pow2"
+    """The workers' `compiled_batches` padding the simulation assumes (SchedulerSettings' default)."""
     progress: Progress | None = field(default=None, compare=False)
     inputs: Literal["scenario", "flags", "any"] = "any"
     """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)

@@ -9,6 +9,15 @@ the analytic bound and this module measures how far that bound is from the polic
 (`benchmarks/p95_model.py`). It is a simulation of the policy, not of a fleet: one shared FIFO queue, Poisson
 arrivals, service times as given, no hops, no worker restarts.
 
+`simulate_workload` runs it for every dedicated pool of a solved plan, so a capacity review shows the policy's
+p95 next to the bound the plan is held to (`SolverOptions.simulate_p95`). The scheduler splits a group's load
+over its pools by throughput (crud/plans.py weights), so each pool is simulated on its own share of the rate
+(Poisson thinned stays Poisson); a group's simulated p95 is its slowest pool's and a workload's the sum over its
+groups, as for the analytic bound. A pool's batch of n images takes the performance model's latency of each
+stage at n, padded as the worker pads (compiled stages run at `shape_batches` sizes); a stage with no cell at a
+size runs at the plan's batch (the worst case). Shared-GPU groups are not simulated (None): their tenants'
+interleaving is the analytic M/G/1 model's job.
+
 Event loop: jobs are served in arrival order. The replica that frees first takes the queue's head batch; it
 starts at max(free, min(head arrival + wait_s, arrival of the b-th job)) with every job that has arrived by
 then (at most b), and is busy for `service_s(padded size)`. A job's latency is its batch's end less its
@@ -20,11 +29,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from scheduler.batching import padded_size
+from planner.solver.plan import GroupPlan, WorkloadPlan
+from planner.solver.problem import Problem, Workload
+from scheduler.batching import CompiledBatches, padded_size, shape_batches
 
 ServiceCurve = Callable[[int], float]
 """Seconds one replica is busy with a batch of n images (n as run: after padding)."""
@@ -110,3 +121,70 @@ def linear_curve(points: Sequence[tuple[int, float]]) -> ServiceCurve:
         return float(np.interp(n, xs, ys))
 
     return curve
+
+
+def pool_curve(
+    problem: Problem, w: Workload, model: str, group: GroupPlan, *, compiled_batches: CompiledBatches
+) -> ServiceCurve:
+    """A pool's service seconds for a batch of n images as formed (before padding).
+
+    Each stage's median latency, inflated by its estimate's uncertainty (as the analytic queue term), times its
+    calls (steps for the denoiser). A stage whose recipe compiles runs at n padded to the worker's warmed sizes
+    (`scheduler.stages.GroupRunner.run` pads each static-shape stage alone), the others at n."""
+    h, wd = w.resolution[model]
+    steps = w.steps[model]
+    compiled = {s: (r in problem.recipes and problem.recipes[r].compile != "none") for s, r in group.recipes.items()}
+    sizes = shape_batches(group.batch, compiled_batches)
+    full = group.service_time_s * (1 + group.uncertainty)
+    memo: dict[int, float] = {}
+
+    def curve(n: int) -> float:
+        if n in memo:
+            return memo[n]
+        total = 0.0
+        for stage, recipe in group.recipes.items():
+            size = padded_size(n, sizes) if compiled[stage] else n
+            cell = problem.perf.latency(group.family, model, stage, recipe, size, h, wd)
+            if cell is None:
+                memo[n] = full
+                return full
+            calls = steps if stage == "denoiser" else 1
+            total += calls * cell.latency_ms * (1 + cell.uncertainty) / 1e3
+        memo[n] = total
+        return total
+
+    return curve
+
+
+def simulate_workload(
+    problem: Problem,
+    w: Workload,
+    plan: WorkloadPlan,
+    *,
+    wait_s: float,
+    compiled_batches: CompiledBatches,
+    jobs: int = 20_000,
+    seed: int = 0,
+) -> WorkloadPlan:
+    """The plan's workload with each dedicated pool's simulated p95 and the workload's sum (module docstring)."""
+    groups: list[GroupPlan] = []
+    by_stages: dict[tuple[str, ...], float] = {}
+    shared = False
+    for g in plan.groups:
+        if g.shared_gpu is not None:
+            groups.append(g)
+            shared = True
+            continue
+        sim = simulate_pool(
+            rate=g.utilization * g.throughput,  # this pool's share of the group's rate
+            servers=g.replicas,
+            batch=g.batch,
+            service_s=pool_curve(problem, w, plan.model, g, compiled_batches=compiled_batches),
+            wait_s=wait_s,
+            jobs=jobs,
+            seed=seed,
+        )
+        groups.append(replace(g, simulated_p95_s=sim.p95_s))
+        by_stages[g.stages] = max(by_stages.get(g.stages, 0.0), sim.p95_s)
+    total = sum(by_stages.values())
+    return replace(plan, groups=tuple(groups), simulated_p95_s=None if shared else total)

@@ -1,10 +1,16 @@
-"""The batching-policy simulation against queueing results that have closed forms."""
+"""The batching-policy simulation against queueing results that have closed forms, and on solved plans."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from planner.solver.simulate import linear_curve, simulate_pool
+from planner.solver import Plan, Problem, SolverOptions, solve
+from planner.solver.plan import GroupPlan
+from planner.solver.simulate import linear_curve, pool_curve, simulate_pool
+from scheduler.config import SchedulerSettings
+from tests.solver.factory import fleet, pipeline_rows, problem, workload
 
 
 def test_one_replica_batch_one_is_the_m_d_1_queue() -> None:
@@ -61,3 +67,73 @@ def test_a_replay_serves_the_given_arrivals_by_the_batcher_rule() -> None:
     assert sim.jobs == 3
     assert sim.mean_batch == pytest.approx(1.5)
     assert sim.mean_s == pytest.approx((0.11 + 0.10 + 0.15) / 3)
+
+
+# ---- the simulation on a solved plan (`SolverOptions.simulate_p95`) --------------------------------------
+
+
+def _solved(rate: float, **options: object) -> tuple[Problem, Plan]:
+    rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0, 8: 150.0})
+    rows += pipeline_rows("h100", dn={1: 30.0, 2: 40.0, 4: 60.0, 8: 100.0}, rcp="bf16-compile")
+    p = problem(rows, [fleet("h100", 4.18)], [workload("w", rate=rate, steps=10)], **options)
+    return p, solve(p)
+
+
+def test_every_dedicated_pool_of_a_plan_is_simulated_and_the_workload_sums_its_groups() -> None:
+    _, plan = _solved(8.0, share_gpus=False)
+    w = plan.workloads[0]
+    assert w.groups
+    assert all(g.shared_gpu is None for g in w.groups)
+    sims = [g.simulated_p95_s for g in w.groups]
+    assert all(s is not None and s > 0 for s in sims)
+    slowest: dict[tuple[str, ...], float] = {}
+    for g in w.groups:
+        assert g.simulated_p95_s is not None
+        slowest[g.stages] = max(slowest.get(g.stages, 0.0), g.simulated_p95_s)
+    assert w.simulated_p95_s == pytest.approx(sum(slowest.values()))
+    data = json.loads(plan.to_json())["workloads"][0]
+    assert data["simulated_p95_s"] == pytest.approx(w.simulated_p95_s, abs=1e-4)
+    assert data["groups"][0]["simulated_p95_s"] == pytest.approx(w.groups[0].simulated_p95_s, abs=1e-4)
+
+
+def test_the_greedy_batcher_beats_the_bound_where_batch_formation_dominates() -> None:
+    """The bound charges a full batch timeout (b - 1) / rate; the workers dispatch after 50 ms."""
+    _, plan = _solved(2.0, share_gpus=False)
+    w = plan.workloads[0]
+    assert w.simulated_p95_s is not None
+    assert max(g.batch for g in w.groups) > 1
+    assert w.simulated_p95_s < 0.8 * w.predicted_p95_s
+
+
+def test_the_simulation_is_off_on_request_and_skips_shared_gpus() -> None:
+    _, off = _solved(8.0, share_gpus=False, simulate_p95=False)
+    assert off.workloads[0].simulated_p95_s is None
+    assert all(g.simulated_p95_s is None for g in off.workloads[0].groups)
+    low = [workload("a", rate=0.05), workload("b", rate=0.05)]
+    shared = solve(problem(pipeline_rows("h100"), [fleet("h100", 4.18)], low))
+    for w in shared.workloads:
+        assert w.groups[0].shared_gpu is not None
+        assert w.simulated_p95_s is None
+        assert w.groups[0].simulated_p95_s is None
+
+
+def test_a_compiled_stage_runs_a_short_batch_at_its_padded_size() -> None:
+    p, plan = _solved(8.0, share_gpus=False)
+    w = plan.workloads[0]
+    g = GroupPlan(**{**w.groups[0].__dict__, "recipes": dict.fromkeys(w.groups[0].stages, "bf16-compile"), "batch": 8})
+    eager = GroupPlan(**{**g.__dict__, "recipes": dict.fromkeys(g.stages, "bf16")})
+    pow2 = pool_curve(p, p.workloads[0], w.model, g, compiled_batches="pow2")
+    assert pow2(3) == pytest.approx(pow2(4))
+    assert pow2(5) == pytest.approx(pow2(8))
+    off = pool_curve(p, p.workloads[0], w.model, g, compiled_batches="off")
+    assert off(3) < off(4)
+    plan_only = pool_curve(p, p.workloads[0], w.model, g, compiled_batches="plan")
+    assert plan_only(1) == pytest.approx(plan_only(8))
+    runs = pool_curve(p, p.workloads[0], w.model, eager, compiled_batches="pow2")
+    assert runs(3) < runs(4)  # an eager stage runs the batch as formed
+
+
+def test_the_assumed_worker_settings_are_the_schedulers_defaults() -> None:
+    opts, workers = SolverOptions(), SchedulerSettings()
+    assert opts.batch_wait_s == workers.batch_wait_s
+    assert opts.compiled_batches == workers.compiled_batches
