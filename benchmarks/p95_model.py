@@ -1,10 +1,11 @@
 """How far the solver's analytic p95 is from the scheduler's batching policy, and on which side.
 
-    PYTHONPATH=. python benchmarks/p95_model.py
+    PYTHONPATH=. python benchmarks/p95_model.py [--e2e RUN_DIR ...] [--no-grid]
 
-1. Replay of the GPU end-to-end run (benchmarks/results/e2e-h100-2026-11-26-warmup/): its probe's service
-   curve, the plan's pool (one H100, SDXL batch 8 padded to 1/2/4/8), the planned rate; the simulated p95
-   (planner.solver.simulate, 20,000 jobs) beside the plan's analytic p95 and the p95 the worker achieved.
+1. Replay of each GPU end-to-end run (default: benchmarks/results/e2e-h100-2026-11-26-warmup/ and
+   e2e-h100-2026-11-27-simulated/): its probe's service curve, the plan's pool (one H100, SDXL batch 8 padded
+   to 1/2/4/8), the planned rate; the simulated p95 (planner.solver.simulate, 20,000 jobs) beside the plan's
+   analytic p95 and the p95 the worker achieved.
 2. A grid over replicas, batch, load (the rate over the pool's full-batch capacity) and the service curve's
    fixed share f (a batch of n takes S(b) (f + (1 - f) n / b); the shipped H100 data's whole-pipeline groups
    have f = 0.003-0.27): the analytic p95 (planner.solver.latency.pool_p95_s, no estimate uncertainty) over
@@ -16,6 +17,7 @@ The baseline of each ratio is the simulation in the same run; the machine is nam
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -35,23 +37,26 @@ from scheduler.batching import shape_batches
 from scheduler.config import SchedulerSettings
 
 REPO = Path(__file__).resolve().parents[1]
-E2E = REPO / "benchmarks" / "results" / "e2e-h100-2026-11-26-warmup"
+E2E_RUNS = (
+    REPO / "benchmarks" / "results" / "e2e-h100-2026-11-26-warmup",
+    REPO / "benchmarks" / "results" / "e2e-h100-2026-11-27-simulated",
+)
 WAIT_S: float = SchedulerSettings.model_fields["batch_wait_s"].default  # the workers' batch wait (0.05 s)
 JOBS = 20_000
 
 
-def e2e_replay() -> None:
-    plan = json.loads((E2E / "e2e-plan.json").read_text())
+def e2e_replay(run: Path) -> None:
+    plan = json.loads((run / "e2e-plan.json").read_text())
     group = plan["workloads"][0]["groups"][0]
     recipes, steps = group["recipes"], next(c["calls"] for c in group["cells"] if c["stage"] == "denoiser")
-    rows = list(csv.DictReader((E2E / "e2e-probe.csv").open()))
+    rows = list(csv.DictReader((run / "e2e-probe.csv").open()))
     per_batch: dict[int, float] = {}
     for r in rows:
         if r["status"] == "ok" and recipes.get(r["stage"]) == r["recipe"]:
             calls = steps if r["stage"] == "denoiser" else 1
             per_batch[int(r["batch"])] = per_batch.get(int(r["batch"]), 0.0) + calls * float(r["latency_ms"]) / 1e3
     curve = linear_curve(sorted(per_batch.items()))
-    measured = json.loads((E2E / "e2e.json").read_text())["plan"]
+    measured = json.loads((run / "e2e.json").read_text())["plan"]
     rate, batch = measured["rate"], group["batch"]
     # The run's own submission times: recorded by e2e_gpu.py since 2026-11-27; this run's are its seeded
     # schedule (random.Random(7), one submission at each cumulative expovariate(rate) offset).
@@ -67,11 +72,15 @@ def e2e_replay() -> None:
     replay = pool(sizes=sizes, arrivals=arrivals, warmup_jobs=0)
     short = np.array([pool(sizes=sizes, jobs=len(arrivals), warmup_jobs=0, seed=k).p95_s for k in range(2000)])
     padded_to = "/".join(map(str, sizes))
-    print(f"e2e replay (SDXL, one H100, batch {batch} padded to {padded_to}, {rate} images/s, wait {WAIT_S} s):")
+    print(f"\ne2e replay of {run.name} (SDXL, one H100, batch {batch} padded to {padded_to}, {rate} images/s, "
+          f"wait {WAIT_S} s):")  # fmt: skip
     points = ", ".join(f"b{b} {s:.3f}" for b, s in sorted(per_batch.items()))
     print(f"  service curve (s per batch, from the run's probe): {points}")
     print(f"  analytic p95 (the plan)     {measured['predicted_p95_s']:7.2f} s")
     print(f"  simulated p95 ({JOBS} jobs) {sim.p95_s:7.2f} s   p50 {sim.p50_s:.2f}  mean batch {sim.mean_batch:.2f}")
+    planned_sim = plan["workloads"][0].get("simulated_p95_s")  # the plan's own (solver.simulate), since 2026-11-27
+    if planned_sim is not None:
+        print(f"  the plan's simulated_p95_s    {planned_sim:7.2f} s   (its perf model's curve, not the probe's alone)")
     jobs = measured["rate_phase_jobs"]
     print(f"  achieved p95 ({jobs} jobs)     {measured['p95_s']:7.2f} s   p50 {measured['p50_s']:.2f}")
     print(f"  replayed p95 ({jobs} jobs: the run's own arrivals) {replay.p95_s:7.2f} s   p50 {replay.p50_s:.2f}")
@@ -159,11 +168,17 @@ def grid() -> None:
             )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--e2e", type=Path, nargs="*", default=list(E2E_RUNS), help="e2e_gpu.py output folders")
+    ap.add_argument("--no-grid", action="store_true", help="only the replays")
+    args = ap.parse_args(argv)
     t0 = time.monotonic()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    e2e_replay()
-    grid()
+    for run in args.e2e:
+        e2e_replay(run)
+    if not args.no_grid:
+        grid()
     print(f"\n{time.monotonic() - t0:.1f} s")
     return 0
 
