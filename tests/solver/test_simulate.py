@@ -137,3 +137,25 @@ def test_the_assumed_worker_settings_are_the_schedulers_defaults() -> None:
     opts, workers = SolverOptions(), SchedulerSettings()
     assert opts.batch_wait_s == workers.batch_wait_s
     assert opts.compiled_batches == workers.compiled_batches
+
+
+def test_a_plan_whose_simulated_batching_misses_the_objective_says_so() -> None:
+    """Compiled pools pad short batches: with a flat service curve a short batch costs a full one, so the greedy
+    batcher's p95 is above the bound here, and above an objective that the bound meets."""
+    rows = pipeline_rows("h100", dn={1: 95.0, 2: 96.0, 4: 98.0, 8: 100.0}, rcp="bf16-compile", te=1.0, vae=1.0)
+
+    def plan_at(p95: float | None) -> Plan:
+        w = workload("flat", rate=40.0, steps=10, recipes={"denoiser": ("bf16-compile",)}, p95=p95)
+        return solve(problem(rows, [fleet("h100", 4.18)], [w], share_gpus=False))
+
+    plan = plan_at(1.5)
+    w = plan.workloads[0]
+    assert w.meets_latency
+    assert w.simulated_p95_s is not None
+    assert w.simulated_p95_s > 1.5
+    (warning,) = [x for x in plan.warnings if "simulated" in x]
+    assert warning.startswith("flat: ")
+    assert "objective 1.5 s" in warning
+    assert "Fix: ask for about" in warning
+    assert not [x for x in plan_at(None).warnings if "simulated" in x]  # no objective, nothing to miss
+    assert not [x for x in plan_at(5.0).warnings if "simulated" in x]  # met by both
