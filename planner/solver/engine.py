@@ -15,7 +15,8 @@ The steps, and why each is there:
    is not chosen;
 5. baselines on the same data, sensitivity (what-if rates and quality floors, relaxed constraints);
    the scheduler's greedy batching simulated on each dedicated pool of the plan (planner.solver.simulate):
-   reported next to the analytic p95, which alone decides (the bound is conservative; docs/benchmarks.md);
+   reported next to the analytic p95, which alone decides (mostly the higher figure; docs/benchmarks.md), with
+   a warning where the simulation misses an objective the bound meets;
 6. an infeasible input returns a plan with `feasible=False` and, per workload, how much of its rate the fleet
    can carry (coverage MILP), why, and what would carry it (the same problem with unlimited availability).
 """
