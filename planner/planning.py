@@ -187,6 +187,7 @@ def solver_options(scenario: Scenario, settings: Settings, **overrides: Any) -> 
         mip_rel_gap=sec.mip_rel_gap,
         time_limit_s=sec.time_limit_s,
         what_if_rates=tuple(sec.what_if_rates),
+        simulated_p95_binds=sec.simulated_p95_binds,
     )
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(opts, **changes) if changes else opts

@@ -160,6 +160,10 @@ class SolverSection(_Strict):
     mip_rel_gap: Annotated[float, Field(ge=0, le=0.5)] = 1e-3
     time_limit_s: PositiveFloat = 60.0
     what_if_rates: list[PositiveFloat] = Field(default_factory=lambda: [0.5, 2.0])
+    simulated_p95_binds: bool = Field(
+        default=True,
+        description="hold the plan to the scheduler's simulated batching as well as to the analytic p95 bound",
+    )
 
 
 class Scenario(_Strict):

@@ -152,8 +152,13 @@ def workload_view(wp: WorkloadPlan) -> View:
         caption="p95 s: predicted (batch formation + queueing + service), the bound the plan is held to; the last "
         "row is the workload's total. sim. p95 s: the scheduler's greedy batching simulated on the plan's pools "
         "(Poisson arrivals; - on a shared GPU): mostly below the bound, above it where compiled pools pad short "
-        "batches (a warning says so when that misses the objective). "
+        "batches; the objective holds for both figures unless a warning says otherwise. "
         + ("Meets the p95 objective." if wp.meets_latency else "ABOVE the p95 objective.")
+        + (
+            f" The bound was held to {wp.bound_objective_s:.3g} s so that the simulation meets it too."
+            if wp.bound_objective_s is not None
+            else ""
+        )
         + " $/1k: per 1000 images; a month is 730 hours. numbers: measured, or estimated (est) with its"
         " uncertainty (see the last table).",
     )

@@ -127,6 +127,9 @@ class WorkloadPlan:
     binding: tuple[Constraint, ...] = ()
     simulated_p95_s: float | None = None
     """The groups' simulated p95s summed (as `predicted_p95_s` sums the bounds); None if any is not simulated."""
+    bound_objective_s: float | None = None
+    """The objective the analytic bound was held to when the simulated batching missed `p95_objective_s` on the
+    bound's own plan (`SolverOptions.simulated_p95_binds`); None when it was `p95_objective_s` itself."""
 
     @property
     def cost_per_image(self) -> float:
@@ -150,6 +153,7 @@ class WorkloadPlan:
             "p95_objective_s": self.p95_objective_s,
             "predicted_p95_s": _num(self.predicted_p95_s, 4),
             "simulated_p95_s": _num(self.simulated_p95_s, 4),
+            "bound_objective_s": _num(self.bound_objective_s, 4),
             "meets_latency": self.meets_latency,
             "binding": list(self.binding),
         }

@@ -103,7 +103,13 @@ class SolverOptions:
     max_latency_extra_replicas: int = 64
     simulate_p95: bool = True
     """Simulate the scheduler's batching on the solved plan's pools (planner.solver.simulate) and report that
-    p95 next to the analytic bound; the bound alone decides the plan."""
+    p95 next to the analytic bound."""
+    simulated_p95_binds: bool = True
+    """Hold the plan to the simulated p95 too: where the simulation misses an objective that the bound meets,
+    solve again with the bound held to a tighter objective (planner.solver.engine, step 5). Needs
+    `simulate_p95`."""
+    simulation_repair_rounds: int = 3
+    """Re-solves at most, each tightening a missing workload's bound objective by objective / simulated p95."""
     batch_wait_s: float = 0.05
     """The workers' `batch_wait_s` the simulation assumes (SchedulerSettings' default)."""
     compiled_batches: CompiledBatches = "pow2"

@@ -324,6 +324,37 @@ def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     assert plan["gpus"].get("h100-sxm-80gb", 0) <= 16
 
 
+def test_a_plan_is_held_to_the_simulated_batching_unless_the_scenario_says_bound_alone(
+    reference_url: str, tmp_path: Path
+) -> None:
+    """SD 1.5 at 100 images/s within 4 s on H100s: the bound's plan (whole-UNet compile at batch 16, padded short
+    batches) meets 4 s by the bound and misses it under simulation, so the plan holds the bound tighter and says
+    what that cost; `simulated_p95_binds: false` in a scenario gives the bound's plan back, with the warning."""
+    args = ("--model", "sd15", "--rate", "100", "--p95", "4", "--family", "h100-sxm-80gb", "--format")
+    held = json.loads(recommend(reference_url, *args, "json").stdout)
+    w = held["workloads"][0]
+    assert w["p95_objective_s"] == 4
+    assert w["predicted_p95_s"] <= w["bound_objective_s"] < 4
+    assert w["simulated_p95_s"] <= 4
+    (note,) = [x for x in held["warnings"] if "holds the analytic bound" in x]
+    assert "against the objective 4 s" in note
+    rows = list(csv.DictReader(io.StringIO(recommend(reference_url, *args, "csv").stdout)))
+    assert float(rows[0]["bound_objective_s"]) == pytest.approx(w["bound_objective_s"], rel=1e-5)
+    (tmp_path / "bound.yaml").write_text(
+        "fleet: [{family: h100-sxm-80gb}]\n"
+        "workloads: [{name: sd15, model: sd15, rate: 100, p95_latency_s: 4}]\n"
+        "solver: {simulated_p95_binds: false}\n"
+    )
+    result = recommend(reference_url, "--scenario", str(tmp_path / "bound.yaml"), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    bound = json.loads(result.stdout)
+    b = bound["workloads"][0]
+    assert b["bound_objective_s"] is None
+    assert b["predicted_p95_s"] <= 4 < b["simulated_p95_s"]
+    assert bound["total_cost_per_hour"] < held["total_cost_per_hour"]
+    assert [x for x in bound["warnings"] if "Fix: ask for about" in x]
+
+
 def test_the_scenarios_measurements_win_over_the_stores_for_their_cells(reference_url: str, tmp_path: Path) -> None:
     """Contract 2: a scenario's CSV is "used for this run". With the H100 SDXL cells at 10x latency in a
     contract-only CSV (no `measured_at`), the plan must use those, not the store's dated rows of the same cells."""

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from planner.core.config import Settings
 from planner.core.errors import InputError
 from planner.measurements.csvio import write_rows
+from planner.planning import solver_options
 from planner.scenario import load_scenario, parse_scenario
 from planner.solver import build_problem, solve
 from tests.solver.factory import RECIPES, family, model, pipeline_rows
@@ -46,7 +48,7 @@ workloads:
     batches: [1, 2, 4]
     quality: {metric: ssim_image, min: 0.95, weights: any, missing: allow}
     quality_scores: {min_score: 0.8, scores: {sdxl: {'*': 1.0}, sdxl-lightning: {bf16: 0.85}}}
-solver: {memory_reserve_gib: 4, share_gpus: false, mip_rel_gap: 0.01, what_if_rates: [2]}
+solver: {memory_reserve_gib: 4, share_gpus: false, mip_rel_gap: 0.01, what_if_rates: [2], simulated_p95_binds: false}
 """
     sc = parse_scenario(text)
     w = sc.workloads[0]
@@ -60,6 +62,10 @@ solver: {memory_reserve_gib: 4, share_gpus: false, mip_rel_gap: 0.01, what_if_ra
     assert w.quality_scores.score("sdxl-lightning", "fp8") is None
     assert sc.solver.memory_reserve_gib == 4
     assert not sc.solver.share_gpus
+    opts = solver_options(sc, Settings())
+    assert not opts.simulated_p95_binds
+    assert opts.what_if_rates == (2.0,)
+    assert solver_options(parse_scenario(text.split("solver:")[0]), Settings()).simulated_p95_binds  # the default
 
 
 @pytest.mark.parametrize(

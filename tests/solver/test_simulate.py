@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_a_replay_serves_the_given_arrivals_by_the_batcher_rule() -> None:
 # ---- the simulation on a solved plan (`SolverOptions.simulate_p95`) --------------------------------------
 
 
-def _solved(rate: float, **options: object) -> tuple[Problem, Plan]:
+def _solved(rate: float, **options: Any) -> tuple[Problem, Plan]:
     rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0, 8: 150.0})
     rows += pipeline_rows("h100", dn={1: 30.0, 2: 40.0, 4: 60.0, 8: 100.0}, rcp="bf16-compile")
     p = problem(rows, [fleet("h100", 4.18)], [workload("w", rate=rate, steps=10)], **options)
@@ -139,23 +140,81 @@ def test_the_assumed_worker_settings_are_the_schedulers_defaults() -> None:
     assert opts.compiled_batches == workers.compiled_batches
 
 
-def test_a_plan_whose_simulated_batching_misses_the_objective_says_so() -> None:
-    """Compiled pools pad short batches: with a flat service curve a short batch costs a full one, so the greedy
-    batcher's p95 is above the bound here, and above an objective that the bound meets."""
+def _flat(p95: float | None, *, available: int | None = None, **options: Any) -> Plan:
+    """Compiled pools pad short batches: with a flat service curve a short batch costs a full one, so at this
+    load the greedy batcher's p95 (1.81 s on the bound's plan) is above the bound (1.36 s)."""
     rows = pipeline_rows("h100", dn={1: 95.0, 2: 96.0, 4: 98.0, 8: 100.0}, rcp="bf16-compile", te=1.0, vae=1.0)
+    w = workload("flat", rate=40.0, steps=10, recipes={"denoiser": ("bf16-compile",)}, p95=p95)
+    return solve(problem(rows, [fleet("h100", 4.18, available=available)], [w], share_gpus=False, **options))
 
-    def plan_at(p95: float | None) -> Plan:
-        w = workload("flat", rate=40.0, steps=10, recipes={"denoiser": ("bf16-compile",)}, p95=p95)
-        return solve(problem(rows, [fleet("h100", 4.18)], [w], share_gpus=False))
 
-    plan = plan_at(1.5)
+def test_on_the_bound_alone_a_plan_whose_simulated_batching_misses_the_objective_says_so() -> None:
+    plan = _flat(1.5, simulated_p95_binds=False)
     w = plan.workloads[0]
     assert w.meets_latency
+    assert w.bound_objective_s is None
     assert w.simulated_p95_s is not None
     assert w.simulated_p95_s > 1.5
     (warning,) = [x for x in plan.warnings if "simulated" in x]
     assert warning.startswith("flat: ")
     assert "objective 1.5 s" in warning
     assert "Fix: ask for about" in warning
-    assert not [x for x in plan_at(None).warnings if "simulated" in x]  # no objective, nothing to miss
-    assert not [x for x in plan_at(5.0).warnings if "simulated" in x]  # met by both
+    assert not [x for x in _flat(None, simulated_p95_binds=False).warnings if "simulated" in x]  # nothing to miss
+    assert not [x for x in _flat(5.0, simulated_p95_binds=False).warnings if "simulated" in x]  # met by both
+
+
+def test_a_plan_is_held_to_the_simulated_batching_where_the_bounds_plan_misses_it() -> None:
+    bound_only = _flat(1.5, simulated_p95_binds=False)
+    plan = _flat(1.5)
+    w, was = plan.workloads[0], bound_only.workloads[0]
+    assert was.simulated_p95_s is not None
+    assert was.simulated_p95_s > 1.5
+    assert w.simulated_p95_s is not None
+    assert w.simulated_p95_s <= 1.5
+    assert w.p95_objective_s == 1.5  # the user's objective stays the plan's
+    assert w.bound_objective_s is not None
+    assert w.predicted_p95_s <= w.bound_objective_s < 1.5
+    assert w.meets_latency
+    assert plan.total_cost_per_hour is not None
+    assert bound_only.total_cost_per_hour is not None
+    extra = plan.total_cost_per_hour - bound_only.total_cost_per_hour
+    assert extra > 0
+    (note,) = [x for x in plan.warnings if "holds the analytic bound" in x]
+    assert note.startswith("flat: ")
+    assert f"+${extra:.2f}/h" in note
+    assert "simulated_p95_binds: false" in note
+    assert not [x for x in plan.warnings if "Fix:" in x]
+    data = json.loads(plan.to_json())["workloads"][0]
+    assert data["bound_objective_s"] == pytest.approx(w.bound_objective_s, abs=1e-4)
+    assert data["p95_objective_s"] == 1.5
+    # The search finds the cheapest bound's plan (over objectives 1.00-1.50 s) whose simulation meets 1.5 s: the
+    # back-off took it from the first plan that met, which was dearer.
+    ladder = [_flat(1.0 + k / 50, simulated_p95_binds=False) for k in range(26)]
+    meets = [p.total_cost_per_hour for p in ladder if (p.workloads[0].simulated_p95_s or 9.0) <= 1.5]
+    assert plan.total_cost_per_hour == pytest.approx(min(c for c in meets if c is not None))
+    assert max(c for c in meets if c is not None) > plan.total_cost_per_hour
+
+
+def test_a_plan_the_simulation_already_meets_is_the_bounds_plan() -> None:
+    plan, bound_only = _flat(5.0), _flat(5.0, simulated_p95_binds=False)
+    assert plan.workloads[0].bound_objective_s is None
+    assert plan.total_cost_per_hour == bound_only.total_cost_per_hour
+    assert json.loads(plan.to_json())["workloads"][0]["bound_objective_s"] is None
+    assert not [x for x in plan.warnings if "simulat" in x]
+
+
+def test_a_fleet_too_small_for_a_tighter_bound_keeps_the_bounds_plan_and_says_so() -> None:
+    plan = _flat(1.5, available=6)  # the bound's plan takes all 6 GPUs; the simulation wants about 8
+    w = plan.workloads[0]
+    assert w.bound_objective_s is None
+    assert w.simulated_p95_s is not None
+    assert w.simulated_p95_s > 1.5
+    (tried,) = [x for x in plan.warnings if x.startswith("holding the analytic bound")]
+    assert "before the fleet ran out of plans" in tried
+    assert "the plan below is the bound's" in tried
+    (warning,) = [x for x in plan.warnings if x.startswith("flat: ")]
+    assert "Fix: relax the objective" in warning
+    assert "ask for about" not in warning  # the solver already tried
+    held = _flat(1.5, available=8)  # room for the plan the back-off finds
+    assert held.workloads[0].bound_objective_s is not None
+    assert held.gpus == {"h100": 8}
