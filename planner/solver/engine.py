@@ -744,7 +744,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
             replace(w, binding=tuple(dict.fromkeys([*w.binding, *sorted(per_workload.get(w.name, set()))])))
             for w in workloads
         ]
-    workloads = [_asked(wp, problem) for wp in workloads]
+    workloads = [_with_users_objective(wp, problem) for wp in workloads]
     return Plan(
         feasible=True,
         total_cost_per_hour=core.cost,
@@ -753,6 +753,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         shared_gpus=tuple(core.shared),
         baselines=tuple(baselines),
         sensitivity=sensitivity,
+        # `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
         warnings=(*core.warnings, *held, *_simulation_warnings(workloads, tried=bool(held) and asked is problem)),
         stats=core.stats(),
     )
@@ -878,7 +879,7 @@ def _workload(core: _Core, name: str) -> WorkloadPlan:
     return next(w for w in core.workloads if w.name == name)
 
 
-def _asked(wp: WorkloadPlan, problem: Problem) -> WorkloadPlan:
+def _with_users_objective(wp: WorkloadPlan, problem: Problem) -> WorkloadPlan:
     """The workload's plan with the user's objective, and the bound's own where the plan tightened it."""
     objective = next(w.p95_latency_s for w in problem.workloads if w.name == wp.name)
     if wp.p95_objective_s == objective:
