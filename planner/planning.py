@@ -75,13 +75,34 @@ class StoreCatalog:
     models: dict[str, ModelSpec]
     recipes: dict[str, Recipe]
     calibration: dict[str, Calibration] = field(default_factory=dict)
+    price_lists: dict[str, list[Price]] = field(default_factory=dict)
+    """Every stored family's prices with their sources, an operator's override first."""
 
-    def priced_families(self) -> list[str]:
-        """Families a plan may rent without being told a price."""
-        return sorted(self.prices)
+    def priced_families(self, offering: str | None = None) -> list[str]:
+        """Families a plan may rent without being told a price (of an offering kind, when given)."""
+        if offering is None:
+            return sorted(self.prices)
+        return sorted(f for f in self.price_lists if self.price_for(f, offering) is not None)
+
+    def price_for(self, family: str, offering: str) -> Price | None:
+        """The price of a family for an offering kind (`GpuFamily.price_for`: an operator's override first)."""
+        spec = self.families.get(family)
+        if spec is None:
+            spec_prices = self.price_lists.get(family, [])
+            override = next((p for p in spec_prices if p.override), None)
+            return override or next((p for p in spec_prices if p.offering_kind == offering), None)
+        return spec.model_copy(update={"prices": self.price_lists.get(family, spec.prices)}).price_for(offering)
 
 
-def _price(row: m.GpuPrice) -> Price | None:
+def _price(row: m.GpuPrice, package: GpuFamily | None = None) -> Price | None:
+    """A stored price in the catalog's type; the package catalog's entry of the same offering gives its
+    explicit kind and region (the store has no column for them)."""
+    same = None
+    if package is not None and not row.is_override:
+        same = next(
+            (p for p in package.prices if (p.provider, p.offering, p.as_of) == (row.provider, row.offering, row.as_of)),
+            None,
+        )
     try:
         return Price.model_validate(
             {
@@ -91,6 +112,9 @@ def _price(row: m.GpuPrice) -> Price | None:
                 "source": row.source,
                 "as_of": row.as_of,
                 "status": row.status if row.status in ("read", "secondary", "computed", "measured") else "unverified",
+                "kind": same.kind if same is not None else None,
+                "region": same.region if same is not None else None,
+                "override": bool(row.is_override),
             }
         )
     except ValidationError:
@@ -151,15 +175,17 @@ def load_catalog(session: Session) -> StoreCatalog:
     families: dict[str, GpuFamily] = {}
     memory: dict[str, float] = {}
     prices: dict[str, float] = {}
+    price_lists: dict[str, list[Price]] = {}
     for row in session.scalars(select(m.GpuFamily).options(selectinload(m.GpuFamily.prices))):
         memory[row.id] = row.memory_gib
-        spec = package.get(row.id) if row.in_catalog else None
-        spec = spec or _spec_from_row(row)
+        packaged = package.get(row.id) if row.in_catalog else None
+        spec = packaged or _spec_from_row(row)
         ordered = ordered_prices(row)
         if ordered:
             prices[row.id] = ordered[0].price_per_hour
+        stored = [p for p in (_price(r, packaged) for r in ordered) if p is not None]
+        price_lists[row.id] = stored
         if spec is not None:
-            stored = [p for p in (_price(r) for r in ordered) if p is not None]
             families[row.id] = spec.model_copy(update={"prices": stored or list(spec.prices)})
     recipes = dict(package_catalog.recipes())
     for rec in session.scalars(select(m.Recipe).where(m.Recipe.in_catalog.is_(False))):
@@ -173,6 +199,7 @@ def load_catalog(session: Session) -> StoreCatalog:
         models=dict(package_catalog.models()),
         recipes=recipes,
         calibration=calibrations(session),
+        price_lists=price_lists,
     )
 
 

@@ -46,6 +46,7 @@ from planner.solver.options import (
     default_recipe,
     topology_name,
 )
+from planner.solver.evidence import evidence_warnings, latency_notes
 from planner.solver.plan import (
     Baseline,
     Constraint,
@@ -197,6 +198,8 @@ def _cells(o: Option) -> tuple[StageCell, ...]:
             method=c.method,
             uncertainty=c.uncertainty,
             basis=c.basis,
+            evidence=c.label,
+            compile_s=c.compile_s,
         )
         for c, calls in zip(o.cells, o.calls, strict=True)
     )
@@ -382,6 +385,7 @@ def _assemble(
                             cost_per_hour=cost,
                             cells=_cells(o),
                             latency_bound=o.latency_bound,
+                            startup_s=o.startup_s,
                         )
                     )
                 if credited < w.rate * (1 - 1e-6) and gk not in shared_of:
@@ -413,6 +417,7 @@ def _assemble(
                         cells=_cells(o),
                         shared_gpu=gid,
                         gpu_fraction=o.fraction,
+                        startup_s=o.startup_s,
                     )
                 )
             total_p95 += group_p95
@@ -753,9 +758,19 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         shared_gpus=tuple(core.shared),
         baselines=tuple(baselines),
         sensitivity=sensitivity,
-        # `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
-        warnings=(*core.warnings, *held, *_simulation_warnings(workloads, tried=bool(held) and asked is problem)),
+        # Evidence first (what the plan rests on), then latency stated where there is no objective, then the
+        # rest; `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
+        warnings=(
+            *evidence_warnings(workloads, allow_estimates=problem.allow_estimates),
+            *latency_notes(workloads),
+            *core.warnings,
+            *held,
+            *_simulation_warnings(workloads, tried=bool(held) and asked is problem),
+        ),
         stats=core.stats(),
+        prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
+        offering=problem.offering,
+        allow_estimates=problem.allow_estimates,
     )
 
 

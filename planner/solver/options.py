@@ -10,7 +10,11 @@ A group fits a family when memory(o) <= family memory - reserve. Weights come fr
 counts and the recipe's bytes per parameter; a cell without peak memory counts 1.2 x its weights.
 
 Credited throughput (what a replica counts for against the rate lambda):
-    credit_h(o) = throughput(o) / (1 + headroom + u(o))              (the brief's capacity rule)
+    credit_h(o) = throughput(o) / (1 + headroom + u(o) + s(o))       (the brief's capacity rule)
+    with s(o) the time-weighted `latency_spread` of its measured cells (how far the timed windows' medians
+    spread: run-to-run variation the headroom must also absorb).
+Start-up (planner.solver.startup): every row carries the seconds a replica takes to become ready; a workload's
+`max_startup_s` leaves out the rows slower than that.
     with a p95 objective L, the group gets the budget L x (its stages' share of the fastest per-stage
     service times), so the budgets of any topology's groups add up to L; c*(o) is the smallest replica count
     >= ceil(lambda / credit_h) whose pool p95 (planner.solver.latency) fits the budget, and
@@ -68,6 +72,7 @@ from planner.solver.latency import (
     shared_check_p95_s,
 )
 from planner.solver.problem import Problem, SolverOptions, Workload
+from planner.solver.startup import startup_seconds
 
 Group = tuple[str, ...]
 """Consecutive stages served together on one GPU."""
@@ -147,6 +152,8 @@ class Option:
     budget_s: float | None
     share_class: int = -1
     alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
+    startup_s: float = 0.0
+    """Seconds a replica takes to become ready (planner.solver.startup)."""
     """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
     (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
 
@@ -278,6 +285,8 @@ class _Table:
     uncertainty: FloatArray
     memory_gib: FloatArray
     power_w: FloatArray
+    startup_s: FloatArray
+    spread: FloatArray
     combos: list[tuple[CellEstimate, ...]]
     fastest: dict[str, float]
     steps: int
@@ -406,7 +415,7 @@ class OptionBuilder:
         steps: int,
         h: int,
         w: int,
-        rows: list[tuple[float, float, float, float, float, float]],
+        rows: list[tuple[float, float, float, float, float, float, float, float]],
         combos: list[tuple[CellEstimate, ...]],
     ) -> None:
         """Append one (group, family)'s rows: T, T95, u, memory and power of each recipe x batch combo."""
@@ -415,13 +424,14 @@ class OptionBuilder:
             if any(not cells for cells in per_stage):
                 continue
             for combo in itertools.product(*per_stage):
-                t = p95 = weighted_u = weights = act = power_num = 0.0
+                t = p95 = weighted_u = weighted_spread = weights = act = power_num = 0.0
                 power_known = mem_known = True
                 for cell in combo:
                     calls = steps if cell.stage == "denoiser" else 1
                     t += calls * cell.latency_ms
                     p95 += calls * cell.latency_p95_ms
                     weighted_u += calls * cell.latency_ms * cell.uncertainty
+                    weighted_spread += calls * cell.latency_ms * (cell.spread or 0.0)
                     wgt = self.perf.weight_gib(model, cell.stage, cell.recipe)
                     peak = cell.peak_mem_gib
                     if peak is None:
@@ -445,6 +455,8 @@ class OptionBuilder:
                         weighted_u / t if t > 0 else 0.0,
                         weights + act if mem_known else math.nan,
                         power_num / t if power_known and t > 0 else math.nan,
+                        startup_seconds(self.perf, combo, b),
+                        weighted_spread / t if t > 0 else 0.0,
                     )
                 )
                 combos.append(combo)
@@ -485,7 +497,7 @@ class OptionBuilder:
                     for cell in self._stage_cells(fam, model.id, stage, allowed[stage], b, h, w):
                         best = min(best, calls * cell.latency_p95_ms * (1 + cell.uncertainty) / 1e3)
             fastest[stage] = best
-        rows: list[tuple[float, float, float, float, float, float]] = []
+        rows: list[tuple[float, float, float, float, float, float, float, float]] = []
         combos: list[tuple[CellEstimate, ...]] = []
         seg_group: list[int] = []
         seg_family: list[int] = []
@@ -514,6 +526,8 @@ class OptionBuilder:
             uncertainty=arr[:, 3],
             memory_gib=arr[:, 4],
             power_w=arr[:, 5],
+            startup_s=arr[:, 6],
+            spread=arr[:, 7],
             combos=combos,
             fastest=fastest,
             steps=steps,
@@ -762,10 +776,11 @@ class OptionBuilder:
         diag.max_free_gib = max(diag.max_free_gib, float(free_by_family.max()))
         free = free_by_family[tbl.seg_family]
         fits = np.ones(b.shape, dtype=bool) if flt.ignore_memory else ~(mem > free)
+        fits &= _starts_in_time(tbl, w, model_id, fits, diag)
         thr = b / t
         service = t * (1 + u)
         own = tbl.p95_s * (1 + u)
-        credit_h = thr / (1 + w.headroom + u)
+        credit_h = thr / (1 + w.headroom + u + tbl.spread)
         c0 = np.maximum(1.0, np.ceil(lam / credit_h - 1e-9))
         has_budget = w.p95_latency_s is not None
         budget = np.array([math.inf if x is None else x for x in group_budget])[tbl.seg_group]
@@ -957,6 +972,27 @@ class OptionBuilder:
         return out, batch
 
 
+def _starts_in_time(
+    tbl: _Table, w: Workload, model_id: str, fits: NDArray[np.bool_], diag: Diagnostics
+) -> NDArray[np.bool_]:
+    """Rows whose replicas start within the workload's `max_startup_s` (all rows without a cap); when the cap
+    leaves a group that fits in memory nothing, the workload's diagnostics say which group and how fast it could
+    start at best."""
+    if w.max_startup_s is None:
+        return np.ones(tbl.startup_s.shape, dtype=bool)
+    quick = tbl.startup_s <= w.max_startup_s
+    for gi, group in enumerate(tbl.groups):
+        rows = (tbl.seg_group == gi) & fits
+        if np.any(rows) and not np.any(rows & quick):
+            best = float(tbl.startup_s[rows].min())
+            diag.reasons.append(
+                f"{model_id}: every option of its {group_name(group)} group needs at least {best:.0f} s to start a "
+                f"replica (weights load + compiling each batch size it runs), over max_startup_s "
+                f"{w.max_startup_s:g} s"
+            )
+    return quick
+
+
 class _RowLists:
     """A table's columns as Python lists (and per-row tuples), so building an Option costs no numpy."""
 
@@ -970,6 +1006,7 @@ class _RowLists:
         self.power = [None if math.isnan(p) else p for p in tbl.power_w.tolist()]
         self.group = tbl.seg_group.tolist()
         self.family = tbl.seg_family.tolist()
+        self.startup = tbl.startup_s.tolist()
         self.recipes = [tuple(c.recipe for c in combo) for combo in tbl.combos]
         steps = tbl.steps
         self.calls = [tuple(steps if c.stage == "denoiser" else 1 for c in combo) for combo in tbl.combos]
@@ -1015,6 +1052,7 @@ class _RowLists:
             budget,
             share_class,
             alternatives,
+            self.startup[i],
         )
 
 
