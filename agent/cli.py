@@ -24,6 +24,8 @@ app = typer.Typer(
     help="GPU host agent: inventory, calibration and probe sweeps of diffusion pipelines, reported to the planner.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain click help: rich markup would eat every `[default: ...]` (as "Port .") and show flags as <bool>.
+    rich_markup_mode=None,
 )
 console = Console()
 err = Console(stderr=True)

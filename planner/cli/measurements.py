@@ -17,7 +17,9 @@ from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import write_rows
 from planner.measurements.store import check_filters, import_file, iter_rows, measurements_query
 
-app = typer.Typer(help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True)
+app = typer.Typer(
+    help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("import")

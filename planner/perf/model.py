@@ -216,6 +216,9 @@ class PerfModel:
         override_rows: Iterable[MeasurementRow] = (),
     ) -> None:
         """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them."""
+        rows = list(rows)
+        override_rows = list(override_rows)
+        self._inputs = (rows, override_rows, dict(calibration or {}))
         self.families = dict(families)
         self.models = dict(models)
         self.recipes = dict(recipes)
@@ -251,6 +254,23 @@ class PerfModel:
         self._recipes: dict[tuple[str, str, int, int], set[str]] = defaultdict(set)
         for model, stage, recipe, h, w in self._by_config:
             self._recipes[(model, stage, h, w)].add(recipe)
+
+    def with_settings(self, **changes: object) -> PerfModel:
+        """The same inputs under other settings (e.g. `estimates=True` to price what was not measured)."""
+        rows, override_rows, calibration = self._inputs
+        return PerfModel(
+            rows,
+            families=self.families,
+            models=self.models,
+            recipes=self.recipes,
+            calibration=calibration,
+            settings=replace(self.settings, **changes),  # type: ignore[arg-type]
+            override_rows=override_rows,
+        )
+
+    def measured_families_of(self, model: str) -> set[str]:
+        """Families with at least one usable measured cell of a model (any stage, recipe, size)."""
+        return {row.gpu_family for row in self._cells.values() if row.model == model and row.source == "measured"}
 
     # ---- what is known ------------------------------------------------------------------------------
     def _unusable(self, row: MeasurementRow) -> bool:

@@ -260,3 +260,13 @@ def parse_what_if(text: str) -> list[WhatIfPoint]:
         else:
             points.append(WhatIfPoint(label=f"{value:g} images/s", total_rate=value))
     return points
+
+
+def merge_what_if(specs: Sequence[str]) -> list[WhatIfPoint]:
+    """Repeated `--what-if` flags merged into one sweep (each parsed alone; a point given twice runs once)."""
+    points: list[WhatIfPoint] = []
+    for spec in specs:
+        for point in parse_what_if(spec):
+            if point not in points:
+                points.append(point)
+    return points

@@ -46,7 +46,7 @@ from planner.solver.options import (
     default_recipe,
     topology_name,
 )
-from planner.solver.evidence import evidence_warnings, latency_notes
+from planner.solver.evidence import evidence_warnings, latency_notes, left_out_line
 from planner.solver.plan import (
     Baseline,
     Constraint,
@@ -762,6 +762,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         # rest; `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
         warnings=(
             *evidence_warnings(workloads, allow_estimates=problem.allow_estimates),
+            *left_out_line(problem),
             *latency_notes(workloads),
             *core.warnings,
             *held,

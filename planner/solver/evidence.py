@@ -13,6 +13,29 @@ from collections.abc import Sequence
 
 from planner.solver.options import group_name
 from planner.solver.plan import WorkloadPlan
+from planner.solver.problem import Problem
+
+
+def unmeasured_families(problem: Problem) -> list[str]:
+    """Fleet families that some workload's model has no measured cell on (in fleet order)."""
+    models = {m for w in problem.workloads for m in w.models}
+    measured = {m: problem.perf.measured_families_of(m) for m in models}
+    return [fid for fid in problem.families if any(fid not in measured[m] for m in models)]
+
+
+def left_out_line(problem: Problem) -> list[str]:
+    """Without estimates, the fleet families the plan could not consider, said once."""
+    if problem.allow_estimates:
+        return []
+    missing = unmeasured_families(problem)
+    if not missing:
+        return []
+    models = ", ".join(sorted({m for w in problem.workloads for m in w.models}))
+    return [
+        f"Left out: {', '.join(missing)}: no agent measured {models} on them, and estimates are not allowed. "
+        "`opportunities` ranks them by what they could save; --allow-estimates (or `allow_estimates: true`) plans "
+        "on their estimates, labelled."
+    ]
 
 _NEAR = ("interpolated", "scaled")
 
