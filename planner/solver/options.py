@@ -28,7 +28,8 @@ Shared mode (several low-rate groups on one GPU): the fraction of a GPU the grou
 
 Pruning before the MILP (exact, not heuristic):
 - per (stage, family, batch), a recipe that is no faster at median and p95, no surer, and no smaller in
-  weights, peak memory and power than another is dropped (it cannot improve any group containing it);
+  weights, peak memory, power, compile time and spread than another is dropped (it cannot improve any group
+  containing it);
 - per (workload, model, group, family), dedicated replicas all cost the family's price, and memory only has to
   fit, so the option with the largest credit dominates the others (with energy prices, the Pareto front of
   credit vs $/replica-hour); the latency objective is already inside the credit;
@@ -399,6 +400,8 @@ class OptionBuilder:
                 math.inf if peak is None else peak,
                 math.inf if weights is None else weights,
                 math.inf if cell.power_w is None else cell.power_w,
+                cell.compile_s or 0.0,  # a slower start can matter (max_startup_s): keep the eager recipe
+                cell.spread or 0.0,
             )
             items.append((crit, cell))
         kept = _pareto(items)

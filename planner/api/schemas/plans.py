@@ -20,7 +20,7 @@ from planner.api.schemas.common import (
 
 Stage = Literal["text_encoder", "denoiser", "vae_decoder"]
 STAGE_ORDER = ("text_encoder", "denoiser", "vae_decoder")
-Replicas = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Replicas = Annotated[int, Field(ge=0, le=1_000_000, description="whole GPUs, as the CLI prints them")]
 Throughput = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 
 EXAMPLE_RESULT: dict[str, Any] = {
@@ -93,7 +93,9 @@ class PlanResult(_Open):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_RESULT]})
 
     total_cost_per_hour: Money
-    gpus: dict[Ident, Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = Field(max_length=64)
+    gpus: dict[Ident, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        max_length=64, description="GPUs per family: whole GPUs, as the CLI prints them"
+    )
     workloads: list[PlanWorkloadResult] = Field(max_length=256)
     feasible: bool = True
 
@@ -139,7 +141,7 @@ class PlanGroupOut(Out):
     family: str = Field(validation_alias="gpu_family_id")
     recipes: dict[str, str]
     batch: int
-    replicas: float
+    replicas: int
     throughput: float
     utilization: float | None
 
@@ -233,7 +235,7 @@ class RoutingPool(Out):
     family: str = Field(validation_alias="gpu_family_id")
     recipes: dict[str, str]
     batch: int
-    replicas: float
+    replicas: int
     capacity: float = Field(description="images/s the pool's replicas carry together")
     weight: float = Field(description="share of the workload's traffic for these stages this pool takes")
 
