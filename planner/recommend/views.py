@@ -185,14 +185,18 @@ def workload_view(wp: WorkloadPlan) -> View:
 def headline_lines(plan: Plan) -> list[str]:
     """The first lines of every output: what the plan rests on, its estimates, and the prices it compares."""
     summary = plan.evidence_summary()
-    counts = ", ".join(f"{n} {m}" for m, n in sorted(summary["groups"].items())) or "no groups"
+    methods = summary["groups"]
+    counts = ", ".join(f"{n} {m}" for m, n in sorted(methods.items())) or "no groups"
+    worst = f"up to ±{summary['largest_uncertainty']:.0%}"
     if summary["measured_only"]:
         rests = f"Evidence: the plan rests on measurements ({counts} group(s))."
-    else:
+    elif set(methods) <= {"measured", "interpolated", "scaled"}:
         rests = (
-            f"Evidence: the plan rests on ESTIMATES ({counts} group(s); up to ±{summary['largest_uncertainty']:.0%}): "
-            "see the warnings before buying."
+            f"Evidence: the plan rests on measurements scaled to this image size ({counts} group(s); {worst}): "
+            "no agent measured this size; see the warnings."
         )
+    else:
+        rests = f"Evidence: the plan rests on ESTIMATES ({counts} group(s); {worst}): see the warnings before buying."
     if plan.allow_estimates:
         rests += " Estimates allowed: unmeasured families may be used, labelled."
     else:

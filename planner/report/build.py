@@ -112,7 +112,7 @@ def write_report(
         context_lines=v.context_lines(context),
         sections=sections,
         lead_lines=lead,
-        risky=not summary["measured_only"],
+        risky=not set(summary["groups"]) <= {"measured", "interpolated", "scaled"},
         section_notes={
             risk: [f"Warning: {w}" for w in plan.warnings] or ["No warnings."],
             "What to probe next": [no_probe] if no_probe else [],
