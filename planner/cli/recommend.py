@@ -63,7 +63,8 @@ def recommend(
     family: Annotated[
         list[str] | None,
         typer.Option(
-            "--family", help="A GPU family the plan may use (repeat) [default: every family with a price at --offering]."
+            "--family",
+            help="A GPU family the plan may use (repeat) [default: every family with a price at --offering].",
         ),
     ] = None,
     price: Annotated[
@@ -98,8 +99,7 @@ def recommend(
         bool,
         typer.Option(
             "--probe-next/--no-probe-next",
-            help="Rank the fleet's unmeasured families by what they could save (one extra solve each) "
-            "[default: on].",
+            help="Rank the fleet's unmeasured families by what they could save (one extra solve each) [default: on].",
         ),
     ] = True,
     available: Annotated[

@@ -99,7 +99,13 @@ SIZE_INDEPENDENT_STAGES = frozenset({"text_encoder"})
 INTERPOLATION_UNCERTAINTY_PER_DOUBLING = 0.05
 SCALE_UNCERTAINTY_BASE = 0.05
 SCALE_UNCERTAINTY_PER_LOG = 0.10
-EVIDENCE_RANK: dict[str, int] = {"measured": 0, "interpolated": 1, "scaled": 2, "imported-estimate": 3, "transferred": 4}
+EVIDENCE_RANK: dict[str, int] = {
+    "measured": 0,
+    "interpolated": 1,
+    "scaled": 2,
+    "imported-estimate": 3,
+    "transferred": 4,
+}
 """How sure each method is, surest first: a group is labelled by its least sure cell."""
 ESTIMATE_METHODS = frozenset({"imported-estimate", "transferred"})
 """Methods a plan uses only when the user allows estimates (module docstring, "Evidence first")."""

@@ -153,7 +153,7 @@ def opportunities(problem: Problem, plan: Plan, *, tick: Tick | None = None) -> 
                 cost_range=[round(low, 4), round(high, 4)],
                 saving_range=[round(base - high, 4), round(base - low, 4)],
                 uncertainty=round(u, 4),
-                gpus={f: n for f, n in sorted(answer.gpus.items())},
+                gpus=dict(sorted(answer.gpus.items())),
                 evidence=sorted({g.evidence for _, g in on_f}),
                 **_measure(problem, fid, can_run, on_f),
                 reason="",

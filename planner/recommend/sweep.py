@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from planner.perf.model import QualityMetric
 from planner.recommend.quick import WhatIfPoint
 from planner.scenario import QualityFloor
-from planner.solver.evidence import unmeasured_families
 from planner.solver import OptionBuilder, Plan, Problem, Workload, solve
+from planner.solver.evidence import unmeasured_families
 from planner.solver.plan import WorkloadPlan
 
 Tick = Callable[[str], None]

@@ -213,7 +213,8 @@ def _price_line(family: str, p: dict[str, object]) -> str:
     if p.get("provider") is None:
         return f"{family} {money_text}/GPU-h (from {p.get('source')})"
     region = f", {p['region']}" if p.get("region") else ""
-    return f"{family} {money_text}/GPU-h ({p.get('provider')} {p.get('offering')}{region}, {p.get('date')}; {p.get('source')})"
+    offer = f"{p.get('provider')} {p.get('offering')}{region}, {p.get('date')}"
+    return f"{family} {money_text}/GPU-h ({offer}; {p.get('source')})"
 
 
 def prices_view(plan: Plan) -> View:
@@ -363,8 +364,7 @@ def cells_view(plan: Plan) -> View:
         right=frozenset({4, 5, 6}),
         caption=f"{measured} of {len(rows)} stage latencies measured; the others are derived (interpolated between "
         "measured batches, scaled from a measured image size) or estimated (transferred from a measured family by "
-        "the roofline model, only with estimates allowed)."
-        + advice,
+        "the roofline model, only with estimates allowed)." + advice,
     )
 
 

@@ -56,8 +56,7 @@ def write_report(
             "on one family; the black dashed line lets the solver mix families (measured ones only, unless estimates "
             "are allowed). Solid lines: measured families (thick: in this plan). Thin dashed lines with hollow "
             "markers: families no agent measured, on their roofline estimates: measure before trusting them. Lower "
-            "is cheaper."
-            + (f" No plan at any rate on: {', '.join(s.unserved)}." if s.unserved else ""),
+            "is cheaper." + (f" No plan at any rate on: {', '.join(s.unserved)}." if s.unserved else ""),
         )
         for s in rate_sweeps(problem, builder=builder, tick=step)
     ]

@@ -101,7 +101,9 @@ def render(
     for heading, views, figures in sections:
         parts.append(f'<h2 id="{_slug(heading)}">{html.escape(heading)}</h2>')
         if notes.get(heading):
-            parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes[heading]) + "</ul>")
+            parts.append(
+                '<ul class="warnings">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes[heading]) + "</ul>"
+            )
         parts.extend(table_html(v) for v in views)
         parts.extend(figure_html(f) for f in figures)
     parts.append("</body></html>")

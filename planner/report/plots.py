@@ -55,7 +55,9 @@ def rate_figure(sweep: RateSweep, chosen: frozenset[str] = frozenset()) -> Figur
         xs, ys = zip(*pts, strict=True)
         color = palette[k % len(palette)]
         if curve.family == ANY_FAMILY:
-            ax.plot(xs, ys, color="black", linewidth=1.6, linestyle="--", label="best mix (this plan's choice)", zorder=6)
+            ax.plot(
+                xs, ys, color="black", linewidth=1.6, linestyle="--", label="best mix (this plan's choice)", zorder=6
+            )
             continue
         k += 1
         if curve.estimated:
@@ -178,8 +180,8 @@ def gpus_figure(plan: Plan) -> Figure:
 def legend_overlaps_axes(fig: Figure) -> bool:
     """Whether any legend of a figure covers part of its axes (where the data is drawn)."""
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    renderer = canvas.get_renderer()
+    canvas.draw()  # type: ignore[no-untyped-call]
+    renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
     for ax in fig.axes:
         legend = ax.get_legend()
         if legend is None:

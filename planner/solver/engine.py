@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from planner.scenario import QualityFloor, QualityScores
+from planner.solver.evidence import evidence_warnings, latency_notes, left_out_line
 from planner.solver.latency import Tenant, queue_wait_p95_s, shared_p95_s
 from planner.solver.milp import MilpResult, solve_milp, solve_with_availability
 from planner.solver.options import (
@@ -46,7 +47,6 @@ from planner.solver.options import (
     default_recipe,
     topology_name,
 )
-from planner.solver.evidence import evidence_warnings, latency_notes, left_out_line
 from planner.solver.plan import (
     Baseline,
     Constraint,

@@ -37,6 +37,7 @@ def left_out_line(problem: Problem) -> list[str]:
         "on their estimates, labelled."
     ]
 
+
 _NEAR = ("interpolated", "scaled")
 
 

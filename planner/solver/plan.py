@@ -363,7 +363,10 @@ class Plan:
             "warnings": list(self.warnings),
             "evidence": self.evidence_summary(),
             "offering": self.offering,
-            "prices": {f: {k: (_num(v) if isinstance(v, float) else v) for k, v in p.items()} for f, p in sorted(self.prices.items())},
+            "prices": {
+                f: {k: (_num(v) if isinstance(v, float) else v) for k, v in p.items()}
+                for f, p in sorted(self.prices.items())
+            },
             "opportunities": list(self.opportunities),
             "feasible": self.feasible,
             "shared_gpus": [s.to_dict() for s in self.shared_gpus],

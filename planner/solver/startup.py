@@ -5,9 +5,10 @@
 `sizes(b)` are the batch shapes a worker of the pool warms: the scheduler pads a short batch up to the next
 power of two (`compiled_batches: pow2`, SchedulerSettings' default), so a pool at batch b compiles 1, 2, 4, ...
 up to b (and b itself). `compile_s` is what the agent measured for the first call of that shape (the
-measurement's `compile_s`); a shape without its own measurement takes the pool batch's. A recipe that is not compiled has no `compile_s` and adds
-nothing. The weights are read at WEIGHTS_LOAD_GBPS, an assumption (a local NVMe read of safetensors), not a
-measurement: the agent does not time the load yet, and the plan says so where it shows the figure.
+measurement's `compile_s`); a shape without its own measurement takes the pool batch's. A recipe that is not
+compiled has no `compile_s` and adds nothing. The weights are read at WEIGHTS_LOAD_GBPS, an assumption (a local
+NVMe read of safetensors), not a measurement: the agent does not time the load yet, and the plan says so where it
+shows the figure.
 
 A workload's `max_startup_s` (scenario key; `--max-startup`) leaves out every option slower to start, for fleets
 that autoscale and need a replica in time; the solver names the group it blocks when nothing is left.
@@ -39,7 +40,11 @@ def compile_seconds(perf: PerfModel, cell: CellEstimate, batch: int) -> float:
         return 0.0
     total = 0.0
     for n in warmed_batches(batch):
-        at = cell if n == cell.batch else perf.latency(cell.family, cell.model, cell.stage, cell.recipe, n, cell.height, cell.width)
+        at = (
+            cell
+            if n == cell.batch
+            else perf.latency(cell.family, cell.model, cell.stage, cell.recipe, n, cell.height, cell.width)
+        )
         known = at.compile_s if at is not None else None
         total += known if known is not None else cell.compile_s
     return total

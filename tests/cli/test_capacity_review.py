@@ -43,7 +43,7 @@ def recommend(url: str, *args: str) -> CliResult:
 
 def plan_json(url: str, *args: str) -> dict[str, Any]:
     result = recommend(url, *args, "--format", "json")
-    assert result.returncode == 0, (result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
@@ -93,10 +93,14 @@ def test_the_default_plan_rests_on_measurements_and_ranks_what_to_probe(measured
             assert o["command"].startswith("agent probe --model sdxl ")
             assert f"--gpu-family {o['family']} --report" in o["command"]
         else:
-            assert "NVML" in o["how"] and o["command"].startswith("planner measurements import")
+            assert "NVML" in o["how"]
+            assert o["command"].startswith("planner measurements import")
     for fam in plan["gpus"]:
         price = plan["prices"][fam]
-        assert price["provider"] and price["offering"] and price["source"] and price["date"]
+        assert price["provider"]
+        assert price["offering"]
+        assert price["source"]
+        assert price["date"]
         assert price["kind"] == "on-demand"
     assert plan["prices"]["h100-sxm-80gb"]["price_per_hour"] == 4.76  # RunPod pod on-demand, diffusion-facts §7
 
@@ -127,7 +131,8 @@ def test_the_table_leads_with_evidence_and_prices(reference_url: str) -> None:
     assert lines[0].startswith("Evidence: the plan rests on ESTIMATES")
     assert lines[1].startswith("Prices (on-demand unless given): mi300x-192gb $1.71/GPU-h (tensorwave")
     assert out.index("warning: This plan rests on ESTIMATES") < out.index("sdxl at 10 images/s")
-    assert "What to probe next" in out and "Prices" in out
+    assert "What to probe next" in out
+    assert "Prices" in out
 
 
 @pytest.mark.parametrize(("height", "width"), [(768, 768), (1024, 768)])
@@ -166,7 +171,9 @@ def test_no_objective_says_so_and_never_meets_it(reference_url: str) -> None:
     assert "its p95 is" in note
 
 
-def test_a_scenario_picks_the_offering_and_overrides_a_price_with_its_source(reference_url: str, tmp_path: Path) -> None:
+def test_a_scenario_picks_the_offering_and_overrides_a_price_with_its_source(
+    reference_url: str, tmp_path: Path
+) -> None:
     scenario = tmp_path / "spot.yaml"
     scenario.write_text(
         "offering: spot\n"
@@ -185,7 +192,8 @@ def test_a_scenario_picks_the_offering_and_overrides_a_price_with_its_source(ref
     )
     result = recommend(reference_url, "--scenario", str(bad))
     assert result.returncode != 0
-    assert "has no reserved price in the catalog" in (result.stdout + result.stderr) and "Fix:" in (result.stdout + result.stderr)
+    assert "has no reserved price in the catalog" in (result.stdout + result.stderr)
+    assert "Fix:" in (result.stdout + result.stderr)
 
 
 def test_a_start_up_cap_leaves_slow_to_compile_recipes_out(reference_url: str) -> None:
@@ -200,8 +208,9 @@ def test_a_start_up_cap_leaves_slow_to_compile_recipes_out(reference_url: str) -
 
 def test_repeated_what_if_flags_merge(reference_url: str) -> None:
     out = recommend(reference_url, "--model", "sdxl", "--rate", "10", "--what-if", "rate=x0.5", "--what-if", "rate=20")
-    assert out.returncode == 0, (out.stdout + out.stderr)
-    assert "x0.5" in out.stdout and "20 images/s" in out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "x0.5" in out.stdout
+    assert "20 images/s" in out.stdout
 
 
 def test_help_shows_every_default_and_no_bool_metavars() -> None:

@@ -542,7 +542,9 @@ def test_an_unmeasured_size_is_planned_from_the_measured_one_and_says_so(referen
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert first.startswith("Evidence: the plan rests on measurements scaled to this image size")
-    plan = json.loads(recommend(reference_url, "-m", "sdxl", "-r", "1", "--height", "1000", "--width", "1000", "-f", "json").stdout)
+    plan = json.loads(
+        recommend(reference_url, "-m", "sdxl", "-r", "1", "--height", "1000", "--width", "1000", "-f", "json").stdout
+    )
     cells = {c["stage"]: c["evidence"] for g in plan["workloads"][0]["groups"] for c in g["cells"]}
     assert cells["text_encoder"] == "measured"
     assert cells["denoiser"].startswith("scaled from 1024x1024")

@@ -51,13 +51,16 @@ window.addEventListener('load', () => {
   const sections = {};
   for (const h of document.querySelectorAll('h2')) {
     let n = 0, el = h.nextElementSibling;
-    while (el && el.tagName !== 'H2') { n += el.getBoundingClientRect().height > 0 ? 1 : 0; el = el.nextElementSibling; }
+    while (el && el.tagName !== 'H2') {
+      n += el.getBoundingClientRect().height > 0 ? 1 : 0; el = el.nextElementSibling;
+    }
     sections[h.id] = {heading: rect(h), parts: n};
   }
   const firstTable = document.querySelector('#recommendation ~ table');
   const heads = [...firstTable.querySelectorAll('th')].map((th) => [th.textContent, rect(th)]);
   const images = [...document.images].map((img) => ({loaded: img.complete && img.naturalWidth > 0, ...rect(img)}));
-  const out = {H, W, scrollWidth: document.documentElement.scrollWidth, sections, lead: rect(document.getElementById('lead')),
+  const out = {H, W, scrollWidth: document.documentElement.scrollWidth, sections,
+               lead: rect(document.getElementById('lead')),
                leadText: document.getElementById('lead').textContent, table: rect(firstTable),
                heads: Object.fromEntries(heads), images};
   const pre = document.createElement('pre'); pre.id = 'probe-result'; pre.textContent = JSON.stringify(out);
@@ -102,8 +105,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         args = ["--model", "sdxl", "--rate", "10", "--p95", "10", "--report", str(root / "out")]
         result = invoke("recommend", "--database-url", url, *args)
         get_settings.cache_clear()
-    assert result.returncode == 0, (result.stdout + result.stderr)
-    yield root / "out" / "index.html"
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "out" / "index.html"
 
 
 def test_every_section_renders_and_the_first_screen_shows_plan_evidence_and_cost(report: Path) -> None:
@@ -118,15 +121,19 @@ def test_every_section_renders_and_the_first_screen_shows_plan_evidence_and_cost
 
     assert list(page["sections"]) == list(SECTIONS)
     for sid, section in page["sections"].items():
-        assert section["heading"]["height"] > 0 and section["parts"] >= 1, sid
+        assert section["heading"]["height"] > 0, sid
+        assert section["parts"] >= 1, sid
     assert page["scrollWidth"] <= page["W"], "something runs off the right edge of the page"
-    assert page["images"] and all(img["loaded"] and img["right"] <= page["W"] for img in page["images"])
+    assert page["images"]
+    assert all(img["loaded"] and img["right"] <= page["W"] for img in page["images"])
 
     # The first screen: the lead (plan, GPUs, $/hour, evidence, prices) and the plan's table with its evidence
     # and cost columns, all above the fold.
     assert page["lead"]["bottom"] <= page["H"]
     lead = page["leadText"]
-    assert "Plan: " in lead and "/hour" in lead and "Evidence: the plan rests on measurements" in lead
+    assert "Plan: " in lead
+    assert "/hour" in lead
+    assert "Evidence: the plan rests on measurements" in lead
     assert "Prices (on-demand" in lead
     for column in ("family", "replicas", "$/hour", "$/image", "evidence"):
         assert page["heads"][column]["bottom"] <= page["H"], column
@@ -137,7 +144,8 @@ def test_the_screenshot_is_the_page_not_a_blank(report: Path, tmp_path: Path) ->
     browser = chromium()
     shot = tmp_path / "first-screen.png"
     proc = browse(browser, report, f"--screenshot={shot}")
-    assert proc.returncode == 0 and shot.is_file(), proc.stderr.decode()[-2000:]
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert shot.is_file()
     image = Image.open(io.BytesIO(shot.read_bytes())).convert("L")
     assert image.size == VIEWPORT
     assert ImageStat.Stat(image).stddev[0] > 20  # text and tables, not an empty or error page

@@ -250,8 +250,10 @@ def test_text_encoder_cells_serve_any_image_size_and_other_stages_are_scaled() -
     assert p.batches_for("m", "text_encoder", "bf16", 1000, 1000) == [1]
     scaled = p.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000)
     assert scaled is not None
-    assert scaled.method == "scaled" and scaled.evidence == "scaled from 1024x1024"
-    assert scaled.latency_ms < 90.0 and scaled.uncertainty > 0
+    assert scaled.method == "scaled"
+    assert scaled.evidence == "scaled from 1024x1024"
+    assert scaled.latency_ms < 90.0
+    assert scaled.uncertainty > 0
     assert p.recipes_for("m", "denoiser", 1000, 1000) == {"bf16"}
     assert p.sizes_for("m", "denoiser") == [(1024, 1024)]
     off = perf(rows, scale_resolution=False)
@@ -267,7 +269,9 @@ def test_scaling_follows_flops_keeps_overhead_and_grows_uncertainty_with_distanc
     quarter = p.latency("h100", "m", "denoiser", "bf16", 4, 512, 512)
     near = p.latency("h100", "m", "denoiser", "bf16", 4, 1024, 768)
     double = p.latency("h100", "m", "denoiser", "bf16", 4, 1024, 2048)
-    assert quarter is not None and near is not None and double is not None
+    assert quarter is not None
+    assert near is not None
+    assert double is not None
     assert 100.0 < quarter.latency_ms < 400.0
     assert 400.0 < double.latency_ms <= 800.0
     assert near.uncertainty < quarter.uncertainty
@@ -290,7 +294,8 @@ def test_estimates_off_drops_transfers_and_imported_estimates() -> None:
     assert on.latency("a100", "m", "vae_decoder", "bf16", 1, 1024, 1024) is not None
     assert off.latency("a100", "m", "vae_decoder", "bf16", 1, 1024, 1024) is None
     mid = off.latency("h100", "m", "denoiser", "bf16", 2, 1024, 1024)
-    assert mid is not None and mid.evidence == "interpolated"
+    assert mid is not None
+    assert mid.evidence == "interpolated"
     assert on.with_settings(estimates=False).latency("a100", "m", "denoiser", "bf16", 1, 1024, 1024) is None
 
 

@@ -35,7 +35,8 @@ def test_compile_time_lengthens_start_up_and_a_cap_leaves_the_compiled_recipe_ou
     w = workload("w", rate=8.0)
     plain = solve(problem(_compiled("h100", None), [fam], [w], models=[MODEL]))
     slow = solve(problem(_compiled("h100", 60.0), [fam], [w], models=[MODEL]))
-    assert plain.feasible and slow.feasible
+    assert plain.feasible
+    assert slow.feasible
     (g_plain,) = plain.workloads[0].groups
     (g_slow,) = slow.workloads[0].groups
     assert g_slow.recipes["denoiser"] == "bf16-compile"
@@ -44,7 +45,9 @@ def test_compile_time_lengthens_start_up_and_a_cap_leaves_the_compiled_recipe_ou
     assert g_slow.startup_s == pytest.approx(load + 60.0 * len(warmed_batches(g_slow.batch)), rel=1e-6)
     assert slow.to_dict()["workloads"][0]["groups"][0]["startup_s"] == pytest.approx(g_slow.startup_s, abs=0.1)
 
-    capped = solve(problem(_compiled("h100", 60.0), [fam], [workload("w", rate=8.0, max_startup_s=30.0)], models=[MODEL]))
+    capped = solve(
+        problem(_compiled("h100", 60.0), [fam], [workload("w", rate=8.0, max_startup_s=30.0)], models=[MODEL])
+    )
     assert capped.feasible
     assert all(g.recipes["denoiser"] == "bf16" for g in capped.workloads[0].groups)
     assert all(g.startup_s <= 30.0 for g in capped.workloads[0].groups)
