@@ -218,4 +218,4 @@ def test_help_shows_every_default_and_no_bool_metavars() -> None:
     for default in ("[default: on-demand]", "[default: 0.2]", "[default: table]", "[default: the model's]"):
         assert default in " ".join(out.split()), default
     assert "<bool>" not in out
-    assert "[default: 8000]" in " ".join(invoke("serve", "--help").stdout.split())
+    assert "Port [default: PLANNER_API_PORT or 8000]" in " ".join(invoke("serve", "--help").stdout.split())

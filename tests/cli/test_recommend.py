@@ -100,12 +100,16 @@ def check_contract_3(plan: dict[str, Any]) -> None:
 
 
 def test_readme_command_on_a_fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`planner recommend --model sdxl --rate 10` with no store yet: it migrates, seeds and answers."""
+    """`planner recommend --model sdxl --rate 10 --p95 10` with no store yet: it migrates, seeds and answers, first
+    with what the plan rests on (measurements) and its prices, then the plan, and what to probe next."""
     monkeypatch.delenv("PLANNER_DATABASE_URL", raising=False)
     env = {"XDG_DATA_HOME": str(tmp_path), "PLANNER_SEED_REFERENCE_DATA": "true"}
-    proc = run_cli("planner", "recommend", "--model", "sdxl", "--rate", "10", env=env)
+    proc = run_cli("planner", "recommend", "--model", "sdxl", "--rate", "10", "--p95", "10", env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    assert out.startswith("Evidence: the plan rests on measurements")
+    assert "Meets the p95 objective of 10 s" in " ".join(out.split())
+    assert "What to probe next" in out
     assert "sdxl at 10 images/s" in out
     assert "measured on: h100-sxm-80gb" in out
     for heading in ("Fleet", "Savings over the baselines", "Binding constraints", "Measured and estimated numbers"):
