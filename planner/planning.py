@@ -278,7 +278,11 @@ def build_scenario(session: Session, *, fleet: m.Fleet, now: datetime, settings:
     for fam in availability(
         session, fleet=fleet, now=now, stale_s=settings.heartbeat_stale_s, lost_s=settings.heartbeat_lost_s
     ):
-        entry: dict[str, Any] = {"family": fam.family, "price_per_hour": fam.price_per_hour}
+        entry: dict[str, Any] = {
+            "family": fam.family,
+            "price_per_hour": fam.price_per_hour,
+            "price_source": f"fleet {fleet.name!r}"[:300],
+        }
         if fam.available_effective is not None:
             entry["available"] = fam.available_effective
         mem = fam.memory_gib if fam.memory_gib is not None else memory.get(fam.family)
