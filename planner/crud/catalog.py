@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from planner.api.schemas.catalog import FamilyIn, PriceIn
 from planner.catalog.schema import offering_kind
-from planner.scenario import DEFAULT_OFFERING
 from planner.core.errors import ConflictError, NotFoundError
 from planner.db import models as m
+from planner.scenario import DEFAULT_OFFERING
 
 
 def ordered_prices(family: m.GpuFamily) -> list[m.GpuPrice]:

@@ -43,9 +43,10 @@ Where a value comes from, in order of preference:
    A family without ceilings scales the whole call by f. A U-Net's attention (tokens squared) is left in the
    pixel-linear part, as the facts file's §6a scaling note has it: by the analytic count 4 L^2 d per
    self-attention over SDXL's transformer blocks (10 at 4096 tokens x 640, 60 at 1024 x 1280) it is about 0.75
-   of 6.76 TFLOP (11%) at 1024^2, which moves 768^2 by under 3%, inside the scaling uncertainty below. Uncertainty: the source's plus
-   `SCALE_UNCERTAINTY_BASE + SCALE_UNCERTAINTY_PER_LOG |ln f|` (0.05 + 0.10 |ln f|: a chosen margin, not fitted;
-   no two sizes of one model were measured to fit it on). Evidence: `scaled from HxW`.
+   of 6.76 TFLOP (11%) at 1024^2, which moves 768^2 by under 3%, inside the scaling uncertainty below.
+   Uncertainty: the source's plus `SCALE_UNCERTAINTY_BASE + SCALE_UNCERTAINTY_PER_LOG |ln f|` (0.05 + 0.10
+   |ln f|: a chosen margin, not fitted; no two sizes of one model were measured to fit it on). Evidence:
+   `scaled from HxW`.
    A size-independent stage (`SIZE_INDEPENDENT_STAGES`: the text encoder, whose input is the prompt's tokens and
    whose cost `resolution_factor` already takes as 1) asked at a size it was not measured at uses its cells at
    the model's default size, else at the largest measured size, unscaled, and says so in the basis.
