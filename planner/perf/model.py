@@ -43,7 +43,8 @@ Where a value comes from, in order of preference:
    A family without ceilings scales the whole call by f. A U-Net's attention (tokens squared) is left in the
    pixel-linear part, as the facts file's §6a scaling note has it: by the analytic count 4 L^2 d per
    self-attention over SDXL's transformer blocks (10 at 4096 tokens x 640, 60 at 1024 x 1280) it is about 0.75
-   of 6.76 TFLOP (11%) at 1024^2, which moves 768^2 by under 3%, inside the scaling uncertainty below.
+   of 6.76 TFLOP (11%) at 1024^2; counting it as tokens squared would lower 768^2 by under 5% (inside its
+   ±11% below).
    Uncertainty: the source's plus `SCALE_UNCERTAINTY_BASE + SCALE_UNCERTAINTY_PER_LOG |ln f|` (0.05 + 0.10
    |ln f|: a chosen margin, not fitted; no two sizes of one model were measured to fit it on). Evidence:
    `scaled from HxW`.
