@@ -234,15 +234,17 @@ def prices_view(plan: Plan) -> View:
                 str(p.get("region") or "not stated"),
                 str(p.get("date") or "-"),
                 str(p.get("source") or "-"),
+                str(p.get("status") or "-"),
             )
         )
     return View(
         title="Prices",
-        columns=("family", "$/GPU-h", "provider", "offering", "kind", "region", "date", "source"),
+        columns=("family", "$/GPU-h", "provider", "offering", "kind", "region", "date", "source", "status"),
         rows=rows,
         right=frozenset({1}),
         caption=f"Catalog prices are compared at one offering kind ({plan.offering or 'as given'}); --offering or a "
-        "scenario's `offering:` picks another, --price or `price_per_hour:` overrides one.",
+        "scenario's `offering:` picks another, --price or `price_per_hour:` overrides one. status: read (the "
+        "vendor's page), secondary (a price tracker), unverified (general knowledge, not confirmed).",
     )
 
 
