@@ -330,12 +330,14 @@ def solve_fleet(
     fleet_id: int,
     now: datetime | None = None,
     settings: Settings | None = None,
+    allow_estimates: bool = False,
     **options: Any,
 ) -> SolveOutcome:
     """Solve a stored fleet's workloads against the stored measurements; nothing is stored here.
 
-    `options` are `solver:` keys of the scenario (`time_limit_s`, `mip_rel_gap`, `share_gpus`). A fleet that cannot
-    carry its workloads raises InfeasibleError (409) saying how much it carries and what would carry it.
+    `options` are `solver:` keys of the scenario (`time_limit_s`, `mip_rel_gap`, `share_gpus`); `allow_estimates`
+    also plans on families no agent measured (docs/recommend.md, "Evidence first"). A fleet that cannot carry its
+    workloads raises InfeasibleError (409) saying how much it carries and what would carry it.
     """
     settings = settings or get_settings()
     fleet = get_fleet(session, fleet=fleet_id)
@@ -345,6 +347,7 @@ def solve_fleet(
         raise InputError(f"fleet {fleet.name!r} has no GPU families; give it some with PUT /v1/fleets/{fleet.id}")
     data = build_scenario(session, fleet=fleet, now=now or utcnow(), settings=settings)
     data["solver"].update({k: v for k, v in options.items() if v is not None})
+    data["allow_estimates"] = allow_estimates
     scenario = scenario_from_data(data, name=f"fleet {fleet.name!r}")
     rows = stored_rows(session, status="ok")
     started = time.perf_counter()

@@ -75,6 +75,7 @@ def solve(
         time_limit_s=body.time_limit_s,
         mip_rel_gap=body.mip_rel_gap,
         share_gpus=body.share_gpus,
+        allow_estimates=body.allow_estimates,
     )
     result = PlanResult.model_validate(outcome.result)
     inputs = {"scenario": outcome.scenario, "measurements": outcome.measurements, "solver": "planner.solver"}

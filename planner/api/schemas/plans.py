@@ -130,6 +130,10 @@ class SolveIn(Strict):
     time_limit_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     mip_rel_gap: float = Field(default=1e-3, ge=0, le=0.5, allow_inf_nan=False)
     share_gpus: bool = True
+    allow_estimates: bool = Field(
+        default=False,
+        description="also plan on families no agent measured (roofline transfers), labelled; default: measured only",
+    )
     activate: bool = False
 
 
