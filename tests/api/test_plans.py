@@ -375,6 +375,29 @@ def test_solve_stores_the_solvers_plan_with_its_groups_and_routes(
         assert session.get(m.Plan, plan["id"]) is not None
 
 
+def test_solve_plans_on_measured_families_unless_estimates_are_allowed(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    """The service's solve is evidence-first like `planner recommend`: only the H100 was measured, so the L4 is
+    left out (and says so first in `warnings`); `allow_estimates` lets its transferred estimates in, labelled."""
+    measure_sdxl(client)
+    url = f"/v1/fleets/{fleet['id']}/plans/solve"
+    plain = client.post(url, json={"time_limit_s": 5}, headers=ADMIN)
+    assert plain.status_code == 201, plain.text
+    result = plain.json()["plan"]["result"]
+    assert set(result["gpus"]) == {"h100-sxm-80gb"}
+    assert all(isinstance(n, int) for n in result["gpus"].values())
+    assert all(g["evidence"] in ("measured", "interpolated") for w in result["workloads"] for g in w["groups"])
+    assert result["warnings"][0].startswith("Left out: l4-24gb")
+    assert result["prices"]["h100-sxm-80gb"]["source"] == f"fleet {fleet['name']!r}"
+    allowed = client.post(url, json={"time_limit_s": 5, "allow_estimates": True}, headers=ADMIN)
+    assert allowed.status_code == 201, allowed.text
+    estimated = allowed.json()["plan"]["result"]
+    assert estimated["evidence"]["estimates_allowed"] is True
+    for g in (g for w in estimated["workloads"] for g in w["groups"] if g["family"] == "l4-24gb"):
+        assert g["evidence"] == "transferred from h100-sxm-80gb"
+
+
 def test_solve_a_fleet_that_cannot_carry_its_rate_is_409_saying_what_would(
     client: TestClient, fleet: dict[str, Any]
 ) -> None:
