@@ -264,7 +264,7 @@ def opportunities_view(plan: Plan) -> View:
         rows.append(
             (
                 o["family"],
-                money(saving) if saving is not None else "-",
+                ("-" if saving < 0 else "") + money(abs(saving)) if saving is not None else "-",
                 f"{money(low_high[0])}-{money(low_high[1])}" if low_high else "-",
                 f"±{o['uncertainty']:.0%}" if o.get("uncertainty") is not None else "-",
                 "yes" if o["agent_can_measure"] else "no",
