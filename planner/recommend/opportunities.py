@@ -11,8 +11,10 @@ Cost range. The solver already keeps u (the estimate's uncertainty) as extra hea
 and workload headroom h costs c_pt = c (1 + h) / (1 + h + u) at the point estimate; its latency could be off by
 u either way, and the replicas it needs with it (up to rounding to whole GPUs):
     C_low = sum_groups-on-F c_pt (1 - u) + the rest,     C_high = sum_groups-on-F c_pt (1 + u) + the rest.
-Families are ranked by C - C_F (the saving at the estimate); one with no plan even then (no estimate at all: its
-precision missing, no family to transfer from, a vendor-specific recipe) is listed last with the reason.
+Families are ranked by C - C_F (the saving at the estimate). A family whose estimates miss the p95 objective is
+priced without it (`meets_objective: false`, its p95 in `reason`, no saving claimed) and ranked after those that
+meet it; one with no plan even then (no estimate at all: its precision missing, no family to transfer from, a
+vendor-specific recipe) is listed last with the reason.
 
 The command that would measure F is the agent's probe of the recipes and batches F's plan uses, all stages,
 reporting to the planner; the agent reads NVML, so it runs on NVIDIA families only: for another vendor the same
@@ -97,6 +99,19 @@ def _measure(problem: Problem, family: str, can_run: bool, groups: list[tuple[st
     return {"cells": cells, "command": command}
 
 
+def _solve_on(problem: Problem, perf: Any, options: Any, keep: set[str], objective: bool) -> Plan:
+    """`problem` on the families in `keep`, on `perf`; without the p95 objectives when `objective` is off."""
+    workloads = problem.workloads if objective else [replace(w, p95_latency_s=None) for w in problem.workloads]
+    trial = replace(
+        problem,
+        families={f: fam for f, fam in problem.families.items() if f in keep},
+        perf=perf,
+        options=options,
+        workloads=list(workloads),
+    )
+    return solve(trial)
+
+
 def opportunities(problem: Problem, plan: Plan, *, tick: Tick | None = None) -> list[dict[str, Any]]:
     """Unmeasured fleet families ranked by what they could save on `plan` (module docstring)."""
     base = plan.total_cost_per_hour
@@ -106,21 +121,22 @@ def opportunities(problem: Problem, plan: Plan, *, tick: Tick | None = None) -> 
     estimates = problem.perf.with_settings(estimates=True)
     used = {g.family for w in plan.workloads for g in w.groups}
     headroom = {w.name: w.headroom for w in problem.workloads}
+    has_objective = any(w.p95_latency_s is not None for w in problem.workloads)
     rows: list[dict[str, Any]] = []
     options = replace(problem.options, baselines=False, sensitivity=False, simulate_p95=False, progress=None)
     for fid in candidates:
+        # F alone; where it cannot carry every stage, F with the plan's families; where even that misses the p95
+        # objective, F alone without it (priced, but ranked after every family that meets the objective).
+        tries = [({fid}, True), (used | {fid}, True)] + ([({fid}, False)] if has_objective else [])
         answer = alone = plan
-        for keep in ({fid}, used | {fid}):  # F alone; where it cannot carry every stage, F with the plan's families
-            trial = replace(
-                problem,
-                families={f: fam for f, fam in problem.families.items() if f in keep},
-                perf=estimates,
-                options=options,
-            )
-            answer = solve(trial)
-            if keep == {fid}:
+        meets = True
+        for keep, objective in tries:
+            answer = _solve_on(problem, estimates, options, keep, objective)
+            if keep == {fid} and objective:
                 alone = answer
-            if answer.feasible:
+            on_f = [(w.model, g) for w in answer.workloads for g in w.groups if g.family == fid]
+            if answer.feasible and on_f:
+                meets = objective
                 break
         can_run, how = how_to_measure(problem, fid)
         row: dict[str, Any] = {
@@ -128,13 +144,11 @@ def opportunities(problem: Problem, plan: Plan, *, tick: Tick | None = None) -> 
             "price": problem.families[fid].price_dict(),
             "agent_can_measure": can_run,
             "how": how,
+            "meets_objective": meets,
         }
         on_f = [(w.model, g) for w in answer.workloads for g in w.groups if g.family == fid] if answer.feasible else []
+        why_alone = "; ".join(i.message for i in alone.infeasible) or "with estimates allowed it is not used"
         if not on_f or answer.total_cost_per_hour is None:
-            why_alone = "; ".join(i.message for i in alone.infeasible) or "no plan"
-            reason = f"no plan on {fid} alone with estimates allowed ({why_alone})" + (
-                "; with the plan's families it is not used either" if answer.feasible else ""
-            )
             row.update(
                 cost_per_hour=None,
                 saving_per_hour=None,
@@ -142,24 +156,36 @@ def opportunities(problem: Problem, plan: Plan, *, tick: Tick | None = None) -> 
                 saving_range=None,
                 uncertainty=None,
                 **_measure(problem, fid, can_run, [(w.model, g) for w in plan.workloads for g in w.groups]),
-                reason=reason,
+                reason=f"no plan on {fid} even with estimates allowed ({why_alone})",
             )
         else:
             low, high, u = _range(answer, fid, headroom)
             cost = answer.total_cost_per_hour
+            p95 = max(w.predicted_p95_s for w in answer.workloads)
             row.update(
                 cost_per_hour=round(cost, 4),
-                saving_per_hour=round(base - cost, 4),
+                saving_per_hour=round(base - cost, 4) if meets else None,
                 cost_range=[round(low, 4), round(high, 4)],
-                saving_range=[round(base - high, 4), round(base - low, 4)],
+                saving_range=[round(base - high, 4), round(base - low, 4)] if meets else None,
                 uncertainty=round(u, 4),
                 gpus=dict(sorted(answer.gpus.items())),
                 evidence=sorted({g.evidence for _, g in on_f}),
                 **_measure(problem, fid, can_run, on_f),
-                reason="",
+                reason=""
+                if meets
+                else f"misses the p95 objective on its estimates ({why_alone}); the cost shown is without the "
+                f"objective, at a p95 of {p95:.1f} s",
             )
         rows.append(row)
         if tick is not None:
             tick()
-    rows.sort(key=lambda r: (r["saving_per_hour"] is None, -(r["saving_per_hour"] or 0.0), r["family"]))
+    rows.sort(
+        key=lambda r: (
+            not r["meets_objective"] or r["cost_per_hour"] is None,
+            r["cost_per_hour"] is None,
+            -(r["saving_per_hour"] or 0.0),
+            r["cost_per_hour"] or 0.0,
+            r["family"],
+        )
+    )
     return rows

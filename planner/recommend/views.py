@@ -279,7 +279,8 @@ def opportunities_view(plan: Plan) -> View:
         right=frozenset({1, 2, 3}),
         caption="Families no agent measured for this model, ranked by what a plan on them would save if their "
         "estimates (roofline transfer) hold; the range is the cost if the latency is off by the uncertainty "
-        "either way. A negative saving costs more. Measure before buying.",
+        "either way. A negative saving costs more. A family whose estimates miss the p95 objective is priced "
+        "without it (note) and claims no saving. Measure before buying.",
     )
 
 
