@@ -59,6 +59,7 @@ def describe_infeasible(plan: Plan) -> str:
         lines.append(f"    What would: {item.suggestion}.")
     if not plan.infeasible:
         lines.append("  the solver found no plan and no reason: " + "; ".join(plan.warnings or ("none given",)))
+    lines.extend(f"  {w}" for w in plan.warnings if w.startswith("Left out: ") and plan.infeasible)
     return "\n".join(lines)
 
 

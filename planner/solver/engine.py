@@ -715,8 +715,11 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
         gpus={},
         workloads=(),
         infeasible=tuple(problems),
-        warnings=tuple(warnings),
+        warnings=(*left_out_line(problem), *warnings),
         stats=core.stats(),
+        prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
+        offering=problem.offering,
+        allow_estimates=problem.allow_estimates,
     )
 
 

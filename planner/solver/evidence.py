@@ -33,8 +33,8 @@ def left_out_line(problem: Problem) -> list[str]:
     models = ", ".join(sorted({m for w in problem.workloads for m in w.models}))
     return [
         f"Left out: {', '.join(missing)}: no agent measured {models} on them, and estimates are not allowed. "
-        "`opportunities` ranks them by what they could save; --allow-estimates (or `allow_estimates: true`) plans "
-        "on their estimates, labelled."
+        "--allow-estimates (or `allow_estimates: true`) plans on their estimates, labelled; a plan's "
+        "`opportunities` (What to probe next) rank them by what they could save."
     ]
 
 
