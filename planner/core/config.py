@@ -68,6 +68,34 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)"
     )
     max_page_size: int = Field(default=1000, ge=1)
+    dev_mode: bool = Field(
+        default=False,
+        description="`planner serve` may run with the placeholder admin token on 127.0.0.1 (a laptop); off, "
+        "serve refuses to start until PLANNER_ADMIN_TOKEN is set",
+    )
+    measurement_outlier_ratio: float = Field(
+        default=1.5, gt=1, description="a cell this many times faster or slower than other sources' median is held back"
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="largest request body (413 above it)")
+    max_probe_run_bytes: int = Field(
+        default=16 << 20, ge=1024, description="largest POST /v1/probe-runs body (10,000 cells fit in ~7 MB)"
+    )
+    enrollment_per_minute: int = Field(
+        default=30, ge=0, description="hosts the enrollment token may register per minute, fleet-wide; 0: no limit"
+    )
+    host_approval: bool = Field(
+        default=False,
+        description="a host registered with the enrollment token counts toward availability only after an "
+        "operator approves it (POST /v1/hosts/{id}/approve)",
+    )
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, description="PostgreSQL connect timeout")
+    db_statement_timeout_s: float = Field(default=30.0, gt=0, description="PostgreSQL statement timeout")
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, description="wait for a pooled connection at most this long")
+    probe_request_lease_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="a claimed probe request not completed within this long returns to the queue",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

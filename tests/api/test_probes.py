@@ -117,7 +117,10 @@ def test_unknown_host_and_run_level_errors(client: TestClient) -> None:
 def test_new_recipe_is_recorded_like_an_import(client: TestClient) -> None:
     host_id, agent, _ = register(client)
     run = probe_run(host_id, measurements=[measurement(recipe="bf16-experimental-x")])
-    assert client.post("/v1/probe-runs", json=run, headers=agent).status_code == 201
+    refused = client.post("/v1/probe-runs", json=run, headers=agent)  # an agent: catalog recipes only
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["field"] == "measurements.0.recipe"
+    assert client.post("/v1/probe-runs", json=run, headers=ADMIN).status_code == 201  # the operator may
     recipe = client.get("/v1/recipes/bf16-experimental-x", headers=ADMIN).json()
     assert recipe["in_catalog"] is False
     assert recipe["stages"] == ["denoiser"]
