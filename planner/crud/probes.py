@@ -157,11 +157,17 @@ def _insert(session: Session, *, payload: ProbeRunIn, digest: str, gpus: dict[st
     run_id, host_id = str(payload.id), str(payload.host_id)
     host_name = session.scalar(select(m.Host.name).where(m.Host.id == host_id))
     fill = {k: v for k, v in payload.provenance.items() if k in PROVENANCE_FIELDS and v is not None}
-    fill.setdefault("host", host_name or host_id)
+    fill["host"] = host_name or host_id  # the source of the cells (planner.perf.model): not the sender's to name
     rows = [
         LocatedRow(
             i,
-            row.model_copy(update={"probe_run": run_id, **{k: v for k, v in fill.items() if getattr(row, k) is None}}),
+            row.model_copy(
+                update={
+                    "probe_run": run_id,
+                    "host": fill["host"],
+                    **{k: v for k, v in fill.items() if getattr(row, k) is None},
+                }
+            ),
         )
         for i, row in enumerate(payload.measurements)
     ]

@@ -160,20 +160,28 @@ def combine(
 ) -> tuple[MeasurementRow, tuple[float, int]]:
     """The row standing for a cell, and (relative spread, sources) of the rows it stands for (docstring, 1.).
 
-    Rows of the best (override set, source) class compete. A scenario file's rows: the newest wins. The store's
-    (already one per host, plus one for all imports): the median row, the slower of the two middles when there
+    Rows of the best (override set, source) class compete. A scenario file's rows: the newest wins. The store's:
+    the newest of each source (its `host`; the service writes a host's registered name there), then the median row
+    across sources, the slower of the two middles when there
     is an even number (a cell is planned on what at least half the sources reached), with the relative spread
     (max - min) / (2 x median) as its uncertainty; one liar among three hosts moves nothing.
     """
     top = max(rank[:2] for rank, _ in ranked)
     pool = [(rank, row) for rank, row in ranked if rank[:2] == top]
-    if top[0] == 1 or len(pool) == 1:
+    if top[0] == 1:
         return max(pool, key=lambda item: item[0])[1], (0.0, 1)
-    pool.sort(key=lambda item: (item[1].latency_ms or 0.0, item[0]))
-    chosen = pool[len(pool) // 2][1]
-    lats = [row.latency_ms or 0.0 for _, row in pool]
+    newest: dict[str, tuple[tuple[int, int, datetime, int], MeasurementRow]] = {}
+    for rank, row in pool:  # one row per source: its newest (the store's query already did this; rows may not)
+        key = row.host or ""
+        if key not in newest or rank > newest[key][0]:
+            newest[key] = (rank, row)
+    if len(newest) == 1:
+        return next(iter(newest.values()))[1], (0.0, 1)
+    ordered = sorted(newest.values(), key=lambda item: (item[1].latency_ms or 0.0, item[0]))
+    chosen = ordered[len(ordered) // 2][1]
+    lats = [row.latency_ms or 0.0 for _, row in ordered]
     median = chosen.latency_ms or 1.0
-    return chosen, ((max(lats) - min(lats)) / (2 * median), len(pool))
+    return chosen, ((max(lats) - min(lats)) / (2 * median), len(ordered))
 
 
 class PerfModel:
