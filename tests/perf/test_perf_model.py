@@ -73,7 +73,7 @@ def test_several_hosts_combine_to_the_median_with_their_spread_as_uncertainty() 
     new = datetime(2026, 3, 1, tzinfo=UTC)
     rows = [
         row("h100", "m", "denoiser", "bf16", 1, 90.0, host="a"),
-        row("h100", "m", "denoiser", "bf16", 1, 100.0, host="b"),
+        row("h100", "m", "denoiser", "bf16", 1, 100.0, host="b", measured_at=new),
         row("h100", "m", "denoiser", "bf16", 1, 9.0, host="liar", measured_at=new),
         row("h100", "m", "denoiser", "bf16", 1, 300.0, host="b", measured_at=datetime(2025, 1, 1, tzinfo=UTC)),
     ]
