@@ -1,7 +1,7 @@
 """What routes depend on: the settings, a store session, the clock, and who is calling.
 
 Credentials are `Authorization: Bearer <token>`: the admin token, the enrollment token (registers hosts,
-nothing else), or a host's agent token (`<host_id>.<secret>`, only its own host's data). No or unknown
+nothing else), the submitter token (submits jobs and reads them, nothing else), or a host's agent token (`<host_id>.<secret>`, only its own host's data). No or unknown
 credentials: 401. Known credentials without the right: 403.
 """
 
@@ -24,12 +24,13 @@ from planner.core.errors import ForbiddenError, UnauthorizedError
 from planner.core.security import agent_token_matches, same_secret, split_agent_token
 from planner.db import models as m
 
-Role = Literal["admin", "agent", "enrollment"]
+Role = Literal["admin", "agent", "enrollment", "submitter"]
 
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="The admin token, the enrollment token (POST /v1/hosts only), or a host's agent token.",
+    description="The admin token, the enrollment token (POST /v1/hosts only), the submitter token (jobs), or a "
+    "host's agent token.",
 )
 
 
@@ -94,6 +95,8 @@ async def get_claim(
         return Principal("admin")
     if settings.enrollment_token is not None and same_secret(token, settings.enrollment_token.get_secret_value()):
         return Principal("enrollment")
+    if settings.submitter_token is not None and same_secret(token, settings.submitter_token.get_secret_value()):
+        return Principal("submitter")
     parsed = split_agent_token(token)
     if parsed is None:
         raise UNKNOWN_TOKEN
@@ -146,6 +149,8 @@ def require_host_sync(host_id: uuid.UUID, principal: Principal) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(_roles("admin"))]
+SubmitterDep = Annotated[Principal, Depends(_roles("admin", "submitter"))]
+"""The admin or the job submitter (submits jobs and reads their state and images, nothing else)."""
 RegistrarDep = Annotated[Principal, Depends(_roles("admin", "enrollment"))]
 AgentDep = Annotated[Principal, Depends(_roles("admin", "agent"))]
 """The admin or any host's agent (the route checks which host's data it touches)."""

@@ -17,6 +17,7 @@ from planner.core.errors import (
     ForbiddenError,
     InputError,
     NotFoundError,
+    RateLimitedError,
     UnauthorizedError,
 )
 from planner.db.store import StoreError
@@ -94,6 +95,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ForbiddenError)
     async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:
         return _json(status.HTTP_403_FORBIDDEN, {"detail": str(exc)})
+
+    @app.exception_handler(RateLimitedError)
+    async def _rate_limited(_: Request, exc: RateLimitedError) -> JSONResponse:
+        return _json(
+            status.HTTP_429_TOO_MANY_REQUESTS, {"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
+        )
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

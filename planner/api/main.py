@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from planner import __version__
 from planner.api import errors
+from planner.api.guard import RequestGuard
 from planner.api.metrics import Metrics, MetricsMiddleware
 from planner.api.routes import catalog, fleets, health, hosts, jobs, plans, probes
 from planner.core.config import Settings, get_settings
@@ -113,6 +114,7 @@ def create_app(
     for module in (hosts, probes, catalog, fleets, plans, jobs):
         app.include_router(module.router)  # each router carries its /v1 prefix: route templates are whole
     app.include_router(health.router)
+    app.add_middleware(RequestGuard, settings=settings)  # before any route reads a body (planner.api.guard)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         default=None,
         description="optional secret that can only register hosts (POST /v1/hosts), e.g. for agent DaemonSets",
     )
+    submitter_token: SecretStr | None = Field(
+        default=None,
+        description="optional secret that can only submit jobs and read them (POST/GET /v1/jobs), for the services "
+        "that generate images; not the admin token",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes of `planner serve`")
@@ -101,13 +106,19 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Settings:
         admin = self.admin_token.get_secret_value()
         enrollment = self.enrollment_token.get_secret_value() if self.enrollment_token is not None else None
+        submitter = self.submitter_token.get_secret_value() if self.submitter_token is not None else None
         if self.environment != "development":
             if admin == DEFAULT_ADMIN_TOKEN:
                 raise ConfigError(
                     f"PLANNER_ADMIN_TOKEN is left at its default while PLANNER_ENVIRONMENT={self.environment}; "
                     "set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`)."
                 )
-            for name, value in (("PLANNER_ADMIN_TOKEN", admin), ("PLANNER_ENROLLMENT_TOKEN", enrollment)):
+            named = (
+                ("PLANNER_ADMIN_TOKEN", admin),
+                ("PLANNER_ENROLLMENT_TOKEN", enrollment),
+                ("PLANNER_SUBMITTER_TOKEN", submitter),
+            )
+            for name, value in named:
                 if value is not None and len(value) < MIN_TOKEN_LENGTH:
                     raise ConfigError(
                         f"{name} is shorter than {MIN_TOKEN_LENGTH} characters while "
@@ -117,6 +128,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "PLANNER_ENROLLMENT_TOKEN is empty or equal to PLANNER_ADMIN_TOKEN; it can only register hosts, so "
                 "it must be a different secret (or unset it)."
+            )
+        if submitter is not None and (not submitter or submitter in (admin, enrollment)):
+            raise ConfigError(
+                "PLANNER_SUBMITTER_TOKEN is empty or equal to another token; it can only submit jobs, so it must be "
+                "a secret of its own (or unset it)."
             )
         if self.heartbeat_lost_s <= self.heartbeat_stale_s:
             raise ConfigError(
