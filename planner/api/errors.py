@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from planner.core.errors import (
     ConflictError,
@@ -117,6 +118,14 @@ def install(app: FastAPI) -> None:
         return _json(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             {"detail": f"the store did not answer ({reason}); retry shortly, and check the database if it persists"},
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(_: Request, exc: PoolTimeoutError) -> JSONResponse:
+        return _json(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": "every store connection is busy (PLANNER_DB_POOL_TIMEOUT_S passed); retry shortly"},
             headers={"Retry-After": "5"},
         )
 
