@@ -3,7 +3,8 @@
 A probe run passes four checks, in order, before anything is stored (`admit`); the first three refuse the
 whole run, the last holds cells back:
 
-1. ownership (403): an agent reports only for the GPU families its registered GPUs belong to;
+1. ownership (403): an agent reports only for the GPU families its registered GPUs belong to (a host without
+   GPUs, a CPU in development, only for families outside the catalog);
 2. catalog (422): an agent reports only catalog models and recipes (a recipe the workers cannot build would
    give a plan the workers refuse to run; an operator may still import other recipes as a CSV file);
 3. physics (422): no cell may be faster than its family's roofline. With F the cell's FLOPs (the catalog's
@@ -102,11 +103,21 @@ def roofline(
 
 
 def check_ownership(session: Session, *, host_id: str, families: Iterable[str]) -> None:
-    """403 unless every family named is one of the host's registered GPUs' families."""
-    owned = set(session.scalars(select(m.Gpu.gpu_family_id).where(m.Gpu.host_id == host_id)))
-    foreign = sorted(set(families) - {f for f in owned if f})
+    """403 unless every family named is one of the host's registered GPUs' families.
+
+    A host without GPUs (the agent on a CPU, in development) has no family to own: it may report only for
+    families outside the catalog, which an operator defined (`PUT /v1/gpu-families/cpu`); the catalog's
+    families, which fleets plan on, stay reported only by hosts that have such a GPU.
+    """
+    gpus = list(session.scalars(select(m.Gpu.gpu_family_id).where(m.Gpu.host_id == host_id)))
+    owned = {f for f in gpus if f}
+    if not gpus:
+        catalog = set(session.scalars(select(m.GpuFamily.id).where(m.GpuFamily.in_catalog.is_(True))))
+        foreign = sorted(set(families) & catalog)
+    else:
+        foreign = sorted(set(families) - owned)
     if foreign:
-        mine = ", ".join(sorted(f for f in owned if f)) or "none (its GPUs matched no family)"
+        mine = ", ".join(sorted(owned)) or "none (it registered no GPU of a known family)"
         raise ForbiddenError(
             f"this host reports for {', '.join(foreign)}, but its registered GPUs are of {mine}; a host reports "
             "only for its own GPUs' families (re-register it with its real GPUs, or import the file as an operator)"

@@ -112,3 +112,15 @@ def test_an_operator_deletes_a_run_and_the_plan_changes_back(client: TestClient)
     assert client.get(f"/v1/probe-runs/{resp.json()['id']}", headers=ADMIN).status_code == 404
     assert solve(client, fleet_id) == before
     assert client.delete(f"/v1/probe-runs/{resp.json()['id']}", headers=ADMIN).status_code == 404
+
+
+def test_a_host_without_gpus_reports_only_for_families_outside_the_catalog(client: TestClient) -> None:
+    host_id, agent, _ = register(client, gpus=[])
+    assert client.post("/v1/probe-runs", json=probe_run(host_id, sdxl_cells()), headers=agent).status_code == 403
+    assert client.put("/v1/gpu-families/cpu", json={"name": "CPU", "memory_gib": 16}, headers=ADMIN).status_code in (
+        200,
+        201,
+    )
+    cpu = [measurement(gpu_family="cpu", latency_ms=9000.0, latency_p95_ms=9100.0)]
+    resp = client.post("/v1/probe-runs", json=probe_run(host_id, cpu, gpu_family="cpu"), headers=agent)
+    assert resp.status_code == 201, resp.text

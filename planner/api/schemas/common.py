@@ -155,7 +155,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "the body is not JSON"},
     401: {"model": ErrorOut, "description": "no credentials, or unknown ones"},
     403: {"model": ErrorOut, "description": "valid credentials without the right to this"},
-    413: {"description": "the body is larger than the route's limit (checked before it is read)"},
+    413: {"model": ValidationErrorOut, "description": "the body is larger than the route's limit (checked unread)"},
     422: {"model": ValidationErrorOut, "description": "invalid input; each problem names its field"},
     503: {"model": ErrorOut, "description": "the store did not answer in time; retry after Retry-After seconds"},
 }
