@@ -143,16 +143,25 @@ class Settings(BaseSettings):
         return self
 
     def check_serving(self) -> None:
-        """Refuse to serve the API beyond this machine with the placeholder admin token, in any environment.
+        """Refuse to serve the API with the placeholder admin token, unless in explicit dev mode on loopback.
 
-        Development keeps the placeholder for a laptop (the API on 127.0.0.1); the container image listens on
-        0.0.0.0, where the placeholder would let anyone on the network administer the fleet.
+        `PLANNER_DEV_MODE=true` (or `planner serve --dev`) keeps the placeholder for a laptop, on 127.0.0.1 only:
+        anywhere else (the container image listens on 0.0.0.0) the placeholder would let anyone who can reach
+        the port administer the fleet, and a token nobody set is a token nobody rotates.
         """
-        if self.admin_token.get_secret_value() == DEFAULT_ADMIN_TOKEN and not _is_loopback(self.api_host):
+        if self.admin_token.get_secret_value() != DEFAULT_ADMIN_TOKEN:
+            return
+        if not self.dev_mode:
+            raise ConfigError(
+                "PLANNER_ADMIN_TOKEN is not set; `planner serve` needs it (a long random secret, e.g. "
+                "`export PLANNER_ADMIN_TOKEN=$(openssl rand -hex 32)`). For a laptop only, `planner serve --dev` "
+                f"(PLANNER_DEV_MODE=true) serves on 127.0.0.1 with the development token {DEFAULT_ADMIN_TOKEN!r}."
+            )
+        if not _is_loopback(self.api_host):
             raise ConfigError(
                 f"PLANNER_ADMIN_TOKEN is left at its default while the API listens on {self.api_host}, beyond this "
-                "machine; set PLANNER_ADMIN_TOKEN to a long random secret (e.g. `openssl rand -hex 32`), or listen "
-                "on 127.0.0.1 (PLANNER_API_HOST or --host)."
+                "machine; dev mode serves on 127.0.0.1 only. Set PLANNER_ADMIN_TOKEN to a long random secret "
+                "(e.g. `openssl rand -hex 32`), or listen on 127.0.0.1 (PLANNER_API_HOST or --host)."
             )
 
     @property
