@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from planner.core.errors import ConfigError
@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         gt=0,
         description="a claimed probe request not completed within this long returns to the queue",
     )
+
+    @field_validator("submitter_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`PLANNER_SUBMITTER_TOKEN=` left empty in an env file: no submitter token (jobs need the admin's)."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
