@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
-from planner.crud import probes as runs_crud
 from planner.core.errors import InputError
+from planner.crud import probes as runs_crud
 from planner.db.session import session_scope
 from planner.db.store import open_store
 from planner.measurements.contract import MeasurementRow

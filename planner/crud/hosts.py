@@ -147,9 +147,7 @@ def approve_host(session: Session, *, host: m.Host) -> m.Host:
     return host
 
 
-def register_host(
-    session: Session, *, data: HostRegister, now: datetime, approved: bool = True
-) -> tuple[m.Host, str]:
+def register_host(session: Session, *, data: HostRegister, now: datetime, approved: bool = True) -> tuple[m.Host, str]:
     """A new host and its token (returned once; the store keeps the hash). 409 if the name is taken."""
     if host_id_by_name(session, name=data.name) is not None:
         raise ConflictError(

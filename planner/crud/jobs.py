@@ -212,9 +212,7 @@ def stalled_jobs(
     states: Sequence[str] = ACTIVE_STATES,
 ) -> Sequence[m.Job]:
     """Dispatched jobs, queued or running (or `states`), that nothing has touched since a time (oldest first)."""
-    query = select(m.Job).where(
-        m.Job.state.in_(states), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since
-    )
+    query = select(m.Job).where(m.Job.state.in_(states), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since)
     return session.scalars(_of_fleet(query, fleet).order_by(m.Job.updated_at).limit(limit)).all()
 
 

@@ -247,7 +247,9 @@ class Measurement(Base):
         CheckConstraint("power_w IS NULL OR power_w >= 0", name="power_non_negative"),
         Index("ix_measurements_cell", "gpu_family_id", "model_id", "stage", "recipe_id", "batch"),
         # The query filters (GET /v1/measurements?model=&stage=, what plans read) lead with model and stage.
-        Index("ix_measurements_model_stage", "model_id", "stage", "gpu_family_id", "recipe_id", "batch", "height", "width"),
+        Index(
+            "ix_measurements_model_stage", "model_id", "stage", "gpu_family_id", "recipe_id", "batch", "height", "width"
+        ),
         Index("ix_measurements_status", "status"),
     )
 

@@ -199,9 +199,7 @@ def peer_latencies(session: Session, row: MeasurementRow, *, host_id: str | None
     return [float(v) for v in session.scalars(query) if v is not None]
 
 
-def outliers(
-    session: Session, rows: Sequence[MeasurementRow], *, host_id: str | None, ratio: float
-) -> dict[int, str]:
+def outliers(session: Session, rows: Sequence[MeasurementRow], *, host_id: str | None, ratio: float) -> dict[int, str]:
     """Row index -> why it is held back: latency beyond `ratio` of the other sources' median (module docstring, 4.)."""
     held: dict[int, str] = {}
     for i, row in enumerate(rows):

@@ -233,7 +233,8 @@ def test_a_refused_token_stops_the_flush_at_once_and_keeps_every_run(tmp_path: P
     with _client(fake) as client, pytest.raises(TokenRefused, match="3 run\\(s\\) stay spooled"):
         flush(spool, client, host_id="old-host")
     assert fake.requests == 1  # no retry of a refused token
-    assert len(spool) == 3 and not (tmp_path / "rejected").exists()
+    assert len(spool) == 3
+    assert not (tmp_path / "rejected").exists()
     with _client(fake) as client:  # re-enrolled: a new host id
         assert flush(spool, client, host_id="new-host") == (3, 0)
     assert {r["host_id"] for r in fake.stored.values()} == {"new-host"}
@@ -257,5 +258,7 @@ def test_the_daemon_stops_loudly_on_a_refused_token_and_keeps_its_spool(
     daemon.spool.put(_run())
     assert daemon.run_forever() == EXIT_TOKEN_REFUSED
     out = capsys.readouterr().out
-    assert "STOPPING" in out and "401" in out and "AGENT_ENROLLMENT_TOKEN" in out
+    assert "STOPPING" in out
+    assert "401" in out
+    assert "AGENT_ENROLLMENT_TOKEN" in out
     assert len(daemon.spool) == 1

@@ -70,7 +70,8 @@ def test_200_hosts_enrolling_in_a_burst_are_rate_limited(client: TestClient, clo
     for i in range(200):
         resp = client.post("/v1/hosts", json={"name": f"burst-{i}", "gpus": []}, headers=ENROLL)
         codes.append(resp.status_code)
-    assert codes.count(201) == 30 and codes.count(429) == 170
+    assert codes.count(201) == 30
+    assert codes.count(429) == 170
     limited = client.post("/v1/hosts", json={"name": "late", "gpus": []}, headers=ENROLL)
     assert int(limited.headers["retry-after"]) > 0
     assert "PLANNER_ENROLLMENT_PER_MINUTE" in limited.json()["detail"]
@@ -129,8 +130,6 @@ def test_a_claimed_request_returns_to_the_queue_after_its_lease(client: TestClie
     assert [r["id"] for r in listed] == [req["id"]]
     assert "lease expired" in listed[0]["error"]
     assert client.post(claim, headers=agent).status_code == 200
-    done = client.post(
-        f"/v1/hosts/{host_id}/requests/{req['id']}/complete", json={"state": "done"}, headers=agent
-    )
+    done = client.post(f"/v1/hosts/{host_id}/requests/{req['id']}/complete", json={"state": "done"}, headers=agent)
     assert done.status_code == 200, done.text
     assert json.loads(done.text)["state"] == "done"

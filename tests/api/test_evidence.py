@@ -48,7 +48,8 @@ def test_a_host_reporting_for_a_family_it_does_not_own_is_403(client: TestClient
     host_id, agent, _ = register(client, gpus=[l4_gpu()])
     resp = client.post("/v1/probe-runs", json=probe_run(host_id, sdxl_cells()), headers=agent)
     assert resp.status_code == 403, resp.text
-    assert "h100-sxm-80gb" in resp.json()["detail"] and "l4-24gb" in resp.json()["detail"]
+    assert "h100-sxm-80gb" in resp.json()["detail"]
+    assert "l4-24gb" in resp.json()["detail"]
     assert client.get("/v1/probe-runs", headers=ADMIN).json()["total"] == 0
 
 
@@ -84,13 +85,15 @@ def test_a_2x_faster_lie_is_quarantined_not_planned_until_accepted(client: TestC
     # Accepted, it is one of two sources: the median (the slower middle) keeps the honest latency, and the
     # sources' disagreement widens the cells' uncertainty, so the plan cannot get cheaper than the honest one.
     accepted = client.post(f"/v1/probe-runs/{run['id']}/accept", headers=ADMIN)
-    assert accepted.status_code == 200 and accepted.json()["quarantined"] == 0
+    assert accepted.status_code == 200
+    assert accepted.json()["quarantined"] == 0
     assert client.get("/v1/measurements", headers=ADMIN).json()["total"] == 2 * len(SDXL_CELLS)
     assert solve(client, fleet_id)["cost"] >= before["cost"]
     # An agent cannot review runs; the operator can quarantine one by hand.
     assert client.post(f"/v1/probe-runs/{run['id']}/accept", headers=agent).status_code == 403
     again = client.post(f"/v1/probe-runs/{run['id']}/quarantine", json={"reason": "host under review"}, headers=ADMIN)
-    assert again.status_code == 200 and again.json()["quarantined"] == len(SDXL_CELLS)
+    assert again.status_code == 200
+    assert again.json()["quarantined"] == len(SDXL_CELLS)
 
 
 def test_an_operator_deletes_a_run_and_the_plan_changes_back(client: TestClient) -> None:

@@ -89,7 +89,8 @@ def test_redis_requires_its_password_and_every_service_has_limits() -> None:
     assert service_environment(redis)["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
     for name, service in svc.items():
         limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
-        assert limits.get("memory") and limits.get("cpus"), f"{name} has no resource limits"
+        assert limits.get("memory"), f"{name} has no memory limit"
+        assert limits.get("cpus"), f"{name} has no CPU limit"
 
 
 def test_the_planner_migrates_then_serves() -> None:

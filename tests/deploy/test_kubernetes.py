@@ -167,7 +167,9 @@ def test_the_planner_migrates_first_listens_on_its_port_and_probes_real_routes(r
     assert urls_in(agent_url) == [("planner", service["port"], "/")]
     broker = scheduler_settings(environment(api)).broker_url
     redis = objects("Service")["redis"]["spec"]["ports"][0]["port"]
-    assert urls_in(broker.replace(f"redis://:{SECRET_VALUES['redis-password']}@", "http://")) == [("redis", redis, "/0")]
+    assert urls_in(broker.replace(f"redis://:{SECRET_VALUES['redis-password']}@", "http://")) == [
+        ("redis", redis, "/0")
+    ]
 
 
 def pod_annotations(name: str) -> dict[str, str]:
@@ -268,7 +270,8 @@ def test_worker_deployments_serve_one_pool_on_its_gpu_product_and_export_metrics
 
 def test_redis_requires_a_password_and_only_the_planner_and_workers_reach_it() -> None:
     redis = container(template("redis"), "redis")
-    assert "--requirepass" in " ".join(argv(redis)) and '"$REDIS_PASSWORD"' in " ".join(argv(redis))
+    assert "--requirepass" in " ".join(argv(redis))
+    assert '"$REDIS_PASSWORD"' in " ".join(argv(redis))
     assert environment(redis)["REDIS_PASSWORD"] == SECRET_VALUES["redis-password"]
     for name in ("planner", "worker-sdxl-prod-0-h100-sxm-80gb"):
         pod = template(name)
@@ -287,9 +290,11 @@ def test_every_container_has_requests_and_limits_and_only_the_state_folder_step_
     for pod in pod_templates():
         for c in pod.containers():
             res = c.get("resources", {})
-            assert res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"), (pod.name, c["name"])
+            assert res.get("requests", {}).get("memory"), (pod.name, c["name"])
+            assert res.get("limits", {}).get("memory"), (pod.name, c["name"])
             ctx = {**pod.spec.get("securityContext", {}), **c.get("securityContext", {})}
             if c["name"] == "state-owner":  # chowns the hostPath folder kubelet creates root-owned, nothing else
                 assert ctx["capabilities"]["add"] == ["CHOWN", "FOWNER"]
                 continue
-            assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) != 0, (pod.name, c["name"])
+            assert ctx.get("runAsNonRoot") is True, (pod.name, c["name"])
+            assert ctx.get("runAsUser", 0) != 0, (pod.name, c["name"])

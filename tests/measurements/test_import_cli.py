@@ -295,14 +295,17 @@ def test_operator_lists_quarantines_accepts_and_deletes_a_run_from_the_cli(tmp_p
     assert proc.returncode == 0, proc.stderr
     assert usable() == 0
     listed = invoke("measurements", "runs", "--quarantined", "--database-url", store_url)
-    assert run_id in listed.stdout and "1 of 1 run(s)" in listed.stdout
+    assert run_id in listed.stdout
+    assert "1 of 1 run(s)" in listed.stdout
     assert invoke("measurements", "accept", run_id, "--database-url", store_url).returncode == 0
     assert usable() == 2
     assert run_id not in invoke("measurements", "runs", "--quarantined", "--database-url", store_url).stdout
     dry = invoke("measurements", "delete", run_id, "--database-url", store_url)
-    assert "would delete" in dry.stdout and usable() == 2
+    assert "would delete" in dry.stdout
+    assert usable() == 2
     assert invoke("measurements", "delete", run_id, "--yes", "--database-url", store_url).returncode == 0
     assert usable() == 0
     missing = invoke("measurements", "delete", run_id, "--yes", "--database-url", store_url)
-    assert missing.returncode != 0 and "probe run" in missing.stderr
+    assert missing.returncode != 0
+    assert "probe run" in missing.stderr
     engine.dispose()

@@ -83,7 +83,8 @@ def test_several_hosts_combine_to_the_median_with_their_spread_as_uncertainty() 
     assert cell.uncertainty == pytest.approx((100.0 - 9.0) / (2 * 90.0))
     assert "median of 3 sources" in cell.basis
     two = perf(rows[:2]).latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
-    assert two is not None and two.latency_ms == 100.0  # an even count: the slower middle
+    assert two is not None
+    assert two.latency_ms == 100.0
 
 
 def test_override_rows_win_their_cells_over_newer_stored_rows() -> None:
