@@ -157,7 +157,8 @@ def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> tuple[dict[s
     settings = dispatcher.settings
     client = dispatcher.redis
     held: dict[str, float] = {}
-    delivered = dict(client.zrange(f"{settings.key_prefix}unacked_index", 0, -1, withscores=True))
+    scored: Any = client.zrange(f"{settings.key_prefix}unacked_index", 0, -1, withscores=True)
+    delivered: dict[Any, float] = {tag: float(score) for tag, score in scored}
     for tag, raw in client.hgetall(f"{settings.key_prefix}unacked").items():  # [message, exchange, routing key]
         try:
             job = _job_id_of(json.loads(raw)[0])
