@@ -87,6 +87,7 @@ def test_20_mb_bodies_without_a_token_are_refused_unread_and_memory_stays_flat(t
         # A chunked body declares no length: no token, so 401 before a byte is read.
         assert post_unread(port, "/v1/hosts", chunked=True) == b"HTTP/1.1 401 Unauthorized"
         grown = rss_kib(server.pid) - before
+        print(f"server RSS {before} KiB before, grew {grown} KiB over 11 refused 20 MB requests")
         assert grown < 5 * 1024, f"server memory grew by {grown} KiB over 11 refused 20 MB requests"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
     finally:

@@ -261,6 +261,4 @@ class MeasurementFilters(BaseModel):
     latest_only: bool = Field(
         default=True, description="only the newest row of each cell per source (each host; imports together)"
     )
-    quarantined: bool | None = Field(
-        default=False, description="false: cells plans may use; true: only cells held back; null: both"
-    )
+    quarantined: bool = Field(default=False, description="false: the cells plans may use; true: only cells held back")
