@@ -36,7 +36,7 @@ import numpy as np
 
 from planner.scenario import QualityFloor, QualityScores
 from planner.solver.latency import Tenant, queue_wait_p95_s, shared_p95_s
-from planner.solver.milp import MilpResult, solve_milp, solve_with_availability
+from planner.solver.milp import MilpResult, relaxation_bound, solve_milp, solve_with_availability
 from planner.solver.options import (
     GroupKey,
     Option,
@@ -82,13 +82,15 @@ class _Core:
     build_s: float = 0.0
     lower_bound: float = math.nan
     solve_s: float = 0.0
+    bound_set: OptionSet | None = None
+    """The options the plan's problem offers before latency repair cut credits: the bound's (`_with_bound`)."""
 
     @property
     def gap(self) -> float:
-        """(cost - lower bound) / cost: how far from optimal the plan can be."""
+        """(cost - lower bound) / cost: how far from optimal the plan can be; NaN when no valid bound is known."""
         if not math.isfinite(self.lower_bound) or not self.cost > 0:
             return 0.0 if self.cost == 0 else math.nan
-        return max(0.0, (self.cost - self.lower_bound) / self.cost)
+        return (self.cost - self.lower_bound) / self.cost
 
     def stats(self) -> SolverStats | None:
         """What the MILP did, for the plan (None when no MILP ran)."""
@@ -103,6 +105,7 @@ class _Core:
             constraints=self.milp.constraints,
             mip_gap=self.gap,
             objective=self.milp.objective,
+            lower_bound=self.lower_bound,
         )
 
     def workload_cost(self, name: str) -> float | None:
@@ -203,6 +206,45 @@ def _cells(o: Option) -> tuple[StageCell, ...]:
 
 
 def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
+    """Options + MILP + packing + latency repair (module docstring, steps 1-4), with exact packing tried where
+    the fluid packing was used on few enough candidates (`_exact_packing_retry`)."""
+    return _exact_packing_retry(problem, builder, flt, _solve_once(problem, builder, flt))
+
+
+def _used_fluid_packing(core: _Core) -> bool:
+    return core.milp is not None and bool(core.milp.shared_fluid or core.milp.fluid_pools)
+
+
+def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFilter, core: _Core) -> _Core:
+    """The cheaper of `core` and the same problem packed exactly, where `core` packed fluidly.
+
+    The fluid packing charges each shared slot the larger of its time and memory share and keeps one slot per
+    pool, so it can miss complementary tenants and buy a GPU more than the optimum (cheaper than the plan's own
+    single-family baseline on small fleets, where that baseline packs exactly). Up to
+    `exact_packing_retry_max_items` candidates the exact bin-packing MILP usually proves its optimum in well
+    under a second; it gets `exact_packing_retry_s`, and whichever plan is cheaper is kept."""
+    opts = problem.options
+    if (
+        not core.feasible
+        or not _used_fluid_packing(core)
+        or core.option_set.shared_candidates > opts.exact_packing_retry_max_items
+        or opts.exact_packing_max_items >= opts.exact_packing_retry_max_items
+    ):
+        return core
+    exact = problem.with_options(
+        exact_packing_max_items=opts.exact_packing_retry_max_items,
+        time_limit_s=min(opts.time_limit_s, opts.exact_packing_retry_s),
+    )
+    _progress(problem, f"packing {core.option_set.shared_candidates} shared candidates exactly")
+    alt = _solve_once(exact, builder, flt)
+    if alt.feasible and alt.cost < core.cost * (1 - 1e-9):
+        alt.build_s += core.build_s
+        alt.solve_s += core.solve_s
+        return alt
+    return core
+
+
+def _solve_once(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
     """Options + MILP + packing + latency repair (module docstring, steps 1-4)."""
     started = time.perf_counter()
     option_set = builder.build(problem, flt)
@@ -211,8 +253,8 @@ def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> 
     unserved = {wi: option_set.diagnostics[wi].reasons for wi, c in option_set.choices.items() if not c}
     if unserved:
         return _Core(feasible=False, option_set=option_set, milp=None, unserved=unserved, build_s=build_s)
-    lower_bound = math.nan
     solve_s = 0.0
+    bound_set = option_set
     for round_ in range(problem.options.latency_repair_rounds + 1):
         result = solve_with_availability(problem, option_set)
         solve_s += result.solve_s
@@ -222,12 +264,10 @@ def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> 
         )
         if not result.feasible:
             return _Core(feasible=False, option_set=option_set, milp=result, build_s=build_s, solve_s=solve_s)
-        if round_ == 0:
-            lower_bound = result.lower_bound  # later rounds solve a restriction: not a bound of this problem
         core, violations = _assemble(problem, option_set, result)
         core.build_s = build_s
         core.solve_s = solve_s
-        core.lower_bound = min(lower_bound, core.cost)
+        core.bound_set = bound_set  # later rounds solve a restriction of it: its bound is theirs too
         if not violations or round_ == problem.options.latency_repair_rounds:
             if violations:
                 core.warnings.append(
@@ -475,9 +515,14 @@ def _cheapest(
     return best
 
 
-def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Baseline]:
+BaselineCore = tuple[str, str, str, "_Core | None"]
+"""(name, description, label of the winning filter, its core or None where infeasible)."""
+
+
+def _baseline_cores(problem: Problem, builder: OptionBuilder) -> list[BaselineCore]:
+    """Each baseline of `_baselines` solved on the same data (the cheapest of its filters)."""
     fams = sorted(problem.families)
-    out: list[Baseline] = []
+    out: list[BaselineCore] = []
     recipes = (
         ", ".join(sorted({default_recipe(s, problem.recipes) for m in problem.models.values() for s in m.stage_names}))
         or "bf16"
@@ -513,6 +558,14 @@ def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Ba
     ]
     for name, description, filters in specs:
         label, core = _cheapest(problem, builder, filters)
+        out.append((name, description, label, core))
+    return out
+
+
+def _baselines(found: list[BaselineCore], cost: float) -> list[Baseline]:
+    """The baselines as the plan reports them, each with what the plan saves against it."""
+    out: list[Baseline] = []
+    for name, description, label, core in found:
         if core is None:
             out.append(Baseline(name, description, False, None, None, note="infeasible on this fleet"))
             continue
@@ -520,6 +573,27 @@ def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Ba
         note = f"family {label}" if label != "mix" else ""
         out.append(Baseline(name, description, True, core.cost, saving, gpus=dict(core.gpus), note=note))
     return out
+
+
+def _no_dearer_than_baselines(problem: Problem, core: _Core, found: list[BaselineCore]) -> tuple[_Core, list[str]]:
+    """The plan, or the cheapest baseline's plan where that costs less (with a line saying so).
+
+    Every baseline is a restriction of the plan's problem, so the plan's optimum is never dearer; a heuristic
+    step (fluid packing past `exact_packing_retry_max_items` candidates, a time limit) can still leave it
+    dearer, and a plan that prints a negative saving against its own baseline helps nobody."""
+    cheaper = [(c.cost, name, label, c) for name, _, label, c in found if c is not None and c.feasible]
+    if not cheaper:
+        return core, []
+    cost, name, label, best = min(cheaper, key=lambda t: t[0])
+    if cost >= core.cost * (1 - 1e-9):
+        return core, []
+    note = (
+        f"the solver's plan (${core.cost:.2f}/h) cost more than its {name} baseline"
+        + (f" ({label})" if label != "mix" else "")
+        + f" (${cost:.2f}/h); that baseline's plan is returned (a heuristic step of the full solve, such as "
+        "fluid packing of many shared candidates or a time limit, missed it)"
+    )
+    return replace(_simulated(problem, best), warnings=[*best.warnings]), [note]
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------
@@ -732,9 +806,13 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
     # Baselines and sensitivity answer for the problem the plan was solved for (tightened bounds included), so
     # their costs compare with the plan's.
     baselines: list[Baseline] = []
+    swapped: list[str] = []
     if problem.options.baselines:
         _progress(problem, "baselines")
-        baselines = _baselines(asked, builder, core.cost)
+        found = _baseline_cores(asked, builder)
+        core, swapped = _no_dearer_than_baselines(asked, core, found)
+        baselines = _baselines(found, core.cost)
+    core = _with_bound(asked, core)
     sensitivity = None
     workloads = core.workloads
     if problem.options.sensitivity:
@@ -754,9 +832,36 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         baselines=tuple(baselines),
         sensitivity=sensitivity,
         # `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
-        warnings=(*core.warnings, *held, *_simulation_warnings(workloads, tried=bool(held) and asked is problem)),
+        warnings=(
+            *core.warnings,
+            *held,
+            *swapped,
+            *_simulation_warnings(workloads, tried=bool(held) and asked is problem),
+        ),
         stats=core.stats(),
     )
+
+
+def _with_bound(problem: Problem, core: _Core) -> _Core:
+    """The core with a lower bound valid for the problem its plan solves (planner.solver.milp.relaxation_bound).
+
+    Computed once, on the final plan: the options before latency repair (a relaxation of every repaired round),
+    with the packing relaxed so that first-fit bins, exact bins and dropped replicas all stay feasible in it. A
+    bound above the cost means the plan left the options it was solved over (a bug, or an energy-priced
+    latency tie-break): the gap is then reported unknown (NaN) with a warning, never clamped to zero."""
+    if not core.feasible or core.bound_set is None:
+        return core
+    _progress(problem, "lower bound (LP relaxation)")
+    bound = relaxation_bound(problem, core.bound_set)
+    warnings = core.warnings
+    if math.isfinite(bound) and bound > core.cost * (1 + 1e-7) + 1e-9:
+        warnings = [
+            *warnings,
+            f"the lower bound ${bound:.2f}/h is above the plan's cost ${core.cost:.2f}/h, so it is not a bound of "
+            "the problem this plan solves: the optimality gap is unknown",
+        ]
+        bound = math.nan
+    return replace(core, lower_bound=bound, warnings=warnings)
 
 
 def _simulated(problem: Problem, core: _Core) -> _Core:

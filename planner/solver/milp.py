@@ -103,6 +103,8 @@ ROUNDING_MIN_TIME_S = 1.0
 ROUNDING_TIME_FACTOR = 1.0
 """Stage 2 (rounding fluid pools) gets max(1 s, stage 1's time); past it, the best rounding found is kept."""
 PATTERN_LIMIT = 256
+BOUND_INTEGRAL_MAX_VARS = 20_000
+"""The lower bound's MILP keeps its integer columns up to this size (HiGHS's dual bound); above, its LP."""
 COVER_TOLERANCE = 1e-9
 
 
@@ -582,6 +584,64 @@ def solve_with_availability(problem: Problem, option_set: OptionSet) -> MilpResu
         limited |= over
 
 
+def _dedicated_columns(
+    b: _Builder,
+    problem: Problem,
+    option_set: OptionSet,
+    in_model: set[int],
+    limited: set[str],
+    cover_rows: dict[GroupKey, dict[int, float]],
+    usage_terms: dict[str, list[tuple[int, float]]],
+    *,
+    coverage: bool = False,
+    cost_scale: float = 1.0,
+) -> tuple[dict[int, Pattern], dict[int, int]]:
+    """Dedicated columns of every demanded group (`cover_rows`' keys): its cover patterns where they can be
+    listed, integer replica columns elsewhere; adds their terms to `cover_rows` and `usage_terms`."""
+    fams = problem.families
+    workloads = problem.workloads
+    options = option_set.options
+    pattern_var: dict[int, Pattern] = {}
+    opt_var: dict[int, int] = {}
+    for gk in cover_rows:
+        lam = workloads[gk[0]].rate
+        dedicated = [i for i in option_set.by_group.get(gk, []) if i in in_model and not options[i].shared]
+        items = []
+        for i in dedicated:
+            o = options[i]
+            avail = fams[o.family].available if o.family in limited else None
+            bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
+            items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
+        patterns = None if coverage or not items else group_patterns(problem, option_set, gk, items, limited)
+        if patterns is not None:
+            for p in patterns:
+                v = b.var(p.cost * cost_scale, 0.0, 1.0, True, gk[0])
+                pattern_var[v] = p
+                cover_rows[gk][v] = 1.0
+                for fid, n in p.usage:
+                    usage_terms[fid].append((v, float(n)))
+            continue
+        for it in items:
+            v = b.var(options[it.index].cost_per_hour * cost_scale, 0.0, float(max(it.bound, 0)), True, gk[0])
+            opt_var[it.index] = v
+            cover_rows[gk][v] = min(1.0, options[it.index].credit / lam)
+            usage_terms[options[it.index].family].append((v, 1.0))
+    return pattern_var, opt_var
+
+
+def group_patterns(
+    problem: Problem, option_set: OptionSet, gk: GroupKey, items: Sequence[_Item], limited: set[str]
+) -> list[Pattern] | None:
+    """A group's cover patterns (module docstring); None where there are too many to list.
+
+    Under a p95 objective a group is one pool of one replica type: the per-option latency check (c* replicas
+    of that option) is then exactly what is deployed."""
+    lam = problem.workloads[gk[0]].rate
+    if problem.workloads[gk[0]].p95_latency_s is not None:
+        return _pareto_patterns([p for it in items if (p := _pure_pattern(lam, it, limited)) is not None])
+    return cover_patterns(lam, items, limited)
+
+
 def solve_milp(
     problem: Problem,
     option_set: OptionSet,
@@ -626,38 +686,9 @@ def solve_milp(
     # Dedicated: patterns per group where they can be listed, integer replica columns elsewhere.
     cover_rows: dict[GroupKey, dict[int, float]] = {gk: dict.fromkeys(zs, -1.0) for gk, zs in demand.items()}
     usage_terms: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    pattern_var: dict[int, Pattern] = {}
-    opt_var: dict[int, int] = {}
-    for gk in demand:
-        lam = workloads[gk[0]].rate
-        dedicated = [i for i in option_set.by_group.get(gk, []) if i in in_model and not options[i].shared]
-        items = []
-        for i in dedicated:
-            o = options[i]
-            avail = fams[o.family].available if o.family in limited else None
-            bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
-            items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
-        if workloads[gk[0]].p95_latency_s is not None and not coverage:
-            # Under a p95 objective a group is one pool of one replica type: the per-option latency check
-            # (c* replicas of that option) is then exactly what is deployed.
-            patterns: list[Pattern] | None = _pareto_patterns(
-                [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
-            )
-        else:
-            patterns = None if coverage or not items else cover_patterns(lam, items, limited)
-        if patterns is not None:
-            for p in patterns:
-                v = b.var(p.cost * cost_scale, 0.0, 1.0, True, gk[0])
-                pattern_var[v] = p
-                cover_rows[gk][v] = 1.0
-                for fid, n in p.usage:
-                    usage_terms[fid].append((v, float(n)))
-            continue
-        for it in items:
-            v = b.var(options[it.index].cost_per_hour * cost_scale, 0.0, float(max(it.bound, 0)), True, gk[0])
-            opt_var[it.index] = v
-            cover_rows[gk][v] = min(1.0, options[it.index].credit / lam)
-            usage_terms[options[it.index].family].append((v, 1.0))
+    pattern_var, opt_var = _dedicated_columns(
+        b, problem, option_set, in_model, limited, cover_rows, usage_terms, coverage=coverage, cost_scale=cost_scale
+    )
     # Shared columns.
     shared_by_pool: dict[Pool, list[int]] = defaultdict(list)
     for i in columns:
@@ -845,3 +876,99 @@ def solve_milp(
         lower_bound = lp_bound  # the fixed MILP's bound is not a bound of the whole problem; the LP's is
     result.lower_bound = min(lower_bound / cost_scale if coverage else lower_bound, result.objective)
     return result
+
+
+def relaxation_bound(problem: Problem, option_set: OptionSet, *, integral: bool = True) -> float:
+    r"""A lower bound on the cost of any plan built from `option_set`: the LP relaxation of a relaxed packing.
+
+    The MILP's own LP value is not one: its fluid packing charges a shared slot max(phi / U, mem / M) of a GPU,
+    which two complementary tenants undercut, and first-fit then packs them on fewer GPUs than it counted. Here
+    the shared slots of a family f share one continuous GPU count s_f with only constraints every real packing
+    meets, whatever its pools (service-time classes) or bins:
+        s_f >= sum_o phi_o q_o / U,   s_f >= sum_o mem_o q_o / M_f,
+        s_f >= sum_{o: phi_o > U / 2} q_o   (and the same for memory: two such tenants never share a GPU),
+    with every shared slot of the set as a column, and the dedicated cover patterns, availability and assignment
+    rows of the MILP. Up to `BOUND_INTEGRAL_MAX_VARS` columns it is solved as a MILP within
+    `bound_time_limit_s` and HiGHS's dual bound is taken (integer GPU counts and choices tighten it); above
+    that, or where that returns no bound, its LP relaxation. Any plan whose groups use options of the set (replicas dropped, pools
+    packed first-fit, exact bins) is a feasible point of this LP, so its cost is at least the LP's value.
+    Returns NaN when the LP has no solution (then the plan has no bound to report)."""
+    opts = problem.options
+    fams = problem.families
+    options = option_set.options
+    limited = {f for f, fam in fams.items() if fam.available is not None}
+    b = _Builder()
+    demand: dict[GroupKey, list[int]] = defaultdict(list)
+    for wi, chs in option_set.choices.items():
+        row = []
+        for model_id, topo in chs:
+            z = b.var(0.0, 0.0, 1.0, True, wi)
+            row.append((z, 1.0))
+            for g in topo:
+                demand[(wi, model_id, g)].append(z)
+        if row:
+            b.row(row, 1.0, 1.0)
+    columns, _ = select_columns(problem, option_set, limited)
+    in_model = set(columns)
+    cover_rows: dict[GroupKey, dict[int, float]] = {gk: dict.fromkeys(zs, -1.0) for gk, zs in demand.items()}
+    usage_terms: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    _dedicated_columns(b, problem, option_set, in_model, limited, cover_rows, usage_terms)
+    util = opts.share_max_utilization
+    by_family: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, o in enumerate(options):
+        if o.shared and o.key in demand:
+            by_family[(o.family, 0)].append(i)
+    pack_rows: list[tuple[list[tuple[int, float]], float, float]] = []
+    for (fid, _), idxs in by_family.items():
+        fam = fams[fid]
+        mem_cap = fam.memory_gib - opts.memory_reserve_gib
+        top = len({options[i].key for i in idxs})
+        if fam.available is not None:
+            top = min(top, fam.available)
+        s = b.var(fam.price_per_hour + fam.energy_cost_per_hour(None), 0.0, float(top), True)
+        usage_terms[fid].append((s, 1.0))
+        q = {i: b.var(0.0, 0.0, 1.0, True, options[i].workload) for i in idxs}
+        for i, v in q.items():
+            cover_rows[options[i].key][v] = 1.0
+        pack_rows.append(([*((v, options[i].fraction / util) for i, v in q.items()), (s, -1.0)], -np.inf, 0.0))
+        pack_rows.append(
+            ([*((v, (options[i].memory_gib or 0.0) / mem_cap) for i, v in q.items()), (s, -1.0)], -np.inf, 0.0)
+        )
+        for big in (
+            [v for i, v in q.items() if options[i].fraction / util > 0.5 + 1e-9],
+            [v for i, v in q.items() if (options[i].memory_gib or 0.0) / mem_cap > 0.5 + 1e-9],
+        ):
+            if len(big) > 1:
+                pack_rows.append(([*((v, 1.0) for v in big), (s, -1.0)], -np.inf, 0.0))
+    for cover in cover_rows.values():
+        b.row(cover, 0.0, np.inf)
+    for fid in limited:
+        terms = usage_terms.get(fid)
+        if terms:
+            b.row(terms, -np.inf, float(fams[fid].available or 0))
+    for coefs, lo, hi in pack_rows:
+        b.row(coefs, lo, hi)
+    if not b.cost:
+        return 0.0
+    a = coo_array((b.vals, (b.rows, b.cols)), shape=(len(b.row_lb), len(b.cost))).tocsr()
+    integral = integral and len(b.cost) <= BOUND_INTEGRAL_MAX_VARS
+
+    def run(integer: bool) -> float:
+        res = milp(
+            c=np.array(b.cost),
+            constraints=[LinearConstraint(a, np.array(b.row_lb), np.array(b.row_ub))],
+            integrality=np.array(b.integer) if integer else np.zeros(len(b.cost)),
+            bounds=Bounds(np.array(b.lower), np.array(b.upper)),
+            options={
+                "disp": False,
+                "time_limit": min(opts.time_limit_s, opts.bound_time_limit_s),
+                "mip_rel_gap": opts.mip_rel_gap,
+            },
+        )
+        if not integer:
+            return float(res.fun) if res.x is not None and res.status == 0 else math.nan
+        dual = getattr(res, "mip_dual_bound", None)
+        return float(dual) if dual is not None and math.isfinite(dual) else math.nan
+
+    bound = run(True) if integral else math.nan
+    return bound if math.isfinite(bound) else run(False)

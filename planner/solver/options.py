@@ -257,6 +257,8 @@ class OptionSet:
     by_group: dict[GroupKey, list[int]]
     diagnostics: dict[int, Diagnostics]
     budgets: dict[GroupKey, float | None]
+    shared_candidates: int = 0
+    """Shared-mode slots before the fluid packing kept the smallest per pool (how big exact packing would be)."""
 
     def feasible_workloads(self) -> set[int]:
         return {w for w, c in self.choices.items() if c}
@@ -552,6 +554,7 @@ class OptionBuilder:
                 if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
                     diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
         options.extend(self._shared_options(problem, shared_rows))
+        shared_candidates = sum(len(sb.rows) for sb in shared_rows)
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
         for i, o in enumerate(options):
             by_group[o.key].append(i)
@@ -561,6 +564,7 @@ class OptionBuilder:
             by_group=dict(by_group),
             diagnostics=diagnostics,
             budgets=budgets,
+            shared_candidates=shared_candidates,
         )
 
     def _shared_options(self, problem: Problem, batches: list[_SharedBatch]) -> list[Option]:

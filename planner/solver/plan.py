@@ -261,7 +261,10 @@ class SolverStats:
     variables: int
     constraints: int
     mip_gap: float
+    """(cost - lower_bound) / cost; NaN (JSON null) when no valid bound is known."""
     objective: float
+    lower_bound: float = float("nan")
+    """$/hour no plan from the solver's options can undercut (planner.solver.milp.relaxation_bound)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -273,6 +276,7 @@ class SolverStats:
             "constraints": self.constraints,
             "mip_gap": _num(self.mip_gap, 6),
             "objective": _num(self.objective),
+            "lower_bound": _num(self.lower_bound),
         }
 
 

@@ -93,6 +93,13 @@ class SolverOptions:
     share_max_utilization: float = 0.7
     share_max_fraction: float = 0.5
     exact_packing_max_items: int = 24
+    exact_packing_retry_max_items: int = 400
+    """Where a solve packed shared GPUs fluidly (more than `exact_packing_max_items` candidates) and has at most
+    this many, it is solved again with exact packing within `exact_packing_retry_s` and the cheaper plan kept."""
+    exact_packing_retry_s: float = 5.0
+    bound_time_limit_s: float = 3.0
+    """Time for the lower bound's MILP (planner.solver.milp.relaxation_bound); its dual bound at the limit is
+    still a bound, only a looser one."""
     mip_rel_gap: float = 1e-3
     time_limit_s: float = 60.0
     verbose: bool = False
