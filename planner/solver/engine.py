@@ -32,11 +32,15 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from planner.scenario import QualityFloor, QualityScores
-from planner.solver.latency import Tenant, queue_wait_p95_s, shared_p95_s
-from planner.solver.milp import MilpResult, relaxation_bound, solve_milp, solve_with_availability
+from planner.solver.latency import Tenant, shared_p95_s
+from planner.solver.milp import (
+    MilpResult,
+    mixed_pool_p95_s,
+    relaxation_bound,
+    solve_milp,
+    solve_with_availability,
+)
 from planner.solver.options import (
     GroupKey,
     Option,
@@ -138,29 +142,6 @@ def _ffd(problem: Problem, fid: str, items: list[Option]) -> list[list[Option]]:
     return [placed for _, _, placed in bins]
 
 
-def _pool_p95(rate: float, used: list[tuple[Option, int]]) -> float:
-    """p95 of a (possibly mixed) pool of dedicated replicas sharing one queue (planner.solver.latency).
-
-    The queue wait is the pool's (all replicas, their mean batch time, the smallest batch for the arrival
-    variability); a request then waits for its replica type's batch to form and for that type's service, so
-    the pool's p95 is the worst type's formation + service on top of the shared wait."""
-    servers = sum(n for _, n in used)
-    capacity = sum(n * o.batch / (o.service_s * (1 + o.uncertainty)) for o, n in used)
-    if capacity <= rate:
-        return math.inf
-    rho = rate / capacity
-    mean_service = sum(n * o.service_s * (1 + o.uncertainty) for o, n in used) / servers
-    b_min = min(o.batch for o, _ in used)
-    wait = queue_wait_p95_s(
-        np.array([float(servers)]),
-        np.array([rho * servers]),
-        np.array([mean_service]),
-        np.array([float(b_min)]),
-    )
-    worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
-    return float(wait[0]) + worst
-
-
 def _prefer_lower_latency(rate: float, used: list[tuple[Option, int]]) -> list[tuple[Option, int]]:
     """The pool with each option swapped for its lowest-p95 alternative that keeps the rate covered.
 
@@ -173,14 +154,14 @@ def _prefer_lower_latency(rate: float, used: list[tuple[Option, int]]) -> list[t
     """
     pool = list(used)
     slack = sum(n * o.credit for o, n in pool) - rate
-    best_p95 = _pool_p95(rate, pool)
+    best_p95 = mixed_pool_p95_s(rate, pool)
     for k, (o, n) in enumerate(used):
         pick: Option | None = None
         for a in o.alternatives.options() if o.alternatives is not None else ():
             if a.cost_per_hour > o.cost_per_hour + 1e-12 or n * (o.credit - a.credit) > slack + rate * 1e-9:
                 continue
             trial = [*pool[:k], (a, n), *pool[k + 1 :]]
-            p95 = _pool_p95(rate, trial)
+            p95 = mixed_pool_p95_s(rate, trial)
             if p95 < best_p95 * (1 - 1e-9):
                 pick, best_p95 = a, p95
         if pick is not None:
@@ -393,7 +374,7 @@ def _assemble(
             used = dedicated.get(gk, [])
             group_p95 = 0.0
             if used:
-                pool_p95 = _pool_p95(w.rate, used)
+                pool_p95 = mixed_pool_p95_s(w.rate, used)
                 group_p95 = max(group_p95, pool_p95)
                 capacity = sum(n * o.throughput for o, n in used)
                 credited = sum(n * o.credit for o, n in used)

@@ -25,8 +25,9 @@ Variables
 Constraints
     (assign)    sum_{k in K(w)} z_k = 1                                             for every w
     (cover)     sum_{p in P(G)} y_p + sum_{o in S(G)} (q_o or sum_b x_ob) - sum_{k : G in G(k)} z_k >= 0
-                (a group under a p95 objective has only pure patterns: ceil(lambda / credit_o) replicas of
-                one option, so the pool the latency check assumed is the pool deployed)
+                (a group under a p95 objective has its pure patterns, c* replicas of one option, and the
+                mixed covers whose pool p95 meets the group's budget: an objective that cannot bind leaves
+                the patterns as they are without it; `group_patterns`)
                 (a group without patterns: sum_o min(1, credit_o / lambda_w) n_o in place of sum_p y_p)
     (avail)     sum_p use_p,f y_p + sum_o n_o + (s_f or sum_b u_fb) <= A_f          for f with a limit
     (pack, exact)  sum_b x_ob <= 1;  sum_o phi_o x_ob <= U u_fb;  sum_o mem_o x_ob <= M_f u_fb;
@@ -57,8 +58,9 @@ bound on the fluid model's cost; stage 2 keeps each pool's GPUs between stage 1'
 and re-solves (time-limited), so it can fill the room a round-up leaves or move tenants out to round down.
 Stage 1 itself solves the LP relaxation first (with pattern covers it is nearly integral: 16 fractional
 columns of 28,000 at 1,000 workloads), fixes every workload whose columns came out integral, and solves the
-MILP of the rest; the LP value is stage 1's bound. The reported gap is (plan cost - that bound) / plan cost:
-the plan's distance from the fluid model's optimum at most, not HiGHS's gap of a stage.
+MILP of the rest; the LP value is stage 1's bound. That bound is the fluid model's, not the problem's
+(the fluid size undercounts complementary tenants, and first-fit can then beat it), so the plan's reported gap
+is against `relaxation_bound`: a relaxed packing every plan from the options satisfies.
 
 Columns left out before the solve (exact dominance): a dedicated option when another option of the same group
 on a family without an availability limit costs no more per replica and credits no less; in fluid families,
@@ -82,6 +84,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from planner.solver.latency import queue_wait_p95_s
 from planner.solver.options import ChoiceKey, GroupKey, Option, OptionSet, Topology
 from planner.solver.problem import FleetFamily, Problem
 
@@ -629,17 +632,52 @@ def _dedicated_columns(
     return pattern_var, opt_var
 
 
+def mixed_pool_p95_s(rate: float, used: Sequence[tuple[Option, int]]) -> float:
+    """p95 of a (possibly mixed) pool of dedicated replicas sharing one queue (planner.solver.latency).
+
+    The queue wait is the pool's (all replicas, their mean batch time, the smallest batch for the arrival
+    variability); a request then waits for its replica type's batch to form and for that type's service, so
+    the pool's p95 is the worst type's formation + service on top of the shared wait."""
+    servers = sum(n for _, n in used)
+    capacity = sum(n * o.batch / (o.service_s * (1 + o.uncertainty)) for o, n in used)
+    if capacity <= rate:
+        return math.inf
+    rho = rate / capacity
+    mean_service = sum(n * o.service_s * (1 + o.uncertainty) for o, n in used) / servers
+    b_min = min(o.batch for o, _ in used)
+    wait = queue_wait_p95_s(
+        np.array([float(servers)]),
+        np.array([rho * servers]),
+        np.array([mean_service]),
+        np.array([float(b_min)]),
+    )
+    worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
+    return float(wait[0]) + worst
+
+
 def group_patterns(
     problem: Problem, option_set: OptionSet, gk: GroupKey, items: Sequence[_Item], limited: set[str]
 ) -> list[Pattern] | None:
     """A group's cover patterns (module docstring); None where there are too many to list.
 
-    Under a p95 objective a group is one pool of one replica type: the per-option latency check (c* replicas
-    of that option) is then exactly what is deployed."""
+    Under a p95 objective: every pure pattern (c* replicas of one option, which the per-option latency check
+    already holds to the group's budget) and every mixed cover whose pool meets that budget (`mixed_pool_p95_s`,
+    the p95 the engine checks the plan with). An objective that cannot bind then leaves the patterns, and the
+    plan, as they are without it; one that binds drops the mixes it breaks."""
     lam = problem.workloads[gk[0]].rate
-    if problem.workloads[gk[0]].p95_latency_s is not None:
-        return _pareto_patterns([p for it in items if (p := _pure_pattern(lam, it, limited)) is not None])
-    return cover_patterns(lam, items, limited)
+    covers = cover_patterns(lam, items, limited)
+    if problem.workloads[gk[0]].p95_latency_s is None:
+        return covers
+    pure = [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
+    budget = option_set.budgets.get(gk)
+    options = option_set.options
+    mixed = [
+        p
+        for p in covers or ()
+        if len(p.replicas) > 1
+        and (budget is None or mixed_pool_p95_s(lam, [(options[i], n) for i, n in p.replicas]) <= budget * (1 + 1e-9))
+    ]
+    return _pareto_patterns([*pure, *mixed])
 
 
 def solve_milp(
@@ -661,7 +699,6 @@ def solve_milp(
     if limited is None:
         limited = {f for f, fam in fams.items() if fam.available is not None}
     b = _Builder()
-    workloads = problem.workloads
     options = option_set.options
     choice_var: dict[ChoiceKey, int] = {}
     cover_var: dict[ChoiceKey, int] = {}
@@ -888,11 +925,11 @@ def relaxation_bound(problem: Problem, option_set: OptionSet, *, integral: bool 
         s_f >= sum_o phi_o q_o / U,   s_f >= sum_o mem_o q_o / M_f,
         s_f >= sum_{o: phi_o > U / 2} q_o   (and the same for memory: two such tenants never share a GPU),
     with every shared slot of the set as a column, and the dedicated cover patterns, availability and assignment
-    rows of the MILP. Up to `BOUND_INTEGRAL_MAX_VARS` columns it is solved as a MILP within
-    `bound_time_limit_s` and HiGHS's dual bound is taken (integer GPU counts and choices tighten it); above
-    that, or where that returns no bound, its LP relaxation. Any plan whose groups use options of the set (replicas dropped, pools
-    packed first-fit, exact bins) is a feasible point of this LP, so its cost is at least the LP's value.
-    Returns NaN when the LP has no solution (then the plan has no bound to report)."""
+    rows of the MILP. Any plan whose groups use options of the set (replicas dropped, pools packed first-fit,
+    exact bins) is a feasible point of it, so its cost is at least the model's optimum. Up to
+    `BOUND_INTEGRAL_MAX_VARS` columns it is solved as a MILP within `bound_time_limit_s` and HiGHS's dual bound
+    is taken (integer GPU counts and choices tighten it); above that, or where that gives no bound, the value
+    of its LP relaxation. NaN when neither has a solution (then the plan has no bound to report)."""
     opts = problem.options
     fams = problem.families
     options = option_set.options
