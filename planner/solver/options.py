@@ -20,7 +20,9 @@ Shared mode (several low-rate groups on one GPU): the fraction of a GPU the grou
     phi(o) = lambda / credit_h(o); eligible when phi <= share_max_fraction, the memory is known and the p95
     on a GPU filled to share_max_utilization by tenants of its service-time class fits the budget
     (planner.solver.latency); shared GPUs are packed per (family, class), and a tenant is offered its own
-    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows.
+    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows. A tenant whose workload has no
+    objective is also offered its family's `NO_OBJECTIVE_CLASS` pool, shared with any other such tenant
+    whatever its service time: the class rule protects co-tenants' objectives, and there are none there.
 
 Pruning before the MILP (exact, not heuristic):
 - per (stage, family, batch), a recipe that is no faster at median and p95, no surer, and no smaller in
@@ -82,6 +84,9 @@ STAGE_ABBREV: dict[str, str] = {"text_encoder": "te", "denoiser": "dn", "vae_dec
 UNKNOWN_MEMORY_FACTOR = 1.2
 SHARE_CLASS_SPAN = 1
 """How many service-time classes above its own a shared tenant may join."""
+NO_OBJECTIVE_CLASS = 63
+"""The shared pool of tenants without a p95 objective: no co-tenant's latency asks for similar service times
+there, so the class rule does not limit their sharing (pool keys are segment x 64 + class)."""
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -911,9 +916,12 @@ class OptionBuilder:
         own_class = share_class(service)
         parts: list[tuple[IntArray, IntArray]] = []
         # A tenant may join its own service-time class or a higher one (longer co-tenants) when its latency
-        # still fits: the extra pools give the packing small fillers to round GPUs up with.
-        for step in range(SHARE_CLASS_SPAN + 1):
-            klass = own_class + step
+        # still fits: the extra pools give the packing small fillers to round GPUs up with. A tenant without an
+        # objective may also join the family's pool of such tenants, where service times are not limited.
+        steps = [own_class + step for step in range(SHARE_CLASS_SPAN + 1)]
+        if not has_budget:
+            steps.append(np.full(b.shape, NO_OBJECTIVE_CLASS, dtype=np.int64))
+        for klass in steps:
             eligible = base.copy()
             if has_budget:
                 bound = share_class_bound_s(klass)
