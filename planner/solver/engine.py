@@ -64,7 +64,7 @@ from planner.solver.plan import (
     WorkloadPlan,
 )
 from planner.solver.problem import Problem, Workload
-from planner.solver.simulate import simulate_workload
+from planner.solver.simulate import PoolKey, simulate_workload
 
 REPAIR_CREDIT_FACTOR = 0.85
 BINDING_TOLERANCE = 2e-3
@@ -94,7 +94,7 @@ class _Core:
         """(cost - lower bound) / cost: how far from optimal the plan can be; NaN when no valid bound is known."""
         if not math.isfinite(self.lower_bound) or not self.cost > 0:
             return 0.0 if self.cost == 0 else math.nan
-        return (self.cost - self.lower_bound) / self.cost
+        return max(0.0, (self.cost - self.lower_bound) / self.cost)  # `_with_bound` checked bound <= cost: noise
 
     def stats(self) -> SolverStats | None:
         """What the MILP did, for the plan (None when no MILP ran)."""
@@ -556,7 +556,9 @@ def _baselines(found: list[BaselineCore], cost: float) -> list[Baseline]:
     return out
 
 
-def _no_dearer_than_baselines(problem: Problem, core: _Core, found: list[BaselineCore]) -> tuple[_Core, list[str]]:
+def _no_dearer_than_baselines(
+    problem: Problem, core: _Core, found: list[BaselineCore], cache: dict[PoolKey, float] | None = None
+) -> tuple[_Core, list[str]]:
     """The plan, or the cheapest baseline's plan where that costs less (with a line saying so).
 
     Every baseline is a restriction of the plan's problem, so the plan's optimum is never dearer; a heuristic
@@ -574,7 +576,7 @@ def _no_dearer_than_baselines(problem: Problem, core: _Core, found: list[Baselin
         + f" (${cost:.2f}/h); that baseline's plan is returned (a heuristic step of the full solve, such as "
         "fluid packing of many shared candidates or a time limit, missed it)"
     )
-    return replace(_simulated(problem, best), warnings=[*best.warnings]), [note]
+    return replace(_simulated(problem, best, cache), warnings=[*best.warnings]), [note]
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------
@@ -779,11 +781,12 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
     core = _solve_core(problem, builder, OptionFilter())
     if not core.feasible:
         return _infeasible_plan(problem, builder, core)
-    core = _simulated(problem, core)
+    sim_cache: dict[PoolKey, float] = {}
+    core = _simulated(problem, core, sim_cache)
     asked: Problem = problem
     held: list[str] = []
     if problem.options.simulate_p95 and problem.options.simulated_p95_binds:
-        asked, core, held = _hold_to_simulation(problem, builder, core)
+        asked, core, held = _hold_to_simulation(problem, builder, core, sim_cache)
     # Baselines and sensitivity answer for the problem the plan was solved for (tightened bounds included), so
     # their costs compare with the plan's.
     baselines: list[Baseline] = []
@@ -791,7 +794,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
     if problem.options.baselines:
         _progress(problem, "baselines")
         found = _baseline_cores(asked, builder)
-        core, swapped = _no_dearer_than_baselines(asked, core, found)
+        core, swapped = _no_dearer_than_baselines(asked, core, found, sim_cache)
         baselines = _baselines(found, core.cost)
     core = _with_bound(asked, core)
     sensitivity = None
@@ -845,8 +848,9 @@ def _with_bound(problem: Problem, core: _Core) -> _Core:
     return replace(core, lower_bound=bound, warnings=warnings)
 
 
-def _simulated(problem: Problem, core: _Core) -> _Core:
-    """The core with every workload's pools simulated (step 5); unchanged when the simulation is off."""
+def _simulated(problem: Problem, core: _Core, cache: dict[PoolKey, float] | None = None) -> _Core:
+    """The core with every workload's pools simulated (step 5); unchanged when the simulation is off. `cache`
+    (one per `solve`) keeps the pools already simulated, so a re-solve simulates only the pools it changes."""
     if not problem.options.simulate_p95:
         return core
     _progress(problem, "simulating the scheduler's batching")
@@ -856,7 +860,12 @@ def _simulated(problem: Problem, core: _Core) -> _Core:
         core,
         workloads=[
             simulate_workload(
-                problem, by_name[wp.name], wp, wait_s=opts.batch_wait_s, compiled_batches=opts.compiled_batches
+                problem,
+                by_name[wp.name],
+                wp,
+                wait_s=opts.batch_wait_s,
+                compiled_batches=opts.compiled_batches,
+                cache=cache,
             )
             for wp in core.workloads
         ],
@@ -873,7 +882,9 @@ def _misses(core: _Core, objectives: dict[str, float | None]) -> dict[str, float
     return out
 
 
-def _hold_to_simulation(problem: Problem, builder: OptionBuilder, core: _Core) -> tuple[Problem, _Core, list[str]]:
+def _hold_to_simulation(
+    problem: Problem, builder: OptionBuilder, core: _Core, cache: dict[PoolKey, float] | None = None
+) -> tuple[Problem, _Core, list[str]]:
     """The cheapest plan found whose bound and simulated batching both meet every objective (step 5).
 
     The bound is the MILP's constraint; the simulation has no closed form to put there, so the bound's objective
@@ -898,7 +909,7 @@ def _hold_to_simulation(problem: Problem, builder: OptionBuilder, core: _Core) -
         alt = _solve_core(current, builder, OptionFilter())
         if not alt.feasible:
             return current, None, {}
-        alt = _simulated(current, alt)
+        alt = _simulated(current, alt, cache)
         return current, alt, _misses(alt, objectives)
 
     asked: dict[str, float | None] = dict(objectives)

@@ -269,6 +269,21 @@ class OptionSet:
         return {w for w, c in self.choices.items() if c}
 
 
+@dataclass
+class _WorkloadOptions:
+    """One workload's part of an option set (`OptionBuilder._build_workload`)."""
+
+    options: list[Option]
+    shared: list[_SharedBatch]
+    choices: list[tuple[str, Topology]]
+    diagnostics: Diagnostics
+    budgets: dict[GroupKey, float | None]
+
+
+WORKLOAD_CACHE_FACTOR = 8
+"""The workload cache is cleared past this many entries per workload (about as many option sets)."""
+
+
 @dataclass(frozen=True)
 class _Table:
     """Every recipe x batch combination of every group on every family for one (model, resolution, steps,
@@ -316,6 +331,7 @@ class OptionBuilder:
         self._stage_cache: dict[tuple[object, ...], list[CellEstimate]] = {}
         self._tables: dict[tuple[object, ...], _Table | None] = {}
         self._row_lists: dict[int, _RowLists] = {}
+        self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
 
     # ---- recipes a workload may use ---------------------------------------------------------------
     def allowed_recipes(self, w: Workload, model: str, stage: str, flt: OptionFilter) -> tuple[list[str], str]:
@@ -528,36 +544,82 @@ class OptionBuilder:
         self._tables[key] = table
         return table
 
+    # ---- one workload's options (cached across the re-solves of one problem) -------------------------
+    def _context_key(self, problem: Problem, flt: OptionFilter) -> tuple[object, ...] | None:
+        """What a workload's options depend on besides the workload: the fleet and the option knobs; None (no
+        caching) under a baseline's filter, whose option sets are each built once."""
+        if flt != OptionFilter():
+            return None
+        opts = problem.options
+        fleet = tuple(
+            (k, f.price_per_hour, f.available, f.memory_gib, f.energy_price_per_kwh, f.power_w)
+            for k, f in problem.families.items()
+        )
+        knobs = (
+            opts.memory_reserve_gib,
+            opts.share_gpus,
+            opts.share_max_utilization,
+            opts.share_max_fraction,
+            opts.max_latency_extra_replicas,
+            opts.exact_packing_max_items,
+        )
+        return (fleet, knobs)
+
+    def _workload_options(
+        self, problem: Problem, flt: OptionFilter, wi: int, w: Workload, context: tuple[object, ...] | None
+    ) -> _WorkloadOptions:
+        """A workload's options, reused where the same workload at the same index was built in the same context
+        (the engine's hold re-solves with a few objectives tightened: only those workloads are built again)."""
+        key = None if context is None else (context, wi, repr(w))
+        hit = self._workload_cache.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        built = self._build_workload(problem, flt, wi, w)
+        if key is not None:
+            if len(self._workload_cache) > WORKLOAD_CACHE_FACTOR * max(len(problem.workloads), 1):
+                self._workload_cache.clear()
+            self._workload_cache[key] = built
+        return built
+
+    def _build_workload(self, problem: Problem, flt: OptionFilter, wi: int, w: Workload) -> _WorkloadOptions:
+        opts = problem.options
+        diag = Diagnostics()
+        out = _WorkloadOptions(options=[], shared=[], choices=[], diagnostics=diag, budgets={})
+        for model_id in w.models:
+            spec = self.models.get(model_id)
+            if spec is None:
+                diag.reasons.append(f"{model_id}: not in the model catalog")
+                continue
+            found, shared = self._build_model(problem, flt, wi, w, spec, diag, out.budgets)
+            out.options.extend(found)
+            groups_with_options = {o.group for o in found}
+            if shared is not None:
+                out.shared.append(shared)
+                groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
+            tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
+            usable = [t for t in tops if all(g in groups_with_options for g in t)]
+            out.choices.extend((model_id, t) for t in usable)
+            if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
+                diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+        return out
+
     # ---- a whole option set ------------------------------------------------------------------------
     def build(self, problem: Problem, flt: OptionFilter | None = None) -> OptionSet:
         """Options of every workload (module docstring), pruned; `flt` restricts them for baselines."""
         flt = flt or OptionFilter()
-        opts = problem.options
         options: list[Option] = []
         choices: dict[int, list[tuple[str, Topology]]] = {}
         diagnostics: dict[int, Diagnostics] = {}
         budgets: dict[GroupKey, float | None] = {}
         shared_rows: list[_SharedBatch] = []
+        context = self._context_key(problem, flt)
         for wi, w in enumerate(problem.workloads):
-            diag = Diagnostics()
-            diagnostics[wi] = diag
-            choices[wi] = []
-            for model_id in w.models:
-                spec = self.models.get(model_id)
-                if spec is None:
-                    diag.reasons.append(f"{model_id}: not in the model catalog")
-                    continue
-                found, shared = self._build_model(problem, flt, wi, w, spec, diag, budgets)
-                options.extend(found)
-                groups_with_options = {o.group for o in found}
-                if shared is not None:
-                    shared_rows.append(shared)
-                    groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
-                tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
-                usable = [t for t in tops if all(g in groups_with_options for g in t)]
-                choices[wi].extend((model_id, t) for t in usable)
-                if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
-                    diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+            built = self._workload_options(problem, flt, wi, w, context)
+            options.extend(built.options)
+            shared_rows.extend(built.shared)
+            choices[wi] = list(built.choices)
+            diagnostics[wi] = built.diagnostics
+            budgets.update(built.budgets)
         options.extend(self._shared_options(problem, shared_rows))
         shared_candidates = sum(len(sb.rows) for sb in shared_rows)
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
