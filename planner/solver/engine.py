@@ -56,6 +56,7 @@ from planner.solver.plan import (
     GroupPlan,
     Infeasibility,
     Plan,
+    Replan,
     Sensitivity,
     SharedGpu,
     SolverStats,
@@ -64,6 +65,7 @@ from planner.solver.plan import (
     WorkloadPlan,
 )
 from planner.solver.problem import Problem, Workload
+from planner.solver.replan import plan_moves, plan_replicas
 from planner.solver.simulate import PoolKey, simulate_workload
 
 REPAIR_CREDIT_FACTOR = 0.85
@@ -142,26 +144,35 @@ def _ffd(problem: Problem, fid: str, items: list[Option]) -> list[list[Option]]:
     return [placed for _, _, placed in bins]
 
 
-def _prefer_lower_latency(rate: float, used: list[tuple[Option, int]]) -> list[tuple[Option, int]]:
+def _prefer_lower_latency(
+    rate: float, used: list[tuple[Option, int]], running: frozenset[tuple[str, tuple[str, ...], int]] = frozenset()
+) -> list[tuple[Option, int]]:
     """The pool with each option swapped for its lowest-p95 alternative that keeps the rate covered.
 
     The MILP minimises $/hour only, so among covers of equal cost it may keep a batch whose formation time
     (b - 1) / rate is minutes at a low rate. An alternative a of option o (planner.solver.options, "Latency
     tie-break") costs no more per replica; n replicas of a replace n of o when
         sum_pool n' credit' - n (credit_o - credit_a) >= rate   (the MILP's cover still holds)
-    and the pool's p95 (`_pool_p95`) falls. Replica counts are unchanged and prices do not rise, so the
-    plan's cost is the MILP's or lower; the p95 only falls, so no latency objective can break.
+    and the pool's p95 (`mixed_pool_p95_s`) falls. Replica counts are unchanged and prices do not rise, so the
+    plan's cost is the MILP's or lower; the p95 only falls, so no latency objective can break. When re-planning,
+    an option of the running plan's kind (`running`: family, recipes, batch) stays, and an alternative of that
+    kind is taken first where it covers and its p95 does not rise: the MILP counted no move for it.
     """
     pool = list(used)
     slack = sum(n * o.credit for o, n in pool) - rate
     best_p95 = mixed_pool_p95_s(rate, pool)
     for k, (o, n) in enumerate(used):
         pick: Option | None = None
+        if (o.family, o.recipes, o.batch) in running:
+            continue
         for a in o.alternatives.options() if o.alternatives is not None else ():
             if a.cost_per_hour > o.cost_per_hour + 1e-12 or n * (o.credit - a.credit) > slack + rate * 1e-9:
                 continue
             trial = [*pool[:k], (a, n), *pool[k + 1 :]]
             p95 = mixed_pool_p95_s(rate, trial)
+            if (a.family, a.recipes, a.batch) in running and p95 <= best_p95 * (1 + 1e-9):
+                pick, best_p95 = a, p95
+                break
             if p95 < best_p95 * (1 - 1e-9):
                 pick, best_p95 = a, p95
         if pick is not None:
@@ -218,7 +229,7 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     )
     _progress(problem, f"packing {core.option_set.shared_candidates} shared candidates exactly")
     alt = _solve_once(exact, builder, flt)
-    if alt.feasible and alt.cost < core.cost * (1 - 1e-9):
+    if alt.feasible and _weighted(problem, alt) < _weighted(problem, core) * (1 - 1e-9):
         alt.build_s += core.build_s
         alt.solve_s += core.solve_s
         return alt
@@ -351,8 +362,11 @@ def _assemble(
             dedicated[o.key].append((o, n))
         else:
             warnings.append(f"unused replicas of {problem.workloads[o.workload].name} {o.group} dropped")
+    kept = problem.options.running.by_group() if problem.options.running is not None else {}
     for key, pool in dedicated.items():
-        dedicated[key] = _prefer_lower_latency(problem.workloads[key[0]].rate, pool)
+        w = problem.workloads[key[0]]
+        running = frozenset((k[2], k[3], k[4]) for k in kept.get((w.name, key[2]), {}))
+        dedicated[key] = _prefer_lower_latency(w.rate, pool, running)
     gpus: dict[str, int] = defaultdict(int)
     for pool in dedicated.values():
         for o, n in pool:
@@ -489,7 +503,9 @@ def _cheapest(
     best: tuple[str, _Core | None] = ("", None)
     for label, flt in filters:
         core = _solve_core(
-            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1), builder, flt
+            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1, running=None),
+            builder,
+            flt,
         )
         if core.feasible and (best[1] is None or core.cost < best[1].cost):
             best = (label, core)
@@ -556,6 +572,30 @@ def _baselines(found: list[BaselineCore], cost: float) -> list[Baseline]:
     return out
 
 
+def _weighted(problem: Problem, core: _Core) -> float:
+    """A core's $/hour plus, when re-planning from a running plan, the move cost of the replicas it moves."""
+    running = problem.options.running
+    if running is None or problem.options.move_cost_per_hour <= 0:
+        return core.cost
+    return core.cost + problem.options.move_cost_per_hour * plan_moves(running, plan_replicas(core.workloads)).total
+
+
+def _replan(problem: Problem, builder: OptionBuilder, core: _Core) -> Replan | None:
+    """What a re-plan from the running plan moves, and what a fresh solve would have moved and cost."""
+    running = problem.options.running
+    if running is None:
+        return None
+    _progress(problem, "re-plan: solving fresh to say what the moves saved")
+    fresh = _solve_core(problem.with_options(running=None, baselines=False, sensitivity=False), builder, OptionFilter())
+    return Replan(
+        move_cost_per_hour=problem.options.move_cost_per_hour,
+        moves=plan_moves(running, plan_replicas(core.workloads)),
+        fresh_cost_per_hour=fresh.cost if fresh.feasible else None,
+        fresh_moves=plan_moves(running, plan_replicas(fresh.workloads)) if fresh.feasible else None,
+        cost_per_hour=core.cost,
+    )
+
+
 def _no_dearer_than_baselines(
     problem: Problem, core: _Core, found: list[BaselineCore], cache: dict[PoolKey, float] | None = None
 ) -> tuple[_Core, list[str]]:
@@ -564,11 +604,12 @@ def _no_dearer_than_baselines(
     Every baseline is a restriction of the plan's problem, so the plan's optimum is never dearer; a heuristic
     step (fluid packing past `exact_packing_retry_max_items` candidates, a time limit) can still leave it
     dearer, and a plan that prints a negative saving against its own baseline helps nobody."""
-    cheaper = [(c.cost, name, label, c) for name, _, label, c in found if c is not None and c.feasible]
+    cheaper = [(_weighted(problem, c), name, label, c) for name, _, label, c in found if c is not None and c.feasible]
     if not cheaper:
         return core, []
-    cost, name, label, best = min(cheaper, key=lambda t: t[0])
-    if cost >= core.cost * (1 - 1e-9):
+    _, name, label, best = min(cheaper, key=lambda t: t[0])
+    cost = best.cost
+    if _weighted(problem, best) >= _weighted(problem, core) * (1 - 1e-9) or cost >= core.cost * (1 - 1e-9):
         return core, []
     note = (
         f"the solver's plan (${core.cost:.2f}/h) cost more than its {name} baseline"
@@ -596,7 +637,7 @@ def _stricter(w: Workload) -> Workload:
 
 
 def _what_if(problem: Problem, builder: OptionBuilder, flt: OptionFilter | None = None) -> _Core:
-    quick = problem.with_options(baselines=False, sensitivity=False)
+    quick = problem.with_options(baselines=False, sensitivity=False, running=None)
     return _solve_core(quick, builder, flt or OptionFilter())
 
 
@@ -797,6 +838,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         core, swapped = _no_dearer_than_baselines(asked, core, found, sim_cache)
         baselines = _baselines(found, core.cost)
     core = _with_bound(asked, core)
+    replan = _replan(asked, builder, core)
     sensitivity = None
     workloads = core.workloads
     if problem.options.sensitivity:
@@ -823,6 +865,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
             *_simulation_warnings(workloads, tried=bool(held) and asked is problem),
         ),
         stats=core.stats(),
+        replan=replan,
     )
 
 

@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +87,7 @@ from scipy.sparse import coo_array
 from planner.solver.latency import queue_wait_p95_s
 from planner.solver.options import ChoiceKey, GroupKey, Option, OptionSet, Topology
 from planner.solver.problem import FleetFamily, Problem
+from planner.solver.replan import ReplicaKey, RunningPlan, group_moves
 
 CostMap = dict[str, float]
 """family id -> $/GPU-hour."""
@@ -167,7 +168,7 @@ def select_columns(
         dedicated = [i for i in idxs if not options[i].shared]
         for i in dedicated:
             o = options[i]
-            dominated = any(
+            dominated = not o.running and any(
                 j != i
                 and options[j].family not in limited
                 and options[j].cost_per_hour <= o.cost_per_hour
@@ -298,13 +299,20 @@ def cover_patterns(
     return _pareto_patterns([Pattern(cost, replicas, usage) for cost, replicas, usage in found])
 
 
-def _pareto_patterns(found: list[Pattern]) -> list[Pattern]:
-    """Keep a cover only if no kept one is as cheap and uses no more of every limited family."""
-    found.sort(key=lambda p: (p.cost, sum(n for _, n in p.usage)))
+def _pareto_patterns(found: list[Pattern], moved: Callable[[Pattern], float] | None = None) -> list[Pattern]:
+    """Keep a cover only if no kept one is as cheap, uses no more of every limited family and (re-planning,
+    `moved`: its move cost) moves no more."""
+    move = {id(p): moved(p) for p in found} if moved is not None else {}
+    found.sort(key=lambda p: (p.cost, sum(n for _, n in p.usage), move.get(id(p), 0.0)))
     kept: list[Pattern] = []
     for p in found:
         use = dict(p.usage)
-        if any(q.cost <= p.cost + 1e-12 and all(n <= use.get(f, 0) for f, n in q.usage) for q in kept):
+        if any(
+            q.cost <= p.cost + 1e-12
+            and all(n <= use.get(f, 0) for f, n in q.usage)
+            and move.get(id(q), 0.0) <= move.get(id(p), 0.0) + 1e-12
+            for q in kept
+        ):
             continue
         kept.append(p)
     return kept
@@ -587,6 +595,62 @@ def solve_with_availability(problem: Problem, option_set: OptionSet) -> MilpResu
         limited |= over
 
 
+@dataclass(frozen=True)
+class MoveCosts:
+    """$/hour each MILP column pays for the replicas it moves against the running plan (planner.solver.replan).
+
+    A pattern of group G pays for its moves against G's running replicas; a shared slot, for removing them all;
+    a choice (model, topology), for removing the running groups it does not serve. Groups listed by integer
+    replica columns (too many covers to list) pay nothing: their moves are counted, not weighed."""
+
+    problem: Problem
+    option_set: OptionSet
+    running: RunningPlan
+    per_move: float
+    groups: Mapping[tuple[str, tuple[str, ...]], Mapping[ReplicaKey, int]]
+    """The running replicas by (workload name, stages)."""
+
+    def _old(self, gk: GroupKey) -> Mapping[ReplicaKey, int]:
+        name = self.problem.workloads[gk[0]].name
+        if self.running.models.get(name, gk[1]) != gk[1]:
+            return {}
+        return self.groups.get((name, gk[2]), {})
+
+    def pattern(self, gk: GroupKey, p: Pattern) -> float:
+        """Moves of a pattern; a pure one counts as the running replicas' kind where one of its option's latency
+        tie-break alternatives is that kind (the engine then keeps it: same replicas, same or lower price)."""
+        name = self.problem.workloads[gk[0]].name
+        options = self.option_set.options
+        old = self._old(gk)
+        new = {(name, gk[2], options[i].family, options[i].recipes, options[i].batch): n for i, n in p.replicas}
+        if len(p.replicas) == 1 and old and not set(new) & set(old):
+            n, o = p.replicas[0][1], options[p.replicas[0][0]]
+            for a in o.alternatives.options() if o.alternatives is not None else ():
+                key = (name, gk[2], a.family, a.recipes, a.batch)
+                if key in old:
+                    new = {key: n}
+                    break
+        return self.per_move * group_moves(old, new).total
+
+    def shared(self, gk: GroupKey) -> float:
+        return self.per_move * sum(self._old(gk).values())
+
+    def choice(self, ck: ChoiceKey) -> float:
+        wi, model_id, topo = ck
+        name = self.problem.workloads[wi].name
+        kept = set(topo) if self.running.models.get(name, model_id) == model_id else set()
+        gone = sum(n for key, n in self.running.replicas.items() if key[0] == name and key[1] not in kept)
+        return self.per_move * gone
+
+
+def move_costs(problem: Problem, option_set: OptionSet) -> MoveCosts | None:
+    """The move costs of a re-plan; None without a running plan or at a move cost of zero."""
+    running = problem.options.running
+    if running is None or problem.options.move_cost_per_hour <= 0:
+        return None
+    return MoveCosts(problem, option_set, running, problem.options.move_cost_per_hour, running.by_group())
+
+
 def _dedicated_columns(
     b: _Builder,
     problem: Problem,
@@ -598,6 +662,7 @@ def _dedicated_columns(
     *,
     coverage: bool = False,
     cost_scale: float = 1.0,
+    moves: MoveCosts | None = None,
 ) -> tuple[dict[int, Pattern], dict[int, int]]:
     """Dedicated columns of every demanded group (`cover_rows`' keys): its cover patterns where they can be
     listed, integer replica columns elsewhere; adds their terms to `cover_rows` and `usage_terms`."""
@@ -615,10 +680,10 @@ def _dedicated_columns(
             avail = fams[o.family].available if o.family in limited else None
             bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
             items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
-        patterns = None if coverage or not items else group_patterns(problem, option_set, gk, items, limited)
+        patterns = None if coverage or not items else group_patterns(problem, option_set, gk, items, limited, moves)
         if patterns is not None:
             for p in patterns:
-                v = b.var(p.cost * cost_scale, 0.0, 1.0, True, gk[0])
+                v = b.var((p.cost + (moves.pattern(gk, p) if moves else 0.0)) * cost_scale, 0.0, 1.0, True, gk[0])
                 pattern_var[v] = p
                 cover_rows[gk][v] = 1.0
                 for fid, n in p.usage:
@@ -656,7 +721,12 @@ def mixed_pool_p95_s(rate: float, used: Sequence[tuple[Option, int]]) -> float:
 
 
 def group_patterns(
-    problem: Problem, option_set: OptionSet, gk: GroupKey, items: Sequence[_Item], limited: set[str]
+    problem: Problem,
+    option_set: OptionSet,
+    gk: GroupKey,
+    items: Sequence[_Item],
+    limited: set[str],
+    moves: MoveCosts | None = None,
 ) -> list[Pattern] | None:
     """A group's cover patterns (module docstring); None where there are too many to list.
 
@@ -666,9 +736,11 @@ def group_patterns(
     plan, as they are without it; one that binds drops the mixes it breaks."""
     lam = problem.workloads[gk[0]].rate
     covers = cover_patterns(lam, items, limited)
+    pure = [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
+    if moves is not None:  # a re-plan: keep the pure covers of the running kinds, whatever they cost
+        covers = None if covers is None else _pareto_patterns([*covers, *pure], lambda p: moves.pattern(gk, p))
     if problem.workloads[gk[0]].p95_latency_s is None:
         return covers
-    pure = [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
     budget = option_set.budgets.get(gk)
     options = option_set.options
     mixed = [
@@ -677,7 +749,7 @@ def group_patterns(
         if len(p.replicas) > 1
         and (budget is None or mixed_pool_p95_s(lam, [(options[i], n) for i, n in p.replicas]) <= budget * (1 + 1e-9))
     ]
-    return _pareto_patterns([*pure, *mixed])
+    return _pareto_patterns([*pure, *mixed], (lambda p: moves.pattern(gk, p)) if moves is not None else None)
 
 
 def solve_milp(
@@ -706,10 +778,11 @@ def solve_milp(
     max_price = max((f.price_per_hour for f in fams.values()), default=1.0)
     cost_scale = 1e-4 / max(max_price * max(len(options), 1), 1.0) if coverage else 1.0
 
+    moves = None if coverage else move_costs(problem, option_set)
     for wi, chs in option_set.choices.items():
         for model_id, topo in chs:
             ck: ChoiceKey = (wi, model_id, topo)
-            choice_var[ck] = b.var(0.0, 0.0, 1.0, True, wi)
+            choice_var[ck] = b.var(moves.choice(ck) if moves else 0.0, 0.0, 1.0, True, wi)
             if coverage:
                 cover_var[ck] = b.var(-1.0, 0.0, 1.0, False, wi)
             groups_of_choice[ck] = [(wi, model_id, g) for g in topo]
@@ -724,7 +797,16 @@ def solve_milp(
     cover_rows: dict[GroupKey, dict[int, float]] = {gk: dict.fromkeys(zs, -1.0) for gk, zs in demand.items()}
     usage_terms: dict[str, list[tuple[int, float]]] = defaultdict(list)
     pattern_var, opt_var = _dedicated_columns(
-        b, problem, option_set, in_model, limited, cover_rows, usage_terms, coverage=coverage, cost_scale=cost_scale
+        b,
+        problem,
+        option_set,
+        in_model,
+        limited,
+        cover_rows,
+        usage_terms,
+        coverage=coverage,
+        cost_scale=cost_scale,
+        moves=moves,
     )
     # Shared columns.
     shared_by_pool: dict[Pool, list[int]] = defaultdict(list)
@@ -746,7 +828,9 @@ def solve_milp(
             bins_var[pool] = [b.var(bin_cost, 0.0, 1.0, True) for _ in range(top)]
             for i in idxs:
                 for k in range(top):
-                    x_var[(i, k)] = b.var(0.0, 0.0, 1.0, True, options[i].workload)
+                    x_var[(i, k)] = b.var(
+                        moves.shared(options[i].key) if moves else 0.0, 0.0, 1.0, True, options[i].workload
+                    )
                     cover_rows[options[i].key][x_var[(i, k)]] = 1.0
             usage_terms[fid].extend((v, 1.0) for v in bins_var[pool])
         else:
@@ -757,7 +841,7 @@ def solve_milp(
                 s_var[pool] = b.var(bin_cost, float(min(low, top)), float(min(high, top)), True)
             usage_terms[fid].append((s_var[pool], 1.0))
             for i in idxs:
-                q_var[i] = b.var(0.0, 0.0, 1.0, True, options[i].workload)
+                q_var[i] = b.var(moves.shared(options[i].key) if moves else 0.0, 0.0, 1.0, True, options[i].workload)
                 cover_rows[options[i].key][q_var[i]] = 1.0
 
     # (assign)

@@ -152,6 +152,9 @@ class Option:
     budget_s: float | None
     share_class: int = -1
     alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
+    running: bool = False
+    """A kind (family, recipes, batch) the running plan uses for this group: kept as a column even where
+    dominated, so a re-plan can keep it (planner.solver.replan)."""
     """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
     (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
 
@@ -908,6 +911,9 @@ class OptionBuilder:
                         best_cost = cost[i]
                         extra.append(int(i))
             picks = np.r_[picks, np.array(extra, dtype=np.int64)]
+        kept = _running_rows(problem, w, tbl, lists, ok)
+        if kept.size:
+            picks = np.union1d(picks, kept)
         # ... and across families: dropped when an option of the same group on a family without an
         # availability limit costs no more per replica and credits no less (replace it replica by replica).
         pg = tbl.seg_group[picks]
@@ -924,7 +930,7 @@ class OptionBuilder:
             & better
             & ~np.eye(n, dtype=bool),
             axis=1,
-        )
+        ) & ~np.isin(picks, kept)
         # Latency tie-break (module docstring): per segment, the rows after its pick (credit descending) that
         # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
         # its rank lets one running minimum over `order` restart at every segment.
@@ -966,6 +972,7 @@ class OptionBuilder:
                     shared=False,
                     fraction=float(lam / credit[i]),
                     alternatives=None if rows_i is None else Alternatives(source, rows_i),
+                    running=bool(kept.size) and i in kept,
                 )
             )
         share = opts.share_gpus if flt.share is None else flt.share
@@ -1031,6 +1038,23 @@ class OptionBuilder:
         return out, batch
 
 
+def _running_rows(problem: Problem, w: Workload, tbl: _Table, lists: _RowLists, ok: NDArray[np.bool_]) -> IntArray:
+    """Rows of the kinds (group, family, recipes, batch) the running plan uses for this workload, where they
+    still fit and meet the latency budget (`ok`); empty without a running plan."""
+    running = problem.options.running
+    if running is None:
+        return np.zeros(0, dtype=np.int64)
+    kinds = {(k[1], k[2], k[3], k[4]) for k in running.replicas if k[0] == w.name}
+    if not kinds:
+        return np.zeros(0, dtype=np.int64)
+    rows = [
+        i
+        for i in np.nonzero(ok)[0].tolist()
+        if (tbl.groups[lists.group[i]], tbl.families[lists.family[i]], lists.recipes[i], lists.batch[i]) in kinds
+    ]
+    return np.array(rows, dtype=np.int64)
+
+
 class _RowLists:
     """A table's columns as Python lists (and per-row tuples), so building an Option costs no numpy."""
 
@@ -1064,6 +1088,7 @@ class _RowLists:
         fraction: float,
         share_class: int = -1,
         alternatives: Alternatives | None = None,
+        running: bool = False,
     ) -> Option:
         return Option(
             wi,
@@ -1089,6 +1114,7 @@ class _RowLists:
             budget,
             share_class,
             alternatives,
+            running,
         )
 
 

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from planner.solver.replan import Moves
+
 Constraint = Literal["capacity", "availability", "latency", "memory", "quality"]
 
 
@@ -281,6 +283,48 @@ class SolverStats:
 
 
 @dataclass(frozen=True)
+class Replan:
+    """A re-plan from the running plan (planner.solver.replan): what it moves, and what it gave up for that
+    against a fresh solve of the same problem."""
+
+    move_cost_per_hour: float
+    moves: Moves
+    fresh_cost_per_hour: float | None
+    fresh_moves: Moves | None
+    cost_per_hour: float
+
+    @property
+    def gave_up_per_hour(self) -> float | None:
+        """$/hour this plan costs above the fresh solve's (what fewer moves cost)."""
+        return None if self.fresh_cost_per_hour is None else self.cost_per_hour - self.fresh_cost_per_hour
+
+    def summary(self) -> str:
+        line = (
+            f"re-plan from the running plan at a move cost of ${self.move_cost_per_hour:g}/h per replica: moves "
+            f"{self.moves.total} replicas ({self.moves.added} added, {self.moves.removed} removed, "
+            f"{self.moves.changed} changed recipe, batch or family) at ${self.cost_per_hour:.2f}/h"
+        )
+        gave_up = self.gave_up_per_hour
+        if self.fresh_moves is None or self.fresh_cost_per_hour is None or gave_up is None:
+            return line + "; the problem has no fresh plan to compare with"
+        fresh = f"; a fresh solve moves {self.fresh_moves.total} at ${self.fresh_cost_per_hour:.2f}/h"
+        if gave_up > 1e-9:
+            return line + fresh + f": fewer moves give up ${gave_up:.2f}/h"
+        return line + fresh + f": fewer moves give up nothing (${-gave_up:.2f}/h less)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "move_cost_per_hour": _num(self.move_cost_per_hour),
+            "moves": self.moves.to_dict(),
+            "cost_per_hour": _num(self.cost_per_hour),
+            "fresh_cost_per_hour": _num(self.fresh_cost_per_hour),
+            "fresh_moves": self.fresh_moves.to_dict() if self.fresh_moves is not None else None,
+            "gave_up_per_hour": _num(self.gave_up_per_hour),
+            "summary": self.summary(),
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     """The answer for a fleet and a set of workloads."""
 
@@ -294,6 +338,7 @@ class Plan:
     infeasible: tuple[Infeasibility, ...] = ()
     warnings: tuple[str, ...] = ()
     stats: SolverStats | None = None
+    replan: Replan | None = None
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -314,6 +359,7 @@ class Plan:
             "infeasible": [i.to_dict() for i in self.infeasible],
             "warnings": list(self.warnings),
             "solver": self.stats.to_dict() if self.stats else None,
+            "replan": self.replan.to_dict() if self.replan else None,
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
