@@ -1,4 +1,5 @@
-"""The gap a plan prints is measured against a bound no plan can undercut, on the scale benchmark's scenarios.
+"""The gap a plan prints is measured against a bound no plan can undercut, on the scale benchmark's scenarios;
+no baseline is cheaper than the plan, and no workload misses its objective without a warning.
 
 The benchmark's generator (benchmarks/solver_scale.py: 10 families, 8 models, every recipe x batch, p95
 objectives on most workloads, availability limits, shared GPUs) at small sizes, with the defaults on; and the
@@ -30,6 +31,14 @@ def test_bound_is_at_most_the_cost_with_defaults(n: int, seed: int) -> None:
     assert all(b.saving is None or b.saving >= -1e-9 for b in plan.baselines), [
         (b.name, b.saving) for b in plan.baselines
     ]
+    # No workload is over its objective, simulated or predicted, without a warning naming it.
+    for w in plan.workloads:
+        objective = w.p95_objective_s
+        if objective is None:
+            continue
+        over = w.predicted_p95_s > objective * (1 + 1e-9) or (w.simulated_p95_s or 0.0) > objective * (1 + 1e-9)
+        if over:
+            assert any(w.name in line for line in plan.warnings), (w.name, plan.warnings)
 
 
 @pytest.mark.parametrize(("n", "seed"), [(30, 0)])
