@@ -565,6 +565,7 @@ class OptionBuilder:
             opts.share_max_fraction,
             opts.max_latency_extra_replicas,
             opts.exact_packing_max_items,
+            id(opts.running),  # a re-plan keeps the running kinds as extra rows (`_running_rows`)
         )
         return (fleet, knobs)
 
