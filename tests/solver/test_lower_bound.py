@@ -22,7 +22,9 @@ from planner.solver.options import OptionBuilder
 def test_bound_is_at_most_the_cost_with_defaults(n: int, seed: int) -> None:
     problem = build(n, seed, verbose=False).with_options(baselines=True, sensitivity=False)
     plan = solve(problem)
-    assert plan.feasible and plan.total_cost_per_hour is not None and plan.stats is not None
+    assert plan.feasible
+    assert plan.total_cost_per_hour is not None
+    assert plan.stats is not None
     bound = plan.stats.lower_bound
     assert math.isfinite(bound), plan.warnings
     assert bound <= plan.total_cost_per_hour * (1 + 1e-9)
@@ -45,7 +47,9 @@ def test_bound_is_at_most_the_cost_with_defaults(n: int, seed: int) -> None:
 def test_bound_holds_on_the_fluid_packing_path(n: int, seed: int) -> None:
     problem = build(n, seed, verbose=False).with_options(exact_packing_max_items=0, exact_packing_retry_max_items=0)
     plan = solve(problem)
-    assert plan.feasible and plan.total_cost_per_hour is not None and plan.stats is not None
+    assert plan.feasible
+    assert plan.total_cost_per_hour is not None
+    assert plan.stats is not None
     assert plan.stats.lower_bound <= plan.total_cost_per_hour * (1 + 1e-9)
 
 

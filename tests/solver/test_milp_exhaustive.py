@@ -158,7 +158,7 @@ def _group_choices(fams, opts, rate):  # type: ignore[no-untyped-def]
         if minimal:
             used = {i: n for n, i in zip(counts, ids, strict=True) if n}
             choices.append(("dedicated", used, sum(n * fam_by_id[i].price for i, n in used.items())))
-    for f, credit, mem, t in opts:
+    for f, credit, mem, _t in opts:
         phi = rate / credit
         if phi <= min(SHARE_FRACTION, UTIL):
             choices.append(("shared", Slot(f.id, phi, mem, (NO_OBJECTIVE,)), 0.0))

@@ -32,14 +32,16 @@ def test_a_plus_ten_percent_replan_moves_fewer_replicas_and_says_what_it_gave_up
     fresh = solve(up)
     fresh_moves = plan_moves(running, plan_replicas(fresh.workloads))
     plan = solve(up.with_options(running=running))  # the default move cost
-    assert plan.feasible and plan.replan is not None
+    assert plan.feasible
+    assert plan.replan is not None
     assert plan.replan.moves == plan_moves(running, plan_replicas(plan.workloads))
     assert plan.replan.moves.total < fresh_moves.total
     assert plan.replan.fresh_moves == fresh_moves
     assert plan.replan.fresh_cost_per_hour == pytest.approx(fresh.total_cost_per_hour)
     assert plan.replan.gave_up_per_hour == pytest.approx(plan.total_cost_per_hour - fresh.total_cost_per_hour)
     summary = plan.to_dict()["replan"]["summary"]
-    assert "a fresh solve moves" in summary and "give up" in summary
+    assert "a fresh solve moves" in summary
+    assert "give up" in summary
     # Every workload still carries its new rate.
     for w in plan.workloads:
         assert w.rate == pytest.approx(next(x.rate for x in up.workloads if x.name == w.name))
@@ -50,14 +52,16 @@ def test_at_move_cost_zero_a_replan_is_the_fresh_optimum(today: tuple[Problem, R
     fresh = solve(up)
     plan = solve(up.with_options(running=running, move_cost_per_hour=0.0))
     assert plan.total_cost_per_hour == pytest.approx(fresh.total_cost_per_hour)
-    assert plan.replan is not None and plan.replan.gave_up_per_hour == pytest.approx(0.0)
+    assert plan.replan is not None
+    assert plan.replan.gave_up_per_hour == pytest.approx(0.0)
 
 
 def test_a_higher_move_cost_never_moves_more(today: tuple[Problem, RunningPlan]) -> None:
     up, running = today
     cheap = solve(up.with_options(running=running, move_cost_per_hour=0.1))
     dear = solve(up.with_options(running=running, move_cost_per_hour=5.0))
-    assert cheap.replan is not None and dear.replan is not None
+    assert cheap.replan is not None
+    assert dear.replan is not None
     assert dear.replan.moves.total <= cheap.replan.moves.total
 
 
