@@ -239,7 +239,7 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
 def _solve_once(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
     """Options + MILP + packing + latency repair (module docstring, steps 1-4)."""
     started = time.perf_counter()
-    option_set = builder.build(problem, flt)
+    option_set = builder.build(problem, flt, stop_when_unserved=flt != OptionFilter())  # a baseline's: stop early
     build_s = time.perf_counter() - started
     _progress(problem, f"options: {len(option_set.options)} after pruning ({build_s:.2f} s)")
     unserved = {wi: option_set.diagnostics[wi].reasons for wi, c in option_set.choices.items() if not c}

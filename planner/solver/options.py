@@ -608,8 +608,13 @@ class OptionBuilder:
         return out
 
     # ---- a whole option set ------------------------------------------------------------------------
-    def build(self, problem: Problem, flt: OptionFilter | None = None) -> OptionSet:
-        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines."""
+    def build(
+        self, problem: Problem, flt: OptionFilter | None = None, *, stop_when_unserved: bool = False
+    ) -> OptionSet:
+        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines.
+
+        `stop_when_unserved`: stop at the first workload without an option (the rest get none, with a reason
+        saying so): a baseline that cannot serve one workload is infeasible, and building the others is waste."""
         flt = flt or OptionFilter()
         options: list[Option] = []
         choices: dict[int, list[tuple[str, Topology]]] = {}
@@ -624,6 +629,11 @@ class OptionBuilder:
             choices[wi] = list(built.choices)
             diagnostics[wi] = built.diagnostics
             budgets.update(built.budgets)
+            if stop_when_unserved and not built.choices:
+                for wj in range(wi + 1, len(problem.workloads)):
+                    choices[wj] = []
+                    diagnostics[wj] = Diagnostics(reasons=["not built: an earlier workload has no option here"])
+                break
         options.extend(self._shared_options(problem, shared_rows))
         shared_candidates = sum(len(sb.rows) for sb in shared_rows)
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
