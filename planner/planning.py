@@ -38,6 +38,7 @@ from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
 from planner.solver.problem import Progress
+from planner.solver.replan import RunningPlan
 
 
 class InfeasibleError(ConflictError):
@@ -299,6 +300,8 @@ def solve_fleet(
     fleet_id: int,
     now: datetime | None = None,
     settings: Settings | None = None,
+    running: RunningPlan | None = None,
+    move_cost_per_hour: float | None = None,
     **options: Any,
 ) -> SolveOutcome:
     """Solve a stored fleet's workloads against the stored measurements; nothing is stored here.
@@ -318,6 +321,11 @@ def solve_fleet(
     rows = stored_rows(session, status="ok")
     started = time.perf_counter()
     problem = store_problem(session, scenario, settings=settings, rows=rows)
+    if running is not None:  # re-plan close to the plan in force (planner.solver.replan)
+        problem = problem.with_options(
+            running=running,
+            move_cost_per_hour=problem.options.move_cost_per_hour if move_cost_per_hour is None else move_cost_per_hour,
+        )
     plan = solve(problem)
     elapsed = time.perf_counter() - started
     if not plan.feasible:
