@@ -39,6 +39,7 @@ PLAN_KEYS = [
     "infeasible",
     "warnings",
     "solver",
+    "replan",  # null unless re-planned from a running plan (--from)
 ]
 WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
 GROUP_KEYS = {"stages": list, "family": str, "recipes": dict, "batch": int, "replicas": int, "throughput": float}
