@@ -617,7 +617,8 @@ def _no_dearer_than_baselines(
         + f" (${cost:.2f}/h); that baseline's plan is returned (a heuristic step of the full solve, such as "
         "fluid packing of many shared candidates or a time limit, missed it)"
     )
-    return replace(_simulated(problem, best, cache), warnings=[*best.warnings]), [note]
+    # The bound stays the full problem's: the baseline's own options are a restriction of it.
+    return replace(_simulated(problem, best, cache), warnings=[*best.warnings], bound_set=core.bound_set), [note]
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------
