@@ -38,6 +38,7 @@ from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
 from planner.solver.problem import Progress
+from planner.solver.replan import RunningPlan
 
 
 class InfeasibleError(ConflictError):
@@ -332,6 +333,8 @@ def solve_fleet(
     now: datetime | None = None,
     settings: Settings | None = None,
     allow_estimates: bool = False,
+    running: RunningPlan | None = None,
+    move_cost_per_hour: float | None = None,
     **options: Any,
 ) -> SolveOutcome:
     """Solve a stored fleet's workloads against the stored measurements; nothing is stored here.
@@ -353,6 +356,11 @@ def solve_fleet(
     rows = stored_rows(session, status="ok")
     started = time.perf_counter()
     problem = store_problem(session, scenario, settings=settings, rows=rows)
+    if running is not None:  # re-plan close to the plan in force (planner.solver.replan)
+        problem = problem.with_options(
+            running=running,
+            move_cost_per_hour=problem.options.move_cost_per_hour if move_cost_per_hour is None else move_cost_per_hour,
+        )
     plan = solve(problem)
     elapsed = time.perf_counter() - started
     if not plan.feasible:

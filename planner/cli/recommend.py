@@ -126,6 +126,22 @@ def recommend(
     compare_file: Annotated[
         Path | None, typer.Option("--compare", help="A plan saved earlier with --format json, to compare against.")
     ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="The running plan (saved with --format json): re-plan close to it, weighing each replica moved "
+            "against its saving, and report the moves.",
+        ),
+    ] = None,
+    move_cost: Annotated[
+        float,
+        typer.Option(
+            "--move-cost",
+            min=0.0,
+            help="With --from: $/hour a replica moved must save to be worth moving (0: the fresh optimum).",
+        ),
+    ] = 0.5,
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Recommend the cheapest fleet plan ($/image) for a rate, latency objective and quality floor.
@@ -158,5 +174,7 @@ def recommend(
         report=report,
         what_if_spec=what_if_spec,
         compare_file=compare_file,
+        from_file=from_file,
+        move_cost=move_cost,
         database_url=database_url,
     )

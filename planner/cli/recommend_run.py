@@ -34,6 +34,7 @@ from planner.recommend.quick import QuickRequest, merge_what_if, parse_quality, 
 from planner.recommend.sweep import builder_for, what_if
 from planner.scenario import Scenario, load_scenario
 from planner.solver import OptionBuilder, Plan, Problem, solve
+from planner.solver.replan import RunningPlan
 
 
 def render_view(view: v.View, out: Console) -> None:
@@ -123,6 +124,18 @@ def command_line(params: dict[str, Any]) -> str:
     return shlex.join(parts)
 
 
+def _running_plan(path: Path) -> RunningPlan:
+    """The plan `--from` names, as the solver's running plan; InputError saying what is wrong with it."""
+    data = load_plan_file(path, flag="--from")
+    try:
+        return RunningPlan.from_plan_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"--from {path}: a group lacks {exc} (stages, family, recipes per stage, batch, replicas). Fix: give "
+            "a file written by `planner recommend --format json`."
+        ) from exc
+
+
 def run(
     *,
     model: list[str] | None,
@@ -149,6 +162,8 @@ def run(
     probe_next: bool = True,
     compare_file: Path | None,
     database_url: str | None,
+    from_file: Path | None = None,
+    move_cost: float = 0.5,
 ) -> None:
     """The command, flag values in."""
     quick_given = {
@@ -206,11 +221,14 @@ def run(
         )
     points = merge_what_if(what_if_spec or [])
     saved = load_plan_file(compare_file) if compare_file is not None else None
+    running = _running_plan(from_file) if from_file is not None else None
 
     with DeferredProgress(err_console, "solving") as progress:
         scen, problem, context = _scenario_and_context(
             database_url, scenario, request, progress, allow_estimates=allow_estimates
         )
+        if running is not None:
+            problem = problem.with_options(running=running, move_cost_per_hour=move_cost)
         builder = builder_for(problem)
         plan = solve(problem, builder=builder)
     if plan.feasible and probe_next:
@@ -237,6 +255,8 @@ def run(
             console.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
         for view in v.plan_views(plan):
             render_view(view, console)
+        if plan.replan is not None:
+            console.print(Text(plan.replan.summary()), highlight=False, soft_wrap=True)
 
     extra: list[tuple[str, list[v.View]]] = []
     if points:
@@ -259,6 +279,8 @@ def run(
             "--what-if": what_if_spec,
             "--no-probe-next": not probe_next,
             "--compare": compare_file,
+            "--from": from_file,
+            "--move-cost": move_cost if from_file is not None else None,
             "--report": report,
         }
         _write_report(report, plan, problem, scen, context, builder, extra, command=command_line(params))

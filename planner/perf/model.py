@@ -119,6 +119,8 @@ EVIDENCE_RANK: dict[str, int] = {
 ESTIMATE_METHODS = frozenset({"imported-estimate", "transferred"})
 """Methods a plan uses only when the user allows estimates (module docstring, "Evidence first")."""
 IMPORTED_ESTIMATE_UNCERTAINTY = 0.30
+TRANSFER_TIE_BAND = 0.02
+"""Transfer sources whose `family_distance` is within this (2% in log) of the nearest count as as near."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -512,6 +514,28 @@ class PerfModel:
         spec = self.families.get(family)
         return spec.vendor if spec is not None else None
 
+    def _transfer_source(
+        self, candidates: list[tuple[float, int, str, CellEstimate]], target: Ceilings, precision: str
+    ) -> tuple[float, str, CellEstimate]:
+        """The source of a transfer, by a rule that catalog peaks differing by a rounding cannot flip.
+
+        Nearest by `family_distance` (the larger log ratio of compute or bandwidth), but every candidate within
+        `TRANSFER_TIE_BAND` of the nearest counts as as near: among those, a measured cell beats an interpolated
+        one, then the smaller of the two log ratios decides (the family that differs in one roofline only),
+        then the family id. Two sources of equal compute (the H100 and the H200 seen from an A100) used to be
+        told apart by a 0.05% difference of a catalog peak; they are now told apart by bandwidth."""
+        nearest = min(c[0] for c in candidates)
+
+        def secondary(src: str) -> float:
+            source = self.ceilings[src]
+            p_src, p_dst = source.compute(precision), target.compute(precision)
+            compute = abs(math.log(p_dst / p_src)) if p_src and p_dst else math.inf
+            return min(compute, abs(math.log(target.tbps / source.tbps)))
+
+        near = [c for c in candidates if c[0] <= nearest + TRANSFER_TIE_BAND]
+        distance, _, src_family, cell = min(near, key=lambda c: (c[1], secondary(c[2]), c[2]))
+        return distance, src_family, cell
+
     def _transferred(self, key: CellKey) -> CellEstimate | None:
         family, model, stage, recipe, batch, h, w = key
         target = self.ceilings.get(family)
@@ -535,11 +559,11 @@ class PerfModel:
             own = self._own((src_family, model, stage, recipe, batch, h, w))
             if own is None or own.method == "imported-estimate":
                 continue
-            # Nearest family first; at equal distance a measured cell beats an interpolated one.
+            # Nearest family first (`_transfer_source` breaks near-ties).
             candidates.append((distance, 0 if own.measured else 1, src_family, own))
         if not candidates:
             return None
-        distance, _, src_family, cell = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        distance, src_family, cell = self._transfer_source(candidates, target, precision)
         source = self.ceilings[src_family]
         row = self._cells.get((src_family, model, stage, recipe, batch, h, w))
         spec = self.models.get(model)

@@ -24,7 +24,9 @@ Shared mode (several low-rate groups on one GPU): the fraction of a GPU the grou
     phi(o) = lambda / credit_h(o); eligible when phi <= share_max_fraction, the memory is known and the p95
     on a GPU filled to share_max_utilization by tenants of its service-time class fits the budget
     (planner.solver.latency); shared GPUs are packed per (family, class), and a tenant is offered its own
-    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows.
+    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows. A tenant whose workload has no
+    objective is also offered its family's `NO_OBJECTIVE_CLASS` pool, shared with any other such tenant
+    whatever its service time: the class rule protects co-tenants' objectives, and there are none there.
 
 Pruning before the MILP (exact, not heuristic):
 - per (stage, family, batch), a recipe that is no faster at median and p95, no surer, and no smaller in
@@ -88,6 +90,9 @@ STAGE_ABBREV: dict[str, str] = {"text_encoder": "te", "denoiser": "dn", "vae_dec
 UNKNOWN_MEMORY_FACTOR = 1.2
 SHARE_CLASS_SPAN = 1
 """How many service-time classes above its own a shared tenant may join."""
+NO_OBJECTIVE_CLASS = 63
+"""The shared pool of tenants without a p95 objective: no co-tenant's latency asks for similar service times
+there, so the class rule does not limit their sharing (pool keys are segment x 64 + class)."""
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -153,10 +158,13 @@ class Option:
     budget_s: float | None
     share_class: int = -1
     alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
-    startup_s: float = 0.0
-    """Seconds a replica takes to become ready (planner.solver.startup)."""
     """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
     (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
+    startup_s: float = 0.0
+    """Seconds a replica takes to become ready (planner.solver.startup)."""
+    running: bool = False
+    """A kind (family, recipes, batch) the running plan uses for this group: kept as a column even where
+    dominated, so a re-plan can keep it (planner.solver.replan)."""
 
     @property
     def key(self) -> GroupKey:
@@ -265,9 +273,26 @@ class OptionSet:
     by_group: dict[GroupKey, list[int]]
     diagnostics: dict[int, Diagnostics]
     budgets: dict[GroupKey, float | None]
+    shared_candidates: int = 0
+    """Shared-mode slots before the fluid packing kept the smallest per pool (how big exact packing would be)."""
 
     def feasible_workloads(self) -> set[int]:
         return {w for w, c in self.choices.items() if c}
+
+
+@dataclass
+class _WorkloadOptions:
+    """One workload's part of an option set (`OptionBuilder._build_workload`)."""
+
+    options: list[Option]
+    shared: list[_SharedBatch]
+    choices: list[tuple[str, Topology]]
+    diagnostics: Diagnostics
+    budgets: dict[GroupKey, float | None]
+
+
+WORKLOAD_CACHE_FACTOR = 8
+"""The workload cache is cleared past this many entries per workload (about as many option sets)."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +344,7 @@ class OptionBuilder:
         self._stage_cache: dict[tuple[object, ...], list[CellEstimate]] = {}
         self._tables: dict[tuple[object, ...], _Table | None] = {}
         self._row_lists: dict[int, _RowLists] = {}
+        self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
 
     # ---- recipes a workload may use ---------------------------------------------------------------
     def allowed_recipes(self, w: Workload, model: str, stage: str, flt: OptionFilter) -> tuple[list[str], str]:
@@ -538,37 +564,95 @@ class OptionBuilder:
         self._tables[key] = table
         return table
 
-    # ---- a whole option set ------------------------------------------------------------------------
-    def build(self, problem: Problem, flt: OptionFilter | None = None) -> OptionSet:
-        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines."""
-        flt = flt or OptionFilter()
+    # ---- one workload's options (cached across the re-solves of one problem) -------------------------
+    def _context_key(self, problem: Problem, flt: OptionFilter) -> tuple[object, ...] | None:
+        """What a workload's options depend on besides the workload: the fleet and the option knobs; None (no
+        caching) under a baseline's filter, whose option sets are each built once."""
+        if flt != OptionFilter():
+            return None
         opts = problem.options
+        fleet = tuple(
+            (k, f.price_per_hour, f.available, f.memory_gib, f.energy_price_per_kwh, f.power_w)
+            for k, f in problem.families.items()
+        )
+        knobs = (
+            opts.memory_reserve_gib,
+            opts.share_gpus,
+            opts.share_max_utilization,
+            opts.share_max_fraction,
+            opts.max_latency_extra_replicas,
+            opts.exact_packing_max_items,
+            id(opts.running),  # a re-plan keeps the running kinds as extra rows (`_running_rows`)
+        )
+        return (fleet, knobs)
+
+    def _workload_options(
+        self, problem: Problem, flt: OptionFilter, wi: int, w: Workload, context: tuple[object, ...] | None
+    ) -> _WorkloadOptions:
+        """A workload's options, reused where the same workload at the same index was built in the same context
+        (the engine's hold re-solves with a few objectives tightened: only those workloads are built again)."""
+        key = None if context is None else (context, wi, repr(w))
+        hit = self._workload_cache.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        built = self._build_workload(problem, flt, wi, w)
+        if key is not None:
+            if len(self._workload_cache) > WORKLOAD_CACHE_FACTOR * max(len(problem.workloads), 1):
+                self._workload_cache.clear()
+            self._workload_cache[key] = built
+        return built
+
+    def _build_workload(self, problem: Problem, flt: OptionFilter, wi: int, w: Workload) -> _WorkloadOptions:
+        opts = problem.options
+        diag = Diagnostics()
+        out = _WorkloadOptions(options=[], shared=[], choices=[], diagnostics=diag, budgets={})
+        for model_id in w.models:
+            spec = self.models.get(model_id)
+            if spec is None:
+                diag.reasons.append(f"{model_id}: not in the model catalog")
+                continue
+            found, shared = self._build_model(problem, flt, wi, w, spec, diag, out.budgets)
+            out.options.extend(found)
+            groups_with_options = {o.group for o in found}
+            if shared is not None:
+                out.shared.append(shared)
+                groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
+            tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
+            usable = [t for t in tops if all(g in groups_with_options for g in t)]
+            out.choices.extend((model_id, t) for t in usable)
+            if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
+                diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+        return out
+
+    # ---- a whole option set ------------------------------------------------------------------------
+    def build(
+        self, problem: Problem, flt: OptionFilter | None = None, *, stop_when_unserved: bool = False
+    ) -> OptionSet:
+        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines.
+
+        `stop_when_unserved`: stop at the first workload without an option (the rest get none, with a reason
+        saying so): a baseline that cannot serve one workload is infeasible, and building the others is waste."""
+        flt = flt or OptionFilter()
         options: list[Option] = []
         choices: dict[int, list[tuple[str, Topology]]] = {}
         diagnostics: dict[int, Diagnostics] = {}
         budgets: dict[GroupKey, float | None] = {}
         shared_rows: list[_SharedBatch] = []
+        context = self._context_key(problem, flt)
         for wi, w in enumerate(problem.workloads):
-            diag = Diagnostics()
-            diagnostics[wi] = diag
-            choices[wi] = []
-            for model_id in w.models:
-                spec = self.models.get(model_id)
-                if spec is None:
-                    diag.reasons.append(f"{model_id}: not in the model catalog")
-                    continue
-                found, shared = self._build_model(problem, flt, wi, w, spec, diag, budgets)
-                options.extend(found)
-                groups_with_options = {o.group for o in found}
-                if shared is not None:
-                    shared_rows.append(shared)
-                    groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
-                tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
-                usable = [t for t in tops if all(g in groups_with_options for g in t)]
-                choices[wi].extend((model_id, t) for t in usable)
-                if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
-                    diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+            built = self._workload_options(problem, flt, wi, w, context)
+            options.extend(built.options)
+            shared_rows.extend(built.shared)
+            choices[wi] = list(built.choices)
+            diagnostics[wi] = built.diagnostics
+            budgets.update(built.budgets)
+            if stop_when_unserved and not built.choices:
+                for wj in range(wi + 1, len(problem.workloads)):
+                    choices[wj] = []
+                    diagnostics[wj] = Diagnostics(reasons=["not built: an earlier workload has no option here"])
+                break
         options.extend(self._shared_options(problem, shared_rows))
+        shared_candidates = sum(len(sb.rows) for sb in shared_rows)
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
         for i, o in enumerate(options):
             by_group[o.key].append(i)
@@ -578,6 +662,7 @@ class OptionBuilder:
             by_group=dict(by_group),
             diagnostics=diagnostics,
             budgets=budgets,
+            shared_candidates=shared_candidates,
         )
 
     def _shared_options(self, problem: Problem, batches: list[_SharedBatch]) -> list[Option]:
@@ -855,6 +940,9 @@ class OptionBuilder:
                         best_cost = cost[i]
                         extra.append(int(i))
             picks = np.r_[picks, np.array(extra, dtype=np.int64)]
+        kept = _running_rows(problem, w, tbl, lists, ok)
+        if kept.size:
+            picks = np.union1d(picks, kept)
         # ... and across families: dropped when an option of the same group on a family without an
         # availability limit costs no more per replica and credits no less (replace it replica by replica).
         pg = tbl.seg_group[picks]
@@ -871,7 +959,7 @@ class OptionBuilder:
             & better
             & ~np.eye(n, dtype=bool),
             axis=1,
-        )
+        ) & ~np.isin(picks, kept)
         # Latency tie-break (module docstring): per segment, the rows after its pick (credit descending) that
         # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
         # its rank lets one running minimum over `order` restart at every segment.
@@ -913,6 +1001,7 @@ class OptionBuilder:
                     shared=False,
                     fraction=float(lam / credit[i]),
                     alternatives=None if rows_i is None else Alternatives(source, rows_i),
+                    running=bool(kept.size) and i in kept,
                 )
             )
         share = opts.share_gpus if flt.share is None else flt.share
@@ -925,9 +1014,12 @@ class OptionBuilder:
         own_class = share_class(service)
         parts: list[tuple[IntArray, IntArray]] = []
         # A tenant may join its own service-time class or a higher one (longer co-tenants) when its latency
-        # still fits: the extra pools give the packing small fillers to round GPUs up with.
-        for step in range(SHARE_CLASS_SPAN + 1):
-            klass = own_class + step
+        # still fits: the extra pools give the packing small fillers to round GPUs up with. A tenant without an
+        # objective may also join the family's pool of such tenants, where service times are not limited.
+        steps = [own_class + step for step in range(SHARE_CLASS_SPAN + 1)]
+        if not has_budget:
+            steps.append(np.full(b.shape, NO_OBJECTIVE_CLASS, dtype=np.int64))
+        for klass in steps:
             eligible = base.copy()
             if has_budget:
                 bound = share_class_bound_s(klass)
@@ -996,6 +1088,23 @@ def _starts_in_time(
     return quick
 
 
+def _running_rows(problem: Problem, w: Workload, tbl: _Table, lists: _RowLists, ok: NDArray[np.bool_]) -> IntArray:
+    """Rows of the kinds (group, family, recipes, batch) the running plan uses for this workload, where they
+    still fit and meet the latency budget (`ok`); empty without a running plan."""
+    running = problem.options.running
+    if running is None:
+        return np.zeros(0, dtype=np.int64)
+    kinds = {(k[1], k[2], k[3], k[4]) for k in running.replicas if k[0] == w.name}
+    if not kinds:
+        return np.zeros(0, dtype=np.int64)
+    rows = [
+        i
+        for i in np.nonzero(ok)[0].tolist()
+        if (tbl.groups[lists.group[i]], tbl.families[lists.family[i]], lists.recipes[i], lists.batch[i]) in kinds
+    ]
+    return np.array(rows, dtype=np.int64)
+
+
 class _RowLists:
     """A table's columns as Python lists (and per-row tuples), so building an Option costs no numpy."""
 
@@ -1030,6 +1139,7 @@ class _RowLists:
         fraction: float,
         share_class: int = -1,
         alternatives: Alternatives | None = None,
+        running: bool = False,
     ) -> Option:
         return Option(
             wi,
@@ -1056,6 +1166,7 @@ class _RowLists:
             share_class,
             alternatives,
             self.startup[i],
+            running,
         )
 
 

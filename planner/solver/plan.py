@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from planner.perf.model import EVIDENCE_RANK
+from planner.solver.replan import Moves
 
 Constraint = Literal["capacity", "availability", "latency", "memory", "quality"]
 SCHEMA_VERSION = 2
@@ -294,7 +295,10 @@ class SolverStats:
     variables: int
     constraints: int
     mip_gap: float
+    """(cost - lower_bound) / cost; NaN (JSON null) when no valid bound is known."""
     objective: float
+    lower_bound: float = float("nan")
+    """$/hour no plan from the solver's options can undercut (planner.solver.milp.relaxation_bound)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -306,6 +310,49 @@ class SolverStats:
             "constraints": self.constraints,
             "mip_gap": _num(self.mip_gap, 6),
             "objective": _num(self.objective),
+            "lower_bound": _num(self.lower_bound),
+        }
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A re-plan from the running plan (planner.solver.replan): what it moves, and what it gave up for that
+    against a fresh solve of the same problem."""
+
+    move_cost_per_hour: float
+    moves: Moves
+    fresh_cost_per_hour: float | None
+    fresh_moves: Moves | None
+    cost_per_hour: float
+
+    @property
+    def gave_up_per_hour(self) -> float | None:
+        """$/hour this plan costs above the fresh solve's (what fewer moves cost)."""
+        return None if self.fresh_cost_per_hour is None else self.cost_per_hour - self.fresh_cost_per_hour
+
+    def summary(self) -> str:
+        line = (
+            f"re-plan from the running plan at a move cost of ${self.move_cost_per_hour:g}/h per replica: moves "
+            f"{self.moves.total} replicas ({self.moves.added} added, {self.moves.removed} removed, "
+            f"{self.moves.changed} changed recipe, batch or family) at ${self.cost_per_hour:.2f}/h"
+        )
+        gave_up = self.gave_up_per_hour
+        if self.fresh_moves is None or self.fresh_cost_per_hour is None or gave_up is None:
+            return line + "; the problem has no fresh plan to compare with"
+        fresh = f"; a fresh solve moves {self.fresh_moves.total} at ${self.fresh_cost_per_hour:.2f}/h"
+        if gave_up > 1e-9:
+            return line + fresh + f": fewer moves give up ${gave_up:.2f}/h"
+        return line + fresh + f": fewer moves give up nothing (${-gave_up:.2f}/h less)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "move_cost_per_hour": _num(self.move_cost_per_hour),
+            "moves": self.moves.to_dict(),
+            "cost_per_hour": _num(self.cost_per_hour),
+            "fresh_cost_per_hour": _num(self.fresh_cost_per_hour),
+            "fresh_moves": self.fresh_moves.to_dict() if self.fresh_moves is not None else None,
+            "gave_up_per_hour": _num(self.gave_up_per_hour),
+            "summary": self.summary(),
         }
 
 
@@ -331,6 +378,7 @@ class Plan:
     opportunities: tuple[dict[str, Any], ...] = ()
     """Unmeasured families ranked by what they could save (planner.recommend.opportunities); filled by callers
     that run those extra solves (`planner recommend`)."""
+    replan: Replan | None = None
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -374,6 +422,7 @@ class Plan:
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
             "infeasible": [i.to_dict() for i in self.infeasible],
             "solver": self.stats.to_dict() if self.stats else None,
+            "replan": self.replan.to_dict() if self.replan else None,
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -17,6 +17,7 @@ from planner.measurements.csvio import read_csv
 from planner.perf.model import PerfModel, PerfSettings
 from planner.perf.roofline import Calibration
 from planner.scenario import QualityFloor, QualityScores, Scenario, WorkloadSpec
+from planner.solver.replan import RunningPlan
 from scheduler.batching import CompiledBatches
 
 Progress = Callable[[str], None]
@@ -125,6 +126,13 @@ class SolverOptions:
     share_max_utilization: float = 0.7
     share_max_fraction: float = 0.5
     exact_packing_max_items: int = 24
+    exact_packing_retry_max_items: int = 400
+    """Where a solve packed shared GPUs fluidly (more than `exact_packing_max_items` candidates) and has at most
+    this many, it is solved again with exact packing within `exact_packing_retry_s` and the cheaper plan kept."""
+    exact_packing_retry_s: float = 5.0
+    bound_time_limit_s: float = 3.0
+    """Time for the lower bound's MILP (planner.solver.milp.relaxation_bound); its dual bound at the limit is
+    still a bound, only a looser one."""
     mip_rel_gap: float = 1e-3
     time_limit_s: float = 60.0
     verbose: bool = False
@@ -146,6 +154,12 @@ class SolverOptions:
     """The workers' `batch_wait_s` the simulation assumes (SchedulerSettings' default)."""
     compiled_batches: CompiledBatches = "pow2"
     """The workers' `compiled_batches` padding the simulation assumes (SchedulerSettings' default)."""
+    running: RunningPlan | None = field(default=None, compare=False)
+    """The plan that runs now (`planner recommend --from plan.json`): the re-solve weighs each replica it moves
+    against its saving (planner.solver.replan); None solves from scratch."""
+    move_cost_per_hour: float = 0.5
+    """$/hour a replica moved must save to be worth moving (with `running`): at 0, today's optimum; the default
+    moves a replica only for at least $0.50/h (about $360/month)."""
     progress: Progress | None = field(default=None, compare=False)
     inputs: Literal["scenario", "flags", "any"] = "any"
     """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)

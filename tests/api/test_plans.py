@@ -416,6 +416,26 @@ def test_solve_a_fleet_that_cannot_carry_its_rate_is_409_saying_what_would(
     assert client.get(f"/v1/fleets/{small['id']}/plans", headers=ADMIN).json()["total"] == 0
 
 
+def test_solve_from_the_plan_in_force_reports_its_moves(client: TestClient, fleet: dict[str, Any]) -> None:
+    """`from_active`: the re-solve after a +10% rate weighs moves against the active plan and says what moved."""
+    measure_sdxl(client)
+    first = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={"activate": True}, headers=ADMIN)
+    assert first.status_code == 201, first.text
+    assert first.json()["plan"]["result"]["replan"] is None  # a fresh solve
+    base = f"/v1/fleets/{fleet['id']}/workloads"
+    assert client.put(f"{base}/sdxl-prod", json={**WORKLOAD, "rate": WORKLOAD["rate"] * 1.1}, headers=ADMIN).is_success
+    resp = client.post(
+        f"/v1/fleets/{fleet['id']}/plans/solve", json={"from_active": True, "move_cost_per_hour": 0.25}, headers=ADMIN
+    )
+    assert resp.status_code == 201, resp.text
+    replan = resp.json()["plan"]["result"]["replan"]
+    assert replan["move_cost_per_hour"] == 0.25
+    assert replan["moves"]["total"] <= replan["fresh_moves"]["total"]
+    assert "a fresh solve moves" in replan["summary"]
+    refused = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={"move_cost_per_hour": -1}, headers=ADMIN)
+    assert refused.status_code == 422
+
+
 def test_solve_needs_workloads(client: TestClient, fleet: dict[str, Any]) -> None:
     empty = make_fleet(client, name="empty")
     assert client.post(f"/v1/fleets/{empty['id']}/plans/solve", json={}, headers=ADMIN).status_code == 422

@@ -44,6 +44,7 @@ PLAN_KEYS = [
     "sensitivity",
     "infeasible",
     "solver",
+    "replan",  # null unless re-planned from a running plan (--from)
 ]
 WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
 GROUP_KEYS = {"stages": list, "family": str, "recipes": dict, "batch": int, "replicas": int, "throughput": float}
@@ -275,6 +276,28 @@ def test_compare_with_a_saved_plan(reference_url: str, tmp_path: Path) -> None:
     old = json.loads(before.stdout)["total_cost_per_hour"]
     assert f"${old:,.2f}" in out
     assert re.search(r"\+\$[\d.,]+ \(\+\d+%\)", out)  # twice the rate costs more
+
+
+def test_replan_from_a_running_plan_reports_its_moves(reference_url: str, tmp_path: Path) -> None:
+    """`--from plan.json`: the re-plan at +10% says how many replicas it moves and what a fresh solve would."""
+    running = tmp_path / "running.json"
+    before = recommend(reference_url, "--model", "sdxl", "--rate", "5", "--format", "json")
+    assert before.returncode == 0, before.stderr
+    running.write_text(before.stdout)
+    after = recommend(reference_url, "--model", "sdxl", "--rate", "5.5", "--from", str(running), "--format", "json")
+    assert after.returncode == 0, after.stderr
+    replan = json.loads(after.stdout)["replan"]
+    assert replan["move_cost_per_hour"] == 0.5
+    assert replan["moves"]["total"] <= replan["fresh_moves"]["total"]
+    assert "a fresh solve moves" in replan["summary"]
+    table = recommend(reference_url, "--model", "sdxl", "--rate", "5.5", "--from", str(running), "--move-cost", "0")
+    assert table.returncode == 0, table.stderr
+    assert "re-plan from the running plan at a move cost of $0/h" in " ".join(table.stdout.split())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    refused = recommend(reference_url, "--model", "sdxl", "--rate", "5.5", "--from", str(bad))
+    assert refused.returncode != 0
+    assert "--from" in refused.stderr
 
 
 def test_compare_on_a_narrow_terminal_prints_the_topology_change(reference_url: str, tmp_path: Path) -> None:

@@ -135,6 +135,12 @@ class SolveIn(Strict):
         description="also plan on families no agent measured (roofline transfers), labelled; default: measured only",
     )
     activate: bool = False
+    from_active: bool = Field(
+        default=False,
+        description="re-plan close to the fleet's plan in force: each replica moved must save move_cost_per_hour "
+        "(the result's `replan` says what moved and what a fresh solve would have); no plan in force: a fresh solve",
+    )
+    move_cost_per_hour: float = Field(default=0.5, ge=0, le=1e6, allow_inf_nan=False)
 
 
 class PlanGroupOut(Out):
