@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from agent import quant
+from stagekit import quant
 from agent.timing import TimerOptions, measure
 
 

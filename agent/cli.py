@@ -209,7 +209,7 @@ def probe(
     if quant_backend not in ("agent", "torchao"):
         _fail("--quant-backend must be agent or torchao")
     from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
+    from stagekit.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, probe_run_body
     from agent.target import resolve_target
     from agent.timing import TimerOptions

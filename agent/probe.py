@@ -32,17 +32,17 @@ import torch
 from torch import nn
 
 from agent import quality
-from agent.flops import Cost, classify, count_cost
+from stagekit.flops import Cost, classify, count_cost
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
 from agent.nvml import PowerSampler
-from agent.pipelines import (
+from stagekit.pipelines import (
     StageRunner,
     StageSetup,
     StageUnsupported,
     build_stage,
     tiny_shapes,
 )
-from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
+from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from agent.target import Target
 from agent.timing import TimerOptions, Timing, measure
 from planner.catalog import ModelSpec, Recipe, known_model, recipes

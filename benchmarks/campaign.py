@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.calibrate import CalibrationResult, calibrate
     from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
+    from stagekit.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, write_text_atomic
     from agent.target import resolve_target
     from agent.timing import SMOKE_TIMER, TimerOptions

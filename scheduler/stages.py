@@ -17,8 +17,8 @@ Item keys (what flows between stages, and between groups through the intermediat
 - vae_decoder adds `image`: (H, W, 3) uint8 numpy array.
 
 The stage code is the agent's (DESIGN.md: the worker runs the same stage code that the agent probes):
-`default_build_stage` is scheduler.diffusion's `build_stage`, which gets every module from
-`agent.recipes.prepare` in the plan's recipe and drives it with the pipeline's glue (conditioning, sampler,
+`default_build_stage` is stagekit.serving's `build_stage`, which gets every module from
+`stagekit.recipes.prepare` in the plan's recipe and drives it with the pipeline's glue (conditioning, sampler,
 decode). A no-op builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
 """
 
@@ -28,20 +28,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from scheduler.batching import padded_size
-from scheduler.errors import JobError
+from stagekit.errors import JobError
+from stagekit.interface import Item, StageFn
 
-Item = dict[str, Any]
+__all__ = ["BuildStage", "GroupRunner", "GroupSpec", "Item", "NoopStage", "StageFn", "default_build_stage"]
 
 log = logging.getLogger("scheduler.stages")
-
-
-class StageFn(Protocol):
-    def __call__(self, batch: Sequence[Item]) -> list[Item]: ...
 
 
 BuildStage = Callable[[str, str, str, bool, str], StageFn]
@@ -50,7 +46,7 @@ BuildStage = Callable[[str, str, str, bool, str], StageFn]
 
 def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
     """The stage code the workers run: the agent's prepared stages (imports torch only when called)."""
-    from scheduler.diffusion import build_stage
+    from stagekit.serving import build_stage
 
     return build_stage(model_id, stage, recipe, tiny, device)
 

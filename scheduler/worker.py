@@ -44,7 +44,7 @@ from scheduler.celery_app import make_celery
 from scheduler.codec import encode_png
 from scheduler.config import SchedulerSettings
 from scheduler.drift import Sample, drift_decision, mark_plan_stale
-from scheduler.errors import JobError
+from stagekit.errors import JobError
 from scheduler.intermediates import make_intermediates
 from scheduler.metrics import WorkerMetrics
 from scheduler.model_cache import ModelCache

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agent.probe import CACHE_TRAJECTORY_STEPS, ProbeOptions, Sweep, predicted_cell_s
-from agent.recipes import RecipeOptions
+from stagekit.recipes import RecipeOptions
 from agent.report import CsvSink, load_existing
 from agent.target import Target, resolve_target
 from agent.timing import SMOKE_TIMER

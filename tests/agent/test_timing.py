@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from agent.flops import classify, count_cost
+from stagekit.flops import classify, count_cost
 from agent.timing import SMOKE_TIMER, TimerOptions, measure, percentile
 
 

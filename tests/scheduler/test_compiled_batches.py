@@ -164,9 +164,9 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from agent.pipelines import QWEN_TEMPLATE_TOKENS  # noqa: E402
-from agent.recipes import RecipeOptions  # noqa: E402
-from scheduler import diffusion  # noqa: E402
+from stagekit.pipelines import QWEN_TEMPLATE_TOKENS  # noqa: E402
+from stagekit.recipes import RecipeOptions  # noqa: E402
+from stagekit import serving as diffusion  # noqa: E402
 
 
 def _graphs() -> int:

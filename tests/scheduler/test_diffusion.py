@@ -4,7 +4,7 @@
   the image the diffusers 0.42 pipeline gives with the same modules, scheduler, seed noise and token ids (a
   tokenizer object that tokenizes as the worker's stand-in does): text conditioning, sampler, timestep
   conventions, guidance, latent packing and VAE un-scaling are the pipeline's.
-- The modules the worker runs are the ones `agent.recipes.prepare` built and nothing else (a spy on prepare;
+- The modules the worker runs are the ones `stagekit.recipes.prepare` built and nothing else (a spy on prepare;
   fused QKV, int8 layers, compile): a regression that builds modules on its own fails here.
 - Recipes a device cannot run fail with the agent's reason; the UNet's timestep mapping is exact.
 """
@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scheduler.errors import UnsupportedModelError
+from stagekit.errors import UnsupportedModelError
 from scheduler.stages import GroupRunner, GroupSpec, default_build_stage
 from tests.scheduler.stage_helpers import FP32, MODELS, group, items
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from agent import quant, recipes  # noqa: E402
-from agent.recipes import PreparedStage, RecipeOptions  # noqa: E402
-from scheduler import diffusion  # noqa: E402
+from stagekit import quant, recipes  # noqa: E402
+from stagekit.recipes import PreparedStage, RecipeOptions  # noqa: E402
+from stagekit import serving as diffusion  # noqa: E402
 
 
 class _Encoding(dict[str, Any]):
@@ -199,7 +199,7 @@ def test_unet_timestep_mapping_is_exact() -> None:
 
 @pytest.fixture
 def prepared(monkeypatch: pytest.MonkeyPatch) -> list[PreparedStage]:
-    """Every PreparedStage agent.recipes.prepare makes while the test builds stages."""
+    """Every PreparedStage stagekit.recipes.prepare makes while the test builds stages."""
     made: list[PreparedStage] = []
     real = recipes.prepare
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agent import quant
-from agent.flops import COUNTING_ATTENTION
-from agent.pipelines import (
+from stagekit import quant
+from stagekit.flops import COUNTING_ATTENTION
+from stagekit.pipelines import (
     DTYPES,
     BuiltStage,
     StageRunner,
@@ -37,7 +37,7 @@ from planner.catalog import ModelSpec, Recipe
 class RecipeOptions:
     """How recipes are applied on this run (not part of the recipe: properties of the tool and machine)."""
 
-    quant_backend: str = "agent"  # "agent" (agent/quant.py) or "torchao" (only if importable)
+    quant_backend: str = "agent"  # "agent" (stagekit/quant.py) or "torchao" (only if importable)
     quant_min_features: int = 128
     compile_fullgraph: bool = False
     compile_backend: str = "inductor"  # "eager" traces and guards like inductor without codegen (CPU tests)

@@ -65,33 +65,50 @@ def build_component(
     weights_dir: Path | None = None,
 ) -> nn.Module:
     """One module: from `weights_dir/<name>` when given (real weights), else from its config (synthetic)."""
+    if weights_dir is not None:
+        return _load_component(component, weights_dir, device=device, dtype=dtype)
     cfg = component_config(component, tiny=tiny)
     if component.library == "diffusers":
         import diffusers
 
         cls: Any = getattr(diffusers, component.class_name)
-        if weights_dir is not None:
-            module: nn.Module = cls.from_pretrained(str(weights_dir), torch_dtype=dtype).to(device)
-        else:
-            with torch.device(device), default_dtype(dtype):
-                module = cls.from_config(cfg)
+        with torch.device(device), default_dtype(dtype):
+            module: nn.Module = cls.from_config(cfg)
     else:
         import transformers
 
         cls = getattr(transformers, component.class_name)
-        if weights_dir is not None:
-            module = cls.from_pretrained(str(weights_dir), dtype=dtype).to(device)
-        else:
-            # A config's torch_dtype/dtype (CLIP's says float16) would override the build dtype for some layers.
-            skip = ("architectures", "model_type", "torch_dtype", "dtype")
-            args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
-            config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
-            with torch.device(device), default_dtype(dtype):
-                module = cls(config)
-    if weights_dir is None:
-        module.to(device=device)  # built in dtype already; a cast would also touch fp32-pinned modules
-    else:
-        module.to(device=device, dtype=dtype)
+        # A config's torch_dtype/dtype (CLIP's says float16) would override the build dtype for some layers.
+        skip = ("architectures", "model_type", "torch_dtype", "dtype")
+        args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
+        config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
+        with torch.device(device), default_dtype(dtype):
+            module = cls(config)
+    module.to(device=device)  # built in dtype already; a cast would also touch fp32-pinned modules
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _load_component(component: Component, path: Path, *, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A component's real weights from its folder, offline, in the recipe's dtype (as `from_pretrained` casts:
+    modules a model pins to fp32 stay there). A folder that does not load is named with its part."""
+    import diffusers
+    import transformers
+
+    lib: Any = diffusers if component.library == "diffusers" else transformers
+    cls: Any = getattr(lib, component.class_name)
+    dtype_arg = {"dtype": dtype}
+    try:
+        module: nn.Module = cls.from_pretrained(str(path), local_files_only=True, **dtype_arg)
+    except Exception as exc:
+        from stagekit.sources import ModelSourceError
+
+        raise ModelSourceError(
+            f"part {component.name!r} ({component.class_name}) does not load from {path}: {type(exc).__name__}: "
+            f"{str(exc)[:500]}"
+        ) from exc
+    module.to(device=device)
     module.eval()
     module.requires_grad_(False)
     return module
