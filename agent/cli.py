@@ -209,10 +209,10 @@ def probe(
     if quant_backend not in ("agent", "torchao"):
         _fail("--quant-backend must be agent or torchao")
     from agent.probe import ProbeOptions, Sweep
-    from stagekit.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, probe_run_body
     from agent.target import resolve_target
     from agent.timing import TimerOptions
+    from stagekit.recipes import RecipeOptions
 
     target = resolve_target(gpu_index=gpu, family_override=gpu_family, force_cpu=cpu)
     if not target.is_gpu:

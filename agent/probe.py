@@ -32,9 +32,13 @@ import torch
 from torch import nn
 
 from agent import quality
-from stagekit.flops import Cost, classify, count_cost
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
 from agent.nvml import PowerSampler
+from agent.target import Target
+from agent.timing import TimerOptions, Timing, measure
+from planner.catalog import ModelSpec, Recipe, known_model, recipes
+from planner.measurements.contract import MeasurementRow
+from stagekit.flops import Cost, classify, count_cost
 from stagekit.pipelines import (
     StageRunner,
     StageSetup,
@@ -43,10 +47,6 @@ from stagekit.pipelines import (
     tiny_shapes,
 )
 from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
-from agent.target import Target
-from agent.timing import TimerOptions, Timing, measure
-from planner.catalog import ModelSpec, Recipe, known_model, recipes
-from planner.measurements.contract import MeasurementRow
 
 CellKey = tuple[str, str, str, str, int, int, int]
 CACHE_TRAJECTORY_STEPS = 30

@@ -220,9 +220,9 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
     """The denoiser in the variant's form, as the probe builds it (uncompiled until apply_compile)."""
     import torch
 
+    from planner.catalog import known_model
     from stagekit.pipelines import tiny_shapes
     from stagekit.recipes import RecipeOptions, prepare
-    from planner.catalog import known_model
 
     spec = known_model(model)
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)

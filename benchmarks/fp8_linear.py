@@ -148,8 +148,8 @@ def time_steps(model: str, batches: list[int], variants: list[str]) -> list[dict
     the agent's layers as shipped and with both GEMM options: does the layer-level gain hold for the model?"""
     import torch
 
-    from stagekit.quant import Fp8RowwiseLinear
     from benchmarks.denoiser_profile import build
+    from stagekit.quant import Fp8RowwiseLinear
 
     rows: list[dict[str, Any]] = []
     for variant in variants:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from planner.catalog import ModelSpec, Recipe
 from stagekit import quant
 from stagekit.flops import COUNTING_ATTENTION
 from stagekit.pipelines import (
@@ -30,7 +31,6 @@ from stagekit.pipelines import (
     build_stage,
     tile_size,
 )
-from planner.catalog import ModelSpec, Recipe
 
 
 @dataclass(frozen=True)

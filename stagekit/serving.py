@@ -229,7 +229,7 @@ class VaeStage(PipelineStage):
         if arch == "sdxl" and mean is not None and std is not None:
             m = torch.tensor(mean).view(1, 4, 1, 1).to(z.device, z.dtype)
             s = torch.tensor(std).view(1, 4, 1, 1).to(z.device, z.dtype)
-            return z * s / cfg.scaling_factor + m
+            return z * s / float(cfg.scaling_factor) + m
         return z / float(getattr(cfg, "scaling_factor", None) or 1.0) + float(getattr(cfg, "shift_factor", None) or 0.0)
 
     def __call__(self, batch: Sequence[Item]) -> list[Item]:

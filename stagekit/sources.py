@@ -75,8 +75,7 @@ def parse_model_dirs(entries: Iterable[str]) -> dict[str, Path]:
             model, sep, folder = entry.partition("=")
             if not sep or not model.strip() or not folder.strip():
                 raise ModelSourceError(
-                    f"model folder {entry!r} is not MODEL=DIR: write it as sdxl=/models/sdxl "
-                    f"(--model-dir or {ENV_VAR})"
+                    f"model folder {entry!r} is not MODEL=DIR: write it as sdxl=/models/sdxl (--model-dir or {ENV_VAR})"
                 )
             out[model.strip()] = Path(folder.strip()).expanduser()
     return out
@@ -194,7 +193,11 @@ def _check_part(folder: Path, part: str, cls: str, declared: object) -> list[str
             return [f"part {part!r} ({sub}) has no tokenizer files ({', '.join(TOKENIZER_FILES)})"]
         return []
     if part == "scheduler":
-        return [] if (sub / "scheduler_config.json").is_file() else [f"part 'scheduler': {sub} has no scheduler_config.json"]
+        return (
+            []
+            if (sub / "scheduler_config.json").is_file()
+            else [f"part 'scheduler': {sub} has no scheduler_config.json"]
+        )
     if not (sub / "config.json").is_file():
         return [f"part {part!r}: {sub / 'config.json'} is missing"]
     weights = sorted(p for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES)

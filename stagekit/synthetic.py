@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from stagekit.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner
-from stagekit.recipes import PreparedStage, reset_cache
 from planner.catalog.schema import ModelSpec
 from stagekit.errors import UnsupportedModelError
 from stagekit.interface import Item, StageFn
+from stagekit.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner
+from stagekit.recipes import PreparedStage, reset_cache
 
 QWEN_MAX_TOKENS = 1024
 """QwenImagePipeline: the tokenizer truncates at 1024 + the template prefix ..."""
