@@ -342,3 +342,45 @@ def copy_folder(src: Path, dst: Path) -> Path:
 def model_index(folder: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((folder / "model_index.json").read_text())
     return data
+
+
+@cache
+def _reference_pipeline(folder: Path) -> Any:
+    import diffusers
+
+    return diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+
+
+def reference_image(
+    folder: Path,
+    model_id: str,
+    *,
+    prompt: str,
+    seed: int,
+    steps: int,
+    height: int = 64,
+    width: int = 64,
+    negative_prompt: str | None = None,
+) -> Any:
+    """The image `DiffusionPipeline.from_pretrained(folder)` makes (uint8 (H, W, 3)), with the model's catalog
+    guidance and, for Qwen-Image, the serving default negative prompt " " (docs/models.md)."""
+    import numpy as np
+
+    spec = known_model(model_id)
+    kwargs: dict[str, Any] = {
+        "true_cfg_scale" if spec.architecture == "qwen-image" else "guidance_scale": spec.guidance_scale
+    }
+    if negative_prompt is None and spec.architecture == "qwen-image":
+        negative_prompt = " "
+    if negative_prompt is not None and spec.cfg:
+        kwargs["negative_prompt"] = negative_prompt
+    out = _reference_pipeline(folder)(
+        prompt,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        num_inference_steps=steps,
+        height=height,
+        width=width,
+        output_type="np",
+        **kwargs,
+    ).images[0]
+    return (out * 255).round().astype(np.uint8)
