@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,11 +169,16 @@ class StageRunner:
         self.batch = 0
         self.inputs: dict[str, Any] = {}
         self.call_context: contextlib.AbstractContextManager[Any] | None = None
+        self.served: Callable[[int, int], Callable[[], Any]] | None = None
+        """On real weights: (batch, seed) -> one call of the serving stage (`stagekit.serving.attach_served`),
+        which `call()` then times in place of the module call on random inputs."""
+        self._served_call: Callable[[], Any] | None = None
 
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare(self, batch: int, *, seed: int = 0) -> None:
-        """Build the inputs of a call at `batch` images (random, seeded)."""
+        """Build the inputs of a call at `batch` images (random, seeded; the serving stage's own on real weights)."""
         self.batch = batch
+        self._served_call = self.served(batch, seed) if self.served is not None else None
         g = torch.Generator().manual_seed(seed)
         s = self.setup
         if s.stage == "text_encoder":
@@ -370,7 +375,9 @@ class StageRunner:
             return self.denoiser_call(latents, t)
 
     def call(self) -> torch.Tensor:
-        """One serving call of this stage at the prepared batch."""
+        """One serving call of this stage at the prepared batch: the serving stage itself where attached."""
+        if self._served_call is not None:
+            return self._served_call()  # type: ignore[no-any-return]
         s = self.setup
         ctx = self.call_context or contextlib.nullcontext()
         with torch.inference_mode(), ctx:

@@ -262,6 +262,33 @@ class VaeStage(PipelineStage):
 
 STAGES: dict[str, type[PipelineStage]] = {"text_encoder": TextStage, "denoiser": DenoiserStage, "vae_decoder": VaeStage}
 
+PROBE_PROMPTS = (
+    "a photo of an astronaut riding a horse on the moon",
+    "a watercolor painting of a red fox in the snow at dawn",
+    "a bowl of fruit on a wooden table, studio lighting",
+)
+
+
+def attach_served(prepared: PreparedStage, spec: ModelSpec, folder: Path, *, height: int, width: int) -> None:
+    """Make the prepared runner's timed call the serving stage on real weights, so a probe times what a worker
+    runs: the text stage tokenizes and calls `encode_prompt` on prompts; the denoiser calls the pipeline for one
+    step (`num_inference_steps=1`: one transformer/UNet call, CFG included, plus the pipeline's per-call work) on
+    conditioning of the text stage's shapes; the VAE stage un-scales, decodes and post-processes."""
+    stage: Any = STAGES[prepared.runner.setup.stage](spec, prepared, folder)
+
+    def served(batch: int, seed: int) -> Any:
+        if isinstance(stage, TextStage):
+            items: list[Item] = [
+                {"prompt": PROBE_PROMPTS[i % len(PROBE_PROMPTS)], "seed": seed + i, "height": height, "width": width}
+                for i in range(batch)
+            ]
+        else:
+            items = stage.example_items(batch, height=height, width=width, steps=1)
+            items = [{**item, "seed": seed + i} for i, item in enumerate(items)]
+        return lambda: stage(items)
+
+    prepared.runner.served = served
+
 
 def build_stage(
     model_id: str,
