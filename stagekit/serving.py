@@ -21,6 +21,7 @@ Random weights (`--synthetic`) have no tokenizer files: `stagekit.synthetic` ser
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,16 @@ def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Mod
     import diffusers
 
     cls: Any = getattr(diffusers, PIPELINES[spec.architecture])
-    others: dict[str, Any] = {c.name: None for s in spec.stages for c in s.components if c.name not in modules}
+    index = json.loads((folder / "model_index.json").read_text())
+    # every model part but this stage's stays unloaded: other stages' modules, and parts the stages never run
+    # (SD 1.5's safety checker and feature extractor, an image encoder); tokenizers and the scheduler are loaded
+    others: dict[str, Any] = {
+        k: None
+        for k in index
+        if not k.startswith("_") and k not in modules and not k.startswith("tokenizer") and k != "scheduler"
+    }
+    if spec.architecture == "sd":
+        others["requires_safety_checker"] = False
     try:
         return cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **modules, **others)
     except Exception as exc:  # a tokenizer or scheduler that does not load: name the folder and what failed
