@@ -34,7 +34,9 @@ def test_generate_writes_the_image_the_diffusers_pipeline_makes(tiny_model_dirs:
     result = _generate(*args, "--seed", "5", "--out", str(out))
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     assert '"weights": "real"' in result.output  # type: ignore[attr-defined]
-    image = np.asarray(Image.open(io.BytesIO(out.read_bytes())).convert("RGB"))
+    opened = Image.open(io.BytesIO(out.read_bytes()))
+    assert opened.text == {"weights": "real", "model": "z-image-turbo", "seed": "5"}
+    image = np.asarray(opened.convert("RGB"))
     ref = reference_image(folder, "z-image-turbo", prompt="a red cat", seed=5, steps=2)
     assert int(np.abs(image.astype(np.int16) - ref.astype(np.int16)).max()) <= 1
 

@@ -116,7 +116,9 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         for k, job in submitted.items():
             done = client.wait(job.id, timeout_s=400, poll_s=0.25)
             assert done.state == "done", (k, done, a.log()[-3000:], b.log()[-3000:])
-            images[k] = pixels(client.result(job.id))
+            png = client.result(job.id)
+            assert Image.open(io.BytesIO(png)).text == {"weights": "real", "model": k[1], "seed": "1"}
+            images[k] = pixels(png)
         assert client.get(refused.id).state == "queued"  # no worker took it; nothing crashed
     assert a.proc.poll() is None
     assert b.proc.poll() is None
