@@ -55,8 +55,11 @@ def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Mod
     # (SD 1.5's safety checker and feature extractor, an image encoder); tokenizers and the scheduler are loaded
     others: dict[str, Any] = {
         k: None
-        for k in index
-        if not k.startswith("_") and k not in modules and not k.startswith("tokenizer") and k != "scheduler"
+        for k, v in index.items()
+        if isinstance(v, list)  # a component ([library, class]); scalars are the pipeline's config, kept
+        and k not in modules
+        and not k.startswith("tokenizer")
+        and k != "scheduler"
     }
     if spec.architecture == "sd":
         others["requires_safety_checker"] = False
