@@ -130,9 +130,9 @@ def calibrate(
 
 def _report(body: dict[str, Any]) -> None:
     """Spool first, then try to send everything spooled (the daemon resends what stays)."""
-    from agent.client import PlannerClient, flush
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused, flush
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -155,7 +155,12 @@ def _report(body: dict[str, Any]) -> None:
         timeout_s=settings.request_timeout_s,
         attempts=settings.retry_attempts,
     ) as client:
-        sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        try:
+            sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
 
 
@@ -343,10 +348,10 @@ def probe(
 @app.command()
 def flush() -> None:
     """Send the spooled results to the planner now."""
-    from agent.client import PlannerClient
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused
     from agent.client import flush as send
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -356,7 +361,12 @@ def flush() -> None:
         return
     spool = Spool(settings.resolved_spool_dir)
     with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
-        sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        try:
+            sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"{sent} sent, {pending} waiting", highlight=False)
 
 
