@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from planner.core.batching import shape_batches
 from planner.solver.latency import pool_p95_s
 from planner.solver.simulate import PoolSimulation, linear_curve, simulate_pool
-from scheduler.batching import shape_batches
 from scheduler.config import SchedulerSettings
 
 REPO = Path(__file__).resolve().parents[1]

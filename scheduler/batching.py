@@ -21,10 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
-
-CompiledBatches = Literal["pow2", "plan", "off"]
-"""Which batch sizes a compiled (static-shape) stage runs at; see `shape_batches`."""
+from typing import Any, NamedTuple
 
 
 class BatchKey(NamedTuple):
@@ -75,36 +72,6 @@ class BatcherStats:
                 k: PoolStats(v.images, v.batches, v.busy_s, v.full_work, v.full_busy_s) for k, v in self.pools.items()
             },
         )
-
-
-def shape_batches(limit: int, policy: CompiledBatches) -> tuple[int, ...]:
-    """The batch sizes a static-shape stage is compiled for, smallest first; () for no padding.
-
-    A compiled stage (torch.compile with dynamic=False, CUDA graphs) holds one graph per input shape, and a batch
-    of a size it has not seen compiles a new one in the middle of serving: tens of seconds on a GPU, while the
-    jobs of that batch and every job behind it wait. So the worker compiles a fixed set of sizes before it takes
-    jobs and pads a short batch up to the next one (the vLLM and TensorRT convention):
-
-        pow2: 1, 2, 4, ... below `limit`, and `limit` itself (log2(limit) + 1 compiles; a padded batch costs at
-              most twice its own work, and only at light load, when the GPU has time to spare);
-        plan: `limit` only (one compile; every short batch costs a full one);
-        off:  no padding: each new size compiles when it is first formed.
-    """
-    if policy == "off" or limit < 1:
-        return ()
-    if policy == "plan":
-        return (limit,)
-    sizes = [1]
-    while sizes[-1] * 2 < limit:
-        sizes.append(sizes[-1] * 2)
-    if sizes[-1] != limit:
-        sizes.append(limit)
-    return tuple(sizes)
-
-
-def padded_size(n: int, sizes: Sequence[int]) -> int:
-    """The smallest of `sizes` that holds `n` items; `n` itself when none does (or there are none)."""
-    return min((s for s in sizes if s >= n), default=n)
 
 
 RunBatch = Callable[[BatchKey, Sequence[Any]], Sequence[Any]]

@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, CompiledBatches
 from planner.core.config import default_data_dir, default_database_url
 from planner.core.errors import ConfigError
-from scheduler.batching import CompiledBatches
 
 MIB = 1024 * 1024
 
@@ -94,10 +94,10 @@ class SchedulerSettings(BaseSettings):
         description="serve models with no folder on random weights (timing only: images are noise); the folders "
         "come from --model-dir or GFP_MODEL_DIRS (docs/models.md)",
     )
-    batch_wait_s: float = Field(default=0.05, ge=0, description="the longest a batch waits to fill up")
+    batch_wait_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, description="the longest a batch waits to fill up")
     max_batch: int | None = Field(default=None, ge=1, description="cap on the plan's batch (default: the plan's)")
     compiled_batches: CompiledBatches = Field(
-        default="pow2",
+        default=DEFAULT_COMPILED_BATCHES,
         description="batch sizes a compiled (static-shape) stage runs at, each compiled when its group loads, "
         "before the worker takes jobs; a short batch is padded up to the next one. pow2: 1, 2, 4, ... and the "
         "plan's batch; plan: the plan's batch only; off: no padding (a new size compiles when first formed, "

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.batching import padded_size
+from planner.core.batching import padded_size
 from stagekit.errors import JobError
 from stagekit.interface import Item, StageFn
 from stagekit.sources import ModelSource, ModelSources

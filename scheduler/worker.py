@@ -35,11 +35,12 @@ from celery.signals import worker_ready
 from sqlalchemy import Engine
 
 from planner import catalog
+from planner.core.batching import shape_batches
 from planner.core.errors import ConfigError
 from planner.crud import jobs as crud
 from planner.db.base import utcnow
 from planner.db.session import make_engine, session_factory
-from scheduler.batching import Batcher, BatcherStats, BatchKey, shape_batches
+from scheduler.batching import Batcher, BatcherStats, BatchKey
 from scheduler.celery_app import make_celery
 from scheduler.codec import encode_png
 from scheduler.config import SchedulerSettings

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from planner.catalog.schema import GpuFamily, ModelSpec, Price, Recipe
+from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, CompiledBatches
 from planner.core.errors import InputError
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv
@@ -18,7 +19,6 @@ from planner.perf.model import PerfModel, PerfSettings
 from planner.perf.roofline import Calibration
 from planner.scenario import QualityFloor, QualityScores, Scenario, WorkloadSpec
 from planner.solver.replan import RunningPlan
-from scheduler.batching import CompiledBatches
 
 Progress = Callable[[str], None]
 
@@ -150,10 +150,10 @@ class SolverOptions:
     `simulate_p95`."""
     simulation_repair_rounds: int = 3
     """Re-solves at most, each tightening a missing workload's bound objective by objective / simulated p95."""
-    batch_wait_s: float = 0.05
-    """The workers' `batch_wait_s` the simulation assumes (SchedulerSettings' default)."""
-    compiled_batches: CompiledBatches = "pow2"
-    """The workers' `compiled_batches` padding the simulation assumes (SchedulerSettings' default)."""
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S
+    """The workers' `batch_wait_s` the simulation assumes (the same default as SchedulerSettings')."""
+    compiled_batches: CompiledBatches = DEFAULT_COMPILED_BATCHES
+    """The workers' `compiled_batches` padding the simulation assumes (the same default as SchedulerSettings')."""
     running: RunningPlan | None = field(default=None, compare=False)
     """The plan that runs now (`planner recommend --from plan.json`): the re-solve weighs each replica it moves
     against its saving (planner.solver.replan); None solves from scratch."""

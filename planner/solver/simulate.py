@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from planner.core.batching import CompiledBatches, padded_size, shape_batches
 from planner.solver.plan import GroupPlan, WorkloadPlan
 from planner.solver.problem import Problem, Workload
-from scheduler.batching import CompiledBatches, padded_size, shape_batches
 
 ServiceCurve = Callable[[int], float]
 """Seconds one replica is busy with a batch of n images (n as run: after padding)."""

@@ -16,7 +16,8 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from scheduler.batching import BatchKey, padded_size, shape_batches
+from planner.core.batching import padded_size, shape_batches
+from scheduler.batching import BatchKey
 from scheduler.config import SchedulerSettings
 from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, NoopStage, StageFn
 from scheduler.worker import WorkerRuntime
