@@ -260,10 +260,10 @@ def solve_plan(
 def store_and_activate(engine: Any, cfg: Config, *, height: int, width: int, steps: int, rate: float) -> int:
     from sqlalchemy import select
 
-    from planner.api.schemas.plans import PlanResult
     from planner.crud import plans as crud_plans
     from planner.db import models as m
     from planner.db.session import session_scope
+    from planner.schemas.plans import PlanResult
 
     now = datetime.now(UTC)
     with session_scope(engine) as s:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from planner.api.schemas.catalog import FamilyIn, PriceIn
 from planner.catalog.schema import offering_kind
 from planner.core.errors import ConflictError, NotFoundError
 from planner.db import models as m
 from planner.scenario import DEFAULT_OFFERING
+from planner.schemas.catalog import FamilyIn, PriceIn
 
 
 def ordered_prices(family: m.GpuFamily) -> list[m.GpuPrice]:

@@ -9,12 +9,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from planner.api.schemas.common import MAX_INT32
-from planner.api.schemas.fleets import FleetIn, WorkloadIn
 from planner.core.errors import ConflictError, FieldError, NotFoundError
 from planner.crud.catalog import default_price
 from planner.crud.hosts import available_gpus
 from planner.db import models as m
+from planner.schemas.common import MAX_INT32
+from planner.schemas.fleets import FleetIn, WorkloadIn
 
 Loc = tuple[str | int, ...]
 

@@ -12,11 +12,11 @@ from typing import Any, cast
 from sqlalchemy import BindParameter, ColumnElement, Table, Update, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from planner.api.schemas.hosts import HeartbeatIn, HostRegister, ProbeRequestComplete, ProbeRequestIn
 from planner.core.errors import ConflictError, FieldError, NotFoundError, RateLimitedError, UnauthorizedError
 from planner.core.liveness import HostStatus, host_status, thresholds
 from planner.core.security import agent_token_matches, new_agent_token
 from planner.db import models as m
+from planner.schemas.hosts import HeartbeatIn, HostRegister, ProbeRequestComplete, ProbeRequestIn
 
 HOST_STATUSES: tuple[HostStatus, ...] = ("active", "stale", "lost", "draining")
 

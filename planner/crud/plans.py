@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from planner.api.schemas.plans import PlanEventIn, PlanResult
 from planner.core.errors import ConflictError, FieldError, NotFoundError
 from planner.db import models as m
+from planner.schemas.plans import PlanEventIn, PlanResult
 
 Loc = tuple[str | int, ...]
 IN_FORCE = ("active", "stale")

@@ -16,7 +16,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from planner.api.schemas.probes import MeasurementIn, ProbeRunIn
 from planner.core.errors import ConflictError, FieldError, ForbiddenError, NotFoundError
 from planner.db import models as m
 from planner.db.base import utcnow
@@ -24,6 +23,7 @@ from planner.measurements import admission
 from planner.measurements.admission import DEFAULT_OUTLIER_RATIO
 from planner.measurements.csvio import LocatedRow
 from planner.measurements.store import ANALYZE_AFTER_ROWS, PROVENANCE_FIELDS, analyze_measurements, import_rows
+from planner.schemas.probes import MeasurementIn, ProbeRunIn
 
 Loc = tuple[str | int, ...]
 

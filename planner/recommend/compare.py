@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from planner.api.schemas.plans import PlanResult
 from planner.core.errors import InputError
+from planner.schemas.plans import PlanResult
 
 STAGE_ORDER = ("text_encoder", "denoiser", "vae_decoder")
 STAGE_SHORT = {"text_encoder": "te", "denoiser": "dn", "vae_decoder": "vae"}

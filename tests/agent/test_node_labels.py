@@ -20,7 +20,7 @@ from agent.node_labels import (
     registration_labels,
     select_node_labels,
 )
-from planner.api.schemas.hosts import HostRegister
+from planner.schemas.hosts import HostRegister
 
 # What GFD and NFD put on an H100 node (docs/gpu-feature-discovery/README.md of NVIDIA/k8s-device-plugin).
 GFD_NODE: dict[str, Any] = {

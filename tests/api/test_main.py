@@ -55,7 +55,7 @@ def test_openapi_is_complete_with_examples(client: TestClient) -> None:
 
 
 def test_every_example_in_the_openapi_document_is_accepted_by_its_model() -> None:
-    from planner.api.schemas import catalog, fleets, hosts, jobs, plans, probes
+    from planner.schemas import catalog, fleets, hosts, jobs, plans, probes
 
     for module in (catalog, fleets, hosts, jobs, plans, probes):
         for obj in vars(module).values():

@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from planner.api.schemas.probes import ProbeRunIn
 from planner.crud import probes as crud
 from planner.db import models as m
 from planner.db.session import make_engine
 from planner.measurements.contract import CONTRACT_COLUMNS
+from planner.schemas.probes import ProbeRunIn
 from tests.api.conftest import ADMIN, ENROLL, Store, measurement, probe_run, register
 
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from planner.api.schemas.plans import PlanResult
 from planner.core.config import get_settings
 from planner.db import migrate
 from planner.db.seed import seed
 from planner.db.session import make_engine
 from planner.recommend.export import CSV_COLUMNS
+from planner.schemas.plans import PlanResult
 from tests.helpers import CliResult, invoke, run_cli
 
 PLAN_KEYS = [

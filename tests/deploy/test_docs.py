@@ -11,11 +11,11 @@ import re
 import pytest
 from pydantic import BaseModel
 
-from planner.api.schemas.fleets import FleetIn, WorkloadIn
-from planner.api.schemas.hosts import ProbeRequestIn
-from planner.api.schemas.jobs import JobIn
-from planner.api.schemas.plans import SolveIn
 from planner.catalog.loader import models, recipes
+from planner.schemas.fleets import FleetIn, WorkloadIn
+from planner.schemas.hosts import ProbeRequestIn
+from planner.schemas.jobs import JobIn
+from planner.schemas.plans import SolveIn
 from tests.deploy.conftest import Routes
 from tests.deploy.project import (
     DEPLOY_DOC,

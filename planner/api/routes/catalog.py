@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 
 from planner.api.deps import AdminDep, AgentDep, SessionDep
-from planner.api.schemas.catalog import FamilyIn, FamilyOut, ModelOut, PriceIn, PriceOut, RecipeOut
-from planner.api.schemas.common import ERROR_RESPONSES, Id32, Ident, responses
 from planner.crud import catalog as crud
 from planner.db import models as m
+from planner.schemas.catalog import FamilyIn, FamilyOut, ModelOut, PriceIn, PriceOut, RecipeOut
+from planner.schemas.common import ERROR_RESPONSES, Id32, Ident, responses
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses=ERROR_RESPONSES)
 

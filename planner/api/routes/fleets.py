@@ -9,12 +9,12 @@ from fastapi import APIRouter, Path, Response, status
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, NowDep, SessionDep, SettingsDep
-from planner.api.schemas.common import ERROR_RESPONSES, Name, responses
-from planner.api.schemas.fleets import FleetFamilyOut, FleetIn, FleetOut, FleetRef, WorkloadIn, WorkloadOut
 from planner.core.config import Settings
 from planner.crud import fleets as crud
 from planner.crud.plans import plan_in_force
 from planner.db import models as m
+from planner.schemas.common import ERROR_RESPONSES, Name, responses
+from planner.schemas.fleets import FleetFamilyOut, FleetIn, FleetOut, FleetRef, WorkloadIn, WorkloadOut
 
 router = APIRouter(prefix="/v1/fleets", tags=["fleets"], responses=ERROR_RESPONSES)
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from planner.api.deps import SessionDep
-from planner.api.schemas.common import ErrorOut
+from planner.schemas.common import ErrorOut
 
 router = APIRouter(tags=["service"])
 

@@ -21,8 +21,13 @@ from planner.api.deps import (
     require_host_sync,
     verify_claim,
 )
-from planner.api.schemas.common import ERROR_RESPONSES, Page, responses
-from planner.api.schemas.hosts import (
+from planner.core.config import Settings
+from planner.core.errors import ForbiddenError
+from planner.core.liveness import HostStatus
+from planner.crud import hosts as crud
+from planner.db import models as m
+from planner.schemas.common import ERROR_RESPONSES, Page, responses
+from planner.schemas.hosts import (
     HeartbeatIn,
     HeartbeatOut,
     HostOut,
@@ -32,11 +37,6 @@ from planner.api.schemas.hosts import (
     ProbeRequestIn,
     ProbeRequestOut,
 )
-from planner.core.config import Settings
-from planner.core.errors import ForbiddenError
-from planner.core.liveness import HostStatus
-from planner.crud import hosts as crud
-from planner.db import models as m
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=ERROR_RESPONSES)
 

@@ -21,11 +21,11 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, SessionDep, SubmitterDep
-from planner.api.schemas.common import ERROR_RESPONSES, responses
-from planner.api.schemas.jobs import JobIn, JobOut, JobsSummary
 from planner.core.errors import ConflictError, FieldError, InputError
 from planner.crud import jobs as crud
 from planner.db import models as m
+from planner.schemas.common import ERROR_RESPONSES, responses
+from planner.schemas.jobs import JobIn, JobOut, JobsSummary
 from scheduler.config import get_settings as scheduler_settings
 from scheduler.dispatch import Dispatcher, DispatchError
 from scheduler.results import DirectoryResults

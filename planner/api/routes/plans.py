@@ -8,9 +8,14 @@ from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, NowDep, SessionDep, SettingsDep
-from planner.api.schemas.common import ERROR_RESPONSES, Id32, Page, responses
-from planner.api.schemas.fleets import FleetRef
-from planner.api.schemas.plans import (
+from planner.core.errors import NotFoundError
+from planner.crud import plans as crud
+from planner.crud.fleets import get_fleet
+from planner.db import models as m
+from planner.planning import solve_fleet
+from planner.schemas.common import ERROR_RESPONSES, Id32, Page, responses
+from planner.schemas.fleets import FleetRef
+from planner.schemas.plans import (
     PlanComparison,
     PlanEventIn,
     PlanEventOut,
@@ -23,11 +28,6 @@ from planner.api.schemas.plans import (
     SolveIn,
     SolveOut,
 )
-from planner.core.errors import NotFoundError
-from planner.crud import plans as crud
-from planner.crud.fleets import get_fleet
-from planner.db import models as m
-from planner.planning import solve_fleet
 from planner.solver.replan import RunningPlan
 
 router = APIRouter(prefix="/v1", tags=["plans"], responses=ERROR_RESPONSES)

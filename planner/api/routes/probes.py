@@ -9,13 +9,13 @@ from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import func, select
 
 from planner.api.deps import AdminDep, AgentDep, SessionDep, SettingsDep
-from planner.api.schemas.common import ERROR_RESPONSES, Page, responses
-from planner.api.schemas.probes import MeasurementFilters, MeasurementOut, ProbeRunIn, ProbeRunOut, QuarantineIn
 from planner.core.errors import ForbiddenError
 from planner.crud import probes as crud
 from planner.db import models as m
 from planner.measurements.csvio import rows_to_csv
 from planner.measurements.store import iter_rows, measurements_query
+from planner.schemas.common import ERROR_RESPONSES, Page, responses
+from planner.schemas.probes import MeasurementFilters, MeasurementOut, ProbeRunIn, ProbeRunOut, QuarantineIn
 
 router = APIRouter(prefix="/v1", tags=["probes"], responses=ERROR_RESPONSES)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from planner.api.schemas.common import (
+from planner.schemas.common import (
     Gib,
     Ident,
     Name,

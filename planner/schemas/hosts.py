@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from planner.api.schemas.common import (
+from planner.core.liveness import HostStatus
+from planner.schemas.common import (
     Count,
     Gib,
     GibOrZero,
@@ -24,7 +25,6 @@ from planner.api.schemas.common import (
     Version,
     Watts,
 )
-from planner.core.liveness import HostStatus
 
 EXAMPLE_GPU: dict[str, Any] = {
     "uuid": "GPU-8f6c2a1e-3b7d-4c1a-9e2f-0a1b2c3d4e5f",

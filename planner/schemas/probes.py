@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.api.schemas.common import (
+from planner.measurements.contract import MeasurementRow
+from planner.schemas.common import (
     MAX_INT32,
     GpuUuid,
     Ident,
@@ -19,7 +20,6 @@ from planner.api.schemas.common import (
     Timestamp,
     Version,
 )
-from planner.measurements.contract import MeasurementRow
 
 PSNR_CAP = 1000.0
 """JSON has no infinity: identical outputs (an infinite PSNR) are sent and shown as this many dB."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.api.schemas.common import (
+from planner.schemas.common import (
     Ident,
     JsonObject,
     LongText,

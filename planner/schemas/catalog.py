@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from planner.api.schemas.common import Gib, LongText, Out, PricePerHour, ShortText, Strict, Tflops, Watts
+from planner.schemas.common import Gib, LongText, Out, PricePerHour, ShortText, Strict, Tflops, Watts
 
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
 FactStatus = Literal["read", "secondary", "computed", "measured", "unverified"]
