@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -32,13 +33,14 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from planner.core.errors import InputError, PlannerError
+from planner.core.errors import InputError, UnavailableError
 from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.db.base import utcnow
 from planner.db.session import engine_for, session_factory
 from scheduler.celery_app import RUN_GROUP, make_celery
-from scheduler.config import SchedulerSettings
+from scheduler.config import SchedulerSettings, get_settings
+from scheduler.results import DirectoryResults
 from scheduler.routing import Backlog, JobShape, NoCapacityError, Route, RoutingTable, decide
 from scheduler.state import SchedulerState
 from scheduler.table import DbTableSource, TableCache, TableSource
@@ -46,7 +48,7 @@ from scheduler.table import DbTableSource, TableCache, TableSource
 log = logging.getLogger("scheduler.dispatch")
 
 
-class DispatchError(PlannerError):
+class DispatchError(UnavailableError):
     """The broker did not take the job; it stays queued and is sent again (resubmit with the same key)."""
 
 
@@ -82,6 +84,14 @@ def job_payload(job: m.Job, route: Route, model: str) -> dict[str, Any]:
     }
 
 
+def for_store(sessions: sessionmaker[Session]) -> Dispatcher:
+    """The dispatcher of the planner service's job routes: SCHEDULER_* settings, on the service's own store.
+
+    `planner serve` wires this into the app (planner.cli.serve.app_from_env): the API depends only on the
+    interface (planner.api.dispatch.JobDispatcher), never on the scheduler."""
+    return Dispatcher(get_settings(), sessions=sessions)
+
+
 class Dispatcher:
     """The router and the sender, shared by the threads of one process (the API, the CLI, the rebalancer)."""
 
@@ -112,6 +122,16 @@ class Dispatcher:
         self._unavailable: frozenset[str] = frozenset()
         self._backlog_at = -float("inf")
         self._rereading = False
+
+    # Results (the planner's job routes read a done job's image through these: planner.api.dispatch).
+
+    @property
+    def results_dir(self) -> Path:
+        return self.settings.results_dir
+
+    def result_file(self, name: str) -> Path:
+        """The file of a stored result name (a job's `result_path`), refused outside the results directory."""
+        return DirectoryResults(self.settings.results_dir).path(name)
 
     # Routing.
 

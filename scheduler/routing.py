@@ -20,17 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import inf
 
-from planner.core.errors import InputError, PlannerError
+from planner.core.errors import InputError, UnavailableError, UnroutableError
 
 DENOISER = "denoiser"
 VAE_DECODER = "vae_decoder"
 
 
-class NoRouteError(InputError):
+class NoRouteError(UnroutableError):
     """The plan in force does not route the job's workload: the request's fault (422), or the plan's."""
 
 
-class NoCapacityError(PlannerError):
+class NoCapacityError(UnavailableError):
     """The workload is routed, but none of a group's pools can take a job now (drained, lost): a transient state,
     so a job waits (queued) and a new submission is a 503 to resend, not a failure of the request."""
 

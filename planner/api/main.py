@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from planner import __version__
 from planner.api import errors
+from planner.api.dispatch import DispatcherFactory
 from planner.api.guard import RequestGuard
 from planner.api.metrics import Metrics, MetricsMiddleware
 from planner.api.routes import catalog, fleets, health, hosts, jobs, plans, probes
@@ -89,8 +90,12 @@ def create_app(
     engine: Engine | None = None,
     sessions: sessionmaker[Session] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    dispatchers: DispatcherFactory | None = None,
 ) -> FastAPI:
-    """The service. By default it opens the store of `settings.database_url`; tests pass their own store."""
+    """The service. By default it opens the store of `settings.database_url`; tests pass their own store.
+
+    `dispatchers` builds the job routes' dispatcher on first use (planner.api.dispatch); without one, the job
+    submission routes answer 503 saying how to wire it (`planner serve` does: planner.cli.serve.app_from_env)."""
     settings = settings or get_settings()
     if sessions is None:
         if engine is None:
@@ -122,6 +127,7 @@ def create_app(
     app.state.sessionmaker = sessions
     app.state.engine = engine
     app.state.clock = clock
+    app.state.dispatchers = dispatchers
     app.state.metrics = Metrics(sessions, settings, clock)
     errors.install(app)
     for module in (hosts, probes, catalog, fleets, plans, jobs):
@@ -130,10 +136,3 @@ def create_app(
     app.add_middleware(RequestGuard, settings=settings)  # before any route reads a body (planner.api.guard)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
-
-
-def app_from_env() -> FastAPI:
-    """The factory uvicorn calls in each worker (`planner serve`): settings from the environment."""
-    settings = get_settings()
-    settings.check_serving()
-    return create_app(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import typer
+from fastapi import FastAPI
 from rich.text import Text
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
@@ -52,7 +53,7 @@ def serve(
         highlight=False,
     )
     uvicorn.run(
-        "planner.api.main:app_from_env",
+        "planner.cli.serve:app_from_env",
         factory=True,
         host=settings.api_host,
         port=settings.api_port,
@@ -60,3 +61,14 @@ def serve(
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
     )
+
+
+def app_from_env() -> FastAPI:
+    """The factory uvicorn calls in each worker (`planner serve`): settings from the environment, and the job
+    routes wired to the scheduler's dispatcher (the API itself knows only planner.api.dispatch's interface)."""
+    from planner.api.main import create_app
+    from scheduler.dispatch import for_store
+
+    settings = get_settings()
+    settings.check_serving()
+    return create_app(settings, dispatchers=for_store)

@@ -25,6 +25,14 @@ class InputError(PlannerError):
     exit_code = 2
 
 
+class UnroutableError(InputError):
+    """A job the plan in force does not route (its workload): the request's fault (422), or the plan's."""
+
+
+class UnavailableError(PlannerError):
+    """A dependency did not take a request now (the broker, or no pool up for it): resend it later (503)."""
+
+
 class NotFoundError(PlannerError):
     """Something looked up by its id or name does not exist; the message says what was looked for."""
 

@@ -26,6 +26,7 @@ from planner.api.main import create_app
 from planner.core.config import Settings
 from planner.db.session import make_engine, session_factory
 from scheduler.config import get_settings as scheduler_settings
+from scheduler.dispatch import for_store
 from tests.conftest import PG_ADMIN_URL, _pg_admin, drop_database, seeded_database
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -147,7 +148,7 @@ def app(settings: Settings, store: Store, clock: FakeClock, monkeypatch: pytest.
     # store is one connection, which a background refresh thread must not share.
     monkeypatch.setenv("SCHEDULER_ROUTING_REFRESH_S", "0")
     scheduler_settings.cache_clear()
-    yield create_app(settings, sessions=store.sessions, clock=clock)
+    yield create_app(settings, sessions=store.sessions, clock=clock, dispatchers=for_store)
     scheduler_settings.cache_clear()
 
 

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from planner.api.main import create_app
 from planner.core.config import Settings
+from scheduler.dispatch import for_store
 from tests.api.conftest import ADMIN, ENROLL, FakeClock, Store, gpu, register
 
 SUBMITTER_TOKEN = "test-submitter-token-0123456789"
@@ -83,7 +84,7 @@ def test_200_hosts_enrolling_in_a_burst_are_rate_limited(client: TestClient, clo
 @pytest.fixture
 def approving_app(settings: Settings, store: Store, clock: FakeClock) -> FastAPI:
     strict = settings.model_copy(update={"host_approval": True, "submitter_token": SecretStr(SUBMITTER_TOKEN)})
-    return create_app(strict, sessions=store.sessions, clock=clock)
+    return create_app(strict, sessions=store.sessions, clock=clock, dispatchers=for_store)
 
 
 def test_an_enrolled_host_counts_only_once_approved(approving_app: FastAPI) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from planner.api.main import create_app
+from planner.core.config import Settings, get_settings
 from planner.db import models as m
 from tests.api.conftest import ADMIN, Store, register
 
@@ -53,3 +57,27 @@ def test_summary_is_admin_only(client: TestClient) -> None:
     _, agent, _ = register(client)
     assert client.get("/v1/jobs/summary", headers=agent).status_code == 403
     assert client.get("/v1/jobs/summary").status_code == 401
+
+
+def test_an_app_without_a_dispatcher_says_how_to_wire_one(settings: Settings, store: Store) -> None:
+    """The API knows the scheduler only through planner.api.dispatch's interface: an app built without a factory
+    answers the job submission with 503 and how to fix it (`planner serve` wires the scheduler's)."""
+    bare = create_app(settings, sessions=store.sessions)
+    with TestClient(bare) as client:
+        sent = client.post("/v1/jobs", json={"workload": "w", "prompt": "a cat"}, headers=ADMIN)
+    assert sent.status_code == 503, sent.text
+    assert "planner serve" in sent.json()["detail"]
+
+
+def test_planner_serve_wires_the_schedulers_dispatcher(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from planner.cli.serve import app_from_env
+    from scheduler.dispatch import for_store
+
+    monkeypatch.setenv("PLANNER_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    monkeypatch.setenv("PLANNER_DEV_MODE", "true")
+    get_settings.cache_clear()
+    try:
+        app = app_from_env()
+    finally:
+        get_settings.cache_clear()
+    assert app.state.dispatchers is for_store

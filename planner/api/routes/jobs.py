@@ -3,8 +3,9 @@
 Submitting a job and reading its state and image take the submitter token (`PLANNER_SUBMITTER_TOKEN`, for the
 services that generate images) or the admin token; listing, the summary and requeueing take the admin token.
 
-`POST /v1/jobs` stores the job and sends it to the scheduler's queues (scheduler.dispatch.Dispatcher, built from
-the `SCHEDULER_*` settings on first use, or `app.state.dispatcher`): 201 with the new job, 200 with the job an
+`POST /v1/jobs` stores the job and sends it to the scheduler's queues through the app's dispatcher (the interface
+planner.api.dispatch.JobDispatcher: `app.state.dispatcher`, or built on first use by `app.state.dispatchers`, which
+`planner serve` wires to the scheduler's): 201 with the new job, 200 with the job an
 idempotency key already made, 409 if that key was used for another request, 422 for a workload the plan in
 force does not route, 503 if the broker did not take it or no pool of the workload is up now (resend with the
 same key).
@@ -21,33 +22,37 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from planner.api.deps import AdminDep, SessionDep, SubmitterDep
-from planner.core.errors import ConflictError, FieldError, InputError
+from planner.api.dispatch import DispatcherFactory, JobDispatcher
+from planner.core.errors import ConflictError, FieldError, InputError, UnavailableError, UnroutableError
 from planner.crud import jobs as crud
 from planner.db import models as m
 from planner.schemas.common import ERROR_RESPONSES, responses
 from planner.schemas.jobs import JobIn, JobOut, JobsSummary
-from scheduler.config import get_settings as scheduler_settings
-from scheduler.dispatch import Dispatcher, DispatchError
-from scheduler.results import DirectoryResults
-from scheduler.routing import NoCapacityError, NoRouteError
 
 _dispatcher_lock = threading.Lock()
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
-    """The app's dispatcher (`app.state.dispatcher`), built on first use from the SCHEDULER_* settings, on the
-    app's own store (the job store is the planner's store)."""
-    dispatcher: Dispatcher | None = getattr(request.app.state, "dispatcher", None)
+def get_dispatcher(request: Request) -> JobDispatcher:
+    """The app's dispatcher (`app.state.dispatcher`), built on first use by the app's factory on the app's own
+    store (the job store is the planner's store)."""
+    dispatcher: JobDispatcher | None = getattr(request.app.state, "dispatcher", None)
     if dispatcher is None:
         with _dispatcher_lock:
             dispatcher = getattr(request.app.state, "dispatcher", None)
             if dispatcher is None:
-                dispatcher = Dispatcher(scheduler_settings(), sessions=request.app.state.sessionmaker)
+                factory: DispatcherFactory | None = getattr(request.app.state, "dispatchers", None)
+                if factory is None:
+                    raise HTTPException(
+                        status.HTTP_503_SERVICE_UNAVAILABLE,
+                        "this service has no job dispatcher; start it with `planner serve` (which wires the "
+                        "scheduler's in) or pass create_app(dispatchers=...)",
+                    )
+                dispatcher = factory(request.app.state.sessionmaker)
                 request.app.state.dispatcher = dispatcher
     return dispatcher
 
 
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -103,11 +108,11 @@ def submit_job(
         submitted = dispatcher.submit(session, idempotency_key=key, request=req)
     except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except NoRouteError as exc:  # the documented 422 shape: a list of problems, each naming its field
+    except UnroutableError as exc:  # the documented 422 shape: a list of problems, each naming its field
         raise FieldError.at(("workload",), str(exc)) from exc
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except (DispatchError, NoCapacityError) as exc:
+    except UnavailableError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
@@ -159,11 +164,11 @@ def get_result(_: SubmitterDep, job_id: str, session: SessionDep, dispatcher: Di
             + (f" ({job.error})" if job.error else "")
             + f"; poll GET /v1/jobs/{job_id} until its state is done",
         )
-    path = DirectoryResults(dispatcher.settings.results_dir).path(job.result_path)
+    path = dispatcher.result_file(job.result_path)
     if not path.is_file():
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            f"job {job_id}'s result {job.result_path} is not in {dispatcher.settings.results_dir}; check that the "
+            f"job {job_id}'s result {job.result_path} is not in {dispatcher.results_dir}; check that the "
             "service and the workers share SCHEDULER_RESULTS_DIR",
         )
     return FileResponse(path, media_type="image/png", headers={"ETag": f'"{job.result_sha256}"'})
@@ -185,7 +190,7 @@ def requeue(_: AdminDep, job_id: str, request: Request, session: SessionDep, dis
         dispatcher.redispatch(session, job)
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except (DispatchError, NoCapacityError) as exc:
+    except UnavailableError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     session.refresh(job)
     return _out(request, job)
