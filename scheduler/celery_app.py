@@ -62,13 +62,11 @@ def celery_config(settings: SchedulerSettings) -> dict[str, Any]:
 
 
 def make_celery(settings: SchedulerSettings | None = None) -> Celery:
-    """A Celery app for these settings, with the scheduler's task registered."""
+    """A Celery app for these settings. Senders publish tasks by name (RUN_GROUP, PROBE); only the worker that
+    runs them registers them (scheduler.tasks.register, from scheduler.worker.WorkerRuntime)."""
     settings = settings or get_settings()
     app = Celery("scheduler", set_as_current=False)
     app.conf.update(celery_config(settings))
-    from scheduler.tasks import register
-
-    register(app)
     return app
 
 

@@ -44,34 +44,24 @@ from scheduler.batching import Batcher, BatcherStats, BatchKey
 from scheduler.celery_app import make_celery
 from scheduler.codec import encode_png
 from scheduler.config import SchedulerSettings
+from scheduler.dispatch import Dispatcher
 from scheduler.drift import Sample, drift_decision, mark_plan_stale
 from scheduler.intermediates import make_intermediates
 from scheduler.metrics import WorkerMetrics
 from scheduler.model_cache import ModelCache
+from scheduler.rebalance import rebalance_once
 from scheduler.results import DirectoryResults
 from scheduler.routing import Pool, job_work
 from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, default_build_stage
 from scheduler.state import SchedulerState, WorkerInfo
 from scheduler.table import DbTableSource, TableCache, find_pool
+from scheduler.tasks import register as register_tasks
 from stagekit.errors import JobError, UnsupportedModelError
 
 log = logging.getLogger("scheduler.worker")
 
 WARM_STEPS = 3
 """Steps of a warm-up batch: enough for a step cache's full and cached steps, short of a whole image."""
-
-_RUNTIME: WorkerRuntime | None = None
-
-
-def current_runtime() -> WorkerRuntime:
-    if _RUNTIME is None:
-        raise RuntimeError("no worker runtime in this process: start workers with `scheduler worker --pool ...`")
-    return _RUNTIME
-
-
-def set_runtime(runtime: WorkerRuntime | None) -> None:
-    global _RUNTIME
-    _RUNTIME = runtime
 
 
 class WorkerRuntime:
@@ -100,6 +90,8 @@ class WorkerRuntime:
         self.engine = engine or make_engine(settings.database_url, pool_size=concurrency + 4, max_overflow=concurrency)
         self.sessions = session_factory(self.engine)
         self.redis = client or redis.Redis.from_url(settings.state_redis_url)
+        self.key_prefix = settings.key_prefix
+        register_tasks(self.app, self)  # this process runs them: senders publish by name
         self.state = SchedulerState(self.redis, settings.key_prefix)
         self.intermediates = make_intermediates(settings, self.redis)
         self.results = DirectoryResults(settings.results_dir)
@@ -125,7 +117,7 @@ class WorkerRuntime:
         self._last_tick = time.monotonic()
         self._done_times: dict[str, deque[tuple[float, int]]] = {p: deque() for p in self.pools}
         self._busy_marks: deque[tuple[float, float]] = deque()
-        self._dispatcher: Any = None
+        self._dispatcher: Dispatcher | None = None
         self.refused: dict[str, str] = {}  # pool -> why this worker does not serve it
 
     # Lifecycle.
@@ -521,9 +513,6 @@ class WorkerRuntime:
         if not self.state.try_lock("rebalance", self.settings.heartbeat_s * 4, self.name):
             return
         try:
-            from scheduler.dispatch import Dispatcher
-            from scheduler.rebalance import rebalance_once
-
             if self._dispatcher is None:
                 self._dispatcher = Dispatcher(self.settings, app=self.app, sessions=self.sessions, client=self.redis)
             report = rebalance_once(self._dispatcher)
@@ -566,7 +555,6 @@ def run_worker(
     name = name or default_worker_name(pool_names)
     app = make_celery(settings)
     runtime = WorkerRuntime(settings, pools, name=name, concurrency=threads, build_stage=build_stage, app=app)
-    set_runtime(runtime)
 
     def _ready(**_: Any) -> None:
         runtime.mark_ready()
@@ -576,7 +564,6 @@ def run_worker(
     served = list(runtime.pools)
     if not served:
         runtime.stop()
-        set_runtime(None)
         reasons = "; ".join(f"{p}: {why}" for p, why in runtime.refused.items())
         raise ConfigError(f"worker {name} can serve none of its pools: {reasons}")
     log.info("worker %s serving %s with %d threads", name, ", ".join(served), threads)
@@ -595,5 +582,4 @@ def run_worker(
         worker.start()
     finally:
         runtime.stop()
-        set_runtime(None)
     return int(getattr(worker, "exitcode", 0) or 0)
