@@ -37,7 +37,6 @@ from planner.measurements.store import stored_rows
 from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
-from planner.solver.problem import Progress
 from planner.solver.replan import RunningPlan
 
 
@@ -244,19 +243,6 @@ def store_problem(
         calibration=cat.calibration,
         options=solver_options(scenario, settings, **overrides),
     )
-
-
-def solve_scenario(
-    session: Session,
-    scenario: Scenario,
-    *,
-    settings: Settings | None = None,
-    progress: Progress | None = None,
-    **overrides: Any,
-) -> tuple[Problem, Plan]:
-    """Build the Problem from the store and solve it; the Problem comes back for sweeps on the same data."""
-    problem = store_problem(session, scenario, settings=settings, progress=progress, **overrides)
-    return problem, solve(problem)
 
 
 # ---- the service's fleets -----------------------------------------------------------------------------

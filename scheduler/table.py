@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -160,27 +159,6 @@ def table_from_json(data: dict[str, Any]) -> RoutingTable:
         for p in data.get("pools", [])
     )
     return RoutingTable(plan_id=data.get("plan_id"), version=int(data.get("version") or 0), pools=pools)
-
-
-class HttpTableSource:
-    """The routing table read from the planner API (for processes without store access)."""
-
-    def __init__(self, client: httpx.Client, fleet: str) -> None:
-        self.client = client
-        self.fleet = fleet
-        self._last: RoutingTable = EMPTY_TABLE
-
-    def version_key(self) -> VersionKey:
-        resp = self.client.get(f"/v1/fleets/{self.fleet}/routing")
-        if resp.status_code == 404:
-            self._last = EMPTY_TABLE
-        else:
-            resp.raise_for_status()
-            self._last = table_from_json(resp.json())
-        return (self._last.plan_id, self._last.version, len(self._last.pools))
-
-    def load(self) -> RoutingTable:
-        return self._last
 
 
 class TableCache:

@@ -10,8 +10,7 @@ QKV -> channels_last -> quantization -> step cache -> compile (compile last, so 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,13 +301,3 @@ def _call_context(recipe: Recipe, cache_modules: list[nn.Module]) -> contextlib.
     if recipe.attention == "default" and not cache_modules:
         return None
     return _CallContext(recipe.attention, cache_modules)
-
-
-@contextlib.contextmanager
-def timed(label: str, sink: dict[str, float]) -> Iterator[None]:
-    """Record how long a block took (seconds) under `label`."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        sink[label] = time.perf_counter() - t0

@@ -60,7 +60,6 @@ class Settings(BaseSettings):
         description="the service pings a pooled connection before each use (a round trip per request); off: a "
         "connection a database restart dropped fails one request, then the pool reconnects all of them",
     )
-    default_page_size: int = Field(default=100, ge=1)
     seed_reference_data: bool = Field(
         default=True, description="seed catalogs and the shipped reference measurements into an empty store"
     )
@@ -144,8 +143,6 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "PLANNER_HEARTBEAT_LOST_S must be longer than PLANNER_HEARTBEAT_STALE_S; raise the former."
             )
-        if self.default_page_size > self.max_page_size:
-            raise ConfigError("PLANNER_DEFAULT_PAGE_SIZE is above PLANNER_MAX_PAGE_SIZE; lower the former.")
         return self
 
     def check_serving(self) -> None:
@@ -169,10 +166,6 @@ class Settings(BaseSettings):
                 "machine; dev mode serves on 127.0.0.1 only. Set PLANNER_ADMIN_TOKEN to a long random secret "
                 "(e.g. `openssl rand -hex 32`), or listen on 127.0.0.1 (PLANNER_API_HOST or --host)."
             )
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 def _is_loopback(host: str) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from planner.core.config import default_data_dir, get_settings
+from planner.core.config import default_data_dir
 from planner.core.errors import InputError
 
 URL_HINT = (
@@ -230,10 +230,6 @@ def _cut(fd: int) -> None:
 def engine_for(url: str) -> Engine:
     """One engine per URL per process (engines own connection pools)."""
     return make_engine(url)
-
-
-def default_engine() -> Engine:
-    return engine_for(get_settings().database_url)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

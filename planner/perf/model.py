@@ -183,14 +183,6 @@ def _max_known(a: float | None, b: float | None) -> float | None:
     return max(known) if known else None
 
 
-def evidence_of(cells: Iterable[CellEstimate]) -> tuple[str, str]:
-    """(method, label) of the least sure of some cells (`EVIDENCE_RANK`; at equal rank the less certain)."""
-    worst = max(cells, key=lambda c: (EVIDENCE_RANK.get(c.method, 9), c.uncertainty), default=None)
-    if worst is None:
-        return "measured", "measured"
-    return worst.method, worst.label
-
-
 def vendor_specific(recipe: Recipe | None, precision: str | None) -> str | None:
     """Why a recipe's kernels exist on one GPU vendor's stack only (module docstring, 3.), or None.
 

@@ -60,10 +60,6 @@ class WhatIfResult:
         return None if self.cost_per_hour is None else self.cost_per_hour / (3600.0 * self.rate)
 
 
-def what_if_steps(points: Sequence[WhatIfPoint]) -> int:
-    return len(points)
-
-
 def what_if(
     problem: Problem, points: Sequence[WhatIfPoint], *, builder: OptionBuilder | None = None, tick: Tick = _noop
 ) -> list[WhatIfResult]:
