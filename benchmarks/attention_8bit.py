@@ -37,7 +37,7 @@ import torch  # noqa: E402
 @contextlib.contextmanager
 def sage_sdpa(counts: dict[str, int]) -> Iterator[None]:
     """torch.nn.functional.scaled_dot_product_attention routed to sageattn where it can take the call."""
-    from sageattention import sageattn
+    from sageattention import sageattn  # type: ignore[import-not-found]
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -60,11 +60,18 @@ def sage_sdpa(counts: dict[str, int]) -> Iterator[None]:
         out: torch.Tensor = sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=kwargs.get("scale"))
         return out
 
-    torch.nn.functional.scaled_dot_product_attention = routed
+    torch.nn.functional.scaled_dot_product_attention = routed  # type: ignore[assignment]
     try:
         yield
     finally:
         torch.nn.functional.scaled_dot_product_attention = sdpa
+
+
+def _caller(runner: Any) -> Callable[[int], object]:
+    def call(_i: int) -> object:
+        return runner.call()
+
+    return call
 
 
 def run_case(model: str, recipe_id: str, batch: int, device: torch.device) -> list[dict[str, Any]]:
@@ -104,8 +111,7 @@ def run_case(model: str, recipe_id: str, batch: int, device: torch.device) -> li
             with ctx:
                 if prepared.compile_pending is not None and not prepared.compiled:
                     prepared.apply_compile()
-                call: Callable[[int], object] = lambda _i: runner.call()  # noqa: E731
-                timing = measure(call, device, timer)
+                timing = measure(_caller(runner), device, timer)
                 out = runner.call().float()
             torch.cuda.synchronize(device)
             if reference is None:
@@ -124,7 +130,7 @@ def run_case(model: str, recipe_id: str, batch: int, device: torch.device) -> li
         except Exception as exc:  # one variant failing (a kernel refusing a shape) must not lose the other
             row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         results.append(row)
-        del prepared, runner
+        prepared = runner = None  # type: ignore[assignment]
         torch.cuda.empty_cache()
     base = results[0].get("median_ms")
     for r in results:
