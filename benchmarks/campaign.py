@@ -500,12 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             if r.status == "ok":
                 log(
                     f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.latency_ms:9.2f} ms  "
-                    f"p95 {r.latency_p95_ms:9.2f}  "
+                    f"p95 {r.latency_p95_ms or 0:9.2f}  "
                     f"{r.peak_mem_gib or 0:6.2f} GiB  {r.achieved_tflops or 0:7.1f} TF/s  {r.bound or '-'}"
                     + (f"  compile {r.compile_s:.1f}s" if r.compile_s else "")
+                    + f"  {r.calls} calls, {r.sm_clock_mhz or 0:.0f} MHz, {r.throttle_reasons or '-'}"
                 )
             else:
-                log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}: {(r.error or '')[:160]}")
+                measured = f" ({r.latency_ms:.2f} ms)" if r.latency_ms else ""
+                log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}{measured}: {(r.error or '')[:160]}")
         write_provenance(final=False, new_rows=new_rows)
         if state.stopped:
             stopped = state.stopped
