@@ -24,6 +24,8 @@ app = typer.Typer(
     help="GPU host agent: inventory, calibration and probe sweeps of diffusion pipelines, reported to the planner.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain click help: rich markup would eat every `[default: ...]` (as "Port .") and show flags as <bool>.
+    rich_markup_mode=None,
 )
 console = Console()
 err = Console(stderr=True)
@@ -130,9 +132,9 @@ def calibrate(
 
 def _report(body: dict[str, Any]) -> None:
     """Spool first, then try to send everything spooled (the daemon resends what stays)."""
-    from agent.client import PlannerClient, flush
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused, flush
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -155,7 +157,12 @@ def _report(body: dict[str, Any]) -> None:
         timeout_s=settings.request_timeout_s,
         attempts=settings.retry_attempts,
     ) as client:
-        sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        try:
+            sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
 
 
@@ -168,7 +175,17 @@ def probe(
     height: Annotated[int | None, typer.Option(help="Image height (default: the model's).")] = None,
     width: Annotated[int | None, typer.Option(help="Image width (default: the model's).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny CPU configs (tests, dry runs).")] = False,
-    weights_dir: Annotated[Path | None, typer.Option(help="Local diffusers-format folder: real weights.")] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="The model's diffusers folder or Hugging Face cache snapshot: real weights.")
+    ] = None,
+    model_dir: Annotated[
+        list[str] | None,
+        typer.Option("--model-dir", help="MODEL=DIR, as the workers take it (repeatable; over GFP_MODEL_DIRS)."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option("--synthetic", help="Random weights where no folder is named (timing only; quality unknown)."),
+    ] = False,
     output: Annotated[Path | None, typer.Option(help="Measurements CSV; an existing one is resumed.")] = None,
     budget_s: Annotated[
         float | None, typer.Option(help="Deadline in seconds: no cell starts that would end past it (predicted).")
@@ -208,11 +225,24 @@ def probe(
         _fail(f"model {model} has no stage(s) {bad_stages}; its stages are {spec.stage_names}")
     if quant_backend not in ("agent", "torchao"):
         _fail("--quant-backend must be agent or torchao")
+    from stagekit.errors import UnsupportedModelError
+    from stagekit.sources import ModelSources
+
+    try:
+        dirs = [*(model_dir or []), *([f"{model}={weights_dir}"] if weights_dir is not None else [])]
+        source = ModelSources.from_options(dirs, synthetic=synthetic).source(model)
+    except UnsupportedModelError as exc:
+        _fail(str(exc))
+        return
+    console.print(
+        f"{model}: weights={source.weights}" + (f" from {source.folder}" if source.folder else " (random)"),
+        highlight=False,
+    )
     from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, probe_run_body
     from agent.target import resolve_target
     from agent.timing import TimerOptions
+    from stagekit.recipes import RecipeOptions
 
     target = resolve_target(gpu_index=gpu, family_override=gpu_family, force_cpu=cpu)
     if not target.is_gpu:
@@ -266,7 +296,7 @@ def probe(
         height=height,
         width=width,
         tiny=tiny,
-        weights_dir=weights_dir,
+        weights_dir=source.folder,
         timer=timer,
         budget_s=budget_s,
         memory_cap_gib=memory_cap_gib,
@@ -324,10 +354,10 @@ def probe(
 @app.command()
 def flush() -> None:
     """Send the spooled results to the planner now."""
-    from agent.client import PlannerClient
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused
     from agent.client import flush as send
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -337,7 +367,12 @@ def flush() -> None:
         return
     spool = Spool(settings.resolved_spool_dir)
     with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
-        sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        try:
+            sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"{sent} sent, {pending} waiting", highlight=False)
 
 

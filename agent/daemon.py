@@ -20,10 +20,13 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.client import PlannerClient, PlannerError, flush
+from agent.client import REENROLL_HINT, PlannerClient, PlannerError, flush
 from agent.config import AgentSettings
 from agent.node_labels import registration_labels
 from agent.spool import Spool
+
+EXIT_TOKEN_REFUSED = 78
+"""`agent run` exits with this (EX_CONFIG) when the planner refuses its token: a restart cannot fix it."""
 
 
 def host_identity(settings: AgentSettings) -> dict[str, str] | None:
@@ -174,10 +177,15 @@ class Daemon:
         from agent.probe import ProbeOptions, Sweep
         from agent.report import probe_run_body
         from agent.target import resolve_target
+        from stagekit.sources import ModelSources
 
+        # This host's folder for the model (GFP_MODEL_DIRS) makes the run real; without one a queued probe request
+        # is a timing run on random weights unless it says `synthetic: false` (then it fails, naming the fix).
+        source = ModelSources.from_options(synthetic=bool(spec.get("synthetic", True))).source(str(spec["model"]))
         target = resolve_target(gpu_index=int(spec.get("gpu_index", 0)))
         try:
             opts = ProbeOptions(
+                weights_dir=source.folder,
                 model=str(spec["model"]),
                 recipes=tuple(spec.get("recipes") or ["bf16"]),
                 batches=tuple(int(b) for b in spec.get("batches") or [1]),
@@ -279,9 +287,20 @@ class Daemon:
                     self.handle_requests()
                     next_poll = now + self.settings.poll_interval_s
             except PlannerError as exc:
+                if exc.status == 401:
+                    return self._token_refused(exc, nvml)
                 self.log(f"planner: {exc}")
             self.stop_event.wait(1.0)
         if nvml is not None:
             nvml.close()
         self.log(f"stopped; {len(self.spool)} run(s) wait in {self.spool.dir}")
         return 0
+
+    def _token_refused(self, exc: PlannerError, nvml: Any) -> int:
+        """Say loudly that the token is refused, keep the spool, and stop: retrying a refused token only hides
+        the problem. Exit code `EXIT_TOKEN_REFUSED` (78, EX_CONFIG; the systemd unit does not restart on it)."""
+        if nvml is not None:
+            nvml.close()
+        hint = REENROLL_HINT.format(spool=self.spool.dir, token_file=self.settings.resolved_token_file)
+        self.log(f"STOPPING: {hint} ({exc})")
+        return EXIT_TOKEN_REFUSED

@@ -33,21 +33,22 @@ from torch import nn
 
 from agent import quality
 from agent.discover import cpu_model
-from agent.flops import Cost, classify, count_cost
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
 from agent.nvml import PowerSampler, clock_event_names
-from agent.pipelines import (
+from agent.target import Target
+from agent.timing import TimerOptions, Timing, measure
+from planner.catalog import ModelSpec, Recipe, known_model, recipes
+from planner.measurements.contract import MeasurementRow
+from stagekit.flops import Cost, classify, count_cost
+from stagekit.pipelines import (
     StageRunner,
     StageSetup,
     StageUnsupported,
     build_stage,
     tiny_shapes,
 )
-from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
-from agent.target import Target
-from agent.timing import TimerOptions, Timing, measure
-from planner.catalog import ModelSpec, Recipe, known_model, recipes
-from planner.measurements.contract import MeasurementRow
+from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
+from stagekit.serving import attach_served
 
 CellKey = tuple[str, str, str, str, int, int, int]
 CACHE_TRAJECTORY_STEPS = 30
@@ -348,6 +349,8 @@ class Sweep:
         failure: tuple[str, str] | None = None
         try:
             prepared = self._prepare(stage, recipe, options=self.opts.recipe_options)
+            if self.opts.weights_dir is not None:  # real weights: time the serving stage itself
+                attach_served(prepared, self.spec, self.opts.weights_dir, height=self.height, width=self.width)
         except StageUnsupported as exc:
             failure = ("unsupported", str(exc))
         except torch.OutOfMemoryError as exc:
@@ -629,6 +632,7 @@ class Sweep:
 
     def _stage_outputs(self, stage: str, prepared: PreparedStage) -> dict[str, torch.Tensor]:
         runner = prepared.runner
+        served, runner.served = runner.served, None  # drift compares the modules' outputs on the same inputs
         runner.prepare(1, seed=self.opts.seed + 1)
         try:
             if stage == "text_encoder":
@@ -654,6 +658,7 @@ class Sweep:
             return out
         finally:
             runner.inputs = {}
+            runner.served = served
 
 
 def _scale_cost(base: tuple[int, Cost], batch: int, modules: Iterable[nn.Module]) -> Cost:

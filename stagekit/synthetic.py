@@ -1,6 +1,11 @@
-"""Serving stages on torch (worker-only: imports torch): the agent's probed stage code inside a pipeline's glue.
+"""Stages on synthetic (random) weights: the stand-in glue a worker runs when asked for `--synthetic`.
 
-The modules are built, and the plan's recipe applied, only by `agent.recipes.prepare` -- the function whose
+With real weights the stages are the model's diffusers pipeline (`stagekit.serving`). Random weights come with no
+tokenizer files and no scheduler config, so this module keeps a hashed stand-in tokenizer and the pipelines'
+conditioning, samplers and decode written out per architecture: the compute and memory are the real model's
+(what timing needs), the images are noise. The rest of this docstring describes that glue.
+
+The modules are built, and the plan's recipe applied, only by `stagekit.recipes.prepare` -- the function whose
 result the agent's probes time -- so a worker runs exactly the measured stage: the recipe's precision (kept
 on the CPU as well, where the agent runs bf16 too), tiny or tiled VAE, fused QKV, channels_last, fp8/int8
 layers, then `apply_compile()` for a compiling recipe; the prepared runner's call context (attention backend,
@@ -39,12 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner, StageUnsupported, tiny_shapes
-from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
-from planner import catalog
 from planner.catalog.schema import ModelSpec
-from scheduler.errors import UnsupportedModelError
-from scheduler.stages import Item, StageFn
+from stagekit.errors import UnsupportedModelError
+from stagekit.interface import Item, StageFn
+from stagekit.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner
+from stagekit.recipes import PreparedStage, reset_cache
 
 QWEN_MAX_TOKENS = 1024
 """QwenImagePipeline: the tokenizer truncates at 1024 + the template prefix ..."""
@@ -293,6 +297,7 @@ class TextEncoderStage(_Stage):
                     o.update({f"negative_{k}": v[j] for k, v in neg.items()})
                 else:
                     o.update({f"negative_{k}": torch.zeros_like(v[i]) for k, v in cond.items()})
+            o["weights"] = "synthetic"  # noise: the result says so
             out.append(o)
         return out
 
@@ -360,6 +365,35 @@ class TextEncoderStage(_Stage):
         raise UnsupportedModelError(f"model {self.spec.id!r}: no text conditioning for architecture {arch!r}")
 
 
+def example_conditioning_items(
+    spec: ModelSpec, runner: StageRunner, n: int, *, height: int, width: int, steps: int
+) -> list[Item]:
+    """`n` denoiser inputs as a text stage hands them over, random conditioning of the shapes the denoiser module
+    takes (a compiled stage's warm-up; a probe's inputs on real weights): one row per item, `negative_*` for CFG."""
+    rows = n * (2 if spec.cfg else 1)
+    cond = runner.example_conditioning(rows)
+    arch = spec.architecture
+    if arch in ("sd", "sdxl"):
+        cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+        if "added_cond_kwargs" in cond:
+            cols["pooled_prompt_embeds"] = cond["added_cond_kwargs"]["text_embeds"]
+    elif arch == "flux":
+        cols = {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
+    elif arch == "qwen-image":
+        cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+    else:
+        cols = {"prompt_embeds": cond["cap_feats"]}
+    out = []
+    for i in range(n):
+        item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
+        for key, rows_of in cols.items():
+            item[key] = rows_of[i]
+            if spec.cfg:
+                item[f"negative_{key}"] = rows_of[n + i]
+        out.append(item)
+    return out
+
+
 class DenoiserStage(_Stage):
     """The sampler loop around `StageRunner.denoiser_call`: seeded noise, `steps` steps, CFG as the model has it."""
 
@@ -374,28 +408,7 @@ class DenoiserStage(_Stage):
 
     def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
         """`n` items as the text stage hands them over, with random conditioning of its shapes (warm-up)."""
-        rows = n * (2 if self.spec.cfg else 1)
-        cond = self.runner.example_conditioning(rows)
-        arch = self.spec.architecture
-        if arch in ("sd", "sdxl"):
-            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
-            if "added_cond_kwargs" in cond:
-                cols["pooled_prompt_embeds"] = cond["added_cond_kwargs"]["text_embeds"]
-        elif arch == "flux":
-            cols = {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
-        elif arch == "qwen-image":
-            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
-        else:
-            cols = {"prompt_embeds": cond["cap_feats"]}
-        out = []
-        for i in range(n):
-            item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
-            for key, rows_of in cols.items():
-                item[key] = rows_of[i]
-                if self.spec.cfg:
-                    item[f"negative_{key}"] = rows_of[n + i]
-            out.append(item)
-        return out
+        return example_conditioning_items(self.spec, self.runner, n, height=height, width=width, steps=steps)
 
     def noise(self, batch: Sequence[Item], height: int, width: int) -> torch.Tensor:
         """Each item's initial noise from its own seed (CPU generator: the same on every device), float32."""
@@ -425,6 +438,7 @@ class DenoiserStage(_Stage):
         for i, item in enumerate(batch):
             o = {k: v for k, v in item.items() if not k.endswith("prompt_embeds")}
             o["latents"] = latents[i].detach()
+            o["weights"] = "synthetic"  # noise: the result says so
             out.append(o)
         return out
 
@@ -591,6 +605,7 @@ class VaeDecoderStage(_Stage):
         for i, item in enumerate(batch):
             o = {k: v for k, v in item.items() if k != "latents"}
             o["image"] = np.ascontiguousarray(arr[i])
+            o["weights"] = "synthetic"  # noise: the result says so
             out.append(o)
         return out
 
@@ -602,34 +617,7 @@ STAGES: dict[str, type[_Stage]] = {
 }
 
 
-def build_stage(
-    model_id: str, stage: str, recipe: str, tiny: bool, device: str, *, options: RecipeOptions | None = None
-) -> StageFn:
-    """A model's serving stage in a recipe's form: `agent.recipes.prepare` (then compile), plus the glue."""
-    try:
-        spec = catalog.models()[model_id]
-    except KeyError:
-        raise UnsupportedModelError(f"model {model_id!r} is not in the catalog") from None
-    if stage not in spec.stage_names:
-        raise UnsupportedModelError(f"model {model_id!r} has no stage {stage!r}")
-    rec = catalog.recipes().get(recipe)
-    if rec is None:
-        raise UnsupportedModelError(f"recipe {recipe!r} is not in the catalog: a worker cannot apply it")
-    height, width, text_tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
-    try:
-        prepared = prepare(
-            spec,
-            stage,
-            rec,
-            device=torch.device(device),
-            tiny=tiny,
-            height=height,
-            width=width,
-            text_tokens=text_tokens,
-            options=options,
-        )
-        prepared.apply_compile()
-    except StageUnsupported as exc:
-        raise UnsupportedModelError(f"model {model_id!r} stage {stage!r} recipe {recipe!r}: {exc}") from exc
+def synthetic_stage(spec: ModelSpec, stage: str, prepared: PreparedStage) -> StageFn:
+    """A stage on random weights: the stand-in glue around the prepared modules (no tokenizer files exist)."""
     runner: StageFn = STAGES[stage](spec, prepared)  # type: ignore[assignment]
     return runner
