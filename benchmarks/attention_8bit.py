@@ -77,9 +77,9 @@ def _caller(runner: Any) -> Callable[[int], object]:
 def run_case(model: str, recipe_id: str, batch: int, device: torch.device) -> list[dict[str, Any]]:
     from agent import quality
     from agent.probe import ProbeOptions, sizes
-    from stagekit.recipes import RecipeOptions, prepare
     from agent.timing import TimerOptions, measure
     from planner.catalog import known_model, recipes
+    from stagekit.recipes import RecipeOptions, prepare
 
     spec = known_model(model)
     recipe = recipes()[recipe_id]
