@@ -269,8 +269,11 @@ def probe(
             min_windows=2,
             stable_windows=2,
             max_windows=4,
-            spread_threshold=0.25,
+            # A dry run of the code path on the CPU, not a measurement (family `cpu` is no plan's evidence): no
+            # p95, and no settling demanded of millisecond calls on a shared host (177% spread seen on 2 cores).
+            spread_threshold=10.0,
             max_cell_s=10.0,
+            min_p95_calls=0,
         )
     )
     timer = TimerOptions(
@@ -283,6 +286,7 @@ def probe(
         max_windows=max_windows or base.max_windows,
         spread_threshold=spread if spread is not None else base.spread_threshold,
         max_cell_s=max_cell_s or base.max_cell_s,
+        min_p95_calls=base.min_p95_calls,
     )
     opts = ProbeOptions(
         model=model,

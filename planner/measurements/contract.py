@@ -15,6 +15,13 @@ Choices written down here (the contract is silent on them):
 - `cache_skip_rate` (optional): for a step-cache recipe (data-dependent), the fraction of denoiser calls the
   cache skipped over the timed trajectories; `latency_ms` of such a cell is the mean per call, not the median.
   The store keeps both in the measurement's provenance JSON (no column of their own).
+- `sm_clock_mhz` (optional): mean SM clock NVML read at the end of each timed window; `throttle_reasons`: the
+  clock-event reasons NVML gave at those reads besides the GPU being idle, `+`-joined (`none` when there were
+  none), e.g. `sw_power_cap+hw_slowdown`; `cpu_model`: the host CPU (launch-bound cells measure it too). The
+  store keeps them in the provenance JSON like `compile_s`.
+- An `ok` cell has a stable median (spread of the last windows within the timer's threshold); a cell that never
+  settled is `failed` with `unstable: ...` in `error`, its numbers kept for a reader to see. `latency_p95_ms`
+  is empty where the timed calls were too few for a 95th percentile (`agent.timing.MIN_P95_CALLS`).
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "probe_run",
     "compile_s",
     "cache_skip_rate",
+    "sm_clock_mhz",
+    "throttle_reasons",
+    "cpu_model",
 )
 """Columns the project reads and writes after the contract's; anything else is ignored on import."""
 
@@ -134,6 +144,9 @@ class MeasurementRow(BaseModel):
     probe_run: str | None = None
     compile_s: FiniteNonNeg | None = None
     cache_skip_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    sm_clock_mhz: Annotated[float, Field(ge=0, le=100000, allow_inf_nan=False)] | None = None
+    throttle_reasons: str | None = Field(default=None, max_length=200, pattern=r"^[a-z0-9_+]*$")
+    cpu_model: str | None = Field(default=None, max_length=200)
 
     @field_validator("batch", "height", "width", "windows", "calls", mode="before")
     @classmethod

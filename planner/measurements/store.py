@@ -50,6 +50,9 @@ PROVENANCE_FIELDS = (
     # Optional measurement columns without a table column of their own: kept in the provenance JSON.
     "compile_s",
     "cache_skip_rate",
+    "sm_clock_mhz",
+    "throttle_reasons",
+    "cpu_model",
 )
 
 
