@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.noop_fleet import drop_pg_database, new_pg_database  # noqa: E402
+from planner.crud.seed import seed_catalogs  # noqa: E402
 from planner.db import migrate  # noqa: E402
-from planner.db.seed import seed_catalogs  # noqa: E402
 from planner.db.session import make_engine, session_scope  # noqa: E402
 
 AIM_P99_S = 0.050

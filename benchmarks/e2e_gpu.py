@@ -165,8 +165,8 @@ def solve_plan(
     import yaml
 
     from planner import catalog
+    from planner.crud.measurements import stored_rows
     from planner.db.session import session_scope
-    from planner.measurements.store import stored_rows
     from planner.scenario import parse_scenario
     from planner.solver import build_problem, solve
 
@@ -448,11 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     redis_proc = start_redis(args.redis_port, args.redis_bin, workdir)
     try:
         from planner import catalog
+        from planner.crud.measurements import import_rows
+        from planner.crud.seed import seed
         from planner.db import migrate
-        from planner.db.seed import seed
         from planner.db.session import make_engine, session_scope
         from planner.measurements.csvio import LocatedRow
-        from planner.measurements.store import import_rows
         from scheduler.config import SchedulerSettings
 
         url = f"sqlite:///{workdir / 'planner.db'}"

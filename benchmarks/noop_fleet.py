@@ -24,9 +24,9 @@ import redis
 import sqlalchemy
 from sqlalchemy import Engine, create_engine, select, text
 
+from planner.crud.seed import seed_catalogs
 from planner.db import migrate
 from planner.db import models as m
-from planner.db.seed import seed_catalogs
 from planner.db.session import make_engine, session_factory, session_scope
 from scheduler.config import SchedulerSettings
 from scheduler.dispatch import Dispatcher

@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.core.config import Settings
+from planner.crud.measurements import stored_rows
+from planner.crud.store import open_store
 from planner.db.session import session_scope
-from planner.db.store import open_store
-from planner.measurements.store import stored_rows
 from planner.planning import load_catalog, store_problem
 from planner.recommend.quick import QuickRequest, quick_scenario
 from planner.recommend.sweep import quick

@@ -30,10 +30,10 @@ from planner.core.config import Settings, get_settings
 from planner.core.errors import ConflictError, InputError
 from planner.crud.catalog import ordered_prices
 from planner.crud.fleets import availability, get_fleet
+from planner.crud.measurements import stored_rows
 from planner.db import models as m
 from planner.db.base import utcnow
 from planner.measurements.contract import MeasurementRow
-from planner.measurements.store import stored_rows
 from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve

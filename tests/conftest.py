@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from planner.crud.seed import seed_catalogs
 from planner.db import migrate
-from planner.db.seed import seed_catalogs
 from planner.db.session import make_engine, session_scope
 from tests.models.tiny_folders import TinyFolders
 

@@ -15,7 +15,7 @@ MODULES = [
     "planner.api.main",
     "planner.api.routes.jobs",
     "planner.db.models",
-    "planner.measurements.store",
+    "planner.crud.measurements",
     # The scheduler: only the stage code imports torch, and only when a worker builds a real pipeline.
     "scheduler",
     "scheduler.cli",

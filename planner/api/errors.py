@@ -21,7 +21,7 @@ from planner.core.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
-from planner.db.store import StoreError
+from planner.crud.store import StoreError
 
 _FIELD_PREFIX = re.compile(r"^(?:Value error, )?([a-z_][a-z0-9_]*): ")
 

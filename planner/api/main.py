@@ -99,7 +99,7 @@ def create_app(
     settings = settings or get_settings()
     if sessions is None:
         if engine is None:
-            from planner.db.store import open_store
+            from planner.crud.store import open_store
 
             open_store(settings.database_url, settings=settings).dispose()  # reachable, migrated (seeded if embedded)
             engine = service_engine(settings)

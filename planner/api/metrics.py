@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from planner.core.config import Settings
 from planner.crud.hosts import count_by_status
+from planner.crud.measurements import count_measurements
 from planner.crud.probes import quarantined_total
 from planner.db import models as m
-from planner.measurements.store import count_measurements
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

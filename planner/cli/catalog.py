@@ -6,9 +6,9 @@ from sqlalchemy import select
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
 from planner.cli.tables import render_table
+from planner.crud.store import open_store
 from planner.db import models as m
 from planner.db.session import session_scope
-from planner.db.store import open_store
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

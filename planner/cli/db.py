@@ -6,8 +6,8 @@ import typer
 
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
 from planner.core.config import get_settings
+from planner.crud.seed import seed
 from planner.db import migrate
-from planner.db.seed import seed
 from planner.db.session import engine_for
 
 app = typer.Typer(

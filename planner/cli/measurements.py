@@ -13,11 +13,7 @@ from rich.text import Text
 from planner.cli.common import DatabaseUrlOption, console, handle_errors
 from planner.core.errors import InputError
 from planner.crud import probes as runs_crud
-from planner.db.session import session_scope
-from planner.db.store import open_store
-from planner.measurements.contract import MeasurementRow
-from planner.measurements.csvio import write_rows
-from planner.measurements.store import (
+from planner.crud.measurements import (
     ANALYZE_AFTER_ROWS,
     analyze_measurements,
     check_filters,
@@ -25,6 +21,10 @@ from planner.measurements.store import (
     iter_rows,
     measurements_query,
 )
+from planner.crud.store import open_store
+from planner.db.session import session_scope
+from planner.measurements.contract import MeasurementRow
+from planner.measurements.csvio import write_rows
 
 app = typer.Typer(
     help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True, rich_markup_mode=None

@@ -20,10 +20,10 @@ from planner.cli.progress import DeferredProgress
 from planner.cli.tables import render_table
 from planner.core.config import get_settings
 from planner.core.errors import InputError
+from planner.crud.measurements import stored_rows
+from planner.crud.store import open_store
 from planner.db.session import session_scope
-from planner.db.store import open_store
 from planner.measurements.csvio import read_csv
-from planner.measurements.store import stored_rows
 from planner.perf.model import QualityMetric
 from planner.planning import InfeasibleError, load_catalog, store_problem
 from planner.recommend import views as v

@@ -27,7 +27,7 @@ def serve(
     Needs PLANNER_ADMIN_TOKEN, unless --dev (PLANNER_DEV_MODE=true) on 127.0.0.1."""
     import uvicorn
 
-    from planner.db.store import open_store
+    from planner.crud.store import open_store
 
     # Workers are fresh processes that read the settings from the environment: pass the options through it.
     for name, value in (

@@ -1,6 +1,6 @@
 """Probe runs from agents: validated against the store, stored whole or not at all, resend-safe.
 
-The measurements go through the same import as a CSV file (`planner.measurements.store.import_rows`), so a
+The measurements go through the same import as a CSV file (`planner.crud.measurements.import_rows`), so a
 recipe the catalog never heard of is recorded the same way, and the run's fields come from the submission.
 """
 
@@ -17,12 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from planner.core.errors import ConflictError, FieldError, ForbiddenError, NotFoundError
+from planner.crud import admission
+from planner.crud.admission import DEFAULT_OUTLIER_RATIO
+from planner.crud.measurements import ANALYZE_AFTER_ROWS, PROVENANCE_FIELDS, analyze_measurements, import_rows
 from planner.db import models as m
 from planner.db.base import utcnow
-from planner.measurements import admission
-from planner.measurements.admission import DEFAULT_OUTLIER_RATIO
 from planner.measurements.csvio import LocatedRow
-from planner.measurements.store import ANALYZE_AFTER_ROWS, PROVENANCE_FIELDS, analyze_measurements, import_rows
 from planner.schemas.probes import MeasurementIn, ProbeRunIn
 
 Loc = tuple[str | int, ...]
@@ -105,7 +105,7 @@ def submit_probe_run(
 ) -> Submission:
     """Store a probe run in one transaction (this function commits). Resent: the stored run, created=False.
 
-    Before anything is written the run passes `planner.measurements.admission.admit` (an agent's: ownership,
+    Before anything is written the run passes `planner.crud.admission.admit` (an agent's: ownership,
     catalog, physics, consensus; the admin's: physics, consensus); cells off the consensus are stored
     quarantined.
 

@@ -286,7 +286,7 @@ class Measurement(Base):
     measured_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     provenance: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     quarantine_reason: Mapped[str | None] = mapped_column(Text)
-    """Why the cell is held back from plans until an operator accepts it (`planner.measurements.admission`)."""
+    """Why the cell is held back from plans until an operator accepts it (`planner.crud.admission`)."""
 
     probe_run: Mapped[ProbeRun] = relationship(back_populates="measurements")
 

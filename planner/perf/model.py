@@ -7,7 +7,7 @@ Where a value comes from, in order of preference:
    to plan from, and a contract-only CSV has no `measured_at` to win on; then, within each of the two sets,
    `source=measured` beats `estimated`. Among a scenario file's rows the newest `measured_at` wins, then real
    weights. The store's rows are one per source (each host's newest, and the newest import:
-   `planner.measurements.store.measurements_query`) and are combined, not replaced: the median row stands for
+   `planner.crud.measurements.measurements_query`) and are combined, not replaced: the median row stands for
    the cell (the slower middle of an even count), so one host's lie does not move a plan, and the sources'
    relative spread (max - min) / (2 x median) is the cell's uncertainty (0 for one source); an imported row
    labelled `estimated` keeps its label and gets `imported_uncertainty` (0.30) on top. Quality is not

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from planner.core.config import get_settings
+from planner.crud.seed import seed
 from planner.db import migrate
-from planner.db.seed import seed
 from planner.db.session import make_engine
 from tests.helpers import CliResult, invoke
 

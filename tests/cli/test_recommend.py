@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from planner.core.config import get_settings
+from planner.crud.seed import seed
 from planner.db import migrate
-from planner.db.seed import seed
 from planner.db.session import make_engine
 from planner.recommend.export import CSV_COLUMNS
 from planner.schemas.plans import PlanResult
@@ -322,7 +322,7 @@ def test_scenario_with_a_family_outside_the_catalog_and_its_own_measurements(
     reference_url: str, tmp_path: Path
 ) -> None:
     """Contract 2: `lab-gpu-48g` is known only from the scenario's measurements file, at its memory and price."""
-    from planner.db.seed import REFERENCE_CSV
+    from planner.crud.seed import REFERENCE_CSV
 
     with REFERENCE_CSV.open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -393,7 +393,7 @@ def test_a_plan_is_held_to_the_simulated_batching_unless_the_scenario_says_bound
 def test_the_scenarios_measurements_win_over_the_stores_for_their_cells(reference_url: str, tmp_path: Path) -> None:
     """Contract 2: a scenario's CSV is "used for this run". With the H100 SDXL cells at 10x latency in a
     contract-only CSV (no `measured_at`), the plan must use those, not the store's dated rows of the same cells."""
-    from planner.db.seed import REFERENCE_CSV
+    from planner.crud.seed import REFERENCE_CSV
 
     contract = "gpu_family,model,stage,recipe,batch,height,width,latency_ms,latency_p95_ms,peak_mem_gib,power_w"
     fields = [*contract.split(","), "weights", "source"]
@@ -535,7 +535,7 @@ def test_a_latency_objective_no_option_meets_is_explained_truly_with_the_flag_us
 def test_memory_no_family_has_is_explained_truly_with_the_scenario_key(reference_url: str, tmp_path: Path) -> None:
     """A 4 GiB fleet-only family: the GiB named must be the blocking group's need, more than the GPU has free
     (it used to print the text encoder's 1.6 GiB against 2.0 GiB), and the fix names the scenario's keys."""
-    from planner.db.seed import REFERENCE_CSV
+    from planner.crud.seed import REFERENCE_CSV
 
     with REFERENCE_CSV.open(newline="") as fh:
         reader = csv.DictReader(fh)

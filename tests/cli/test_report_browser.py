@@ -24,8 +24,8 @@ import pytest
 from PIL import Image, ImageStat
 
 from planner.core.config import get_settings
+from planner.crud.seed import seed
 from planner.db import migrate
-from planner.db.seed import seed
 from planner.db.session import make_engine
 from tests.helpers import invoke
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from planner.crud.measurements import import_file
+from planner.crud.seed import REFERENCE_CSV, seed_reference_measurements
 from planner.db import models as m
-from planner.db.seed import REFERENCE_CSV, seed_reference_measurements
 from planner.db.session import make_engine, session_scope
-from planner.measurements.store import import_file
 
 CELL = ("gpu_family", "model", "stage", "recipe", "batch")
 

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from planner.api.deps import AdminDep, AgentDep, SessionDep, SettingsDep
 from planner.core.errors import ForbiddenError
 from planner.crud import probes as crud
+from planner.crud.measurements import iter_rows, measurements_query
 from planner.db import models as m
 from planner.measurements.csvio import rows_to_csv
-from planner.measurements.store import iter_rows, measurements_query
 from planner.schemas.common import ERROR_RESPONSES, Page, responses
 from planner.schemas.probes import MeasurementFilters, MeasurementOut, ProbeRunIn, ProbeRunOut, QuarantineIn
 

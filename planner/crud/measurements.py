@@ -198,7 +198,7 @@ def import_rows(
 
     A run already stored is skipped when the file's rows of it are the same; other content is refused
     (RunChangedError) before anything is written, unless `changed_runs="skip"` (the shipped reference seed, whose
-    retired cells `planner.db.seed` handles itself).
+    retired cells `planner.crud.seed` handles itself).
     """
     validate_against_store(session, rows, name=name)
     result = ImportResult()
@@ -337,7 +337,7 @@ def measurements_query(
     `latest_only` keeps, of each cell, the newest row of each source: one per host that measured it, and one
     for all imports together (a re-imported file replaces the older import). The performance model combines
     the sources robustly (`planner.perf.model`, 1.). `quarantined`: False (default) leaves out cells held back
-    by admission (`planner.measurements.admission`), True keeps only those, None keeps both.
+    by admission (`planner.crud.admission`), True keeps only those, None keeps both.
     """
     filters = []
     if gpu_family:

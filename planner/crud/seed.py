@@ -99,8 +99,8 @@ def seed_reference_measurements(session: Session, *, path: Path = REFERENCE_CSV)
     """Import the shipped reference measurements once; returns how many rows were stored now."""
     if not path.is_file():
         return 0
+    from planner.crud.measurements import import_rows, sha256_file
     from planner.measurements.csvio import read_csv
-    from planner.measurements.store import import_rows, sha256_file
 
     located = read_csv(path)
     digest = sha256_file(path)
@@ -116,7 +116,7 @@ def _from_shipped_file(source_file: str | None) -> bool:
 
 def retire_unshipped_reference_rows(session: Session, *, rows: list[MeasurementRow], digest: str) -> int:
     """Delete the rows of shipped-file runs that the shipped file no longer has (and runs left empty)."""
-    from planner.measurements.store import run_id
+    from planner.crud.measurements import run_id
 
     shipped = {
         (run_id(r.probe_run, digest), r.gpu_family, r.model, r.stage, r.recipe, r.batch, r.height, r.width)

@@ -12,8 +12,8 @@ from sqlalchemy.exc import OperationalError
 
 from planner.core.config import Settings, get_settings
 from planner.core.errors import PlannerError
+from planner.crud.seed import needs_seed, seed
 from planner.db import migrate
-from planner.db.seed import needs_seed, seed
 from planner.db.session import engine_for, session_factory
 
 
