@@ -23,6 +23,8 @@ from scheduler.errors import IntermediateMissingError, IntermediateTooLargeError
 
 
 class IntermediateStore(Protocol):
+    """Where a job's values between stage groups wait (Redis, or a directory on shared storage)."""
+
     def put(self, job_id: str, group: int, values: Mapping[str, Any]) -> str: ...
 
     def get(self, ref: str) -> dict[str, Any]: ...
@@ -118,7 +120,7 @@ class DirectoryIntermediates:
         return sum(1 for p in self.root.iterdir() if p.suffix == ".bin")
 
 
-def make_intermediates(settings: SchedulerSettings, client: redis.Redis) -> RedisIntermediates | DirectoryIntermediates:
+def make_intermediates(settings: SchedulerSettings, client: redis.Redis) -> IntermediateStore:
     if settings.intermediates == "directory":
         return DirectoryIntermediates(
             settings.intermediates_dir, max_bytes=settings.intermediate_max_bytes, ttl_s=settings.intermediate_ttl_s

@@ -63,10 +63,6 @@ class ModelCache(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
-    def keys(self) -> list[K]:
-        with self._lock:
-            return list(self._items)
-
     def clear(self) -> None:
         with self._lock:
             while self._items:
