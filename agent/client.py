@@ -144,11 +144,13 @@ def flush(
     *,
     host_id: str | None = None,
     log: Callable[[str], None] | None = None,
+    on_refused: Callable[[str, str], None] | None = None,
 ) -> tuple[int, int]:
     """Send every spooled run, oldest first; remove each once stored. Returns (sent, still pending).
 
     Stops at the first run that cannot be sent for a transient reason (planner down): the others would
-    fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest.
+    fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest, and
+    `on_refused(run_id, reason)` is told (the CLI exits non-zero, the daemon counts it and fails the request).
     A run spooled before this host was registered gets `host_id` now.
     """
     sent = 0
@@ -162,12 +164,16 @@ def flush(
             spool.quarantine(run_id, f"not sendable: {exc}")
             if log:
                 log(f"run {run_id} cannot be encoded, kept in {spool.dir / 'rejected'}: {exc}")
+            if on_refused:
+                on_refused(run_id, f"not sendable: {exc}")
             continue
         except PlannerError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, *RETRY_STATUS):
                 spool.quarantine(run_id, str(exc))
                 if log:
                     log(f"run {run_id} refused by the planner, kept in {spool.dir / 'rejected'}: {exc}")
+                if on_refused:
+                    on_refused(run_id, str(exc))
                 continue
             if log:
                 log(f"planner unavailable, {len(spool)} run(s) stay spooled: {exc}")

@@ -46,6 +46,7 @@ from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from agent.target import Target
 from agent.timing import TimerOptions, Timing, measure
 from planner.catalog import ModelSpec, Recipe, known_model, recipes
+from planner.catalog.quality import quality_reference
 from planner.measurements.contract import MeasurementRow
 
 CellKey = tuple[str, str, str, str, int, int, int]
@@ -68,6 +69,7 @@ class ProbeOptions:
     budget_s: float | None = None
     memory_cap_gib: float | None = None
     quality: bool = True
+    synthetic_drift: bool = False
     quality_steps: int = 4
     max_batch_by_recipe: dict[str, int] = field(default_factory=dict)
     recipe_options: RecipeOptions = field(default_factory=RecipeOptions)
@@ -115,13 +117,15 @@ def cache_timer(timer: TimerOptions, default_steps: int) -> TimerOptions:
 
 
 def ordered_recipes(ids: Iterable[str]) -> list[Recipe]:
-    """Catalog recipes in sweep order: the reference first (other recipes' drift is measured against it)."""
+    """Catalog recipes in sweep order: a stage's quality reference (its highest-precision plain recipe, fp32)
+    first, since other recipes' drift is measured against it."""
     catalog = recipes()
     unknown = [r for r in ids if r not in catalog]
     if unknown:
         raise KeyError(f"unknown recipe(s) {unknown}; known: {', '.join(catalog)}")
     chosen = [catalog[r] for r in dict.fromkeys(ids)]
-    return sorted(chosen, key=lambda r: not r.reference)
+    refs = {ref.id for s in ("text_encoder", "denoiser", "vae_decoder") if (ref := quality_reference(s, catalog))}
+    return sorted(chosen, key=lambda r: r.id not in refs)
 
 
 class _SkipCounter:
@@ -205,6 +209,8 @@ class Sweep:
         self.progress = progress
         self.height, self.width, self.text_tokens = sizes(self.spec, opts)
         self.weights = "real" if opts.weights_dir is not None else "synthetic"
+        # Synthetic weights: the timing is faithful, image quality is not (DESIGN.md): drift only when asked.
+        self.measures_drift = opts.quality and (self.weights == "real" or opts.synthetic_drift)
         self.state = SweepState(started=clock())
         self._reference: dict[str, dict[str, torch.Tensor]] = {}
         self._ref_vae: StageRunner | None = None
@@ -243,7 +249,7 @@ class Sweep:
             "width": self.width,
             "weights": self.weights,
             "source": "measured",
-            "gpu_memory_gib": self.target.gpu.memory_gib if self.target.gpu else None,
+            "gpu_memory_gib": self.target.memory_gib,
             "measured_at": datetime.now(UTC),
             "probe_run": self.probe_run,
             **self.target.provenance(),
@@ -361,7 +367,7 @@ class Sweep:
                 self._emit(self._row(stage, recipe, b, status=status, error=error))
             return
         try:
-            drift = self._quality(stage, recipe, prepared) if self.opts.quality else {}
+            drift = self._quality(stage, recipe, prepared) if self.measures_drift else {}
             base_cost: tuple[int, Cost] | None = None
             last: tuple[int, float, float | None] | None = None
             for i, batch in enumerate(batches):
@@ -549,7 +555,12 @@ class Sweep:
 
     # -- quality ----------------------------------------------------------------------------------------------
     def _quality(self, stage: str, recipe: Recipe, prepared: PreparedStage) -> dict[str, Any]:
-        """Drift of this recipe against the reference recipe at batch 1, same seed and inputs."""
+        """Drift of this recipe against the stage's quality reference (fp32) at batch 1, same seed and inputs.
+
+        Runs before the group's timing, so a compiled recipe is scored eagerly here: per-stage drift is numeric
+        drift of the recipe's arithmetic; the whole-pipeline quality of real weights (agent/quality_probe.py)
+        scores compiled recipes after compilation.
+        """
         outputs: dict[str, torch.Tensor] | None = None
         try:
             outputs = self._stage_outputs(stage, prepared)
@@ -558,7 +569,8 @@ class Sweep:
         if outputs is None:
             free_gpu(self.target.device)
             return {}
-        if recipe.reference:
+        reference = quality_reference(stage, recipes())
+        if reference is not None and recipe.id == reference.id:
             self._reference[stage] = outputs
         ref = self._reference.get(stage)
         if ref is None:
@@ -582,7 +594,7 @@ class Sweep:
         return drift
 
     def _reference_outputs(self, stage: str) -> dict[str, torch.Tensor] | None:
-        ref_recipe = next((r for r in recipes().values() if r.reference), None)
+        ref_recipe = quality_reference(stage, recipes())
         if ref_recipe is None:
             return None
         try:
@@ -596,14 +608,14 @@ class Sweep:
         return out
 
     def _decoder(self) -> StageRunner | None:
-        """The reference VAE (bf16) that turns denoised latents into images for the image metrics."""
+        """The reference VAE (fp32) that turns denoised latents into images for the image metrics."""
         if self._ref_vae is None and "vae_decoder" in self.spec.stage_names:
             built = build_stage(
                 self.spec,
                 "vae_decoder",
                 tiny=self.opts.tiny,
                 device=self.target.device,
-                dtype=torch.bfloat16,
+                dtype=torch.float32,
                 weights_dir=self.opts.weights_dir,
             )
             setup = StageSetup(
@@ -614,7 +626,7 @@ class Sweep:
                 self.text_tokens,
                 self.opts.tiny,
                 self.target.device,
-                torch.bfloat16,
+                torch.float32,
             )
             self._ref_vae = StageRunner(setup, built.modules)
         return self._ref_vae
@@ -642,7 +654,7 @@ class Sweep:
             vae = self._decoder()
             if vae is not None:
                 with torch.inference_mode():
-                    out["image"] = vae.vae_decode(x.to(torch.bfloat16)).float().cpu()
+                    out["image"] = vae.vae_decode(x.to(torch.float32)).float().cpu()
             return out
         finally:
             runner.inputs = {}
