@@ -25,6 +25,9 @@ row; `planner measurements import` reads rows with it), so a probe's output is s
   (float32 images that differ at all stay far below it: one unit in the last place of a [0, 1] image is about
   140 dB). JSON has no infinity, so an agent sends 1000; a CSV may hold `inf` or 1000: both store 1000.
   NaN, -inf and values below -PSNR_CAP are refused.
+- every float is held at the CSV's precision (`float_text`: 6 significant places, or 6 decimals between 1e-3
+  and 1e6), whichever path it came by: a row sent as JSON and the same row read back from the agent's CSV are
+  stored as the same numbers (far finer than any timing's run-to-run spread).
 """
 
 from __future__ import annotations
@@ -111,6 +114,13 @@ Gib = Annotated[float, _bounded(0, 65536)]
 Psnr = Annotated[float, _bounded(-PSNR_CAP, PSNR_CAP)]
 
 
+def float_text(value: float) -> str:
+    """A float as the measurements CSV writes it; `float(float_text(x))` is the value every path stores."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{round(value, 6)}"
+
+
 def cap_psnr(value: object) -> object:
     """An infinite PSNR (identical outputs), or one above PSNR_CAP, as PSNR_CAP; anything else unchanged.
 
@@ -189,6 +199,14 @@ class MeasurementRow(BaseModel):
             return int(text)
         if isinstance(value, float):
             raise ValueError(f"must be a whole number, got {value!r}")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _csv_precision(cls, value: object) -> object:
+        # One precision for both ingestion paths (module docstring).
+        if isinstance(value, float) and math.isfinite(value):
+            return float(float_text(value))
         return value
 
     @field_validator("psnr_image", "psnr_latent", mode="before")
