@@ -60,6 +60,7 @@ from planner.solver.plan import (
     WorkloadPlan,
 )
 from planner.solver.problem import Problem, Workload
+from planner.solver.quality import ledger
 from planner.solver.simulate import simulate_workload
 
 REPAIR_CREDIT_FACTOR = 0.85
@@ -712,6 +713,7 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
         infeasible=tuple(problems),
         warnings=tuple(warnings),
         stats=core.stats(),
+        quality=ledger(problem.perf, problem.workloads, problem.recipes),
     )
 
 
@@ -756,6 +758,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         # `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
         warnings=(*core.warnings, *held, *_simulation_warnings(workloads, tried=bool(held) and asked is problem)),
         stats=core.stats(),
+        quality=ledger(problem.perf, problem.workloads, problem.recipes),
     )
 
 

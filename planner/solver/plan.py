@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from planner.solver.quality import QualityLine
+
 Constraint = Literal["capacity", "availability", "latency", "memory", "quality"]
 
 
@@ -290,6 +292,8 @@ class Plan:
     infeasible: tuple[Infeasibility, ...] = ()
     warnings: tuple[str, ...] = ()
     stats: SolverStats | None = None
+    quality: tuple[QualityLine, ...] = ()
+    """For each recipe a quality floor judged: its quality, the source of it, allowed or excluded and why."""
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -310,6 +314,7 @@ class Plan:
             "infeasible": [i.to_dict() for i in self.infeasible],
             "warnings": list(self.warnings),
             "solver": self.stats.to_dict() if self.stats else None,
+            "quality": [q.to_dict() for q in self.quality],
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
