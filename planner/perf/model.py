@@ -498,9 +498,9 @@ class PerfModel:
     ) -> QualityEvidence:
         """Quality of a recipe against the stage's quality reference, from the best source there is.
 
-        Order: the worst real-weight measurement; else the worst published figure on this metric; else (only
-        when `real_weights_only` is off: asked for) the worst synthetic-weight drift; else exact for the stage's
-        quality reference (its highest-precision plain recipe, fp32: SSIM 1, PSNR infinite); else unknown.
+        Order: the worst real-weight measurement; else the worst published figure on this metric; else exact for
+        the stage's quality reference (its highest-precision plain recipe, fp32: SSIM 1, PSNR infinite); else
+        (only when `real_weights_only` is off: asked for) the worst synthetic-weight drift; else unknown.
         """
         height, width = self._size(model, stage, height, width)
         real: list[float] = []
@@ -516,14 +516,14 @@ class PerfModel:
         if same_metric:
             worst = min(same_metric, key=lambda f: f.value)
             return QualityEvidence(worst.value, "published", worst.describe())
-        if synthetic and not real_weights_only:
-            return QualityEvidence(
-                min(synthetic), "synthetic", f"drift on random weights ({len(synthetic)} cell(s)), counted as asked"
-            )
         ref = quality_reference(stage, self.recipes)
         if ref is not None and ref.id == recipe:
             exact = 1.0 if metric == "ssim_image" else math.inf
             return QualityEvidence(exact, "reference", f"the stage's quality reference ({recipe}): exact")
+        if synthetic and not real_weights_only:
+            return QualityEvidence(
+                min(synthetic), "synthetic", f"drift on random weights ({len(synthetic)} cell(s)), counted as asked"
+            )
         instead = [f"published {f.describe()}" for f in figures]
         if synthetic:
             instead.append(f"{len(synthetic)} synthetic-weight drift cell(s), not counted (random weights)")
