@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from agent import quant
 from agent.timing import TimerOptions, measure
+from stagekit import quant
 
 
 class CalibrationResult(BaseModel):

@@ -187,7 +187,17 @@ def probe(
     height: Annotated[int | None, typer.Option(help="Image height (default: the model's).")] = None,
     width: Annotated[int | None, typer.Option(help="Image width (default: the model's).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny CPU configs (tests, dry runs).")] = False,
-    weights_dir: Annotated[Path | None, typer.Option(help="Local diffusers-format folder: real weights.")] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="The model's diffusers folder or Hugging Face cache snapshot: real weights.")
+    ] = None,
+    model_dir: Annotated[
+        list[str] | None,
+        typer.Option("--model-dir", help="MODEL=DIR, as the workers take it (repeatable; over GFP_MODEL_DIRS)."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option("--synthetic", help="Random weights where no folder is named (timing only; quality unknown)."),
+    ] = False,
     output: Annotated[Path | None, typer.Option(help="Measurements CSV; an existing one is resumed.")] = None,
     budget_s: Annotated[
         float | None, typer.Option(help="Deadline in seconds: no cell starts that would end past it (predicted).")
@@ -208,7 +218,12 @@ def probe(
             "perceptual quality, and a plan counts it only when asked to).",
         ),
     ] = False,
-    quality_steps: Annotated[int, typer.Option(help="Denoising steps of the drift run.")] = 4,
+    quality_steps: Annotated[
+        int | None, typer.Option(help="Denoising steps of the quality probe (default: the catalog's step count).")
+    ] = None,
+    quality_prompts: Annotated[
+        int | None, typer.Option(help="Score only the first N prompts of the shipped set (default: all 18).")
+    ] = None,
     warmup_calls: Annotated[int | None, typer.Option(help="Warm-up calls per cell.")] = None,
     calls_per_window: Annotated[int | None, typer.Option(help="Minimum calls per timed window.")] = None,
     min_windows: Annotated[int | None, typer.Option(help="Minimum timed windows per cell.")] = None,
@@ -241,11 +256,24 @@ def probe(
         _fail(f"model {model} has no stage(s) {bad_stages}; its stages are {spec.stage_names}")
     if quant_backend not in ("agent", "torchao"):
         _fail("--quant-backend must be agent or torchao")
+    from stagekit.errors import UnsupportedModelError
+    from stagekit.sources import ModelSources
+
+    try:
+        dirs = [*(model_dir or []), *([f"{model}={weights_dir}"] if weights_dir is not None else [])]
+        source = ModelSources.from_options(dirs, synthetic=synthetic).source(model)
+    except UnsupportedModelError as exc:
+        _fail(str(exc))
+        return
+    console.print(
+        f"{model}: weights={source.weights}" + (f" from {source.folder}" if source.folder else " (random)"),
+        highlight=False,
+    )
     from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, probe_run_body
     from agent.target import resolve_target
     from agent.timing import TimerOptions
+    from stagekit.recipes import RecipeOptions
 
     target = resolve_target(gpu_index=gpu, family_override=gpu_family, force_cpu=cpu)
     if not target.is_gpu:
@@ -295,13 +323,14 @@ def probe(
         height=height,
         width=width,
         tiny=tiny,
-        weights_dir=weights_dir,
+        weights_dir=source.folder,
         timer=timer,
         budget_s=budget_s,
         memory_cap_gib=memory_cap_gib,
         quality=quality,
         synthetic_drift=synthetic_drift,
         quality_steps=quality_steps,
+        quality_prompts=quality_prompts,
         recipe_options=RecipeOptions(
             quant_backend=quant_backend, quant_min_features=quant_min_features or (16 if tiny else 128)
         ),

@@ -56,21 +56,12 @@ class AgentSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="serve the daemon's Prometheus metrics (agent_*) on this port"
     )
-    weights_dirs: dict[str, Path] = Field(
-        default_factory=dict,
-        description="model id -> local diffusers-format folder (JSON): the daemon's probes of that model run on "
-        "these real weights (and measure quality); other models run on synthetic weights (timing only)",
-    )
     calibration_flag_ratio: float = Field(
         default=0.6,
         gt=0,
         le=1,
         description="a ceiling measured below this fraction of the family's catalog figure flags the GPU",
     )
-
-    def weights_dir(self, model: str) -> Path | None:
-        """The real-weights folder configured for a model, or None (synthetic weights)."""
-        return self.weights_dirs.get(model)
 
     @property
     def resolved_token_file(self) -> Path:

@@ -223,10 +223,15 @@ class Daemon:
         from agent.probe import ProbeOptions, Sweep
         from agent.report import probe_run_body
         from agent.target import resolve_target
+        from stagekit.sources import ModelSources
 
+        # This host's folder for the model (GFP_MODEL_DIRS) makes the run real; without one a queued probe request
+        # is a timing run on random weights unless it says `synthetic: false` (then it fails, naming the fix).
+        source = ModelSources.from_options(synthetic=bool(spec.get("synthetic", True))).source(str(spec["model"]))
         target = resolve_target(gpu_index=int(spec.get("gpu_index", 0)))
         try:
             opts = ProbeOptions(
+                weights_dir=source.folder,
                 model=str(spec["model"]),
                 recipes=tuple(spec.get("recipes") or ["bf16"]),
                 batches=tuple(int(b) for b in spec.get("batches") or [1]),
@@ -237,7 +242,6 @@ class Daemon:
                 budget_s=spec.get("budget_s"),
                 quality=bool(spec.get("quality", True)),
                 synthetic_drift=bool(spec.get("synthetic_drift", False)),
-                weights_dir=self.settings.weights_dir(str(spec["model"])),
             )
             started = datetime.now(UTC)
             sweep = Sweep(opts, target, should_stop=self.stop_event.is_set)

@@ -32,22 +32,25 @@ import torch
 from torch import nn
 
 from agent import quality
-from agent.flops import Cost, classify, count_cost
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
 from agent.nvml import PowerSampler
-from agent.pipelines import (
+from agent.quality_probe import QualityProbe, QualityProbeOptions, QualityProbeResult
+from agent.quality_prompts import PROMPTS
+from agent.target import Target
+from agent.timing import TimerOptions, Timing, measure
+from planner.catalog import ModelSpec, Recipe, known_model, recipes
+from planner.catalog.quality import quality_reference
+from planner.measurements.contract import MeasurementRow
+from stagekit.flops import Cost, classify, count_cost
+from stagekit.pipelines import (
     StageRunner,
     StageSetup,
     StageUnsupported,
     build_stage,
     tiny_shapes,
 )
-from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
-from agent.target import Target
-from agent.timing import TimerOptions, Timing, measure
-from planner.catalog import ModelSpec, Recipe, known_model, recipes
-from planner.catalog.quality import quality_reference
-from planner.measurements.contract import MeasurementRow
+from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
+from stagekit.serving import attach_served
 
 CellKey = tuple[str, str, str, str, int, int, int]
 CACHE_TRAJECTORY_STEPS = 30
@@ -70,7 +73,8 @@ class ProbeOptions:
     memory_cap_gib: float | None = None
     quality: bool = True
     synthetic_drift: bool = False
-    quality_steps: int = 4
+    quality_steps: int | None = None
+    quality_prompts: int | None = None
     max_batch_by_recipe: dict[str, int] = field(default_factory=dict)
     recipe_options: RecipeOptions = field(default_factory=RecipeOptions)
     seed: int = 0
@@ -209,8 +213,11 @@ class Sweep:
         self.progress = progress
         self.height, self.width, self.text_tokens = sizes(self.spec, opts)
         self.weights = "real" if opts.weights_dir is not None else "synthetic"
-        # Synthetic weights: the timing is faithful, image quality is not (DESIGN.md): drift only when asked.
-        self.measures_drift = opts.quality and (self.weights == "real" or opts.synthetic_drift)
+        # Real weights: the quality probe (whole pipeline, prompt set, fp32 reference). Synthetic weights: the
+        # timing is faithful, image quality is not (DESIGN.md): numeric drift only when asked, labelled synthetic.
+        self.measures_quality = opts.quality and self.weights == "real"
+        self.measures_drift = opts.quality and self.weights == "synthetic" and opts.synthetic_drift
+        self.quality: QualityProbeResult | None = None
         self.state = SweepState(started=clock())
         self._reference: dict[str, dict[str, torch.Tensor]] = {}
         self._ref_vae: StageRunner | None = None
@@ -303,6 +310,8 @@ class Sweep:
     def run(self) -> SweepState:
         set_gpu_cap(self.target.device, self.opts.memory_cap_gib)
         try:
+            if self.measures_quality:
+                self._probe_quality()
             for stage in self.stages:
                 for recipe in self.recipes:
                     if stage not in recipe.stages:
@@ -353,6 +362,8 @@ class Sweep:
         failure: tuple[str, str] | None = None
         try:
             prepared = self._prepare(stage, recipe, options=self.opts.recipe_options)
+            if self.opts.weights_dir is not None:  # real weights: time the serving stage itself
+                attach_served(prepared, self.spec, self.opts.weights_dir, height=self.height, width=self.width)
         except StageUnsupported as exc:
             failure = ("unsupported", str(exc))
         except torch.OutOfMemoryError as exc:
@@ -367,7 +378,7 @@ class Sweep:
                 self._emit(self._row(stage, recipe, b, status=status, error=error))
             return
         try:
-            drift = self._quality(stage, recipe, prepared) if self.measures_drift else {}
+            drift = self._quality(stage, recipe, prepared) if self.measures_drift else self._real_quality(stage, recipe)
             base_cost: tuple[int, Cost] | None = None
             last: tuple[int, float, float | None] | None = None
             for i, batch in enumerate(batches):
@@ -554,6 +565,51 @@ class Sweep:
         return timing, power, skip
 
     # -- quality ----------------------------------------------------------------------------------------------
+    def _probe_quality(self) -> None:
+        """Real weights: score every (stage, recipe) with cells to do through the serving pipeline, once."""
+        assert self.opts.weights_dir is not None
+        todo = [
+            r.id
+            for r in self.recipes
+            if any(s in r.stages and any(self.key(s, r.id, b) not in self.done for b in self.batches_for(r))
+                   for s in self.stages)
+        ]  # fmt: skip
+        if not todo:
+            return
+        prompts = PROMPTS[: self.opts.quality_prompts] if self.opts.quality_prompts else PROMPTS
+        opts = QualityProbeOptions(
+            model=self.spec.id,
+            folder=self.opts.weights_dir,
+            recipes=tuple(todo),
+            stages=tuple(self.stages),
+            prompts=prompts,
+            seed=self.opts.seed,
+            steps=self.opts.quality_steps,
+            height=self.height if not self.opts.tiny else None,
+            width=self.width if not self.opts.tiny else None,
+            tiny=self.opts.tiny,
+            device=str(self.target.device),
+            options=self.opts.recipe_options,
+        )
+        if self.progress is not None:
+            self.progress(f"quality probe: {len(prompts)} prompts, recipes {', '.join(todo)}", 0)
+        try:
+            self.quality = QualityProbe(opts, progress=self._say).run()
+        except Exception as exc:  # the timing goes on; the quality stays unknown, and the run says why
+            self.quality = QualityProbeResult(lpips_status=f"quality probe failed: {_describe(exc)}")
+        finally:
+            free_gpu(self.target.device)
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message, 0)
+
+    def _real_quality(self, stage: str, recipe: Recipe) -> dict[str, Any]:
+        if self.quality is None:
+            return {}
+        got = self.quality.get(stage, recipe.id)
+        return got.row_values() if got is not None else {}
+
     def _quality(self, stage: str, recipe: Recipe, prepared: PreparedStage) -> dict[str, Any]:
         """Drift of this recipe against the stage's quality reference (fp32) at batch 1, same seed and inputs.
 
@@ -633,6 +689,7 @@ class Sweep:
 
     def _stage_outputs(self, stage: str, prepared: PreparedStage) -> dict[str, torch.Tensor]:
         runner = prepared.runner
+        served, runner.served = runner.served, None  # drift compares the modules' outputs on the same inputs
         runner.prepare(1, seed=self.opts.seed + 1)
         try:
             if stage == "text_encoder":
@@ -642,7 +699,7 @@ class Sweep:
             if stage == "vae_decoder":
                 return {"image": runner.call().float().cpu()}
             latents: torch.Tensor = runner.inputs["latents"]
-            steps = max(1, self.opts.quality_steps)
+            steps = max(1, self.opts.quality_steps or 4)
             for m in prepared.cache_modules:
                 reset_cache(m)
             x = latents
@@ -658,6 +715,7 @@ class Sweep:
             return out
         finally:
             runner.inputs = {}
+            runner.served = served
 
 
 def _scale_cost(base: tuple[int, Cost], batch: int, modules: Iterable[nn.Module]) -> Cost:

@@ -276,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.calibrate import CalibrationResult, calibrate
     from agent.probe import ProbeOptions, Sweep
-    from agent.recipes import RecipeOptions
     from agent.report import CsvSink, load_existing, write_text_atomic
     from agent.target import resolve_target
     from agent.timing import SMOKE_TIMER, TimerOptions
     from planner.measurements.contract import MeasurementRow
+    from stagekit.recipes import RecipeOptions
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

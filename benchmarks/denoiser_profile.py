@@ -4,7 +4,7 @@ elementwise passes), next to the FLOPs of each kind, for the recipes behind the 
 docs/benchmarks.md's SDXL aim (1.5 images/s per H100 at 30 steps, about 80% of the bf16 roofline) stops at
 1.03 images/s: the UNet at batch 16 runs 433 TFLOP/s compiled, 55-61% of the matmul ceiling. Which part of the
 step is slow was not measured. This builds the denoiser as the probe does (synthetic weights, the catalog's
-recipe applied by agent.recipes.prepare), times one call (wall clock, median of 3 windows of 3 calls after 3
+recipe applied by stagekit.recipes.prepare), times one call (wall clock, median of 3 windows of 3 calls after 3
 warm-up calls), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its
 name. FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets
 an achieved TFLOP/s. A variant is a catalog recipe id (`bf16`, `bf16-compile`, `fp8-compile`, ...), or a recipe
@@ -220,9 +220,9 @@ def build(model: str, variant: str, *, tiny: bool) -> Any:
     """The denoiser in the variant's form, as the probe builds it (uncompiled until apply_compile)."""
     import torch
 
-    from agent.pipelines import tiny_shapes
-    from agent.recipes import RecipeOptions, prepare
     from planner.catalog import known_model
+    from stagekit.pipelines import tiny_shapes
+    from stagekit.recipes import RecipeOptions, prepare
 
     spec = known_model(model)
     height, width, tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
@@ -317,7 +317,7 @@ def run(
     recorded with why, and the others still run."""
     import torch
 
-    from agent.pipelines import StageUnsupported
+    from stagekit.pipelines import StageUnsupported
 
     done: dict[str, Any] = {"results": [], "not_run": []}
     flops_at: dict[int, dict[str, float]] = {}

@@ -8,7 +8,7 @@ own shapes (hidden 3072, MLP 12288, the single blocks' fused 21504 and 15360) at
 (4096 image + 512 text tokens per image at 1024x1024), against bf16 measured in the same run:
 
 - `bf16`: nn.Linear (the baseline);
-- `agent`: `agent.quant.Fp8RowwiseLinear`, exact accumulation (what every shipped fp8 cell ran);
+- `agent`: `stagekit.quant.Fp8RowwiseLinear`, exact accumulation (what every shipped fp8 cell ran);
 - `agent-fast-accum`: the same layer with `fast_accum=True`;
 - `agent-fused-bias`, `agent-fast-accum-fused-bias`: with the bias passed to the GEMM (`fuse_bias=True`);
 - `torchao`: torchao's Float8DynamicActivationFloat8WeightConfig(PerRow()), when torchao is installed.
@@ -63,7 +63,7 @@ VARIANTS = ("bf16", "agent", "agent-fast-accum", "agent-fused-bias", "agent-fast
 
 def build(variant: str, linear: Any) -> Any:
     """The layer of one variant, built from the same bf16 weights."""
-    from agent.quant import Fp8RowwiseLinear
+    from stagekit.quant import Fp8RowwiseLinear
 
     if variant == "bf16":
         return linear
@@ -148,8 +148,8 @@ def time_steps(model: str, batches: list[int], variants: list[str]) -> list[dict
     the agent's layers as shipped and with both GEMM options: does the layer-level gain hold for the model?"""
     import torch
 
-    from agent.quant import Fp8RowwiseLinear
     from benchmarks.denoiser_profile import build
+    from stagekit.quant import Fp8RowwiseLinear
 
     rows: list[dict[str, Any]] = []
     for variant in variants:

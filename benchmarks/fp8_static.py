@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agent.quant import FP8, FP8_MAX, Fp8RowwiseLinear
+from stagekit.quant import FP8, FP8_MAX, Fp8RowwiseLinear
 
 _EPS = 1e-12
 

@@ -1,6 +1,6 @@
 """torchao against the agent's own fp8 layers, on one GPU, in one device call.
 
-Why: the agent quantizes with its own layers (`agent/quant.py`, `torch._scaled_mm` plus per-row scaling)
+Why: the agent quantizes with its own layers (`stagekit/quant.py`, `torch._scaled_mm` plus per-row scaling)
 because torchao 0.17's fp8 rowwise + torch.compile did not finish compiling in 8 minutes on torch 2.11. This
 answers whether another torchao does, and how its timings compare with ours on the same cells.
 

@@ -31,6 +31,23 @@ def _print(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+ModelDirOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-dir",
+        help="MODEL=DIR: the model's diffusers folder or Hugging Face cache snapshot (repeat per model; adds to "
+        "and overrides GFP_MODEL_DIRS).",
+    ),
+]
+SyntheticOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--synthetic/--no-synthetic",
+        help="Random weights for a model with no folder (timing only: the images are noise).",
+    ),
+]
+
+
 @app.command()
 @handle_errors
 def worker(
@@ -47,17 +64,67 @@ def worker(
         float | None, typer.Option(help="Run no-op stages taking this many ms per stage call (benchmarks, tests).")
     ] = None,
     noop_item_ms: Annotated[float, typer.Option(help="With --noop-ms: this many ms more per item of a batch.")] = 0.0,
+    model_dir: ModelDirOption = None,
+    synthetic: SyntheticOption = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
-    """Serve pools' queues: load their stage groups once, batch jobs dynamically, report throughput."""
-    from scheduler.stages import default_build_stage, noop_builder
+    """Serve pools' queues: load their stage groups once, batch jobs dynamically, report throughput.
+
+    Each pool's model is loaded from its folder (--model-dir MODEL=DIR or GFP_MODEL_DIRS, see docs/models.md);
+    a pool whose folder is missing or broken is refused (logged with the path and part), the others served.
+    """
+    from scheduler.stages import noop_builder, stage_builder
     from scheduler.worker import run_worker
+    from stagekit.sources import ModelSources
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(tiny=tiny, device=device)
-    build = noop_builder(noop_ms, noop_item_ms) if noop_ms is not None else default_build_stage
+    settings = _settings(tiny=tiny, device=device, synthetic=synthetic)
+    sources = ModelSources.from_options(model_dir or [], synthetic=settings.synthetic)
+    build = noop_builder(noop_ms, noop_item_ms) if noop_ms is not None else stage_builder(sources)
     code = run_worker(settings, pool, concurrency=concurrency, name=name, build_stage=build, loglevel=loglevel)
     raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def generate(
+    model: Annotated[str, typer.Option(help="Catalog model id (sd15, sdxl, flux-dev, ...).")],
+    prompt: Annotated[str, typer.Option(help="The prompt.")],
+    out: Annotated[Path, typer.Option(help="Write the PNG here.")],
+    model_dir: ModelDirOption = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt (CFG models).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Steps (default: the model's).", min=1)] = None,
+    height: Annotated[int | None, typer.Option(help="Height (default: the model's).", min=16)] = None,
+    width: Annotated[int | None, typer.Option(help="Width (default: the model's).", min=16)] = None,
+    recipe: Annotated[
+        list[str] | None,
+        typer.Option(help="A recipe for every stage (bf16), or STAGE=RECIPE (repeat); default bf16, fp32 on a CPU."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default SCHEDULER_DEVICE).")] = None,
+    synthetic: SyntheticOption = None,
+) -> None:
+    """One image on this host through the stage code the workers run: check a model install before a host joins."""
+    from scheduler.generate import generate_image
+    from stagekit.sources import ModelSources
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(device=device, synthetic=synthetic)
+    sources = ModelSources.from_options(model_dir or [], synthetic=settings.synthetic)
+    report = generate_image(
+        sources,
+        model,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seed=seed,
+        steps=steps,
+        height=height,
+        width=width,
+        recipes=recipe or [],
+        device=settings.device,
+        out=out,
+    )
+    _print(report)
 
 
 @app.command()

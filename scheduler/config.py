@@ -89,6 +89,11 @@ class SchedulerSettings(BaseSettings):
     # Workers.
     device: str = Field(default="cuda", description="torch device of the worker's stages (cpu runs tiny models)")
     tiny: bool = Field(default=False, description="build stages from the catalog's tiny configs (CPU tests)")
+    synthetic: bool = Field(
+        default=False,
+        description="serve models with no folder on random weights (timing only: images are noise); the folders "
+        "come from --model-dir or GFP_MODEL_DIRS (docs/models.md)",
+    )
     batch_wait_s: float = Field(default=0.05, ge=0, description="the longest a batch waits to fill up")
     max_batch: int | None = Field(default=None, ge=1, description="cap on the plan's batch (default: the plan's)")
     compiled_batches: CompiledBatches = Field(

@@ -16,10 +16,10 @@ Item keys (what flows between stages, and between groups through the intermediat
 - denoiser adds `latents`: (channels, height / 8, width / 8), unpacked, as the model's sampler left them;
 - vae_decoder adds `image`: (H, W, 3) uint8 numpy array.
 
-The stage code is the agent's (DESIGN.md: the worker runs the same stage code that the agent probes):
-`default_build_stage` is scheduler.diffusion's `build_stage`, which gets every module from
-`agent.recipes.prepare` in the plan's recipe and drives it with the pipeline's glue (conditioning, sampler,
-decode). A no-op builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
+The stage code is the stage package's (DESIGN.md: the worker runs the same stage code that the agent probes):
+`stage_builder(sources)` builds each stage with `stagekit.serving.build_stage` from the model's folder on this
+host (`stagekit.sources`: `--model-dir`, `GFP_MODEL_DIRS`), or on random weights where `--synthetic` was asked
+for. A no-op builder (`noop_builder`) exercises the whole scheduler without torch (benchmarks, fault tests).
 """
 
 from __future__ import annotations
@@ -28,31 +28,69 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from scheduler.batching import padded_size
-from scheduler.errors import JobError
+from stagekit.errors import JobError
+from stagekit.interface import Item, StageFn
+from stagekit.sources import ModelSource, ModelSources
 
-Item = dict[str, Any]
+__all__ = [
+    "BuildStage",
+    "GroupRunner",
+    "GroupSpec",
+    "Item",
+    "NoopStage",
+    "StageBuilder",
+    "StageFn",
+    "default_build_stage",
+    "stage_builder",
+]
 
 log = logging.getLogger("scheduler.stages")
-
-
-class StageFn(Protocol):
-    def __call__(self, batch: Sequence[Item]) -> list[Item]: ...
 
 
 BuildStage = Callable[[str, str, str, bool, str], StageFn]
 """build_stage(model_id, stage, recipe, tiny, device)."""
 
 
-def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
-    """The stage code the workers run: the agent's prepared stages (imports torch only when called)."""
-    from scheduler.diffusion import build_stage
+@dataclass(frozen=True)
+class StageBuilder:
+    """Builds a pool's stages from the model folders of this host (imports torch only when called).
 
-    return build_stage(model_id, stage, recipe, tiny, device)
+    `check(model_id)` resolves and checks the model's folder without loading it (start-up: a pool whose model is
+    missing or broken is refused before its queue is taken); it raises `ModelSourceError` naming path and part.
+    """
+
+    sources: ModelSources
+
+    def __call__(self, model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+        from stagekit.serving import build_stage
+
+        source = self.sources.source(model_id)
+        log.info(
+            "model %s stage %s: weights=%s%s",
+            model_id,
+            stage,
+            source.weights,
+            f" from {source.folder}" * bool(source.folder),
+        )
+        return build_stage(model_id, stage, recipe, tiny, device, source=source)
+
+    def check(self, model_id: str) -> ModelSource:
+        """The model's source after its folder's layout check (`weights` real or synthetic, `folder`)."""
+        return self.sources.source(model_id)
+
+
+def stage_builder(sources: ModelSources | None = None) -> StageBuilder:
+    """The builder for these model sources (default: `GFP_MODEL_DIRS`, no random weights)."""
+    return StageBuilder(sources if sources is not None else ModelSources.from_options())
+
+
+def default_build_stage(model_id: str, stage: str, recipe: str, tiny: bool, device: str) -> StageFn:
+    """A stage from the model folders named by `GFP_MODEL_DIRS` (read when called)."""
+    return stage_builder()(model_id, stage, recipe, tiny, device)
 
 
 @dataclass

@@ -44,7 +44,6 @@ from scheduler.celery_app import make_celery
 from scheduler.codec import encode_png
 from scheduler.config import SchedulerSettings
 from scheduler.drift import Sample, drift_decision, mark_plan_stale
-from scheduler.errors import JobError
 from scheduler.intermediates import make_intermediates
 from scheduler.metrics import WorkerMetrics
 from scheduler.model_cache import ModelCache
@@ -53,6 +52,7 @@ from scheduler.routing import Pool, job_work
 from scheduler.stages import BuildStage, GroupRunner, GroupSpec, Item, default_build_stage
 from scheduler.state import SchedulerState, WorkerInfo
 from scheduler.table import DbTableSource, TableCache, find_pool
+from stagekit.errors import JobError, UnsupportedModelError
 
 log = logging.getLogger("scheduler.worker")
 
@@ -125,13 +125,18 @@ class WorkerRuntime:
         self._done_times: dict[str, deque[tuple[float, int]]] = {p: deque() for p in self.pools}
         self._busy_marks: deque[tuple[float, float]] = deque()
         self._dispatcher: Any = None
+        self.refused: dict[str, str] = {}  # pool -> why this worker does not serve it
 
     # Lifecycle.
 
     def start(self, *, preload: bool = True) -> None:
+        self.check_models()
         if preload:
             for pool in list(self.pools)[: self.settings.model_cache_size]:
-                self._prepare_key(BatchKey(pool, 0, 0, None))
+                try:
+                    self._prepare_key(BatchKey(pool, 0, 0, None))
+                except UnsupportedModelError as exc:  # weights that do not load (a corrupt file, a bad tokenizer)
+                    self.refuse(pool, str(exc))
         self._last_stats = self.batcher.snapshot()
         self._last_tick = time.monotonic()
         self._busy_marks.append((self._last_tick, self._last_stats.busy_s))
@@ -154,6 +159,26 @@ class WorkerRuntime:
         self.cache.clear()
 
     # Pools and the GPU thread.
+
+    def check_models(self) -> None:
+        """Check each pool's model folder before any queue is taken (a builder with a `check`): a pool whose model
+        is missing or broken is refused, the others served."""
+        check = getattr(self.build_stage, "check", None)
+        if check is None:
+            return
+        for pool in list(self.pools):
+            try:
+                source = check(self.pools[pool].model)
+                where = f" from {source.folder}" if source.folder else " (random: --synthetic)"
+                log.info("pool %s: model %s, weights=%s%s", pool, source.model, source.weights, where)
+            except UnsupportedModelError as exc:
+                self.refuse(pool, str(exc))
+
+    def refuse(self, pool: str, why: str) -> None:
+        """Serve no jobs of this pool: its model cannot be built here (the reason is logged and kept)."""
+        self.pools.pop(pool, None)
+        self.refused[pool] = why
+        log.error("pool %s refused: this worker takes none of its jobs: %s", pool, why)
 
     def _follow(self, planned: Pool, plan_id: int | None) -> None:
         """Serve what the plan in force says a pool is: a new plan may give a pool name other stages, recipes or
@@ -540,10 +565,16 @@ def run_worker(
 
     worker_ready.connect(_ready, weak=False)
     runtime.start()
-    log.info("worker %s serving %s with %d threads", name, ", ".join(pool_names), threads)
+    served = list(runtime.pools)
+    if not served:
+        runtime.stop()
+        set_runtime(None)
+        reasons = "; ".join(f"{p}: {why}" for p, why in runtime.refused.items())
+        raise ConfigError(f"worker {name} can serve none of its pools: {reasons}")
+    log.info("worker %s serving %s with %d threads", name, ", ".join(served), threads)
     worker = app.Worker(
         hostname=name,
-        queues=[settings.queue_name(p) for p in pool_names],
+        queues=[settings.queue_name(p) for p in served],
         pool_cls="threads",
         concurrency=threads,
         loglevel=loglevel,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from planner.db import migrate
 from planner.db.seed import seed_catalogs
 from planner.db.session import make_engine, session_scope
+from tests.models.tiny_folders import TinyFolders
 
 # Stores opened by the code under test seed the catalogs but not the shipped reference measurements, so each test
 # sees exactly the measurements it stores; tests of the reference data ask for it (PLANNER_SEED_REFERENCE_DATA).
@@ -149,3 +150,9 @@ def session(engine: Engine) -> Iterator[Session]:
         sess.close()
         outer.rollback()
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> TinyFolders:
+    """Tiny real-format diffusers folders (tests/models/tiny_folders.py), each built once per session on first use."""
+    return TinyFolders(tmp_path_factory.mktemp("tiny-models"))

@@ -26,6 +26,12 @@ MODULES = [
     "scheduler.worker",
     "scheduler.stages",
     "scheduler.intermediates",
+    "scheduler.generate",
+    # The stage package's interface and model sources (the stage code itself imports torch).
+    "stagekit",
+    "stagekit.interface",
+    "stagekit.errors",
+    "stagekit.sources",
 ]
 
 

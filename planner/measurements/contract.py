@@ -87,6 +87,13 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "probe_run",
     "compile_s",
     "cache_skip_rate",
+    "psnr_image_min",
+    "ssim_image_min",
+    "ssim_image_std",
+    "lpips_image",
+    "quality_reference",
+    "quality_prompts",
+    "quality_prompt_set",
 )
 """Columns the project reads and writes after the contract's; anything else is ignored on import."""
 
@@ -187,8 +194,18 @@ class MeasurementRow(BaseModel):
     probe_run: str | None = None
     compile_s: Annotated[float, _bounded(0, 1e6)] | None = None
     cache_skip_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    # The real-weights quality probe (agent/quality_probe.py): psnr_image/ssim_image are over its prompt set
+    # (PSNR of the pooled error, mean SSIM); these say the worst prompt, the spread, LPIPS where measured, the
+    # recipe the images were compared with, and how many prompts of which set.
+    psnr_image_min: Psnr | None = None
+    ssim_image_min: Annotated[float, _bounded(-1, 1)] | None = None
+    ssim_image_std: Annotated[float, _bounded(0, 2)] | None = None
+    lpips_image: Annotated[float, _bounded(0, 10)] | None = None
+    quality_reference: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
+    quality_prompts: int | None = Field(default=None, ge=1, le=100000)
+    quality_prompt_set: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
 
-    @field_validator("batch", "height", "width", "windows", "calls", mode="before")
+    @field_validator("batch", "height", "width", "windows", "calls", "quality_prompts", mode="before")
     @classmethod
     def _integer_text(cls, value: object) -> object:
         # "4.0" or "4.5" in a CSV is not a batch size: refuse anything but an integer literal.
@@ -209,7 +226,7 @@ class MeasurementRow(BaseModel):
             return float(float_text(value))
         return value
 
-    @field_validator("psnr_image", "psnr_latent", mode="before")
+    @field_validator("psnr_image", "psnr_latent", "psnr_image_min", mode="before")
     @classmethod
     def _psnr(cls, value: object) -> object:
         # Identical outputs give an infinite PSNR: stored as PSNR_CAP (module docstring); NaN is refused.

@@ -38,6 +38,7 @@ def test_probe_on_the_cpu_writes_the_csv(tmp_path: Path) -> None:
         "--model",
         "flux-schnell",
         "--tiny",
+        "--synthetic",
         "--stage",
         "denoiser",
         "-r",

@@ -14,11 +14,11 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from agent import quant
-from agent.pipelines import tiny_shapes
-from agent.recipes import PreparedStage, RecipeOptions, prepare
 from planner.catalog import known_model, recipes
 from planner.catalog.schema import Recipe
+from stagekit import quant
+from stagekit.pipelines import tiny_shapes
+from stagekit.recipes import PreparedStage, RecipeOptions, prepare
 
 
 def _prepared(recipe_id: str) -> PreparedStage:

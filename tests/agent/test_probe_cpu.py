@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from agent.probe import CACHE_TRAJECTORY_STEPS, ProbeOptions, Sweep, predicted_cell_s
-from agent.recipes import RecipeOptions
 from agent.report import CsvSink, load_existing
 from agent.target import Target, resolve_target
 from agent.timing import SMOKE_TIMER
 from planner.catalog import known_model
 from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
 from planner.measurements.csvio import read_csv
+from stagekit.recipes import RecipeOptions
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent import quant
+from stagekit import quant
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:

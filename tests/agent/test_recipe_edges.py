@@ -13,11 +13,11 @@ import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch.nn import functional
 
-from agent.flops import count_cost
 from agent.probe import ProbeOptions, Sweep
-from agent.recipes import RecipeOptions, _CallContext
 from agent.target import Target, resolve_target
 from agent.timing import SMOKE_TIMER
+from stagekit.flops import count_cost
+from stagekit.recipes import RecipeOptions, _CallContext
 
 
 def test_a_recipe_pinned_backend_does_not_block_the_math_retry_of_a_flop_count() -> None:

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from agent.flops import classify, count_cost
 from agent.timing import SMOKE_TIMER, TimerOptions, measure, percentile
+from stagekit.flops import classify, count_cost
 
 
 def test_percentile() -> None:

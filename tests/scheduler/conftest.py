@@ -88,6 +88,7 @@ def settings(
         "dispatch_grace_s": 1.0,
         "device": "cpu",
         "tiny": True,
+        "synthetic": True,  # the tiny stand-in models; tests of real folders turn it off and name their folders
     }
     values.update(overrides)
     return SchedulerSettings(**values)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from scheduler.stages import GroupRunner, GroupSpec, default_build_stage
+from scheduler.stages import GroupRunner, GroupSpec, stage_builder
+from stagekit.sources import ModelSources
+
+SYNTHETIC = stage_builder(ModelSources(synthetic=True))
+"""The tiny stand-in models on random weights (asked for explicitly, as `--synthetic`)."""
 
 ALL = ("text_encoder", "denoiser", "vae_decoder")
 MODELS = ("sd15", "sdxl", "flux-dev", "qwen-image", "z-image-turbo")
@@ -31,7 +35,7 @@ FP32 = (("text_encoder", "fp32"), ("denoiser", "fp32"), ("vae_decoder", "fp32"))
 
 @functools.cache
 def group(model: str, recipes: tuple[tuple[str, str], ...], stages: tuple[str, ...] = ALL) -> GroupRunner:
-    return GroupRunner.build(GroupSpec(model, stages, recipes, True, "cpu"), default_build_stage)
+    return GroupRunner.build(GroupSpec(model, stages, recipes, True, "cpu"), SYNTHETIC)
 
 
 def items(n: int, *, steps: int = 2, negative: str | None = None) -> list[dict[str, Any]]:

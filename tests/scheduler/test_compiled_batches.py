@@ -164,9 +164,10 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from agent.pipelines import QWEN_TEMPLATE_TOKENS  # noqa: E402
-from agent.recipes import RecipeOptions  # noqa: E402
-from scheduler import diffusion  # noqa: E402
+from stagekit import serving  # noqa: E402
+from stagekit import synthetic as diffusion  # noqa: E402
+from stagekit.pipelines import QWEN_TEMPLATE_TOKENS  # noqa: E402
+from stagekit.recipes import RecipeOptions  # noqa: E402
 
 
 def _graphs() -> int:
@@ -182,9 +183,9 @@ def test_a_short_batch_after_warm_up_compiles_nothing(model: str) -> None:
     torch._dynamo.reset()
     options = RecipeOptions(compile_backend="eager")
     fns: list[StageFn] = [
-        diffusion.build_stage(model, "text_encoder", "bf16", True, "cpu"),
-        diffusion.build_stage(model, "denoiser", "bf16-compile", True, "cpu", options=options),
-        diffusion.build_stage(model, "vae_decoder", "bf16", True, "cpu"),
+        serving.build_stage(model, "text_encoder", "bf16", True, "cpu"),
+        serving.build_stage(model, "denoiser", "bf16-compile", True, "cpu", options=options),
+        serving.build_stage(model, "vae_decoder", "bf16", True, "cpu"),
     ]
     assert [getattr(fn, "static_shapes", False) for fn in fns] == [False, True, False]
     runner = GroupRunner(GroupSpec(model, tuple(ALL), (), True, "cpu"), fns)
@@ -216,9 +217,9 @@ def test_qwen_image_compiled_denoiser_sees_few_text_lengths() -> None:
     images are the unpadded ones."""
     torch._dynamo.reset()
     options = RecipeOptions(compile_backend="eager")
-    te: Any = diffusion.build_stage("qwen-image", "text_encoder", "bf16", True, "cpu")
-    dn = diffusion.build_stage("qwen-image", "denoiser", "bf16-compile", True, "cpu", options=options)
-    vae = diffusion.build_stage("qwen-image", "vae_decoder", "bf16", True, "cpu")
+    te: Any = serving.build_stage("qwen-image", "text_encoder", "bf16", True, "cpu")
+    dn = serving.build_stage("qwen-image", "denoiser", "bf16-compile", True, "cpu", options=options)
+    vae = serving.build_stage("qwen-image", "vae_decoder", "bf16", True, "cpu")
     compiled = GroupRunner(GroupSpec("qwen-image", tuple(ALL), (), True, "cpu"), [te, dn, vae])
     compiled.batch_sizes = (2,)
     compiled.warm(height=64, width=64, steps=2)
@@ -251,10 +252,10 @@ def test_qwen_image_compiled_denoiser_sees_few_text_lengths() -> None:
 def test_qwen_image_padded_text_gives_the_unpadded_images() -> None:
     """The padding is masked: in fp32, a denoiser that pads the text (as a compiled one does) gives the images of
     one that does not (unmasked zeros would move them: mean 0.37 per pixel on the tiny model)."""
-    te = diffusion.build_stage("qwen-image", "text_encoder", "fp32", True, "cpu")
-    vae = diffusion.build_stage("qwen-image", "vae_decoder", "fp32", True, "cpu")
-    plain = diffusion.build_stage("qwen-image", "denoiser", "fp32", True, "cpu")
-    padded: Any = diffusion.build_stage("qwen-image", "denoiser", "fp32", True, "cpu")
+    te = serving.build_stage("qwen-image", "text_encoder", "fp32", True, "cpu")
+    vae = serving.build_stage("qwen-image", "vae_decoder", "fp32", True, "cpu")
+    plain = serving.build_stage("qwen-image", "denoiser", "fp32", True, "cpu")
+    padded: Any = serving.build_stage("qwen-image", "denoiser", "fp32", True, "cpu")
     padded.static_shapes = True
     batch = [dict(i, prompt=f"fox fox {k}") for k, i in enumerate(items(2))]
     images = []
@@ -272,7 +273,7 @@ def test_compiled_sdxl_text_encoder_with_some_negative_prompts_compiles_nothing(
     encoder warmed at 1, 2, 4 must not see a negative pass of 3 rows when 3 of a batch of 4 have one."""
     torch._dynamo.reset()
     options = RecipeOptions(compile_backend="eager")
-    te: StageFn = diffusion.build_stage("sdxl", "text_encoder", "bf16-compile", True, "cpu", options=options)
+    te: StageFn = serving.build_stage("sdxl", "text_encoder", "bf16-compile", True, "cpu", options=options)
     runner = GroupRunner(GroupSpec("sdxl", ("text_encoder",), (), True, "cpu"), [te])
     runner.batch_sizes = (1, 2, 4)
     assert runner.warm(height=64, width=64, steps=2) == [1, 2, 4]
@@ -291,7 +292,7 @@ def test_compiled_qwen_image_text_encoder_compiles_nothing_for_new_prompt_length
     serve prompts of other lengths (and the empty negative prompt) on the warmed graphs."""
     torch._dynamo.reset()
     options = RecipeOptions(compile_backend="eager")
-    te: StageFn = diffusion.build_stage("qwen-image", "text_encoder", "bf16-compile", True, "cpu", options=options)
+    te: StageFn = serving.build_stage("qwen-image", "text_encoder", "bf16-compile", True, "cpu", options=options)
     runner = GroupRunner(GroupSpec("qwen-image", ("text_encoder",), (), True, "cpu"), [te])
     runner.batch_sizes = (2,)
     assert runner.warm(height=64, width=64, steps=2) == [2]
@@ -307,8 +308,8 @@ def test_compiled_qwen_image_text_encoder_compiles_nothing_for_new_prompt_length
 def test_a_static_shape_text_encoder_gives_the_plain_ones_embeddings(model: str) -> None:
     """What a compiled text encoder does to keep its shapes (negatives of the whole batch, Qwen-Image's ids padded
     to a bucket) leaves each item's embeddings as they were (fp32)."""
-    plain: Any = diffusion.build_stage(model, "text_encoder", "fp32", True, "cpu")
-    static: Any = diffusion.build_stage(model, "text_encoder", "fp32", True, "cpu")
+    plain: Any = serving.build_stage(model, "text_encoder", "fp32", True, "cpu")
+    static: Any = serving.build_stage(model, "text_encoder", "fp32", True, "cpu")
     static.static_shapes = True
     batch = items(3, negative="blurry")
     batch[1]["negative_prompt"] = None

@@ -4,7 +4,7 @@
   the image the diffusers 0.42 pipeline gives with the same modules, scheduler, seed noise and token ids (a
   tokenizer object that tokenizes as the worker's stand-in does): text conditioning, sampler, timestep
   conventions, guidance, latent packing and VAE un-scaling are the pipeline's.
-- The modules the worker runs are the ones `agent.recipes.prepare` built and nothing else (a spy on prepare;
+- The modules the worker runs are the ones `stagekit.recipes.prepare` built and nothing else (a spy on prepare;
   fused QKV, int8 layers, compile): a regression that builds modules on its own fails here.
 - Recipes a device cannot run fail with the agent's reason; the UNet's timestep mapping is exact.
 """
@@ -18,16 +18,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scheduler.errors import UnsupportedModelError
-from scheduler.stages import GroupRunner, GroupSpec, default_build_stage
-from tests.scheduler.stage_helpers import FP32, MODELS, group, items
+from scheduler.stages import GroupRunner, GroupSpec
+from stagekit.errors import UnsupportedModelError
+from tests.scheduler.stage_helpers import FP32, MODELS, SYNTHETIC, group, items
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from agent import quant, recipes  # noqa: E402
-from agent.recipes import PreparedStage, RecipeOptions  # noqa: E402
-from scheduler import diffusion  # noqa: E402
+from stagekit import (  # noqa: E402
+    quant,
+    recipes,
+    serving,
+)
+from stagekit import synthetic as diffusion  # noqa: E402
+from stagekit.recipes import PreparedStage, RecipeOptions  # noqa: E402
 
 
 class _Encoding(dict[str, Any]):
@@ -199,7 +203,7 @@ def test_unet_timestep_mapping_is_exact() -> None:
 
 @pytest.fixture
 def prepared(monkeypatch: pytest.MonkeyPatch) -> list[PreparedStage]:
-    """Every PreparedStage agent.recipes.prepare makes while the test builds stages."""
+    """Every PreparedStage stagekit.recipes.prepare makes while the test builds stages."""
     made: list[PreparedStage] = []
     real = recipes.prepare
 
@@ -208,14 +212,14 @@ def prepared(monkeypatch: pytest.MonkeyPatch) -> list[PreparedStage]:
         made.append(result)
         return result
 
-    monkeypatch.setattr(diffusion, "prepare", spy)
+    monkeypatch.setattr(serving, "prepare", spy)
     return made
 
 
 def test_worker_modules_are_what_agent_recipes_prepare_built(prepared: list[PreparedStage]) -> None:
     stages = ("text_encoder", "denoiser", "vae_decoder")
     recipes = (("text_encoder", "bf16"), ("denoiser", "bf16-fused-qkv"), ("vae_decoder", "bf16-tiny-vae"))
-    runner = GroupRunner.build(GroupSpec("sdxl", stages, recipes, True, "cpu"), default_build_stage)
+    runner = GroupRunner.build(GroupSpec("sdxl", stages, recipes, True, "cpu"), SYNTHETIC)
     assert [p.runner.setup.stage for p in prepared] == list(stages)
     for fn, made in zip(runner.fns, prepared, strict=True):
         stage: Any = fn
@@ -235,8 +239,8 @@ def test_worker_modules_are_what_agent_recipes_prepare_built(prepared: list[Prep
 def test_quantized_recipe_runs_the_agents_int8_layers(prepared: list[PreparedStage]) -> None:
     # the tiny models' layers are narrower than the agent's default eligibility (128 features): lower it
     options = RecipeOptions(quant_min_features=16)
-    te = diffusion.build_stage("flux-dev", "text_encoder", "bf16", True, "cpu")
-    dn: Any = diffusion.build_stage("flux-dev", "denoiser", "int8", True, "cpu", options=options)
+    te = serving.build_stage("flux-dev", "text_encoder", "bf16", True, "cpu")
+    dn: Any = serving.build_stage("flux-dev", "denoiser", "int8", True, "cpu", options=options)
     transformer = dn.modules["transformer"]
     assert transformer is prepared[-1].modules["transformer"]
     layers = [m for m in transformer.modules() if isinstance(m, quant.Int8DynamicLinear)]
@@ -247,7 +251,7 @@ def test_quantized_recipe_runs_the_agents_int8_layers(prepared: list[PreparedSta
 
 
 def test_compiling_recipe_is_compiled_by_the_agent(prepared: list[PreparedStage]) -> None:
-    stage: Any = diffusion.build_stage("sd15", "denoiser", "bf16-compile", True, "cpu")
+    stage: Any = serving.build_stage("sd15", "denoiser", "bf16-compile", True, "cpu")
     assert stage.prepared is prepared[-1]
     assert stage.prepared.compiled  # apply_compile() ran (torch.compile is lazy: nothing compiles until a call)
     assert any("compile" in note for note in stage.prepared.notes)
@@ -266,11 +270,11 @@ def test_compiling_recipe_is_compiled_by_the_agent(prepared: list[PreparedStage]
 )
 def test_unsupported_recipes_fail_with_the_agents_reason(model: str, stage: str, recipe: str, reason: str) -> None:
     with pytest.raises(UnsupportedModelError, match=reason):
-        diffusion.build_stage(model, stage, recipe, True, "cpu")
+        serving.build_stage(model, stage, recipe, True, "cpu")
 
 
 def test_unknown_model_or_recipe() -> None:
     with pytest.raises(UnsupportedModelError, match="not in the catalog"):
-        diffusion.build_stage("no-such-model", "denoiser", "bf16", True, "cpu")
+        serving.build_stage("no-such-model", "denoiser", "bf16", True, "cpu")
     with pytest.raises(UnsupportedModelError, match="not in the catalog"):
-        diffusion.build_stage("sd15", "denoiser", "bf16-some-new-kernel", True, "cpu")
+        serving.build_stage("sd15", "denoiser", "bf16-some-new-kernel", True, "cpu")

@@ -209,8 +209,8 @@ class ProbeSpec(Strict):
     budget_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     quality: bool = Field(
         default=True,
-        description="measure quality where it means something: on real weights (the agent's AGENT_WEIGHTS_DIRS); "
-        "on synthetic weights it is stored as unknown",
+        description="measure quality where it means something: on real weights (the host's model folder, "
+        "GFP_MODEL_DIRS); on synthetic weights it is stored as unknown",
     )
     synthetic_drift: bool = Field(
         default=False, description="on synthetic weights, measure numeric drift anyway (labelled synthetic)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,33 +65,50 @@ def build_component(
     weights_dir: Path | None = None,
 ) -> nn.Module:
     """One module: from `weights_dir/<name>` when given (real weights), else from its config (synthetic)."""
+    if weights_dir is not None:
+        return _load_component(component, weights_dir, device=device, dtype=dtype)
     cfg = component_config(component, tiny=tiny)
     if component.library == "diffusers":
         import diffusers
 
         cls: Any = getattr(diffusers, component.class_name)
-        if weights_dir is not None:
-            module: nn.Module = cls.from_pretrained(str(weights_dir), torch_dtype=dtype).to(device)
-        else:
-            with torch.device(device), default_dtype(dtype):
-                module = cls.from_config(cfg)
+        with torch.device(device), default_dtype(dtype):
+            module: nn.Module = cls.from_config(cfg)
     else:
         import transformers
 
         cls = getattr(transformers, component.class_name)
-        if weights_dir is not None:
-            module = cls.from_pretrained(str(weights_dir), dtype=dtype).to(device)
-        else:
-            # A config's torch_dtype/dtype (CLIP's says float16) would override the build dtype for some layers.
-            skip = ("architectures", "model_type", "torch_dtype", "dtype")
-            args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
-            config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
-            with torch.device(device), default_dtype(dtype):
-                module = cls(config)
-    if weights_dir is None:
-        module.to(device=device)  # built in dtype already; a cast would also touch fp32-pinned modules
-    else:
-        module.to(device=device, dtype=dtype)
+        # A config's torch_dtype/dtype (CLIP's says float16) would override the build dtype for some layers.
+        skip = ("architectures", "model_type", "torch_dtype", "dtype")
+        args = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
+        config = transformers.AutoConfig.for_model(cfg["model_type"], **args)
+        with torch.device(device), default_dtype(dtype):
+            module = cls(config)
+    module.to(device=device)  # built in dtype already; a cast would also touch fp32-pinned modules
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _load_component(component: Component, path: Path, *, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A component's real weights from its folder, offline, in the recipe's dtype (as `from_pretrained` casts:
+    modules a model pins to fp32 stay there). A folder that does not load is named with its part."""
+    import diffusers
+    import transformers
+
+    lib: Any = diffusers if component.library == "diffusers" else transformers
+    cls: Any = getattr(lib, component.class_name)
+    dtype_arg = {"dtype": dtype}
+    try:
+        module: nn.Module = cls.from_pretrained(str(path), local_files_only=True, **dtype_arg)
+    except Exception as exc:
+        from stagekit.sources import ModelSourceError
+
+        raise ModelSourceError(
+            f"part {component.name!r} ({component.class_name}) does not load from {path}: {type(exc).__name__}: "
+            f"{str(exc)[:500]}"
+        ) from exc
+    module.to(device=device)
     module.eval()
     module.requires_grad_(False)
     return module
@@ -152,11 +169,16 @@ class StageRunner:
         self.batch = 0
         self.inputs: dict[str, Any] = {}
         self.call_context: contextlib.AbstractContextManager[Any] | None = None
+        self.served: Callable[[int, int], Callable[[], Any]] | None = None
+        """On real weights: (batch, seed) -> one call of the serving stage (`stagekit.serving.attach_served`),
+        which `call()` then times in place of the module call on random inputs."""
+        self._served_call: Callable[[], Any] | None = None
 
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare(self, batch: int, *, seed: int = 0) -> None:
-        """Build the inputs of a call at `batch` images (random, seeded)."""
+        """Build the inputs of a call at `batch` images (random, seeded; the serving stage's own on real weights)."""
         self.batch = batch
+        self._served_call = self.served(batch, seed) if self.served is not None else None
         g = torch.Generator().manual_seed(seed)
         s = self.setup
         if s.stage == "text_encoder":
@@ -353,7 +375,9 @@ class StageRunner:
             return self.denoiser_call(latents, t)
 
     def call(self) -> torch.Tensor:
-        """One serving call of this stage at the prepared batch."""
+        """One serving call of this stage at the prepared batch: the serving stage itself where attached."""
+        if self._served_call is not None:
+            return self._served_call()  # type: ignore[no-any-return]
         s = self.setup
         ctx = self.call_context or contextlib.nullcontext()
         with torch.inference_mode(), ctx:

@@ -1,6 +1,11 @@
-"""Serving stages on torch (worker-only: imports torch): the agent's probed stage code inside a pipeline's glue.
+"""Stages on synthetic (random) weights: the stand-in glue a worker runs when asked for `--synthetic`.
 
-The modules are built, and the plan's recipe applied, only by `agent.recipes.prepare` -- the function whose
+With real weights the stages are the model's diffusers pipeline (`stagekit.serving`). Random weights come with no
+tokenizer files and no scheduler config, so this module keeps a hashed stand-in tokenizer and the pipelines'
+conditioning, samplers and decode written out per architecture: the compute and memory are the real model's
+(what timing needs), the images are noise. The rest of this docstring describes that glue.
+
+The modules are built, and the plan's recipe applied, only by `stagekit.recipes.prepare` -- the function whose
 result the agent's probes time -- so a worker runs exactly the measured stage: the recipe's precision (kept
 on the CPU as well, where the agent runs bf16 too), tiny or tiled VAE, fused QKV, channels_last, fp8/int8
 layers, then `apply_compile()` for a compiling recipe; the prepared runner's call context (attention backend,
@@ -39,12 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner, StageUnsupported, tiny_shapes
-from agent.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
-from planner import catalog
 from planner.catalog.schema import ModelSpec
-from scheduler.errors import UnsupportedModelError
-from scheduler.stages import Item, StageFn
+from stagekit.errors import UnsupportedModelError
+from stagekit.interface import Item, StageFn
+from stagekit.pipelines import QWEN_TEMPLATE_TOKENS, ZIMAGE_TEXT_PAD, StageRunner
+from stagekit.recipes import PreparedStage, reset_cache
 
 QWEN_MAX_TOKENS = 1024
 """QwenImagePipeline: the tokenizer truncates at 1024 + the template prefix ..."""
@@ -602,34 +606,7 @@ STAGES: dict[str, type[_Stage]] = {
 }
 
 
-def build_stage(
-    model_id: str, stage: str, recipe: str, tiny: bool, device: str, *, options: RecipeOptions | None = None
-) -> StageFn:
-    """A model's serving stage in a recipe's form: `agent.recipes.prepare` (then compile), plus the glue."""
-    try:
-        spec = catalog.models()[model_id]
-    except KeyError:
-        raise UnsupportedModelError(f"model {model_id!r} is not in the catalog") from None
-    if stage not in spec.stage_names:
-        raise UnsupportedModelError(f"model {model_id!r} has no stage {stage!r}")
-    rec = catalog.recipes().get(recipe)
-    if rec is None:
-        raise UnsupportedModelError(f"recipe {recipe!r} is not in the catalog: a worker cannot apply it")
-    height, width, text_tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
-    try:
-        prepared = prepare(
-            spec,
-            stage,
-            rec,
-            device=torch.device(device),
-            tiny=tiny,
-            height=height,
-            width=width,
-            text_tokens=text_tokens,
-            options=options,
-        )
-        prepared.apply_compile()
-    except StageUnsupported as exc:
-        raise UnsupportedModelError(f"model {model_id!r} stage {stage!r} recipe {recipe!r}: {exc}") from exc
+def synthetic_stage(spec: ModelSpec, stage: str, prepared: PreparedStage) -> StageFn:
+    """A stage on random weights: the stand-in glue around the prepared modules (no tokenizer files exist)."""
     runner: StageFn = STAGES[stage](spec, prepared)  # type: ignore[assignment]
     return runner

@@ -95,7 +95,7 @@ class Cost:
 
 COUNTING_ATTENTION: ContextVar[bool] = ContextVar("counting_attention", default=False)
 """Set while a refused count is retried on the math backend: a recipe that pins an SDPA backend
-(agent.recipes._CallContext) leaves attention alone then, since its own pin, entered inside `fn`, would
+(stagekit.recipes._CallContext) leaves attention alone then, since its own pin, entered inside `fn`, would
 otherwise win over the retry's. FLOPs do not depend on the attention kernel, only the time does."""
 
 

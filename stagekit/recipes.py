@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from agent import quant
-from agent.flops import COUNTING_ATTENTION
-from agent.pipelines import (
+from planner.catalog import ModelSpec, Recipe
+from stagekit import quant
+from stagekit.flops import COUNTING_ATTENTION
+from stagekit.pipelines import (
     DTYPES,
     BuiltStage,
     StageRunner,
@@ -30,14 +31,13 @@ from agent.pipelines import (
     build_stage,
     tile_size,
 )
-from planner.catalog import ModelSpec, Recipe
 
 
 @dataclass(frozen=True)
 class RecipeOptions:
     """How recipes are applied on this run (not part of the recipe: properties of the tool and machine)."""
 
-    quant_backend: str = "agent"  # "agent" (agent/quant.py) or "torchao" (only if importable)
+    quant_backend: str = "agent"  # "agent" (stagekit/quant.py) or "torchao" (only if importable)
     quant_min_features: int = 128
     compile_fullgraph: bool = False
     compile_backend: str = "inductor"  # "eager" traces and guards like inductor without codegen (CPU tests)

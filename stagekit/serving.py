@@ -1,0 +1,338 @@
+"""Serving stages: the model's own diffusers pipeline, split into the catalog's stages (imports torch).
+
+    build_stage(model_id, stage, recipe, tiny, device, source=...) -> StageFn
+
+The stage's modules come from `stagekit.recipes.prepare` (precision, VAE variant, fused QKV, channels_last,
+fp8/int8 layers, step cache, then compile), loaded from the model's folder (`stagekit.sources`); the diffusers
+pipeline object is then built from that folder with those modules in place (`from_pretrained(folder,
+local_files_only=True, unet=prepared, text_encoder=None, ...)`: the folder's tokenizers and scheduler config,
+the stage's own modules, no other stage's weights). Each stage is then a call of the pipeline's own code:
+- text encoder: `pipeline.encode_prompt` with the real tokenizers (negatives as the pipeline encodes them);
+- denoiser: `pipeline(prompt_embeds=..., generator=[one CPU generator per item's seed], output_type="latent")`,
+  inside the recipe's call context (attention backend, step cache): the pipeline's sampler, timesteps, guidance,
+  latent packing and noise, so an image equals `DiffusionPipeline.from_pretrained(folder)(prompt, ...)`'s;
+- VAE decoder: the pipeline's latent un-scaling (below: diffusers keeps it inline in `__call__`), `vae.decode`,
+  `image_processor.postprocess`.
+What stays ours is what diffusers does not do: the item hand-off between split stages (one tensor per item),
+padding Qwen-Image's text to a warmed length for a compiled denoiser, the recipe's context, and warm-up inputs.
+Random weights (`--synthetic`) have no tokenizer files: `stagekit.synthetic` serves them with a stand-in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from planner import catalog
+from planner.catalog.schema import ModelSpec
+from stagekit.errors import UnsupportedModelError
+from stagekit.interface import Item, StageFn
+from stagekit.pipelines import StageUnsupported, tiny_shapes
+from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
+from stagekit.sources import PIPELINES, ModelSource, ModelSourceError
+from stagekit.synthetic import DenoiserStage as SyntheticDenoiser
+from stagekit.synthetic import latent_shape, synthetic_stage, text_bucket
+
+EMBED_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
+DEFAULT_NEGATIVE = {"qwen-image": " "}
+"""The negative prompt of a CFG model whose pipeline runs CFG only when given one (Qwen-Image's model card uses
+" "): the plan measured two transformer passes per step, and a job without a negative prompt gets them too."""
+
+
+def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Module], dtype: torch.dtype) -> Any:
+    """The model's pipeline object from its folder, with `modules` in place and every other model component None."""
+    import diffusers
+
+    cls: Any = getattr(diffusers, PIPELINES[spec.architecture])
+    others: dict[str, Any] = {c.name: None for s in spec.stages for c in s.components if c.name not in modules}
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **modules, **others)
+    except Exception as exc:  # a tokenizer or scheduler that does not load: name the folder and what failed
+        raise ModelSourceError(
+            f"model {spec.id!r}: the {cls.__name__} in {folder} does not load (tokenizers, scheduler): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class PipelineStage:
+    """One stage of a model's pipeline in one recipe's form, on real weights."""
+
+    weights = "real"
+
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage, folder: Path) -> None:
+        self.spec = spec
+        self.prepared = prepared
+        self.device = prepared.runner.setup.device
+        self.dtype = prepared.runner.setup.dtype
+        self.static_shapes = prepared.compiled  # compiled modules are static-shape: GroupRunner pads batches
+        self.pipe = load_pipeline(spec, folder, self.modules_for_pipeline(), self.dtype)
+
+    def modules_for_pipeline(self) -> dict[str, torch.nn.Module]:
+        return dict(self.prepared.modules)
+
+    def _ctx(self) -> contextlib.AbstractContextManager[Any]:
+        """The recipe's call context (attention backend, step cache) around the pipeline's call."""
+        return self.prepared.runner.call_context or contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def unload(self) -> None:
+        self.prepared.modules.clear()
+        self.pipe = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class TextStage(PipelineStage):
+    """`encode_prompt` on the batch's prompts (and negatives for a CFG model): one row per item."""
+
+    def negative(self, item: Item) -> str | None:
+        neg = item.get("negative_prompt")
+        return DEFAULT_NEGATIVE.get(self.spec.architecture) if neg is None else str(neg)
+
+    def encode(self, prompts: list[str], negatives: list[str] | None) -> dict[str, list[torch.Tensor]]:
+        """The pipeline's embeddings per prompt: `prompt_embeds` (+ pooled, + `negative_*` for CFG)."""
+        pipe, arch, cfg = self.pipe, self.spec.architecture, self.spec.cfg
+        out: dict[str, Any] = {}
+        if arch == "sd":
+            out["prompt_embeds"], neg = pipe.encode_prompt(prompts, self.device, 1, cfg, negative_prompt=negatives)
+            if cfg:
+                out["negative_prompt_embeds"] = neg
+        elif arch == "sdxl":
+            pe, ne, pooled, npooled = pipe.encode_prompt(
+                prompts, device=self.device, do_classifier_free_guidance=cfg, negative_prompt=negatives
+            )
+            out.update(prompt_embeds=pe, pooled_prompt_embeds=pooled)
+            if cfg:
+                out.update(negative_prompt_embeds=ne, negative_pooled_prompt_embeds=npooled)
+        elif arch == "flux":
+            out["prompt_embeds"], out["pooled_prompt_embeds"], _ = pipe.encode_prompt(prompts, None, self.device)
+        elif arch == "qwen-image":
+            for key, texts in (("prompt_embeds", prompts), ("negative_prompt_embeds", negatives)):
+                if texts is not None:
+                    pe, mask = pipe.encode_prompt(texts, self.device)
+                    out[key] = [e if mask is None else e[mask[i].bool()] for i, e in enumerate(pe)]
+        elif arch == "z-image":
+            out["prompt_embeds"], neg = pipe.encode_prompt(prompts, self.device, cfg, negatives)
+            if cfg:
+                out["negative_prompt_embeds"] = neg
+        else:
+            raise UnsupportedModelError(f"model {self.spec.id!r}: no text stage for architecture {arch!r}")
+        return {k: list(v) for k, v in out.items()}
+
+    def __call__(self, batch: Sequence[Item]) -> list[Item]:
+        negs = [self.negative(item) for item in batch]
+        # SDXL encodes an absent negative as zeros, a given one (even "") as text: one call per kind
+        groups = [[i for i, n in enumerate(negs) if n is None], [i for i, n in enumerate(negs) if n is not None]]
+        rows: list[Item] = [{} for _ in batch]
+        with torch.inference_mode(), self._ctx():
+            for idx in (g for g in groups if g):
+                prompts = [str(batch[i].get("prompt") or "") for i in idx]
+                neg = None if negs[idx[0]] is None or not self.spec.cfg else [str(negs[i]) for i in idx]
+                for key, values in self.encode(prompts, neg).items():
+                    for j, i in enumerate(idx):
+                        rows[i][key] = values[j]
+        self._sync()
+        return [{**item, **row} for item, row in zip(batch, rows, strict=True)]
+
+
+class DenoiserStage(PipelineStage):
+    """The pipeline called on the batch's embeddings with one seeded generator per item, `output_type="latent"`."""
+
+    def __call__(self, batch: Sequence[Item]) -> list[Item]:
+        first = batch[0]
+        h, w = int(first["height"]), int(first["width"])
+        steps = int(first.get("steps") or self.spec.default_steps)
+        kwargs = self.conditioning(batch)
+        generators = [torch.Generator("cpu").manual_seed(int(item["seed"])) for item in batch]
+        for m in self.prepared.cache_modules:
+            reset_cache(m)  # a new trajectory starts with a full compute
+        guidance = "true_cfg_scale" if self.spec.architecture == "qwen-image" else "guidance_scale"
+        with torch.inference_mode(), self._ctx():
+            latents = self.pipe(
+                **kwargs,
+                height=h,
+                width=w,
+                num_inference_steps=steps,
+                generator=generators,
+                output_type="latent",
+                **{guidance: self.spec.guidance_scale},
+            ).images
+        self._sync()
+        return [
+            {**{k: v for k, v in item.items() if not k.endswith("prompt_embeds")}, "latents": latents[i]}
+            for i, item in enumerate(batch)
+        ]
+
+    def conditioning(self, batch: Sequence[Item]) -> dict[str, Any]:
+        """The pipeline's embedding arguments from the items' rows (stacked; Qwen-Image padded and masked)."""
+        arch = self.spec.architecture
+        out: dict[str, Any] = {}
+        for key in (*EMBED_KEYS, *(f"negative_{k}" for k in EMBED_KEYS)):
+            if key not in first_keys(batch):
+                continue
+            rows = [item[key].to(self.device, self.dtype) for item in batch]
+            if arch == "z-image":
+                out[key] = rows  # one tensor per prompt, its own length
+            elif arch == "qwen-image":
+                n = max(r.shape[0] for r in rows)
+                if self.static_shapes:  # a compiled denoiser sees a few text lengths, not each batch's longest
+                    n = text_bucket(n, self.prepared.runner.setup.text_tokens)
+                out[key] = torch.stack([torch.cat([r, r.new_zeros(n - r.shape[0], r.shape[1])]) for r in rows])
+                mask = [[1] * r.shape[0] + [0] * (n - r.shape[0]) for r in rows]
+                out[key.replace("embeds", "embeds_mask")] = torch.tensor(mask, dtype=torch.long, device=self.device)
+            else:
+                out[key] = torch.stack(rows)
+        return out
+
+    def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
+        """`n` items as the text stage hands them over, random conditioning of its shapes (a compiled warm-up)."""
+        synthetic: Any = SyntheticDenoiser.__new__(SyntheticDenoiser)
+        synthetic.spec, synthetic.runner = self.spec, self.prepared.runner
+        items: list[Item] = SyntheticDenoiser.example_items(synthetic, n, height=height, width=width, steps=steps)
+        return items
+
+
+def first_keys(batch: Sequence[Item]) -> set[str]:
+    return set(batch[0]) if batch else set()
+
+
+class VaeStage(PipelineStage):
+    """The pipeline's latent un-scaling, `vae.decode`, `image_processor.postprocess`: uint8 (H, W, 3) on the CPU."""
+
+    def modules_for_pipeline(self) -> dict[str, torch.nn.Module]:
+        # the VAE in use (a tiny VAE is another class than the pipeline's) stays apart: the pipeline lends only
+        # its image processor and latent unpacking
+        return {}
+
+    @property
+    def vae(self) -> Any:
+        return next(iter(self.prepared.modules.values()))
+
+    def unscale(self, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """What each pipeline's `__call__` does to its latents between the sampler and `vae.decode`."""
+        arch, cfg = self.spec.architecture, self.vae.config
+        if arch in ("flux", "qwen-image"):
+            z = type(self.pipe)._unpack_latents(z, height, width, self.pipe.vae_scale_factor)
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if arch == "qwen-image" and mean is not None and std is not None:
+            view = (1, int(cfg.z_dim), 1, 1, 1)
+            std_inv = 1.0 / torch.tensor(std).view(view).to(z.device, z.dtype)
+            return z / std_inv + torch.tensor(mean).view(view).to(z.device, z.dtype)
+        if arch == "sdxl" and mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, 4, 1, 1).to(z.device, z.dtype)
+            s = torch.tensor(std).view(1, 4, 1, 1).to(z.device, z.dtype)
+            return z * s / float(cfg.scaling_factor) + m
+        return z / float(getattr(cfg, "scaling_factor", None) or 1.0) + float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    def __call__(self, batch: Sequence[Item]) -> list[Item]:
+        h, w = int(batch[0]["height"]), int(batch[0]["width"])
+        z = torch.stack([item["latents"] for item in batch]).to(self.device, self.dtype)
+        with torch.inference_mode(), self._ctx():
+            z = self.unscale(z, h, w)
+            if z.ndim == 4 and self.prepared.runner.setup.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            if type(self.vae).__name__ == "AutoencoderKLQwenImage" and z.ndim == 4:
+                z = z.unsqueeze(2)
+            image = self.vae.decode(z, return_dict=False)[0]
+            if image.ndim == 5:
+                image = image[:, :, 0]
+            arr = self.pipe.image_processor.postprocess(image, output_type="np")
+        self._sync()
+        pixels = (arr * 255).round().astype(np.uint8)  # as the pipelines' numpy_to_pil
+        return [
+            {**{k: v for k, v in item.items() if k != "latents"}, "image": np.ascontiguousarray(pixels[i])}
+            for i, item in enumerate(batch)
+        ]
+
+    def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
+        """`n` items as the denoiser hands them over (zero latents, packed as the pipeline leaves them)."""
+        c, lh, lw = latent_shape(self.spec, height, width)
+        shape = (lh * lw // 4, c * 4) if self.spec.architecture in ("flux", "qwen-image") else (c, lh, lw)
+        z = torch.zeros(shape, device=self.device)
+        return [{"seed": i, "height": height, "width": width, "steps": steps, "latents": z} for i in range(n)]
+
+
+STAGES: dict[str, type[PipelineStage]] = {"text_encoder": TextStage, "denoiser": DenoiserStage, "vae_decoder": VaeStage}
+
+PROBE_PROMPTS = (
+    "a photo of an astronaut riding a horse on the moon",
+    "a watercolor painting of a red fox in the snow at dawn",
+    "a bowl of fruit on a wooden table, studio lighting",
+)
+
+
+def attach_served(prepared: PreparedStage, spec: ModelSpec, folder: Path, *, height: int, width: int) -> None:
+    """Make the prepared runner's timed call the serving stage on real weights, so a probe times what a worker
+    runs: the text stage tokenizes and calls `encode_prompt` on prompts; the denoiser calls the pipeline for one
+    step (`num_inference_steps=1`: one transformer/UNet call, CFG included, plus the pipeline's per-call work) on
+    conditioning of the text stage's shapes; the VAE stage un-scales, decodes and post-processes."""
+    stage: Any = STAGES[prepared.runner.setup.stage](spec, prepared, folder)
+
+    def served(batch: int, seed: int) -> Any:
+        if isinstance(stage, TextStage):
+            items: list[Item] = [
+                {"prompt": PROBE_PROMPTS[i % len(PROBE_PROMPTS)], "seed": seed + i, "height": height, "width": width}
+                for i in range(batch)
+            ]
+        else:
+            items = stage.example_items(batch, height=height, width=width, steps=1)
+            items = [{**item, "seed": seed + i} for i, item in enumerate(items)]
+        return lambda: stage(items)
+
+    prepared.runner.served = served
+
+
+def build_stage(
+    model_id: str,
+    stage: str,
+    recipe: str,
+    tiny: bool,
+    device: str,
+    *,
+    source: ModelSource | None = None,
+    options: RecipeOptions | None = None,
+) -> StageFn:
+    """A model's serving stage in a recipe's form: `prepare` (then compile), then the pipeline around it.
+
+    `source` None or without a folder: random weights (`stagekit.synthetic`); only a caller that was asked for
+    `--synthetic` passes that.
+    """
+    try:
+        spec = catalog.models()[model_id]
+    except KeyError:
+        raise UnsupportedModelError(f"model {model_id!r} is not in the catalog") from None
+    if stage not in spec.stage_names:
+        raise UnsupportedModelError(f"model {model_id!r} has no stage {stage!r}")
+    rec = catalog.recipes().get(recipe)
+    if rec is None:
+        raise UnsupportedModelError(f"recipe {recipe!r} is not in the catalog: a worker cannot apply it")
+    folder = source.folder if source is not None else None
+    height, width, text_tokens = tiny_shapes(spec) if tiny else (spec.height, spec.width, spec.text_tokens)
+    try:
+        prepared = prepare(
+            spec,
+            stage,
+            rec,
+            device=torch.device(device),
+            tiny=tiny and folder is None,
+            height=height,
+            width=width,
+            text_tokens=text_tokens,
+            weights_dir=folder,
+            options=options,
+        )
+        prepared.apply_compile()
+    except StageUnsupported as exc:
+        raise UnsupportedModelError(f"model {model_id!r} stage {stage!r} recipe {recipe!r}: {exc}") from exc
+    if folder is None:
+        return synthetic_stage(spec, stage, prepared)
+    fn: StageFn = STAGES[stage](spec, prepared, folder)  # type: ignore[assignment]
+    return fn
