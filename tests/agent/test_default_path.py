@@ -5,7 +5,8 @@ the `agent run` daemon as subprocesses with their defaults (quality on), on a ti
 - a refused run makes `agent probe --report` exit non-zero, and the daemon logs it, counts it in its metrics and
   ends the queued request `failed` with the planner's reason (never `done` with a run id that answers 404);
 - after the documented step that defines the CPU's family, every measured cell is stored through the API;
-- the same probe output fed to the API and to `planner measurements import` is stored with the same values.
+- the same probe output (real weights, the quality probe's PSNR of fp32 against itself included) fed to the API
+  and to `planner measurements import` is stored with the same values.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from planner.measurements.contract import MeasurementRow
 from planner.measurements.store import stored_rows
 from tests.agent.test_planner_outage import TOKEN, Planner, _free_port
 from tests.helpers import REPO, run_cli
+from tests.models.tiny_folders import TinyFolders
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 CPU_FAMILY = {"name": "development CPU", "vendor": "other", "memory_gib": 16}
@@ -76,6 +78,8 @@ def _define_cpu_family(planner: Planner) -> None:
 
 
 def _probe(planner: Planner, state: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`agent probe --report` with its defaults (quality on); `args` say the weights: `--synthetic` (random, no
+    folder on this machine) or `--weights-dir` (a real-format folder)."""
     return run_cli(
         "agent",
         "probe",
@@ -88,7 +92,7 @@ def _probe(planner: Planner, state: Path, out: Path, *args: str) -> subprocess.C
         str(out),
         *args,
         env=_agent_env(planner, state),
-        timeout=300,
+        timeout=600,
     )
 
 
@@ -118,7 +122,7 @@ def test_probe_report_with_defaults_is_stored_or_exits_non_zero(
     _register(planner, state)
 
     # Before the CPU's family is defined the planner refuses the run: the command must say so and fail.
-    refused = _probe(planner, state, tmp_path / "refused.csv")
+    refused = _probe(planner, state, tmp_path / "refused.csv", "--synthetic")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "unknown GPU family 'cpu'" in refused.stderr
     assert "refused" in refused.stderr
@@ -127,7 +131,7 @@ def test_probe_report_with_defaults_is_stored_or_exits_non_zero(
     # The documented step, then the default probe: quality on, synthetic weights (no real folder here).
     _define_cpu_family(planner)
     out = tmp_path / "default.csv"
-    proc = _probe(planner, state, out)
+    proc = _probe(planner, state, out, "--synthetic")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = _csv_rows(out)
     assert {r.stage for r in written} == {"text_encoder", "denoiser", "vae_decoder"}
@@ -146,24 +150,32 @@ def test_probe_report_with_defaults_is_stored_or_exits_non_zero(
 
 @pytest.mark.slow
 def test_the_same_probe_output_is_stored_alike_through_the_api_and_the_import(
-    planner: Planner, store_url: str, tmp_path: Path
+    planner: Planner, store_url: str, tmp_path: Path, tiny_model_dirs: TinyFolders
 ) -> None:
     state = tmp_path / "state"
     _register(planner, state)
     _define_cpu_family(planner)
-    out = tmp_path / "drift.csv"
-    # fp32 against itself is identical (an infinite PSNR): the one number the two paths used to disagree on.
-    proc = _probe(planner, state, out, "-r", "fp32", "-r", "bf16", "--synthetic-drift")
+    out = tmp_path / "real.csv"
+    # Real weights, quality on (its default): the quality probe scores each recipe against fp32, and fp32 against
+    # itself is identical (an infinite PSNR): the one number the two ingestion paths used to disagree on.
+    folder = str(tiny_model_dirs["sd15"])
+    quick = ("--quality-steps", "3", "--quality-prompts", "4")  # a short trajectory keeps the CPU test short
+    proc = _probe(planner, state, out, "--weights-dir", folder, "-s", "denoiser", "-r", "fp32", "-r", "bf16", *quick)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = _csv_rows(out)
-    fp32 = [r for r in written if r.recipe == "fp32" and r.stage == "denoiser"]
-    assert fp32
-    assert fp32[0].psnr_latent == 1000.0
-    assert fp32[0].quality_weights == "synthetic"
+    by_recipe = {r.recipe: r for r in written}
+    assert set(by_recipe) == {"fp32", "bf16"}
+    fp32, bf16 = by_recipe["fp32"], by_recipe["bf16"]
+    assert (fp32.psnr_image, fp32.ssim_image, fp32.quality_weights) == (1000.0, 1.0, "real")
+    assert fp32.quality_reference == "fp32"
+    assert fp32.quality_prompts == 4
+    assert bf16.psnr_image is not None
+    assert bf16.psnr_image < 1000.0
     run_id = written[0].probe_run
     assert run_id is not None
     via_api = {r.cell: _values(r) for r in _stored(store_url, run_id)}
     assert len(via_api) == len(written)
+    assert via_api[fp32.cell]["psnr_image"] == 1000.0
 
     # The agent's own CSV, as written, into a fresh embedded store: it defines the family `cpu` itself.
     other = f"sqlite:///{tmp_path / 'imported.db'}"
