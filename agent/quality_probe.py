@@ -23,6 +23,7 @@ latents and each denoiser recipe denoises the reference embeddings. Intermediate
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -116,11 +117,10 @@ def _as_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 def lpips_metric() -> tuple[Callable[[torch.Tensor, torch.Tensor], float] | None, str]:
     """torchmetrics' LPIPS (AlexNet) when torchvision and the backbone's weights are on this host, else why not."""
-    try:
-        import torchvision  # noqa: F401
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-    except ImportError:
+    if importlib.util.find_spec("torchvision") is None:
         return None, "LPIPS not measured: torchvision is not installed (torchmetrics' LPIPS needs its AlexNet)"
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     if not any(hub.glob("alexnet-*.pth")):
         return None, f"LPIPS not measured: no AlexNet weights in {hub} (this host has no network to fetch them)"

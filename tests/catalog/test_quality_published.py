@@ -47,22 +47,21 @@ def _perf(rows: list[MeasurementRow], published: tuple[PublishedQuality, ...] | 
 
 
 def test_published_fills_what_real_weights_did_not_measure_and_says_so() -> None:
-    size = {"height": 1328, "width": 1328}
     p = _perf([_row("bf16-fbcache", None, "real")])
-    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", **size)
+    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", height=1328, width=1328)
     assert ev.source == "published"
     assert ev.value == 31.8317  # the cache-dit table's figure, as published
     assert "cache-dit" in ev.detail
     # A real-weight measurement wins over the published figure.
     p = _perf([_row("bf16-fbcache", 27.5, "real")])
-    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", **size)
+    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", height=1328, width=1328)
     assert (ev.value, ev.source) == (27.5, "measured")
     # Synthetic drift is never used when nothing asks for it, not even over "unknown".
     p = _perf([_row("bf16-fbcache", 45.0, "synthetic")], published=())
-    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", **size)
+    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "psnr_image", height=1328, width=1328)
     assert (ev.value, ev.source) == (None, "unknown")
     # A published figure on another metric is context, not a number the floor compares.
     p = _perf([_row("bf16-fbcache", None, "real")])
-    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "ssim_image", **size)
+    ev = p.quality_evidence("qwen-image-lightning", "denoiser", "bf16-fbcache", "ssim_image", height=1328, width=1328)
     assert ev.value is None
     assert "image_reward" in ev.detail
