@@ -89,8 +89,8 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + kind + payload + _LEN.pack(zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
 
-def encode_png(pixels: np.ndarray, level: int = 6) -> bytes:
-    """A PNG of an (H, W), (H, W, 3) or (H, W, 4) uint8 array."""
+def encode_png(pixels: np.ndarray, level: int = 6, *, text: Mapping[str, str] | None = None) -> bytes:
+    """A PNG of an (H, W), (H, W, 3) or (H, W, 4) uint8 array; `text` as tEXt chunks (what made the image)."""
     arr = np.asarray(pixels)
     if arr.dtype != np.uint8:
         raise ValueError(f"PNG pixels must be uint8, not {arr.dtype}")
@@ -107,6 +107,10 @@ def encode_png(pixels: np.ndarray, level: int = 6) -> bytes:
         [
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", ihdr),
+            *(
+                _chunk(b"tEXt", k.encode("latin-1")[:79] + b"\0" + v.encode("latin-1", "replace"))
+                for k, v in (text or {}).items()
+            ),
             _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
             _chunk(b"IEND", b""),
         ]

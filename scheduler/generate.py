@@ -78,7 +78,7 @@ def generate_image(
         raise ConfigError(str(exc)) from exc
     finally:
         runner.unload()
-    png = encode_png(result["image"])
+    png = encode_png(result["image"], text={"weights": source.weights, "model": model, "seed": str(seed)})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(png)
     return {

@@ -13,8 +13,10 @@ Item keys (what flows between stages, and between groups through the intermediat
 - in: `prompt`, `negative_prompt`, `seed`, `height`, `width`, `steps`;
 - text_encoder adds `prompt_embeds` (+ `pooled_prompt_embeds` for SDXL and Flux, and the `negative_*` pair for
   CFG models): one tensor per item, (tokens, width); Qwen-Image's and Z-Image's are each prompt's own length;
-- denoiser adds `latents`: (channels, height / 8, width / 8), unpacked, as the model's sampler left them;
-- vae_decoder adds `image`: (H, W, 3) uint8 numpy array.
+- denoiser adds `latents`: as the model's pipeline leaves them with `output_type="latent"` (packed tokens for
+  Flux and Qwen-Image; (channels, height / 8, width / 8) otherwise; unpacked on synthetic weights);
+- vae_decoder adds `image`: (H, W, 3) uint8 numpy array;
+- every stage sets `weights`: `real`, or `synthetic` once any stage ran on random weights (the PNG records it).
 
 The stage code is the stage package's (DESIGN.md: the worker runs the same stage code that the agent probes):
 `stage_builder(sources)` builds each stage with `stagekit.serving.build_stage` from the model's folder on this

@@ -342,7 +342,10 @@ class WorkerRuntime:
         out = self.batcher.submit(key, item).result(timeout=self.settings.job_timeout_s)
         # CPU work after the GPU, overlapped with the next batch: the result, or the next group's input.
         if last:
-            rel, sha = self.results.write(job_id, encode_png(out["image"]))
+            # the PNG says what made it: weights real or synthetic, the model, the seed
+            weights = str(out.get("weights") or "unknown")
+            meta = {"weights": weights, "model": self.pools[pool].model, "seed": str(payload.get("seed"))}
+            rel, sha = self.results.write(job_id, encode_png(out["image"], text=meta))
             with self.sessions() as session:
                 won = crud.complete_job(session, job_id=job_id, result_path=rel, result_sha256=sha, worker=self.name)
                 session.commit()
@@ -352,7 +355,8 @@ class WorkerRuntime:
                 self._release(payload)
                 raise Ignore()
             self.results.discard_others(job_id, rel)
-            result: dict[str, Any] = {"job_id": job_id, "state": "done", "result_path": rel}
+            result: dict[str, Any] = {"job_id": job_id, "state": "done", "result_path": rel, "weights": weights}
+            log.info("job %s done on pool %s: weights=%s", job_id, pool, weights)
             self.metrics.latency.labels(pool).observe(max(time.time() - float(payload["submitted_at"]), 0.0))
             outcome = "done"
         else:

@@ -16,3 +16,11 @@ Item = dict[str, Any]
 
 class StageFn(Protocol):
     def __call__(self, batch: Sequence[Item]) -> list[Item]: ...
+
+
+def mark_weights(items: list[Item], weights: str) -> list[Item]:
+    """Items with `weights` (real or synthetic) recorded: synthetic once any stage of the job ran on random weights
+    (a split job's groups may run on different hosts), so the result says what made it."""
+    for item in items:
+        item["weights"] = "synthetic" if "synthetic" in (item.get("weights"), weights) else weights
+    return items

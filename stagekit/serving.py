@@ -21,6 +21,7 @@ Random weights (`--synthetic`) have no tokenizer files: `stagekit.synthetic` ser
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from planner import catalog
 from planner.catalog.schema import ModelSpec
 from stagekit.errors import UnsupportedModelError
-from stagekit.interface import Item, StageFn
+from stagekit.interface import Item, StageFn, mark_weights
 from stagekit.pipelines import StageUnsupported, tiny_shapes
 from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from stagekit.sources import PIPELINES, ModelSource, ModelSourceError
@@ -49,7 +50,19 @@ def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Mod
     import diffusers
 
     cls: Any = getattr(diffusers, PIPELINES[spec.architecture])
-    others: dict[str, Any] = {c.name: None for s in spec.stages for c in s.components if c.name not in modules}
+    index = json.loads((folder / "model_index.json").read_text())
+    # every model part but this stage's stays unloaded: other stages' modules, and parts the stages never run
+    # (SD 1.5's safety checker and feature extractor, an image encoder); tokenizers and the scheduler are loaded
+    others: dict[str, Any] = {
+        k: None
+        for k, v in index.items()
+        if isinstance(v, list)  # a component ([library, class]); scalars are the pipeline's config, kept
+        and k not in modules
+        and not k.startswith("tokenizer")
+        and k != "scheduler"
+    }
+    if spec.architecture == "sd":
+        others["requires_safety_checker"] = False
     try:
         return cls.from_pretrained(folder, local_files_only=True, dtype=dtype, **modules, **others)
     except Exception as exc:  # a tokenizer or scheduler that does not load: name the folder and what failed
@@ -140,7 +153,7 @@ class TextStage(PipelineStage):
                     for j, i in enumerate(idx):
                         rows[i][key] = values[j]
         self._sync()
-        return [{**item, **row} for item, row in zip(batch, rows, strict=True)]
+        return mark_weights([{**item, **row} for item, row in zip(batch, rows, strict=True)], "real")
 
 
 class DenoiserStage(PipelineStage):
@@ -166,10 +179,11 @@ class DenoiserStage(PipelineStage):
                 **{guidance: self.spec.guidance_scale},
             ).images
         self._sync()
-        return [
+        out = [
             {**{k: v for k, v in item.items() if not k.endswith("prompt_embeds")}, "latents": latents[i]}
             for i, item in enumerate(batch)
         ]
+        return mark_weights(out, "real")
 
     def conditioning(self, batch: Sequence[Item]) -> dict[str, Any]:
         """The pipeline's embedding arguments from the items' rows (stacked; Qwen-Image padded and masked)."""
@@ -247,10 +261,11 @@ class VaeStage(PipelineStage):
             arr = self.pipe.image_processor.postprocess(image, output_type="np")
         self._sync()
         pixels = (arr * 255).round().astype(np.uint8)  # as the pipelines' numpy_to_pil
-        return [
+        out = [
             {**{k: v for k, v in item.items() if k != "latents"}, "image": np.ascontiguousarray(pixels[i])}
             for i, item in enumerate(batch)
         ]
+        return mark_weights(out, "real")
 
     def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
         """`n` items as the denoiser hands them over (zero latents, packed as the pipeline leaves them)."""
@@ -269,19 +284,36 @@ PROBE_PROMPTS = (
 )
 
 
+def probe_prompt(tokenizer: Any, tokens: int, i: int) -> str:
+    """A prompt of about `tokens` tokens of this tokenizer (the catalog's typical prompt length, which the plan's
+    text-stage FLOPs assume): where a pipeline pads to the longest prompt (Qwen-Image), length is cost."""
+    words = " ".join(PROBE_PROMPTS[i % len(PROBE_PROMPTS) :] + PROBE_PROMPTS[: i % len(PROBE_PROMPTS)]).split()
+    limit = min(tokens, int(getattr(tokenizer, "model_max_length", tokens) or tokens))  # CLIP: 77
+    out: list[str] = []
+    while len(out) < 4 * limit:
+        out.append(words[len(out) % len(words)])
+        if len(tokenizer(" ".join(out)).input_ids) > limit:
+            out.pop()
+            break
+    return " ".join(out)
+
+
 def attach_served(prepared: PreparedStage, spec: ModelSpec, folder: Path, *, height: int, width: int) -> None:
     """Make the prepared runner's timed call the serving stage on real weights, so a probe times what a worker
-    runs: the text stage tokenizes and calls `encode_prompt` on prompts; the denoiser calls the pipeline for one
-    step (`num_inference_steps=1`: one transformer/UNet call, CFG included, plus the pipeline's per-call work) on
-    conditioning of the text stage's shapes; the VAE stage un-scales, decodes and post-processes."""
+    runs: the text stage tokenizes and calls `encode_prompt` on prompts of the catalog's `text_tokens`; the
+    denoiser calls the pipeline for one step (`num_inference_steps=1`: one transformer/UNet call, CFG included,
+    plus the pipeline's per-call work) on conditioning of the text stage's shapes; the VAE stage un-scales,
+    decodes and post-processes."""
     stage: Any = STAGES[prepared.runner.setup.stage](spec, prepared, folder)
+    tokens = prepared.runner.setup.text_tokens
 
     def served(batch: int, seed: int) -> Any:
         if isinstance(stage, TextStage):
             items: list[Item] = [
-                {"prompt": PROBE_PROMPTS[i % len(PROBE_PROMPTS)], "seed": seed + i, "height": height, "width": width}
+                {"prompt": probe_prompt(stage.pipe.tokenizer, tokens, i), "seed": seed + i, "height": height,
+                 "width": width}
                 for i in range(batch)
-            ]
+            ]  # fmt: skip
         else:
             items = stage.example_items(batch, height=height, width=width, steps=1)
             items = [{**item, "seed": seed + i} for i, item in enumerate(items)]

@@ -51,3 +51,40 @@ def test_the_check_itself_sees_torch() -> None:
     code = "import sys, torch; sys.exit(0 if 'torch' in sys.modules else 1)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False)
     assert proc.returncode == 0
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module file -> the top-level-qualified modules it imports (absolute imports, at any depth of the file)."""
+    import ast
+
+    out: dict[str, set[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(REPO))] = names
+    return out
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("scheduler", ("agent",)),
+        ("agent", ("scheduler",)),
+        ("stagekit", ("agent", "scheduler", "planner.api", "planner.db", "planner.crud")),
+    ],
+)
+def test_the_agent_and_the_scheduler_share_the_stage_package_and_never_import_each_other(
+    package: str, forbidden: tuple[str, ...]
+) -> None:
+    bad = {
+        f"{path}: {name}"
+        for path, names in _imports(package).items()
+        for name in names
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    }
+    assert not bad, sorted(bad)
+    assert any(n.startswith("stagekit") for names in _imports(package).values() for n in names) or package == "stagekit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 
 import numpy as np
@@ -45,6 +46,15 @@ def test_png_is_valid() -> None:
     np.testing.assert_array_equal(rows[:, 1:].reshape(16, 24, 3), pixels)
     with pytest.raises(ValueError, match="uint8"):
         codec.encode_png(pixels.astype(np.float32))
+
+
+def test_png_text_says_what_made_the_image() -> None:
+    Image = pytest.importorskip("PIL.Image")
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    data = codec.encode_png(pixels, text={"weights": "real", "model": "sdxl", "seed": "7"})
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.text == {"weights": "real", "model": "sdxl", "seed": "7"}
+        np.testing.assert_array_equal(np.asarray(img), pixels)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

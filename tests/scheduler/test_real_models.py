@@ -116,7 +116,9 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         for k, job in submitted.items():
             done = client.wait(job.id, timeout_s=400, poll_s=0.25)
             assert done.state == "done", (k, done, a.log()[-3000:], b.log()[-3000:])
-            images[k] = pixels(client.result(job.id))
+            png = client.result(job.id)
+            assert Image.open(io.BytesIO(png)).text == {"weights": "real", "model": k[1], "seed": "1"}
+            images[k] = pixels(png)
         assert client.get(refused.id).state == "queued"  # no worker took it; nothing crashed
     assert a.proc.poll() is None
     assert b.proc.poll() is None
@@ -136,3 +138,32 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
             )
             assert ab > 2, (m, kind, ab)  # prompts matter: beyond the equality tolerance (tiny random weights)
             assert ac <= 1, (m, kind, ac)  # the same seed gives the same image
+
+
+def test_a_compiled_denoiser_on_a_real_folder_pads_to_warmed_sizes_and_matches_eager(
+    tiny_model_dirs: TinyFolders,
+) -> None:
+    """Qwen-Image: batches padded to the warmed sizes, text padded to a warmed length and masked (what the pipeline
+    does not do), the same images as the eager stage (bf16 both; `eager` compile backend: graphs and guards
+    without code generation, a CPU test)."""
+    from scheduler.stages import GroupRunner, GroupSpec
+    from stagekit.recipes import RecipeOptions
+    from stagekit.serving import build_stage
+    from stagekit.sources import ModelSources
+
+    m = "qwen-image"
+    source = ModelSources({m: tiny_model_dirs[m]}).source(m)
+    te = build_stage(m, "text_encoder", "fp32", True, "cpu", source=source)
+    vae = build_stage(m, "vae_decoder", "fp32", True, "cpu", source=source)
+    eager = build_stage(m, "denoiser", "bf16", True, "cpu", source=source)
+    options = RecipeOptions(compile_backend="eager")
+    compiled = build_stage(m, "denoiser", "bf16-compile", True, "cpu", source=source, options=options)
+    group = GroupRunner(GroupSpec(m, ("denoiser", "vae_decoder"), (), True, "cpu"), [compiled, vae], batch_sizes=(2, 4))
+    assert group.warm(height=64, width=64, steps=STEPS) == [2, 4]
+    prompts = ["a red cat", "a photo of the moon at night in the city", "cat"]
+    items = te([{"prompt": p, "seed": i, "height": 64, "width": 64, "steps": STEPS} for i, p in enumerate(prompts)])
+    padded = group.run(items)  # 3 items padded to the warmed 4
+    plain = vae(eager(items))
+    assert len(padded) == 3
+    for a, b in zip(padded, plain, strict=True):
+        assert max_diff(a["image"], b["image"]) <= 1

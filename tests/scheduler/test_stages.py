@@ -29,7 +29,8 @@ def test_every_architecture_serves_images(model: str, variant: str) -> None:
     for o in out:
         assert o["image"].shape == (64, 64, 3)
         assert o["image"].dtype == np.uint8
-        assert set(o) == {*batch[0], "image"}  # conditioning and latents do not leak into the result
+        assert set(o) == {*batch[0], "image", "weights"}  # conditioning and latents do not leak into the result
+        assert o["weights"] == "synthetic"
     again = runner.run([runner.prepare(i) for i in batch])
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(out, again, strict=True))
     swapped = runner.run([runner.prepare(i) for i in reversed(batch)])  # other batch order: same images
