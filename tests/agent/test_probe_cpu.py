@@ -7,7 +7,6 @@ it back through the contract's parser and check columns, values, and how failed 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import pytest
