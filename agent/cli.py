@@ -135,9 +135,9 @@ def _report(body: dict[str, Any]) -> None:
     not stored anywhere a plan can see it (it stays in the spool's rejected/ folder), and a script or a CI job
     must not read success. A planner that is down is not a refusal: the run waits in the spool (exit 0).
     """
-    from agent.client import PlannerClient, flush
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused, flush
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -161,13 +161,18 @@ def _report(body: dict[str, Any]) -> None:
         timeout_s=settings.request_timeout_s,
         attempts=settings.retry_attempts,
     ) as client:
-        sent, pending = flush(
-            spool,
-            client,
-            host_id=ident["host_id"],
-            log=lambda m: err.print(m, highlight=False),
-            on_refused=lambda rid, why: refused.append((rid, why)),
-        )
+        try:
+            sent, pending = flush(
+                spool,
+                client,
+                host_id=ident["host_id"],
+                log=lambda m: err.print(m, highlight=False),
+                on_refused=lambda rid, why: refused.append((rid, why)),
+            )
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
     if refused:
         reasons = "; ".join(f"run {rid}: {why}" for rid, why in refused)
@@ -383,10 +388,10 @@ def probe(
 @app.command()
 def flush() -> None:
     """Send the spooled results to the planner now."""
-    from agent.client import PlannerClient
+    from agent.client import REENROLL_HINT, PlannerClient, TokenRefused
     from agent.client import flush as send
     from agent.config import get_settings
-    from agent.daemon import host_identity
+    from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
     from agent.spool import Spool
 
     settings = get_settings()
@@ -397,13 +402,18 @@ def flush() -> None:
     spool = Spool(settings.resolved_spool_dir)
     refused: list[str] = []
     with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
-        sent, pending = send(
-            spool,
-            client,
-            host_id=ident["host_id"],
-            log=lambda m: err.print(m, highlight=False),
-            on_refused=lambda rid, _why: refused.append(rid),
-        )
+        try:
+            sent, pending = send(
+                spool,
+                client,
+                host_id=ident["host_id"],
+                log=lambda m: err.print(m, highlight=False),
+                on_refused=lambda rid, _why: refused.append(rid),
+            )
+        except TokenRefused as exc:
+            hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
+            _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
+            return
     console.print(f"{sent} sent, {pending} waiting", highlight=False)
     if refused:
         _fail(f"the planner refused {len(refused)} run(s), kept in {spool.dir / 'rejected'} (reasons above)", code=1)

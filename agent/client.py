@@ -138,6 +138,18 @@ class PlannerClient:
         return response.status_code == 201
 
 
+class TokenRefused(PlannerError):
+    """The planner refused this host's agent token (401): rotated, or the host deleted. Retrying cannot help;
+    the spool is kept for the identity the host gets when it is enrolled again."""
+
+
+REENROLL_HINT = (
+    "the planner refused this host's token (401: rotated, or the host was deleted). Results stay spooled in {spool}. "
+    "Fix: delete {token_file} and restart the agent with AGENT_ENROLLMENT_TOKEN set (or place the new token the "
+    "operator issued with `POST /v1/hosts?rotate=true` in that file); the new identity then delivers the spool."
+)
+
+
 def flush(
     spool: Spool,
     client: PlannerClient,
@@ -151,12 +163,14 @@ def flush(
     Stops at the first run that cannot be sent for a transient reason (planner down): the others would
     fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest, and
     `on_refused(run_id, reason)` is told (the CLI exits non-zero, the daemon counts it and fails the request).
-    A run spooled before this host was registered gets `host_id` now.
+    A 401 (this host's token refused) raises TokenRefused with every run still spooled: nothing is retried
+    or quarantined, and the host's next identity delivers them. The spool is this machine's, so each run is
+    sent as the current identity (`host_id`), also a run spooled under an earlier one or before registration.
     """
     sent = 0
     for run_id in spool.pending():
         run = spool.load(run_id)
-        if run.get("host_id") is None and host_id is not None:
+        if host_id is not None:
             run["host_id"] = host_id
         try:
             client.submit_run(run)
@@ -168,6 +182,8 @@ def flush(
                 on_refused(run_id, f"not sendable: {exc}")
             continue
         except PlannerError as exc:
+            if exc.status == 401:
+                raise TokenRefused(f"{exc}; {len(spool)} run(s) stay spooled", status=401) from exc
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, *RETRY_STATUS):
                 spool.quarantine(run_id, str(exc))
                 if log:

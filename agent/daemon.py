@@ -20,11 +20,14 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.client import PlannerClient, PlannerError, flush
+from agent.client import REENROLL_HINT, PlannerClient, PlannerError, flush
 from agent.config import AgentSettings
 from agent.metrics import AgentMetrics
 from agent.node_labels import registration_labels
 from agent.spool import Spool
+
+EXIT_TOKEN_REFUSED = 78
+"""`agent run` exits with this (EX_CONFIG) when the planner refuses its token: a restart cannot fix it."""
 
 
 def host_identity(settings: AgentSettings) -> dict[str, str] | None:
@@ -340,6 +343,8 @@ class Daemon:
                     self.handle_requests()
                     next_poll = now + self.settings.poll_interval_s
             except PlannerError as exc:
+                if exc.status == 401:
+                    return self._token_refused(exc, nvml)
                 self.metrics.planner_errors.inc()
                 self.log(f"error: planner: {exc}")
             self.stop_event.wait(1.0)
@@ -347,3 +352,12 @@ class Daemon:
             nvml.close()
         self.log(f"stopped; {len(self.spool)} run(s) wait in {self.spool.dir}")
         return 0
+
+    def _token_refused(self, exc: PlannerError, nvml: Any) -> int:
+        """Say loudly that the token is refused, keep the spool, and stop: retrying a refused token only hides
+        the problem. Exit code `EXIT_TOKEN_REFUSED` (78, EX_CONFIG; the systemd unit does not restart on it)."""
+        if nvml is not None:
+            nvml.close()
+        hint = REENROLL_HINT.format(spool=self.spool.dir, token_file=self.settings.resolved_token_file)
+        self.log(f"STOPPING: {hint} ({exc})")
+        return EXIT_TOKEN_REFUSED

@@ -28,6 +28,7 @@ from pydantic import (
 
 from planner.catalog.schema import ID_PATTERN, STAGES, GpuFamily, ModelSpec, Stage
 from planner.core.errors import InputError
+from planner.core.yamlsafe import MAX_YAML_BYTES, check_bounded, read_bounded
 
 QualityMetricName = Literal["ssim_image", "psnr_image", "psnr_latent"]
 METRIC_RANGES: dict[str, tuple[float, float]] = {"ssim_image": (-1.0, 1.0)}
@@ -335,7 +336,15 @@ def _clean_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
 
 
 def parse_scenario(text: str, *, name: str = "<scenario>", path: Path | None = None) -> Scenario:
-    """Parse scenario YAML text; every error names `name:line`, the key and how to fix it."""
+    """Parse scenario YAML text; every error names `name:line`, the key and how to fix it.
+
+    Bounded before it is expanded (`planner.core.yamlsafe`): at most 1 MiB of text and 100,000 nodes with its
+    aliases expanded."""
+    if len(text) > MAX_YAML_BYTES:
+        raise InputError(
+            f"{name}: {len(text)} characters, more than the {MAX_YAML_BYTES} a scenario may be. Fix: put "
+            "measurements in a CSV file (`measurements:`), not inline."
+        )
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -347,6 +356,11 @@ def parse_scenario(text: str, *, name: str = "<scenario>", path: Path | None = N
         raise InputError(f"{name}: not valid YAML ({exc}). Fix: check indentation and quoting.") from exc
     if root is None:
         raise InputError(f"{name}: the file is empty. Fix: give `fleet:` and `workloads:` (docs/scenario.md).")
+    try:
+        check_bounded(root, name=name)  # before the walk below expands any alias
+    except InputError:
+        loader.dispose()
+        raise
     lines: dict[KeyPath, int] = {}
     try:
         data = _convert(root, (), lines, name, loader)
@@ -391,7 +405,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and parse a scenario file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_bounded(p, what="scenario file")
     except FileNotFoundError as exc:
         raise InputError(f"{p}: no such file. Fix: give the path of a scenario YAML file.") from exc
     except (OSError, UnicodeDecodeError) as exc:

@@ -76,7 +76,7 @@ class SchedulerSettings(BaseSettings):
         default=30.0, gt=0, description="a queued job with no dispatch record this old is dispatched again"
     )
     lost_after_s: float = Field(
-        default=120.0,
+        default=20.0,
         gt=0,
         description="a queued or running job unchanged this long whose message is nowhere in the broker is sent "
         "again (the Redis transport loses a message fetched by a worker killed in that very instant)",
@@ -105,7 +105,11 @@ class SchedulerSettings(BaseSettings):
     )
     model_cache_size: int = Field(default=2, ge=1, description="stage groups resident on one GPU at once")
     heartbeat_s: float = Field(default=5.0, gt=0, description="worker registry, samples and drift check period")
-    worker_lost_s: float = Field(default=30.0, gt=0, description="a worker silent this long is gone")
+    worker_lost_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="a worker silent this long is gone (three missed heartbeats); its running jobs are sent again",
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port (None: off)")
     throughput_window_s: float = Field(default=60.0, gt=0, description="window of the achieved throughput")
 

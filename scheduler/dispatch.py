@@ -58,14 +58,16 @@ class Submitted:
 
 
 def job_payload(job: m.Job, route: Route, model: str) -> dict[str, Any]:
-    """What travels with a job's messages (JSON): the request, its route, and where the chain is."""
+    """What travels with a job's messages (JSON): its id, its route, and where the chain is.
+
+    The request itself (prompt, seed) does not travel: the worker reads it from the job row it claims
+    (`planner.crud.jobs.job_request`), so whoever can write to the broker cannot change what is generated.
+    The shape (height, width, steps) travels as a routing hint for the rebalancer; the worker uses the row's.
+    """
     return {
         "job_id": job.id,
         "workload": job.workload_name,
         "model": model,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "seed": job.seed,
         "height": job.height,
         "width": job.width,
         "steps": job.steps,

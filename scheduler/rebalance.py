@@ -151,21 +151,24 @@ def _job_id_of(message: Any) -> str | None:
         return None
 
 
-def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> tuple[set[str], set[str]]:
-    """Which of these jobs have a message held (unacknowledged) by a worker, and which one waiting in a queue."""
+def messages_in_broker(dispatcher: Dispatcher, wanted: set[str]) -> tuple[dict[str, float], set[str]]:
+    """Which of these jobs have a message held (unacknowledged) by a worker, with when it was delivered (the
+    transport's `unacked_index` score, epoch seconds), and which one waiting in a queue."""
     settings = dispatcher.settings
     client = dispatcher.redis
-    held: set[str] = set()
-    for raw in client.hvals(f"{settings.key_prefix}unacked"):  # [message, exchange, routing key]
+    held: dict[str, float] = {}
+    scored: Any = client.zrange(f"{settings.key_prefix}unacked_index", 0, -1, withscores=True)
+    delivered: dict[Any, float] = {tag: float(score) for tag, score in scored}
+    for tag, raw in client.hgetall(f"{settings.key_prefix}unacked").items():  # [message, exchange, routing key]
         try:
             job = _job_id_of(json.loads(raw)[0])
         except (ValueError, IndexError, TypeError):
             job = None
         if job in wanted:
-            held.add(job)
+            held[job] = float(delivered.get(tag, time.time()))
     found: set[str] = set()
     for key in client.scan_iter(match=f"{settings.key_prefix}{settings.queue_prefix}*", count=1000):
-        if found | held >= wanted:
+        if found | set(held) >= wanted:
             break
         if client.type(key) != b"list":
             continue
@@ -196,38 +199,48 @@ def resend_lost(dispatcher: Dispatcher, workers: Sequence[WorkerInfo]) -> int:
     killed in between loses it. Such a job stays queued (or running, mid-chain) and nothing touches it: after
     `lost_after_s` it is looked for in the broker and, if absent, sent again from its first group (a message
     that was only in transit makes a duplicate, which the job store absorbs). A running job whose worker is gone
-    (no heartbeat for `worker_lost_s`: killed, its host down) is sent again too when its message is held
-    unacknowledged, which would otherwise wait for the visibility timeout (an hour by default); the held message
+    (no heartbeat for `worker_lost_s`: killed, its host down) is sent again as soon as that is known, whether its
+    message is held unacknowledged (which would otherwise wait for the visibility timeout, an hour by default)
+    or not: with the shipped defaults (heartbeat 5 s, `worker_lost_s` 15 s, a pass every 5 s) a killed worker's
+    jobs are sent again within about 25 s (docs/scheduler.md: "Recovery time"); the held message
     comes back after that timeout as a duplicate, which the job store absorbs; so is one claimed by an earlier
     process of a worker that was restarted under the same name. A job with a message waiting in a
     queue (a later group of its chain) is left alone: it runs when its turn comes. Rate-limited: one pass per
-    `lost_after_s / 2` across the workers.
+    min(`lost_after_s` / 2, `worker_lost_s` / 3) across the workers.
     """
     settings = dispatcher.settings
     if not settings.broker_is_redis:
         return 0  # AMQP brokers hand a message over atomically
-    if not dispatcher.redis.set(
-        f"{settings.key_prefix}lock:lost-scan", b"1", nx=True, px=int(settings.lost_after_s * 500)
-    ):
+    cadence_s = min(settings.lost_after_s / 2, settings.worker_lost_s / 3)
+    if not dispatcher.redis.set(f"{settings.key_prefix}lock:lost-scan", b"1", nx=True, px=int(cadence_s * 1000)):
         return 0
     since = utcnow() - timedelta(seconds=settings.lost_after_s)
+    orphaned_since = utcnow() - timedelta(seconds=settings.worker_lost_s)
+    now = time.time()
+    live = {w.name: w for w in workers if now - w.seen_at <= settings.worker_lost_s}
     sessions = dispatcher.sessions
     with sessions() as session:
-        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=since, fleet=settings.fleet)}
+        candidates = {j.id: j for j in crud.stalled_jobs(session, unchanged_since=orphaned_since, fleet=settings.fleet)}
         if not candidates:
             return 0
         held, waiting = messages_in_broker(dispatcher, set(candidates))
-        now = time.time()
-        live = {w.name: w for w in workers if now - w.seen_at <= settings.worker_lost_s}
         sent = 0
         for job_id, job in candidates.items():
             if job_id in waiting:
                 continue
-            holder_gone = job.state == "running" and job.worker is not None and not _held_by(job, live.get(job.worker))
+            # Its worker's silence is the evidence, no `lost_after_s` needed: a running job whose worker is gone,
+            # or a queued one whose message was delivered `worker_lost_s` ago and never claimed (a live worker
+            # claims what it takes at once: it reserves one message per thread).
+            holder_gone = (
+                job.state == "running" and job.worker is not None and not _held_by(job, live.get(job.worker))
+            ) or (job.state == "queued" and job_id in held and now - held[job_id] > settings.worker_lost_s)
             if job_id in held and not holder_gone:
                 continue
+            if not holder_gone and job.updated_at.replace(tzinfo=job.updated_at.tzinfo or UTC) >= since:
+                continue  # nowhere in the broker, but not for `lost_after_s` yet: maybe in transit
             fresh = crud.get_job(session, job_id=job_id)
-            if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= since:
+            cutoff = orphaned_since if holder_gone else since
+            if fresh is None or fresh.state not in crud.ACTIVE_STATES or fresh.updated_at >= cutoff:
                 continue  # it moved meanwhile
             why = f"its worker {job.worker} is gone" if holder_gone else "it has no message in the broker"
             log.warning("job %s (%s on %s): %s; sending it again", job_id, job.state, job.pool, why)

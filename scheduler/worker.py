@@ -283,6 +283,9 @@ class WorkerRuntime:
                 session, job_id=job_id, worker=self.name, pool=pool, max_attempts=self.max_attempts(len(route))
             )
             session.commit()
+            request = crud.job_request(session, job_id=job_id)
+        if request is not None:  # what it generates comes from the job row, not from the broker's message
+            payload = {**payload, **request}
         if claim is crud.Claim.MISSING:
             if task.request.retries < self.settings.max_retries:
                 raise task.retry(countdown=self._backoff(task), max_retries=self.settings.max_retries)

@@ -1,12 +1,14 @@
 """What routes depend on: the settings, a store session, the clock, and who is calling.
 
 Credentials are `Authorization: Bearer <token>`: the admin token, the enrollment token (registers hosts,
-nothing else), or a host's agent token (`<host_id>.<secret>`, only its own host's data). No or unknown
-credentials: 401. Known credentials without the right: 403.
+nothing else), the submitter token (submits jobs and reads them, nothing else), or a host's agent token
+(`<host_id>.<secret>`, only its own host's data). No or unknown credentials: 401. Known credentials without
+the right: 403.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from planner.core.config import Settings
@@ -24,12 +27,15 @@ from planner.core.errors import ForbiddenError, UnauthorizedError
 from planner.core.security import agent_token_matches, same_secret, split_agent_token
 from planner.db import models as m
 
-Role = Literal["admin", "agent", "enrollment"]
+log = logging.getLogger("planner.api")
+
+Role = Literal["admin", "agent", "enrollment", "submitter"]
 
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="The admin token, the enrollment token (POST /v1/hosts only), or a host's agent token.",
+    description="The admin token, the enrollment token (POST /v1/hosts only), the submitter token (jobs), or a "
+    "host's agent token.",
 )
 
 
@@ -54,14 +60,27 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session for one request; what the route did not commit is rolled back when it closes.
 
     Creating a session does no I/O (it connects on first use, in the route's thread), and closing one after a
-    commit returns an idle connection to the pool, so this runs on the event loop without blocking it.
+    commit returns an idle connection to the pool, so that runs on the event loop; closing one with a transaction
+    open sends a ROLLBACK, which runs in the thread pool (a hung store must not stop the event loop: /healthz).
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
     session = factory()
     try:
         yield session
     finally:
+        if session.in_transaction():  # a ROLLBACK goes over the network: never on the event loop
+            await run_in_threadpool(close_quietly, session)
+        else:
+            session.close()
+
+
+def close_quietly(session: Session) -> None:
+    """Close a session whose connection may be gone (the store hung or restarted): the pool drops it, and the
+    request's answer, already decided, is not the client's to lose."""
+    try:
         session.close()
+    except SQLAlchemyError:
+        log.warning("closing a session failed; its connection is dropped", exc_info=True)
 
 
 async def get_now(request: Request) -> datetime:
@@ -94,6 +113,8 @@ async def get_claim(
         return Principal("admin")
     if settings.enrollment_token is not None and same_secret(token, settings.enrollment_token.get_secret_value()):
         return Principal("enrollment")
+    if settings.submitter_token is not None and same_secret(token, settings.submitter_token.get_secret_value()):
+        return Principal("submitter")
     parsed = split_agent_token(token)
     if parsed is None:
         raise UNKNOWN_TOKEN
@@ -146,6 +167,8 @@ def require_host_sync(host_id: uuid.UUID, principal: Principal) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(_roles("admin"))]
+SubmitterDep = Annotated[Principal, Depends(_roles("admin", "submitter"))]
+"""The admin or the job submitter (submits jobs and reads their state and images, nothing else)."""
 RegistrarDep = Annotated[Principal, Depends(_roles("admin", "enrollment"))]
 AgentDep = Annotated[Principal, Depends(_roles("admin", "agent"))]
 """The admin or any host's agent (the route checks which host's data it touches)."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from planner.core.errors import (
     ConflictError,
@@ -17,6 +18,7 @@ from planner.core.errors import (
     ForbiddenError,
     InputError,
     NotFoundError,
+    RateLimitedError,
     UnauthorizedError,
 )
 from planner.db.store import StoreError
@@ -95,6 +97,12 @@ def install(app: FastAPI) -> None:
     async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:
         return _json(status.HTTP_403_FORBIDDEN, {"detail": str(exc)})
 
+    @app.exception_handler(RateLimitedError)
+    async def _rate_limited(_: Request, exc: RateLimitedError) -> JSONResponse:
+        return _json(
+            status.HTTP_429_TOO_MANY_REQUESTS, {"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
+        )
+
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _json(status.HTTP_503_SERVICE_UNAVAILABLE, {"detail": str(exc)})
@@ -110,6 +118,14 @@ def install(app: FastAPI) -> None:
         return _json(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             {"detail": f"the store did not answer ({reason}); retry shortly, and check the database if it persists"},
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(_: Request, exc: PoolTimeoutError) -> JSONResponse:
+        return _json(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"detail": "every store connection is busy (PLANNER_DB_POOL_TIMEOUT_S passed); retry shortly"},
             headers={"Retry-After": "5"},
         )
 

@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from planner import __version__
 from planner.api import errors
+from planner.api.guard import RequestGuard
 from planner.api.metrics import Metrics, MetricsMiddleware
 from planner.api.routes import catalog, fleets, health, hosts, jobs, plans, probes
 from planner.core.config import Settings, get_settings
 from planner.crud.hosts import sweep_hosts
 from planner.db.base import utcnow
-from planner.db.session import make_engine, session_factory
+from planner.db.session import install_watchdog, make_engine, session_factory, timeout_kwargs
 
 log = logging.getLogger("planner.api")
 
@@ -68,6 +69,20 @@ async def _sweep_forever(app: FastAPI) -> None:
             log.exception("heartbeat sweep failed")
 
 
+def service_engine(settings: Settings) -> Engine:
+    """The service's pool: every wait on the store bounded (`planner.db.session.timeout_kwargs`), optimistic
+    disconnect handling unless asked (see Settings.db_pool_pre_ping)."""
+    bounds = timeout_kwargs(
+        settings.database_url,
+        connect_s=settings.db_connect_timeout_s,
+        statement_s=settings.db_statement_timeout_s,
+        pool_s=settings.db_pool_timeout_s,
+    )
+    engine = make_engine(settings.database_url, pool_pre_ping=settings.db_pool_pre_ping, **bounds)
+    install_watchdog(engine, statement_s=settings.db_statement_timeout_s)
+    return engine
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -82,8 +97,7 @@ def create_app(
             from planner.db.store import open_store
 
             open_store(settings.database_url, settings=settings).dispose()  # reachable, migrated (seeded if embedded)
-            # The service's own pool: optimistic disconnect handling unless asked (see Settings.db_pool_pre_ping).
-            engine = make_engine(settings.database_url, pool_pre_ping=settings.db_pool_pre_ping)
+            engine = service_engine(settings)
         sessions = session_factory(engine)
 
     @contextlib.asynccontextmanager
@@ -113,6 +127,7 @@ def create_app(
     for module in (hosts, probes, catalog, fleets, plans, jobs):
         app.include_router(module.router)  # each router carries its /v1 prefix: route templates are whole
     app.include_router(health.router)
+    app.add_middleware(RequestGuard, settings=settings)  # before any route reads a body (planner.api.guard)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

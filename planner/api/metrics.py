@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from planner.core.config import Settings
 from planner.crud.hosts import count_by_status
+from planner.crud.probes import quarantined_total
 from planner.db import models as m
 from planner.measurements.store import count_measurements
 
@@ -43,6 +44,9 @@ class StoreCollector(Collector):
             GaugeMetricFamily("planner_store_up", "1 when the store answered this scrape, else 0"),
             GaugeMetricFamily("planner_hosts", "Hosts by status (computed from heartbeats)", labels=["status"]),
             GaugeMetricFamily("planner_measurements_stored", "Measurements in the store (all runs)"),
+            GaugeMetricFamily(
+                "planner_measurements_quarantined", "Measurements held back from plans until an operator accepts them"
+            ),
             GaugeMetricFamily(
                 "planner_active_plan_cost_dollars_per_hour",
                 "Total cost per hour of each fleet's plan in force",
@@ -77,6 +81,7 @@ class StoreCollector(Collector):
         self,
         hosts: GaugeMetricFamily,
         measurements: GaugeMetricFamily,
+        quarantined: GaugeMetricFamily,
         cost: GaugeMetricFamily,
         cost_per_image: GaugeMetricFamily,
         capacity: GaugeMetricFamily,
@@ -91,6 +96,7 @@ class StoreCollector(Collector):
             for status, n in counts.items():
                 hosts.add_metric([status], n)
             measurements.add_metric([], count_measurements(session))
+            quarantined.add_metric([], quarantined_total(session))
             in_force = (m.Plan.status.in_(("active", "stale")), m.Plan.activated_at.is_not(None))
             rows = session.execute(
                 select(m.Fleet.name, m.Plan.total_cost_per_hour, m.Plan.result)

@@ -18,7 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from planner.catalog.schema import Component, GpuFamily, ModelSpec, Recipe
-from planner.core.errors import CatalogError
+from planner.core.errors import CatalogError, InputError
+from planner.core.yamlsafe import read_bounded, safe_load_bounded
 
 T = TypeVar("T", GpuFamily, ModelSpec, Recipe)
 
@@ -37,8 +38,8 @@ def _load_list(data_dir: Path, filename: str, kind: type[T], key: str) -> dict[s
     """Validate each entry under `key:` of a YAML file; errors name the file, the entry and the field."""
     path = data_dir / filename
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = safe_load_bounded(read_bounded(path, what="catalog file"), name=str(path))
+    except (OSError, yaml.YAMLError, InputError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}. Check the file exists and is YAML.") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get(key), list):
         raise CatalogError(f"catalog {path} must be a mapping with a list under {key!r}. {_FIX}")

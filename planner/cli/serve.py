@@ -17,8 +17,13 @@ def serve(
     port: int | None = typer.Option(None, help="Port [default: PLANNER_API_PORT or 8000]."),
     workers: int | None = typer.Option(None, help="uvicorn worker processes [default: PLANNER_API_WORKERS or 1]."),
     database_url: DatabaseUrlOption = None,
+    dev: bool = typer.Option(
+        False, "--dev", help="Development only: serve on 127.0.0.1 with the placeholder admin token (no tokens set)."
+    ),
 ) -> None:
-    """Serve the REST API (/v1, /docs, /metrics). A PostgreSQL store must be migrated first (`planner db upgrade`)."""
+    """Serve the REST API (/v1, /docs, /metrics). A PostgreSQL store must be migrated first (`planner db upgrade`).
+
+    Needs PLANNER_ADMIN_TOKEN, unless --dev (PLANNER_DEV_MODE=true) on 127.0.0.1."""
     import uvicorn
 
     from planner.db.store import open_store
@@ -29,6 +34,7 @@ def serve(
         ("PLANNER_API_HOST", host),
         ("PLANNER_API_PORT", port),
         ("PLANNER_API_WORKERS", workers),
+        ("PLANNER_DEV_MODE", "true" if dev else None),
     ):
         if value is not None:
             os.environ[name] = str(value)

@@ -56,3 +56,11 @@ class ForbiddenError(PlannerError):
 
 class UnauthorizedError(PlannerError):
     """No credentials, or credentials nobody issued."""
+
+
+class RateLimitedError(PlannerError):
+    """Too many requests of a kind in a window; `retry_after_s` says when one fits again."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

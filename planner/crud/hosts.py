@@ -6,14 +6,14 @@ import functools
 import re
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import BindParameter, ColumnElement, Table, Update, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from planner.api.schemas.hosts import HeartbeatIn, HostRegister, ProbeRequestComplete, ProbeRequestIn
-from planner.core.errors import ConflictError, FieldError, NotFoundError, UnauthorizedError
+from planner.core.errors import ConflictError, FieldError, NotFoundError, RateLimitedError, UnauthorizedError
 from planner.core.liveness import HostStatus, host_status, thresholds
 from planner.core.security import agent_token_matches, new_agent_token
 from planner.db import models as m
@@ -122,7 +122,32 @@ def _apply_registration(host: m.Host, data: HostRegister) -> None:
     host.torch_version = data.torch_version
 
 
-def register_host(session: Session, *, data: HostRegister, now: datetime) -> tuple[m.Host, str]:
+ENROLLMENT_WINDOW_S = 60
+
+
+def check_enrollment_rate(session: Session, *, now: datetime, per_minute: int) -> None:
+    """429 when `per_minute` hosts were registered in the last minute, fleet-wide (the store counts, so every
+    worker process and replica of the service shares the budget). 0: no limit."""
+    if per_minute <= 0:
+        return
+    since = now - timedelta(seconds=ENROLLMENT_WINDOW_S)
+    recent = session.scalar(select(func.count()).select_from(m.Host).where(m.Host.registered_at >= since)) or 0
+    if recent >= per_minute:
+        raise RateLimitedError(
+            f"{recent} hosts registered in the last minute, the limit (PLANNER_ENROLLMENT_PER_MINUTE={per_minute}); "
+            "retry after Retry-After seconds (the agent does), or raise the limit for a planned roll-out",
+            retry_after_s=ENROLLMENT_WINDOW_S // 4,
+        )
+
+
+def approve_host(session: Session, *, host: m.Host) -> m.Host:
+    """An operator lets a host's GPUs count toward availability (under PLANNER_HOST_APPROVAL)."""
+    host.approved = True
+    session.flush()
+    return host
+
+
+def register_host(session: Session, *, data: HostRegister, now: datetime, approved: bool = True) -> tuple[m.Host, str]:
     """A new host and its token (returned once; the store keeps the hash). 409 if the name is taken."""
     if host_id_by_name(session, name=data.name) is not None:
         raise ConflictError(
@@ -131,7 +156,15 @@ def register_host(session: Session, *, data: HostRegister, now: datetime) -> tup
         )
     host_id = str(uuid.uuid4())
     token, token_hash = new_agent_token(host_id)
-    host = m.Host(id=host_id, name=data.name, token_hash=token_hash, status="active", registered_at=now, gpus=[])
+    host = m.Host(
+        id=host_id,
+        name=data.name,
+        token_hash=token_hash,
+        status="active",
+        registered_at=now,
+        approved=approved,
+        gpus=[],
+    )
     _apply_registration(host, data)
     session.add(host)
     session.flush()
@@ -322,12 +355,13 @@ def count_by_status(session: Session, *, now: datetime, stale_s: float, lost_s: 
 
 
 def available_gpus(session: Session, *, now: datetime, stale_s: float, lost_s: float) -> dict[str, int]:
-    """GPUs per family on active hosts (alive, not draining), calibrations not flagging them."""
+    """GPUs per family on active, approved hosts (alive, not draining), calibrations not flagging them."""
     rows = session.execute(
         select(m.Gpu.gpu_family_id, func.count())
         .join(m.Host, m.Gpu.host_id == m.Host.id)
         .where(
             status_clause("active", now=now, stale_s=stale_s, lost_s=lost_s),
+            m.Host.approved.is_(True),
             m.Gpu.flagged.is_(False),
             m.Gpu.gpu_family_id.is_not(None),
         )
@@ -348,7 +382,28 @@ def queue_request(session: Session, *, host: m.Host, data: ProbeRequestIn, now: 
     return req
 
 
-def list_requests(session: Session, *, host_id: str, state: str | None) -> Sequence[m.ProbeRequest]:
+def expire_leases(session: Session, *, host_id: str, now: datetime, lease_s: float) -> int:
+    """Claimed requests older than their lease go back to the queue (their agent died, or the planner did before
+    it heard the result); a result that still arrives is taken (`complete_request` accepts a re-queued one)."""
+    result = session.execute(
+        update(m.ProbeRequest)
+        .where(
+            m.ProbeRequest.host_id == host_id,
+            m.ProbeRequest.state == "claimed",
+            m.ProbeRequest.claimed_at < now - timedelta(seconds=lease_s),
+        )
+        .values(state="queued", claimed_at=None, error="lease expired: returned to the queue")
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def list_requests(
+    session: Session, *, host_id: str, state: str | None, now: datetime | None = None, lease_s: float | None = None
+) -> Sequence[m.ProbeRequest]:
+    """The host's requests, oldest first; expired leases are returned to the queue first (the caller commits)."""
+    if now is not None and lease_s is not None:
+        expire_leases(session, host_id=host_id, now=now, lease_s=lease_s)
     query = select(m.ProbeRequest).where(m.ProbeRequest.host_id == host_id)
     if state is not None:
         query = query.where(m.ProbeRequest.state == state)
@@ -398,7 +453,9 @@ def complete_request(
     session: Session, *, host_id: str, request_id: str, data: ProbeRequestComplete, now: datetime
 ) -> m.ProbeRequest:
     req = get_request(session, host_id=host_id, request_id=request_id)
-    if req.state != "claimed":
+    if req.state == "queued" and req.error and req.error.startswith("lease expired"):
+        pass  # its lease ran out while the agent worked: the result is still the answer to it
+    elif req.state != "claimed":
         raise ConflictError(f"request {request_id} is {req.state}; claim it before completing it")
     if data.state == "done":
         _check_result_run(session, host_id=host_id, data=data)

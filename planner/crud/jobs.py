@@ -141,6 +141,16 @@ def get_job(session: Session, *, job_id: str) -> m.Job | None:
     return session.get(m.Job, job_id, populate_existing=True)
 
 
+REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "height", "width", "steps")
+"""What a worker generates, read from the job row it claimed: never from the broker's message."""
+
+
+def job_request(session: Session, *, job_id: str) -> dict[str, Any] | None:
+    """The generation request of a job as stored (`REQUEST_FIELDS`), or None if there is no such job."""
+    job = get_job(session, job_id=job_id)
+    return None if job is None else {k: getattr(job, k) for k in REQUEST_FIELDS}
+
+
 def list_jobs(
     session: Session, *, state: str | None = None, workload: str | None = None, limit: int = 100, offset: int = 0
 ) -> Sequence[m.Job]:
@@ -194,12 +204,15 @@ def undispatched_jobs(
 
 
 def stalled_jobs(
-    session: Session, *, unchanged_since: datetime, fleet: str | None = None, limit: int = 1000
+    session: Session,
+    *,
+    unchanged_since: datetime,
+    fleet: str | None = None,
+    limit: int = 1000,
+    states: Sequence[str] = ACTIVE_STATES,
 ) -> Sequence[m.Job]:
-    """Dispatched jobs, queued or running, that nothing has touched since a time (the oldest first)."""
-    query = select(m.Job).where(
-        m.Job.state.in_(ACTIVE_STATES), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since
-    )
+    """Dispatched jobs, queued or running (or `states`), that nothing has touched since a time (oldest first)."""
+    query = select(m.Job).where(m.Job.state.in_(states), m.Job.pool.is_not(None), m.Job.updated_at < unchanged_since)
     return session.scalars(_of_fleet(query, fleet).order_by(m.Job.updated_at).limit(limit)).all()
 
 

@@ -12,16 +12,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from planner.api.schemas.probes import ProbeRunIn
+from planner.api.schemas.probes import MeasurementIn, ProbeRunIn
 from planner.core.errors import ConflictError, FieldError, ForbiddenError, NotFoundError
 from planner.db import models as m
 from planner.db.base import utcnow
+from planner.measurements import admission
+from planner.measurements.admission import DEFAULT_OUTLIER_RATIO
 from planner.measurements.csvio import LocatedRow
-from planner.measurements.store import PROVENANCE_FIELDS, import_rows
+from planner.measurements.store import ANALYZE_AFTER_ROWS, PROVENANCE_FIELDS, analyze_measurements, import_rows
 
 Loc = tuple[str | int, ...]
 
@@ -98,8 +100,14 @@ def _same_or_conflict(run: m.ProbeRun, digest: str) -> Submission:
     return Submission(run=run, created=False)
 
 
-def submit_probe_run(session: Session, *, payload: ProbeRunIn) -> Submission:
+def submit_probe_run(
+    session: Session, *, payload: ProbeRunIn, agent: bool = False, outlier_ratio: float = DEFAULT_OUTLIER_RATIO
+) -> Submission:
     """Store a probe run in one transaction (this function commits). Resent: the stored run, created=False.
+
+    Before anything is written the run passes `planner.measurements.admission.admit` (an agent's: ownership,
+    catalog, physics, consensus; the admin's: physics, consensus); cells off the consensus are stored
+    quarantined.
 
     Two identical submissions racing both pass the existence check; the second's insert then fails on the
     primary key, and it answers as a resend of the first.
@@ -113,8 +121,14 @@ def submit_probe_run(session: Session, *, payload: ProbeRunIn) -> Submission:
         raise FieldError.at(("host_id",), f"unknown host {host_id}; register it first (POST /v1/hosts)")
     _check_against_store(session, payload)
     gpus = _check_gpus_belong(session, payload, host_id)
+    rows = list(payload.measurements)
+    if agent:
+        named = {r.gpu_family for r in rows} | ({payload.gpu_family} if payload.gpu_family else set())
+        admission.check_ownership(session, host_id=host_id, families=named)
+    held = admission.admit(session, rows, host_id=host_id, agent=agent, outlier_ratio=outlier_ratio)
     try:
         run = _insert(session, payload=payload, digest=digest, gpus=gpus)
+        _quarantine(session, run_id=run_id, rows=rows, held=held)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -122,18 +136,38 @@ def submit_probe_run(session: Session, *, payload: ProbeRunIn) -> Submission:
         if existing is None:
             raise
         return _same_or_conflict(existing, digest)
+    if len(rows) >= ANALYZE_AFTER_ROWS:
+        analyze_measurements(session)
     return Submission(run=run, created=True)
+
+
+def _quarantine(session: Session, *, run_id: str, rows: Sequence[MeasurementIn], held: dict[int, str]) -> None:
+    """Mark the held-back cells of a just-stored run with their reasons."""
+    if not held:
+        return
+    reasons = {rows[i].cell: reason for i, reason in held.items()}
+    for meas in session.scalars(select(m.Measurement).where(m.Measurement.probe_run_id == run_id)):
+        cell = (meas.gpu_family_id, meas.model_id, meas.stage, meas.recipe_id, meas.batch, meas.height, meas.width)
+        if cell in reasons:
+            meas.quarantine_reason = reasons[cell]
+    session.flush()
 
 
 def _insert(session: Session, *, payload: ProbeRunIn, digest: str, gpus: dict[str, m.Gpu]) -> m.ProbeRun:
     run_id, host_id = str(payload.id), str(payload.host_id)
     host_name = session.scalar(select(m.Host.name).where(m.Host.id == host_id))
     fill = {k: v for k, v in payload.provenance.items() if k in PROVENANCE_FIELDS and v is not None}
-    fill.setdefault("host", host_name or host_id)
+    fill["host"] = host_name or host_id  # the source of the cells (planner.perf.model): not the sender's to name
     rows = [
         LocatedRow(
             i,
-            row.model_copy(update={"probe_run": run_id, **{k: v for k, v in fill.items() if getattr(row, k) is None}}),
+            row.model_copy(
+                update={
+                    "probe_run": run_id,
+                    "host": fill["host"],
+                    **{k: v for k, v in fill.items() if getattr(row, k) is None},
+                }
+            ),
         )
         for i, row in enumerate(payload.measurements)
     ]
@@ -178,11 +212,59 @@ def _insert(session: Session, *, payload: ProbeRunIn, digest: str, gpus: dict[st
     return run
 
 
-def counts(session: Session, *, run_id: str) -> tuple[int, int]:
-    """(measurements, calibrations) stored with a run."""
+def counts(session: Session, *, run_id: str) -> tuple[int, int, int]:
+    """(measurements, calibrations, quarantined measurements) stored with a run."""
     meas = session.scalar(select(func.count()).select_from(m.Measurement).where(m.Measurement.probe_run_id == run_id))
     cals = session.scalar(select(func.count()).select_from(m.Calibration).where(m.Calibration.probe_run_id == run_id))
-    return int(meas or 0), int(cals or 0)
+    held = session.scalar(
+        select(func.count())
+        .select_from(m.Measurement)
+        .where(m.Measurement.probe_run_id == run_id, m.Measurement.quarantine_reason.is_not(None))
+    )
+    return int(meas or 0), int(cals or 0), int(held or 0)
+
+
+def quarantine_run(session: Session, *, run_id: str, reason: str) -> m.ProbeRun:
+    """Hold every cell of a run back from plans (an operator's decision; the caller commits)."""
+    run = get_probe_run(session, run_id=run_id)
+    session.execute(
+        update(m.Measurement)
+        .where(m.Measurement.probe_run_id == run_id)
+        .values(quarantine_reason=f"quarantined by an operator: {reason}")
+        .execution_options(synchronize_session=False)
+    )
+    return run
+
+
+def accept_run(session: Session, *, run_id: str) -> m.ProbeRun:
+    """Release every held-back cell of a run to plans (an operator's decision; the caller commits)."""
+    run = get_probe_run(session, run_id=run_id)
+    session.execute(
+        update(m.Measurement)
+        .where(m.Measurement.probe_run_id == run_id)
+        .values(quarantine_reason=None)
+        .execution_options(synchronize_session=False)
+    )
+    return run
+
+
+def delete_run(session: Session, *, run_id: str) -> None:
+    """Delete a run with its measurements and calibrations (the caller commits)."""
+    run = get_probe_run(session, run_id=run_id)
+    session.execute(delete(m.Measurement).where(m.Measurement.probe_run_id == run_id))
+    session.execute(delete(m.Calibration).where(m.Calibration.probe_run_id == run_id))
+    session.delete(run)
+    session.flush()
+
+
+def quarantined_total(session: Session) -> int:
+    """Measurements held back from plans, over the store (the metrics' gauge)."""
+    return int(
+        session.scalar(
+            select(func.count()).select_from(m.Measurement).where(m.Measurement.quarantine_reason.is_not(None))
+        )
+        or 0
+    )
 
 
 def get_probe_run(session: Session, *, run_id: str) -> m.ProbeRun:
@@ -193,9 +275,13 @@ def get_probe_run(session: Session, *, run_id: str) -> m.ProbeRun:
 
 
 def list_probe_runs(
-    session: Session, *, host_id: str | None, kind: str | None, limit: int, offset: int
+    session: Session, *, host_id: str | None, kind: str | None, limit: int, offset: int, quarantined: bool = False
 ) -> tuple[Sequence[m.ProbeRun], int]:
+    """Runs, newest first; `quarantined`: only runs with a held-back cell."""
     query = select(m.ProbeRun)
+    if quarantined:
+        held = select(m.Measurement.probe_run_id).where(m.Measurement.quarantine_reason.is_not(None))
+        query = query.where(m.ProbeRun.id.in_(held))
     if host_id is not None:
         query = query.where(m.ProbeRun.host_id == host_id)
     if kind is not None:

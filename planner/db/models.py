@@ -109,6 +109,8 @@ class Host(Base):
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     drained_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     """Set by an operator: the host takes no new work and its GPUs stop counting as available."""
+    approved: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    """False while a host enrolled under `PLANNER_HOST_APPROVAL` awaits an operator: its GPUs do not count."""
 
     gpus: Mapped[list[Gpu]] = relationship(back_populates="host", cascade="all, delete-orphan")
 
@@ -244,6 +246,11 @@ class Measurement(Base):
         CheckConstraint("peak_mem_gib IS NULL OR peak_mem_gib >= 0", name="memory_non_negative"),
         CheckConstraint("power_w IS NULL OR power_w >= 0", name="power_non_negative"),
         Index("ix_measurements_cell", "gpu_family_id", "model_id", "stage", "recipe_id", "batch"),
+        # The query filters (GET /v1/measurements?model=&stage=, what plans read) lead with model and stage.
+        Index(
+            "ix_measurements_model_stage", "model_id", "stage", "gpu_family_id", "recipe_id", "batch", "height", "width"
+        ),
+        Index("ix_measurements_status", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -278,6 +285,8 @@ class Measurement(Base):
     source: Mapped[str] = mapped_column(String(16))
     measured_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     provenance: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the cell is held back from plans until an operator accepts it (`planner.measurements.admission`)."""
 
     probe_run: Mapped[ProbeRun] = relationship(back_populates="measurements")
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -112,6 +118,112 @@ def make_engine(url: str, *, sqlite_savepoints: bool = False, **kwargs: Any) -> 
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
+
+
+def timeout_kwargs(url: str, *, connect_s: float, statement_s: float, pool_s: float) -> dict[str, Any]:
+    """Engine arguments that bound every wait on a PostgreSQL store (none for SQLite: it is a local file).
+
+    - connect: libpq's `connect_timeout` (whole seconds, at least 2, libpq's floor), which covers the TCP
+      connection and the start-up exchange, so a server that accepts and never answers costs that long;
+    - statement: the server's `statement_timeout`, sent as a start-up option, plus a client-side watchdog
+      (`install_watchdog`) that cuts a connection whose answer has not come 2 s after it, for a server that
+      stopped answering at all (a hung host, a black-holed route): the server cannot cancel what it never saw;
+    - pool: how long a request waits for a pooled connection (`pool_timeout`).
+    Each surfaces as an OperationalError or TimeoutError, which the API answers 503 with Retry-After.
+    """
+    if parse_url(url).get_backend_name() == "sqlite":
+        return {}
+    return {
+        "connect_args": {
+            "connect_timeout": max(2, math.ceil(connect_s)),
+            "options": f"-c statement_timeout={int(statement_s * 1000)}",
+        },
+        "pool_timeout": pool_s,
+    }
+
+
+WATCHDOG_GRACE_S = 2.0
+
+
+def install_watchdog(engine: Engine, *, statement_s: float) -> None:
+    """Cut a PostgreSQL connection whose statement has had no answer for `statement_s` + 2 s.
+
+    `statement_timeout` is the server's: a server (or a route to it) that stopped answering never sends the
+    cancellation, and psycopg would wait forever. The watchdog shuts the connection's socket down, the wait
+    ends with an OperationalError, SQLAlchemy invalidates the connection, and the next request connects anew:
+    the service recovers without a restart once the database is back.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    limit = statement_s + WATCHDOG_GRACE_S
+
+    def _arm(conn: Any, _cursor: Any, _stmt: Any, _params: Any, _context: Any, _many: Any) -> None:
+        try:
+            fd = int(conn.connection.dbapi_connection.fileno())
+        except Exception:  # a closed connection: nothing to guard
+            return
+        conn.info["watchdog"] = _WATCHDOG.arm(fd, limit)
+
+    def _disarm(conn: Any, *_args: Any) -> None:
+        token = conn.info.pop("watchdog", None)
+        if token is not None:
+            _WATCHDOG.disarm(token)
+
+    def _on_error(ctx: Any) -> None:
+        if ctx.connection is not None:
+            _disarm(ctx.connection)
+
+    event.listen(engine, "before_cursor_execute", _arm)
+    event.listen(engine, "after_cursor_execute", _disarm)
+    event.listen(engine, "handle_error", _on_error)
+
+
+class _Watchdog:
+    """One daemon thread for the process: arming a statement is a dict insert (the heartbeat's hot path)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, limit_s: float) -> int:
+        with self._lock:
+            self._next += 1
+            self._armed[self._next] = (time.monotonic() + limit_s, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
+                self._thread.start()
+            return self._next
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                due = [(t, fd) for t, (deadline, fd) in self._armed.items() if deadline <= now]
+                for token, _ in due:
+                    del self._armed[token]
+            for _, fd in due:
+                _cut(fd)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _cut(fd: int) -> None:
+    """Shut a connection's socket down (both ways): the blocked read returns at once."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 @lru_cache(maxsize=8)

@@ -5,8 +5,12 @@ Where a value comes from, in order of preference:
    `override_rows` (a scenario's own `measurements:` file, DESIGN.md contract 2: "used for this run") beats
    every row of `rows` (the store's), whatever its source or date, because it is what the user asked this run
    to plan from, and a contract-only CSV has no `measured_at` to win on; then, within each of the two sets,
-   `source=measured` beats `estimated`, then the newest `measured_at`, then real weights. Uncertainty 0; an
-   imported row labelled `estimated` keeps its label and gets `imported_uncertainty` (0.30). Quality is not
+   `source=measured` beats `estimated`. Among a scenario file's rows the newest `measured_at` wins, then real
+   weights. The store's rows are one per source (each host's newest, and the newest import:
+   `planner.measurements.store.measurements_query`) and are combined, not replaced: the median row stands for
+   the cell (the slower middle of an even count), so one host's lie does not move a plan, and the sources'
+   relative spread (max - min) / (2 x median) is the cell's uncertainty (0 for one source); an imported row
+   labelled `estimated` keeps its label and gets `imported_uncertainty` (0.30) on top. Quality is not
    overridden: it keeps the worst value over both sets (the conservative side).
 2. interpolated: the same family measured at a smaller and a larger batch of the same (model, stage, recipe,
    resolution). Latency, p95 and memory are linear in batch between the two nearest measured batches (the
@@ -167,6 +171,35 @@ def _rank(row: MeasurementRow, *, override: bool = False) -> tuple[int, int, dat
     return (1 if override else 0, 1 if row.source == "measured" else 0, stamp, 1 if row.weights == "real" else 0)
 
 
+def combine(
+    ranked: list[tuple[tuple[int, int, datetime, int], MeasurementRow]],
+) -> tuple[MeasurementRow, tuple[float, int]]:
+    """The row standing for a cell, and (relative spread, sources) of the rows it stands for (docstring, 1.).
+
+    Rows of the best (override set, source) class compete. A scenario file's rows: the newest wins. The store's:
+    the newest of each source (its `host`; the service writes a host's registered name there), then the median row
+    across sources, the slower of the two middles when there
+    is an even number (a cell is planned on what at least half the sources reached), with the relative spread
+    (max - min) / (2 x median) as its uncertainty; one liar among three hosts moves nothing.
+    """
+    top = max(rank[:2] for rank, _ in ranked)
+    pool = [(rank, row) for rank, row in ranked if rank[:2] == top]
+    if top[0] == 1:
+        return max(pool, key=lambda item: item[0])[1], (0.0, 1)
+    newest: dict[str, tuple[tuple[int, int, datetime, int], MeasurementRow]] = {}
+    for rank, row in pool:  # one row per source: its newest (the store's query already did this; rows may not)
+        key = row.host or ""
+        if key not in newest or rank > newest[key][0]:
+            newest[key] = (rank, row)
+    if len(newest) == 1:
+        return next(iter(newest.values()))[1], (0.0, 1)
+    ordered = sorted(newest.values(), key=lambda item: (item[1].latency_ms or 0.0, item[0]))
+    chosen = ordered[len(ordered) // 2][1]
+    lats = [row.latency_ms or 0.0 for _, row in ordered]
+    median = chosen.latency_ms or 1.0
+    return chosen, ((max(lats) - min(lats)) / (2 * median), len(ordered))
+
+
 class PerfModel:
     """Measured cells plus the rules that fill the gaps (module docstring)."""
 
@@ -194,7 +227,7 @@ class PerfModel:
             fid: ceilings_for(fam, calibration.get(fid)) for fid, fam in self.families.items()
         }
         self._quality_rows: dict[ConfigKey, list[MeasurementRow]] = defaultdict(list)
-        best: dict[CellKey, tuple[tuple[int, int, datetime, int], MeasurementRow]] = {}
+        candidates: dict[CellKey, list[tuple[tuple[int, int, datetime, int], MeasurementRow]]] = defaultdict(list)
         tagged = [(row, False) for row in rows] + [(row, True) for row in override_rows]
         for row, override in tagged:
             if row.status != "ok" or row.latency_ms is None:
@@ -203,11 +236,11 @@ class PerfModel:
             self._quality_rows[config].append(row)
             if self._unusable(row):
                 continue
-            rank = _rank(row, override=override)
-            held = best.get(row.cell)
-            if held is None or rank > held[0]:
-                best[row.cell] = (rank, row)
-        self._cells = {cell: row for cell, (_, row) in best.items()}
+            candidates[row.cell].append((_rank(row, override=override), row))
+        self._cells: dict[CellKey, MeasurementRow] = {}
+        self._spread: dict[CellKey, tuple[float, int]] = {}
+        for cell, ranked in candidates.items():
+            self._cells[cell], self._spread[cell] = combine(ranked)
         self._by_config: dict[ConfigKey, dict[str, dict[int, MeasurementRow]]] = defaultdict(lambda: defaultdict(dict))
         for key, row in self._cells.items():
             fam, model, stage, recipe, batch, h, w = key
@@ -374,6 +407,10 @@ class PerfModel:
     def _estimate_from_row(self, row: MeasurementRow) -> CellEstimate:
         assert row.latency_ms is not None
         measured = row.source == "measured"
+        spread, sources = self._spread.get(row.cell, (0.0, 1))
+        basis = f"measured on {row.gpu_family}" if measured else f"imported estimate for {row.gpu_family}"
+        if sources > 1:
+            basis += f" (median of {sources} sources, spread {spread:.0%})"
         return CellEstimate(
             family=row.gpu_family,
             model=row.model,
@@ -388,8 +425,8 @@ class PerfModel:
             power_w=row.power_w,
             source="measured" if measured else "estimated",
             method="measured" if measured else "imported-estimate",
-            uncertainty=0.0 if measured else self.settings.imported_uncertainty,
-            basis=f"measured on {row.gpu_family}" if measured else f"imported estimate for {row.gpu_family}",
+            uncertainty=spread if measured else self.settings.imported_uncertainty + spread,
+            basis=basis,
         )
 
     def _vendor(self, family: str) -> str | None:

@@ -219,3 +219,47 @@ def test_a_probe_run_body_is_strict_json_and_parses_back(tmp_path: Path) -> None
     stored = fake.stored[body["id"]]["measurements"][0]
     assert stored["psnr_latent"] == 1000.0
     assert MeasurementRow.model_validate(stored).psnr_latent == 1000.0
+
+
+def test_a_refused_token_stops_the_flush_at_once_and_keeps_every_run(tmp_path: Path) -> None:
+    """Issue 28: 401 is not retried, not quarantined; the spool waits for the host's next identity, which
+    then delivers every run as itself."""
+    from agent.client import TokenRefused
+
+    spool = Spool(tmp_path)
+    runs = [_run(i) for i in range(3)]
+    for run in runs:
+        spool.put({**run, "host_id": "old-host"})
+    fake = FakePlanner(down=1, status_when_down=401)
+    with _client(fake) as client, pytest.raises(TokenRefused, match="3 run\\(s\\) stay spooled"):
+        flush(spool, client, host_id="old-host")
+    assert fake.requests == 1  # no retry of a refused token
+    assert len(spool) == 3
+    assert not (tmp_path / "rejected").exists()
+    with _client(fake) as client:  # re-enrolled: a new host id
+        assert flush(spool, client, host_id="new-host") == (3, 0)
+    assert {r["host_id"] for r in fake.stored.values()} == {"new-host"}
+
+
+def test_the_daemon_stops_loudly_on_a_refused_token_and_keeps_its_spool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.daemon import EXIT_TOKEN_REFUSED, Daemon
+
+    settings = AgentSettings(state_dir=tmp_path / "state", planner_url="http://planner.test")
+    save_identity(settings.resolved_token_file, "host-1", "rotated-away")
+    refusing = PlannerClient(
+        "http://planner.test",
+        token="x",
+        attempts=3,
+        transport=httpx.MockTransport(lambda _r: httpx.Response(401, json={"detail": "unknown token"})),
+        sleep=lambda _s: None,
+    )
+    daemon = Daemon(settings, client=refusing)
+    daemon.spool.put(_run())
+    assert daemon.run_forever() == EXIT_TOKEN_REFUSED
+    out = capsys.readouterr().out
+    assert "STOPPING" in out
+    assert "401" in out
+    assert "AGENT_ENROLLMENT_TOKEN" in out
+    assert len(daemon.spool) == 1

@@ -21,9 +21,11 @@ TOKEN = "serve-test-admin-token-0123456789"
     ("environment", "host_args", "message"),
     [
         ("production", (), "PLANNER_ADMIN_TOKEN"),
+        # No token set, no dev mode: refused even on loopback (issue 28), saying how to set one or ask for --dev.
+        ("development", (), "planner serve --dev"),
         # The container image listens on 0.0.0.0 and defaults to development: a plain `docker run` must not
-        # serve an API anyone on the network can administer.
-        ("development", ("--host", "0.0.0.0"), "listens on 0.0.0.0"),
+        # serve an API anyone on the network can administer, dev mode or not.
+        ("development", ("--host", "0.0.0.0", "--dev"), "listens on 0.0.0.0"),
     ],
 )
 def test_serve_refuses_the_default_admin_token(

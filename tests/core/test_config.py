@@ -36,10 +36,12 @@ def test_the_environment_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -
         Settings()
 
 
-def test_serving_beyond_loopback_needs_a_real_admin_token_even_in_development() -> None:
+def test_serving_needs_a_real_admin_token_outside_explicit_dev_mode_and_beyond_loopback_always() -> None:
     for host in ("127.0.0.1", "localhost", "::1"):
-        Settings(environment="development", api_host=host).check_serving()  # a laptop
+        with pytest.raises(ConfigError, match="PLANNER_ADMIN_TOKEN is not set"):
+            Settings(environment="development", api_host=host).check_serving()  # no token, no dev mode
+        Settings(environment="development", api_host=host, dev_mode=True).check_serving()  # a laptop, explicitly
     for host in ("0.0.0.0", "10.1.2.3", "planner.internal"):
         with pytest.raises(ConfigError, match=f"listens on {host}"):
-            Settings(environment="development", api_host=host).check_serving()
+            Settings(environment="development", api_host=host, dev_mode=True).check_serving()
     Settings(environment="development", api_host="0.0.0.0", admin_token=SecretStr("a" * 32)).check_serving()

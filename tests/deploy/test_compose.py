@@ -45,6 +45,8 @@ from tests.deploy.project import (
 
 SECRETS = {
     "POSTGRES_PASSWORD": "0123456789abcdef0123456789abcdef",
+    "REDIS_PASSWORD": "fedcba9876543210fedcba9876543210",
+    "PLANNER_SUBMITTER_TOKEN": "compose-submitter-token-0123456789abcdef",
     "PLANNER_ADMIN_TOKEN": "compose-admin-token-0123456789abcdef",
     "PLANNER_ENROLLMENT_TOKEN": "compose-enrollment-token-0123456789abcdef",
 }
@@ -78,6 +80,17 @@ def test_the_compose_file_has_the_trial_services_with_health_checks_and_volumes(
         "redis": {"condition": "service_healthy"},
     }
     assert svc["worker"]["depends_on"]["planner"] == {"condition": "service_healthy"}
+
+
+def test_redis_requires_its_password_and_every_service_has_limits() -> None:
+    svc = services()
+    redis = svc["redis"]
+    assert "--requirepass" in " ".join(redis["command"])
+    assert service_environment(redis)["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
+    for name, service in svc.items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("memory"), f"{name} has no memory limit"
+        assert limits.get("cpus"), f"{name} has no CPU limit"
 
 
 def test_the_planner_migrates_then_serves() -> None:
@@ -138,7 +151,10 @@ def test_ports_and_health_checks_agree_with_the_settings_and_the_app(routes: Rou
     assert urls_in(agent_url) == [("planner", api_port, "/")]
     for name in ("planner", "worker"):
         sched = scheduler_settings(service_environment(svc[name]))
-        assert urls_in(sched.broker_url.replace("redis://", "http://")) == [("redis", 6379, "/0")]
+        assert sched.broker_url == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"  # Redis needs its password
+        assert urls_in(sched.broker_url.replace(f"redis://:{SECRETS['REDIS_PASSWORD']}@", "http://")) == [
+            ("redis", 6379, "/0")
+        ]
         assert "@postgres:5432/" in sched.database_url
     # The API serves the result images the worker writes: one volume, one path.
     assert svc["planner"]["volumes"] == svc["worker"]["volumes"] == ["results:/data/results"]

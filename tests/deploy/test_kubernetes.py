@@ -35,6 +35,9 @@ SECRET_VALUES = {
     "admin-token": "k8s-admin-token-0123456789abcdef",
     "enrollment-token": "k8s-enrollment-token-0123456789abcdef",
     "database-url": "postgresql+psycopg://planner:pw@postgres.example.internal:5432/planner",
+    "submitter-token": "k8s-submitter-token-0123456789abcdef",
+    "redis-password": "0123456789abcdef0123456789abcdef",
+    "redis-url": "redis://:0123456789abcdef0123456789abcdef@redis:6379/0",
 }
 PLANNER_IMAGE, AGENT_IMAGE = "gpu-fleet-planner", "gpu-fleet-agent"
 
@@ -164,7 +167,9 @@ def test_the_planner_migrates_first_listens_on_its_port_and_probes_real_routes(r
     assert urls_in(agent_url) == [("planner", service["port"], "/")]
     broker = scheduler_settings(environment(api)).broker_url
     redis = objects("Service")["redis"]["spec"]["ports"][0]["port"]
-    assert urls_in(broker.replace("redis://", "http://")) == [("redis", redis, "/0")]
+    assert urls_in(broker.replace(f"redis://:{SECRET_VALUES['redis-password']}@", "http://")) == [
+        ("redis", redis, "/0")
+    ]
 
 
 def pod_annotations(name: str) -> dict[str, str]:
@@ -261,3 +266,35 @@ def test_worker_deployments_serve_one_pool_on_its_gpu_product_and_export_metrics
     api_results = next(m for m in container(template("planner"), "planner")["volumeMounts"] if m["name"] == "results")
     assert Path(api_results["mountPath"]) == api.results_dir
     assert objects("PersistentVolumeClaim")["planner-results"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_redis_requires_a_password_and_only_the_planner_and_workers_reach_it() -> None:
+    redis = container(template("redis"), "redis")
+    assert "--requirepass" in " ".join(argv(redis))
+    assert '"$REDIS_PASSWORD"' in " ".join(argv(redis))
+    assert environment(redis)["REDIS_PASSWORD"] == SECRET_VALUES["redis-password"]
+    for name in ("planner", "worker-sdxl-prod-0-h100-sxm-80gb"):
+        pod = template(name)
+        env = environment(next(x for x in pod.containers() if "SCHEDULER_BROKER_URL" in environment(x)))
+        assert env["SCHEDULER_BROKER_URL"] == SECRET_VALUES["redis-url"], name
+    policies = objects("NetworkPolicy")
+    assert policies["default-deny-ingress"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    allowed = policies["redis-from-planner-and-workers"]["spec"]["ingress"][0]["from"]
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in allowed} == {
+        "planner",
+        "gpu-fleet-worker",
+    }
+
+
+def test_every_container_has_requests_and_limits_and_only_the_state_folder_step_runs_as_root() -> None:
+    for pod in pod_templates():
+        for c in pod.containers():
+            res = c.get("resources", {})
+            assert res.get("requests", {}).get("memory"), (pod.name, c["name"])
+            assert res.get("limits", {}).get("memory"), (pod.name, c["name"])
+            ctx = {**pod.spec.get("securityContext", {}), **c.get("securityContext", {})}
+            if c["name"] == "state-owner":  # chowns the hostPath folder kubelet creates root-owned, nothing else
+                assert ctx["capabilities"]["add"] == ["CHOWN", "FOWNER"]
+                continue
+            assert ctx.get("runAsNonRoot") is True, (pod.name, c["name"])
+            assert ctx.get("runAsUser", 0) != 0, (pod.name, c["name"])

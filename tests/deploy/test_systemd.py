@@ -97,3 +97,15 @@ def test_the_planner_unit_migrates_before_it_serves() -> None:
     with pytest.raises(ConfigError, match="PLANNER_ADMIN_TOKEN"):  # the example alone does not start a planner
         planner_settings(env_file(SYSTEMD_DIR / "planner.env.example"))
     assert str(scheduler_settings(env).results_dir) in unit.get("Service", "ReadWritePaths")
+
+
+def test_redis_urls_carry_a_password_and_a_refused_token_is_not_restarted() -> None:
+    from agent.daemon import EXIT_TOKEN_REFUSED
+
+    systemd = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+    for name in ("planner.env.example", "worker.env.example"):
+        for line in (systemd / name).read_text().splitlines():
+            if line.startswith(("SCHEDULER_BROKER_URL=", "SCHEDULER_RESULT_BACKEND=")):
+                assert ":REDIS_PASSWORD@" in line, (name, line)
+    unit = (systemd / "gpu-fleet-agent.service").read_text()
+    assert f"RestartPreventExitStatus={EXIT_TOKEN_REFUSED}" in unit

@@ -277,3 +277,35 @@ def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp
     assert "stored 3 measurement(s) in 1 run(s)" in new_run.stdout
     latest = invoke("measurements", "export", *args)
     assert sorted(float(r["latency_ms"]) for r in csv.DictReader(io.StringIO(latest.stdout))) == [90.123457, 150, 400]
+
+
+def test_operator_lists_quarantines_accepts_and_deletes_a_run_from_the_cli(tmp_path: Path, store_url: str) -> None:
+    path = write_csv(tmp_path / "m.csv", [GOOD, {**GOOD, "batch": "2", "latency_ms": "120", "latency_p95_ms": "121"}])
+    assert invoke("measurements", "import", str(path), "--database-url", store_url).returncode == 0
+    engine = make_engine(store_url)
+    with engine.connect() as conn:
+        run_id = conn.execute(select(m.ProbeRun.id).where(m.ProbeRun.source_file == str(path))).scalar_one()
+
+    def usable() -> int:
+        with engine.connect() as conn:
+            query = select(func.count()).select_from(m.Measurement).where(m.Measurement.quarantine_reason.is_(None))
+            return int(conn.execute(query.where(m.Measurement.probe_run_id == run_id)).scalar_one())
+
+    proc = invoke("measurements", "quarantine", run_id, "--reason", "suspect host", "--database-url", store_url)
+    assert proc.returncode == 0, proc.stderr
+    assert usable() == 0
+    listed = invoke("measurements", "runs", "--quarantined", "--database-url", store_url)
+    assert run_id in listed.stdout
+    assert "1 of 1 run(s)" in listed.stdout
+    assert invoke("measurements", "accept", run_id, "--database-url", store_url).returncode == 0
+    assert usable() == 2
+    assert run_id not in invoke("measurements", "runs", "--quarantined", "--database-url", store_url).stdout
+    dry = invoke("measurements", "delete", run_id, "--database-url", store_url)
+    assert "would delete" in dry.stdout
+    assert usable() == 2
+    assert invoke("measurements", "delete", run_id, "--yes", "--database-url", store_url).returncode == 0
+    assert usable() == 0
+    missing = invoke("measurements", "delete", run_id, "--yes", "--database-url", store_url)
+    assert missing.returncode != 0
+    assert "probe run" in missing.stderr
+    engine.dispose()

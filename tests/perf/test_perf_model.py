@@ -67,6 +67,26 @@ def test_measured_row_beats_estimated_and_newest_measurement_wins() -> None:
     assert two.latency_ms == 110.0
 
 
+def test_several_hosts_combine_to_the_median_with_their_spread_as_uncertainty() -> None:
+    """Issue 28: not newest-wins across hosts. One host 10x faster than two others moves nothing; a host's own
+    newer row replaces its older one before the hosts are combined."""
+    new = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = [
+        row("h100", "m", "denoiser", "bf16", 1, 90.0, host="a"),
+        row("h100", "m", "denoiser", "bf16", 1, 100.0, host="b", measured_at=new),
+        row("h100", "m", "denoiser", "bf16", 1, 9.0, host="liar", measured_at=new),
+        row("h100", "m", "denoiser", "bf16", 1, 300.0, host="b", measured_at=datetime(2025, 1, 1, tzinfo=UTC)),
+    ]
+    cell = perf(rows).latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
+    assert cell is not None
+    assert cell.latency_ms == 90.0
+    assert cell.uncertainty == pytest.approx((100.0 - 9.0) / (2 * 90.0))
+    assert "median of 3 sources" in cell.basis
+    two = perf(rows[:2]).latency("h100", "m", "denoiser", "bf16", 1, 1024, 1024)
+    assert two is not None
+    assert two.latency_ms == 100.0
+
+
 def test_override_rows_win_their_cells_over_newer_stored_rows() -> None:
     """A scenario's measurements file is what the user asked this run to use (contract 2): its undated row beats
     a dated, measured store row of the same cell, and it leaves the store's other cells alone."""

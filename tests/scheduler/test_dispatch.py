@@ -316,3 +316,19 @@ def test_a_message_lost_in_transit_is_sent_again(
     assert resent["group"] == 0
     redis_client.delete(f"{settings.key_prefix}lock:lost-scan")
     assert rebalance_once(dispatcher).redispatched == 0  # touched when resent: not again
+
+
+def test_a_jobs_message_does_not_carry_what_it_generates() -> None:
+    """Issue 28: the prompt, negative prompt and seed stay in the job row; the worker reads them from there
+    (`planner.crud.jobs.job_request`), so writing to the broker cannot change what is generated."""
+    from scheduler.dispatch import job_payload
+    from scheduler.routing import Route
+
+    job = m.Job(
+        id="j-1", workload_name="w", prompt="a secret prompt", negative_prompt="no", seed=7, height=64, width=64,
+        steps=2,
+    )  # fmt: skip
+    payload = job_payload(job, Route(plan_id=1, version=1, pools=("p",), work=(1.0,)), "sd15")
+    assert not {"prompt", "negative_prompt", "seed"} & set(payload)
+    assert "a secret prompt" not in json.dumps(payload)
+    assert crud.REQUEST_FIELDS == ("prompt", "negative_prompt", "seed", "height", "width", "steps")

@@ -66,12 +66,13 @@ def _host(session: SessionDep, host_id: uuid.UUID) -> m.Host:
     response_model=HostRegistered,
     summary="Register a host; its agent token is returned once",
     responses=responses(
-        409, extra={200: {"model": HostRegistered, "description": "re-registered (rotate=true): a new token"}}
+        409, 429, extra={200: {"model": HostRegistered, "description": "re-registered (rotate=true): a new token"}}
     ),
 )
 def register_host(
     principal: RegistrarDep,
     session: SessionDep,
+    settings: SettingsDep,
     now: NowDep,
     response: Response,
     body: HostRegister,
@@ -87,7 +88,11 @@ def register_host(
         if existed:
             response.status_code = status.HTTP_200_OK
     else:
-        host, token = crud.register_host(session, data=body, now=now)
+        enrolled = principal.role == "enrollment"
+        if enrolled:
+            crud.check_enrollment_rate(session, now=now, per_minute=settings.enrollment_per_minute)
+        approved = not (enrolled and settings.host_approval)
+        host, token = crud.register_host(session, data=body, now=now, approved=approved)
     session.commit()
     return HostRegistered(host_id=host.id, name=host.name, token=token)
 
@@ -165,6 +170,18 @@ def drain(host_id: HostId, _: AdminDep, session: SessionDep, settings: SettingsD
     return host_out(host, now=now, settings=settings)
 
 
+@router.post(
+    "/{host_id}/approve",
+    response_model=HostOut,
+    summary="Approve an enrolled host: its GPUs count toward availability (PLANNER_HOST_APPROVAL)",
+    responses=responses(404),
+)
+def approve(host_id: HostId, _: AdminDep, session: SessionDep, settings: SettingsDep, now: NowDep) -> HostOut:
+    host = crud.approve_host(session, host=_host(session, host_id))
+    session.commit()
+    return host_out(host, now=now, settings=settings)
+
+
 @router.delete("/{host_id}/drain", response_model=HostOut, summary="Undrain a host", responses=responses(404))
 def undrain(host_id: HostId, _: AdminDep, session: SessionDep, settings: SettingsDep, now: NowDep) -> HostOut:
     host = crud.set_drain(session, host=_host(session, host_id), drain=False, now=now)
@@ -197,10 +214,17 @@ def list_requests(
     host_id: HostId,
     _: HostAuthDep,
     session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
     state: Annotated[Literal["queued", "claimed", "done", "failed"] | None, Query()] = None,
 ) -> list[ProbeRequestOut]:
     _host(session, host_id)
-    return [ProbeRequestOut.model_validate(r) for r in crud.list_requests(session, host_id=str(host_id), state=state)]
+    found = crud.list_requests(
+        session, host_id=str(host_id), state=state, now=now, lease_s=settings.probe_request_lease_s
+    )
+    out = [ProbeRequestOut.model_validate(r) for r in found]
+    session.commit()  # expired leases returned to the queue
+    return out
 
 
 @router.post(
@@ -210,8 +234,9 @@ def list_requests(
     responses=responses(404, 409),
 )
 def claim_request(
-    host_id: HostId, request_id: RequestId, _: HostAuthDep, session: SessionDep, now: NowDep
+    host_id: HostId, request_id: RequestId, _: HostAuthDep, session: SessionDep, settings: SettingsDep, now: NowDep
 ) -> ProbeRequestOut:
+    crud.expire_leases(session, host_id=str(host_id), now=now, lease_s=settings.probe_request_lease_s)
     req = crud.claim_request(session, host_id=str(host_id), request_id=str(request_id), now=now)
     session.commit()
     return ProbeRequestOut.model_validate(req)

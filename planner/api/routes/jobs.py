@@ -1,5 +1,8 @@
 """The job API: submit a generation request (idempotent), read its state, fetch its image; the jobs summary.
 
+Submitting a job and reading its state and image take the submitter token (`PLANNER_SUBMITTER_TOKEN`, for the
+services that generate images) or the admin token; listing, the summary and requeueing take the admin token.
+
 `POST /v1/jobs` stores the job and sends it to the scheduler's queues (scheduler.dispatch.Dispatcher, built from
 the `SCHEDULER_*` settings on first use, or `app.state.dispatcher`): 201 with the new job, 200 with the job an
 idempotency key already made, 409 if that key was used for another request, 422 for a workload the plan in
@@ -17,7 +20,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from planner.api.deps import AdminDep, SessionDep
+from planner.api.deps import AdminDep, SessionDep, SubmitterDep
 from planner.api.schemas.common import ERROR_RESPONSES, responses
 from planner.api.schemas.jobs import JobIn, JobOut, JobsSummary
 from planner.core.errors import ConflictError, FieldError, InputError
@@ -78,7 +81,7 @@ def _job(session: Session, job_id: str) -> m.Job:
     ),
 )
 def submit_job(
-    _: AdminDep,
+    _: SubmitterDep,
     body: JobIn,
     request: Request,
     response: Response,
@@ -136,7 +139,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's state", responses=responses(404))
-def get_job(_: AdminDep, job_id: str, request: Request, session: SessionDep) -> JobOut:
+def get_job(_: SubmitterDep, job_id: str, request: Request, session: SessionDep) -> JobOut:
     return _out(request, _job(session, job_id))
 
 
@@ -147,7 +150,7 @@ def get_job(_: AdminDep, job_id: str, request: Request, session: SessionDep) -> 
     response_class=FileResponse,
     responses=responses(404, 409, extra={200: {"content": {"image/png": {}}}}),
 )
-def get_result(_: AdminDep, job_id: str, session: SessionDep, dispatcher: DispatcherDep) -> FileResponse:
+def get_result(_: SubmitterDep, job_id: str, session: SessionDep, dispatcher: DispatcherDep) -> FileResponse:
     job = _job(session, job_id)
     if job.state != "done" or job.result_path is None:
         raise HTTPException(

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from planner.api.deps import AdminDep, AgentDep, SessionDep, SettingsDep
 from planner.api.schemas.common import ERROR_RESPONSES, Page, responses
-from planner.api.schemas.probes import MeasurementFilters, MeasurementOut, ProbeRunIn, ProbeRunOut
+from planner.api.schemas.probes import MeasurementFilters, MeasurementOut, ProbeRunIn, ProbeRunOut, QuarantineIn
 from planner.core.errors import ForbiddenError
 from planner.crud import probes as crud
 from planner.db import models as m
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["probes"], responses=ERROR_RESPONSES)
 
 
 def run_out(session: SessionDep, run: m.ProbeRun) -> ProbeRunOut:
-    n_meas, n_cal = crud.counts(session, run_id=run.id)
+    n_meas, n_cal, n_held = crud.counts(session, run_id=run.id)
     return ProbeRunOut.model_validate(
         {
             "id": run.id,
@@ -37,6 +37,7 @@ def run_out(session: SessionDep, run: m.ProbeRun) -> ProbeRunOut:
             "created_at": run.created_at,
             "measurements": n_meas,
             "calibrations": n_cal,
+            "quarantined": n_held,
         }
     )
 
@@ -50,10 +51,14 @@ def run_out(session: SessionDep, run: m.ProbeRun) -> ProbeRunOut:
         409, extra={200: {"model": ProbeRunOut, "description": "already stored (a resend): nothing new was written"}}
     ),
 )
-def submit_probe_run(principal: AgentDep, session: SessionDep, response: Response, body: ProbeRunIn) -> ProbeRunOut:
+def submit_probe_run(
+    principal: AgentDep, session: SessionDep, settings: SettingsDep, response: Response, body: ProbeRunIn
+) -> ProbeRunOut:
     if principal.role == "agent" and principal.host_id != str(body.host_id):
         raise ForbiddenError("an agent submits probe runs only for its own host (host_id must be its own)")
-    outcome = crud.submit_probe_run(session, payload=body)
+    outcome = crud.submit_probe_run(
+        session, payload=body, agent=principal.role == "agent", outlier_ratio=settings.measurement_outlier_ratio
+    )
     if not outcome.created:
         response.status_code = status.HTTP_200_OK
     return run_out(session, outcome.run)
@@ -66,6 +71,7 @@ def list_probe_runs(
     settings: SettingsDep,
     host_id: Annotated[uuid.UUID | None, Query()] = None,
     kind: Annotated[Literal["probe", "calibration", "import"] | None, Query()] = None,
+    quarantined: Annotated[bool, Query(description="only runs with cells held back from plans")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page[ProbeRunOut]:
@@ -73,6 +79,7 @@ def list_probe_runs(
         session,
         host_id=str(host_id) if host_id else None,
         kind=kind,
+        quarantined=quarantined,
         limit=min(limit, settings.max_page_size),
         offset=offset,
     )
@@ -85,6 +92,45 @@ def get_probe_run(run_id: Annotated[uuid.UUID, Path()], principal: AgentDep, ses
     if principal.role == "agent" and run.host_id != principal.host_id:
         raise ForbiddenError("an agent reads only its own host's probe runs")
     return run_out(session, run)
+
+
+@router.post(
+    "/probe-runs/{run_id}/quarantine",
+    response_model=ProbeRunOut,
+    summary="Hold every cell of a run back from plans (operator)",
+    responses=responses(404),
+)
+def quarantine_probe_run(
+    run_id: Annotated[uuid.UUID, Path()], _: AdminDep, session: SessionDep, body: QuarantineIn | None = None
+) -> ProbeRunOut:
+    run = crud.quarantine_run(session, run_id=str(run_id), reason=body.reason if body else "no reason given")
+    session.commit()
+    return run_out(session, run)
+
+
+@router.post(
+    "/probe-runs/{run_id}/accept",
+    response_model=ProbeRunOut,
+    summary="Release a run's held-back cells to plans (operator)",
+    responses=responses(404),
+)
+def accept_probe_run(run_id: Annotated[uuid.UUID, Path()], _: AdminDep, session: SessionDep) -> ProbeRunOut:
+    run = crud.accept_run(session, run_id=str(run_id))
+    session.commit()
+    return run_out(session, run)
+
+
+@router.delete(
+    "/probe-runs/{run_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a run and its measurements (operator)",
+    responses=responses(404),
+)
+def delete_probe_run(run_id: Annotated[uuid.UUID, Path()], _: AdminDep, session: SessionDep) -> Response:
+    crud.delete_run(session, run_id=str(run_id))
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

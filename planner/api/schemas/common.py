@@ -155,7 +155,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "the body is not JSON"},
     401: {"model": ErrorOut, "description": "no credentials, or unknown ones"},
     403: {"model": ErrorOut, "description": "valid credentials without the right to this"},
+    413: {"model": ValidationErrorOut, "description": "the body is larger than the route's limit (checked unread)"},
     422: {"model": ValidationErrorOut, "description": "invalid input; each problem names its field"},
+    503: {"model": ErrorOut, "description": "the store did not answer in time; retry after Retry-After seconds"},
 }
 
 
@@ -164,6 +166,7 @@ def responses(*codes: int, extra: dict[int | str, dict[str, Any]] | None = None)
     described = {
         404: "not found: the detail says what was looked for",
         409: "conflicts with the store's state",
+        429: "too many of these requests now; retry after Retry-After seconds",
         503: "a part the request needs is not available",
     }
     out: dict[int | str, dict[str, Any]] = dict(extra or {})

@@ -191,6 +191,9 @@ class HostOut(Out):
     registered_at: datetime
     last_heartbeat_at: datetime | None
     drained_at: datetime | None
+    approved: bool = Field(
+        default=True, description="false: enrolled under PLANNER_HOST_APPROVAL, its GPUs not counted until approved"
+    )
     telemetry: dict[str, Any] = Field(description="summary of the last heartbeat: power, mean utilization, ...")
     gpus: list[GpuOut]
 

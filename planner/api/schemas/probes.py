@@ -167,6 +167,15 @@ class ProbeRunOut(Out):
     created_at: datetime
     measurements: int = Field(description="measurements stored with this run")
     calibrations: int = Field(description="calibrations stored with this run")
+    quarantined: int = Field(default=0, description="measurements of this run held back from plans")
+
+
+class QuarantineIn(Strict):
+    """Why an operator holds a run back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: LongText = Field(default="no reason given", min_length=1)
 
 
 class MeasurementOut(Out):
@@ -204,6 +213,9 @@ class MeasurementOut(Out):
     source: Literal["measured", "estimated"]
     measured_at: datetime | None
     provenance: dict[str, Any]
+    quarantine_reason: str | None = Field(
+        default=None, description="why the cell is held back from plans; null: used by plans"
+    )
 
     @field_validator("psnr_image", "psnr_latent", mode="before")
     @classmethod
@@ -221,4 +233,7 @@ class MeasurementFilters(BaseModel):
     stage: Literal["text_encoder", "denoiser", "vae_decoder"] | None = None
     recipe: Ident | None = None
     status: Literal["ok", "oom", "failed", "unsupported"] | None = None
-    latest_only: bool = Field(default=True, description="only the newest run's row of each cell (what plans use)")
+    latest_only: bool = Field(
+        default=True, description="only the newest row of each cell per source (each host; imports together)"
+    )
+    quarantined: bool = Field(default=False, description="false: the cells plans may use; true: only cells held back")
