@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import httpx
 import pytest
 
 from agent.client import PlannerClient
+from agent.config import AgentSettings
 from agent.daemon import save_identity
 from planner.db.session import make_engine, session_scope
 from planner.measurements.contract import MeasurementRow
@@ -36,10 +36,10 @@ from tests.models.tiny_folders import TinyFolders
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 CPU_FAMILY = {"name": "development CPU", "vendor": "other", "memory_gib": 16}
-# Columns that differ by design between two stores of the same output: the family's memory (each store's own
-# definition of `cpu`), and `host`: through the API a cell carries the name its host registered with (an agent
-# cannot claim another host's name), while an imported file keeps the name written in it.
-NOT_COMPARED = {"gpu_memory_gib", "host"}
+# What differs by design between two stores of the same output: the family's memory (each store's own definition
+# of `cpu`). Through the API a cell carries the name its host registered with, which is the agent's host name (the
+# one its CSV writes), as `agent run` registers it.
+NOT_COMPARED = {"gpu_memory_gib"}
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def _agent_env(planner: Planner, state: Path, **extra: str) -> dict[str, str]:
 def _register(planner: Planner, state: Path) -> str:
     """What `agent run` does on its first start: register with the enrollment token, keep the host token."""
     with PlannerClient(_url(planner)) as client:
-        reg = client.register({"name": f"cpu-{uuid.uuid4().hex[:6]}", "gpus": []}, enrollment_token=TOKEN)
+        reg = client.register({"name": AgentSettings().host_name, "gpus": []}, enrollment_token=TOKEN)
     save_identity(state / "token", str(reg["host_id"]), str(reg["token"]))
     return str(reg["host_id"])
 
