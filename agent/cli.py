@@ -24,6 +24,8 @@ app = typer.Typer(
     help="GPU host agent: inventory, calibration and probe sweeps of diffusion pipelines, reported to the planner.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain click help: rich markup would eat every `[default: ...]` (as "Port .") and show flags as <bool>.
+    rich_markup_mode=None,
 )
 console = Console()
 err = Console(stderr=True)
@@ -305,8 +307,11 @@ def probe(
             min_windows=2,
             stable_windows=2,
             max_windows=4,
-            spread_threshold=0.25,
+            # A dry run of the code path on the CPU, not a measurement (family `cpu` is no plan's evidence): no
+            # p95, and no settling demanded of millisecond calls on a shared host (177% spread seen on 2 cores).
+            spread_threshold=10.0,
             max_cell_s=10.0,
+            min_p95_calls=0,
         )
     )
     timer = TimerOptions(
@@ -319,6 +324,7 @@ def probe(
         max_windows=max_windows or base.max_windows,
         spread_threshold=spread if spread is not None else base.spread_threshold,
         max_cell_s=max_cell_s or base.max_cell_s,
+        min_p95_calls=base.min_p95_calls,
     )
     opts = ProbeOptions(
         model=model,

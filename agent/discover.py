@@ -55,6 +55,18 @@ class Inventory(BaseModel):
         return bool(self.gpus)
 
 
+def cpu_model() -> str | None:
+    """The host CPU's model name (/proc/cpuinfo on Linux): launch-bound cells measure the host as much as the GPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()[:200] or None
+    except OSError:
+        pass
+    return platform.processor()[:200] or None
+
+
 def package_version(name: str) -> str | None:
     """An installed distribution's version, or None (torchao is optional; diffusers may be absent)."""
     try:

@@ -56,6 +56,28 @@ class GpuTelemetry:
         }
 
 
+# NVML's clock-event ("throttle") reason bits (nvmlClocksEventReason*), named for a CSV column.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def clock_event_names(mask: int) -> str:
+    """`+`-joined names of the set reason bits (`none` for none; an unknown bit as `bit_0x...`)."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    unknown = mask & ~sum(CLOCK_EVENT_REASONS)
+    names += [f"bit_{1 << i:#x}" for i in range(unknown.bit_length()) if unknown >> i & 1]
+    return "+".join(names) or "none"
+
+
 class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here: no library, no driver or no GPU. The message says which."""
 
@@ -160,6 +182,10 @@ class Nvml:
         value = self._try("nvmlDeviceGetUtilizationRates", handle)
         return float(value.gpu) if value is not None else None
 
+    def sm_clock_mhz(self, handle: Any) -> int | None:
+        value = self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_SM)
+        return int(value) if value is not None else None
+
     def clocks_event_reasons(self, handle: Any) -> int | None:
         value = self._try("nvmlDeviceGetCurrentClocksEventReasons", handle)
         if value is None:
@@ -199,7 +225,7 @@ class Nvml:
             utilization_pct=self.utilization_pct(handle),
             memory_used_gib=float(mem.used) / 2**30 if mem is not None else None,
             power_w=self.power_w(handle),
-            sm_clock_mhz=self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_SM),
+            sm_clock_mhz=self.sm_clock_mhz(handle),
             mem_clock_mhz=self._try("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_MEM),
             temperature_c=float(temp) if temp is not None else None,
             clocks_event_reasons=self.clocks_event_reasons(handle),
@@ -221,6 +247,10 @@ class PowerSummary:
     mean_utilization_pct: float | None
     samples: int
     seconds: float
+    mean_sm_clock_mhz: float | None = None
+    clocks_event_reasons: int | None = None
+    """The reason bits seen at the window ends, OR-ed, without `gpu_idle` (the GPU has just drained its queue
+    when they are read); None where NVML gave none."""
 
 
 class PowerSampler:
@@ -231,7 +261,9 @@ class PowerSampler:
     polling thread competes for the GIL with the launch-bound work being timed (an SDXL UNet at batch 1
     measured 25% slower with a 20 ms poller), so it is only the fallback for GPUs without the counter, at a
     slow interval. Pause it between windows (`pause()`/`resume()`) so the host-side gaps between windows do not
-    dilute the mean.
+    dilute the mean. The SM clock and the clock-event (throttle) reasons are read at each window's end, right
+    after the host has synchronised with the GPU: the clock is still the one the window ran at, and no thread
+    polls while calls are timed.
     """
 
     def __init__(self, nvml: Nvml | None, handle: Any, interval_s: float = 0.2) -> None:
@@ -248,6 +280,8 @@ class PowerSampler:
         self._seconds = 0.0
         self._t0 = 0.0
         self._e0: float | None = None
+        self._clocks: list[int] = []
+        self._reasons: int | None = None
 
     def __enter__(self) -> PowerSampler:
         if self._nvml is not None and not self._energy_ok:
@@ -271,6 +305,13 @@ class PowerSampler:
     def pause(self) -> None:
         self._active.clear()
         self._seconds += time.perf_counter() - self._t0
+        if self._nvml is not None:
+            clock = self._nvml.sm_clock_mhz(self._handle)
+            if clock is not None:
+                self._clocks.append(clock)
+            reasons = self._nvml.clocks_event_reasons(self._handle)
+            if reasons is not None:
+                self._reasons = (self._reasons or 0) | (reasons & ~0x1)
         if self._nvml is not None and self._energy_ok and self._e0 is not None:
             e1 = self._nvml.energy_j(self._handle)
             if e1 is not None:
@@ -300,4 +341,5 @@ class PowerSampler:
         else:
             energy = mean_p * self._seconds if mean_p is not None else None
         util = sum(self._util) / len(self._util) if self._util else None
-        return PowerSummary(mean_p, energy, util, len(self._power), self._seconds)
+        clock = sum(self._clocks) / len(self._clocks) if self._clocks else None
+        return PowerSummary(mean_p, energy, util, len(self._power), self._seconds, clock, self._reasons)

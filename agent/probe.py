@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from agent import quality
+from agent.discover import cpu_model
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
-from agent.nvml import PowerSampler
+from agent.nvml import PowerSampler, clock_event_names
 from agent.quality_probe import QualityProbe, QualityProbeOptions, QualityProbeResult
 from agent.quality_prompts import PROMPTS
 from agent.target import Target
@@ -474,10 +475,12 @@ class Sweep:
         per_image = energy / (timing.all_calls * batch) if energy is not None and timing.all_calls else None
         if per_image is not None and not (math.isfinite(per_image) and per_image >= 0):
             per_image = None  # an energy counter that wrapped or reset during the windows
+        reasons = power.get("clocks_event_reasons")
         values: dict[str, Any] = {
-            "status": "ok",
+            # A median that never settled is no measurement to plan on: kept, with why, but not ok.
+            "status": "ok" if timing.stable else "failed",
             "latency_ms": latency,
-            "latency_p95_ms": max(timing.p95_ms, latency),
+            "latency_p95_ms": max(timing.p95_ms, latency) if timing.p95_measured else None,
             "latency_spread": timing.spread,
             "windows": timing.windows,
             "calls": timing.calls,
@@ -491,6 +494,9 @@ class Sweep:
             "bound": bound,
             "compile_s": compile_s,
             "cache_skip_rate": skip_rate,
+            "sm_clock_mhz": power.get("sm_clock_mhz"),
+            "throttle_reasons": clock_event_names(int(reasons)) if reasons is not None else None,
+            "cpu_model": cpu_model(),
             "error": None if timing.stable else f"unstable: spread {timing.spread:.1%} after {timing.windows} windows",
             **drift,
         }
@@ -557,6 +563,8 @@ class Sweep:
                 "power_w": summary.mean_power_w,
                 "energy_j": summary.energy_j,
                 "util": summary.mean_utilization_pct,
+                "sm_clock_mhz": summary.mean_sm_clock_mhz,
+                "clocks_event_reasons": summary.clocks_event_reasons,
             }
         skip = None
         if counter is not None:

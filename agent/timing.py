@@ -3,8 +3,11 @@
 Each call is bracketed by CUDA events recorded on the stream (no host sync between calls, so the GPU queue
 stays as full as in serving); the host syncs once per window to read them. A cell is stable when the spread
 of the last `stable_windows` window means, (max - min) / median, is under `spread_threshold`; the timer then
-reports the median and p95 per call over those windows. Unstable cells still end (at `max_windows`, or past
-`max_cell_s` once `min_windows` are done) and report their spread, so a reader can discount them.
+reports the median and p95 per call over those windows. Windows are sized so those windows hold at least
+`min_p95_calls` calls: a 95th percentile of fewer (39% of the first campaign's cells rested on 3) is only the
+largest sample, so `Timing.p95_measured` is false then and the probe stores no p95. Unstable cells still end (at
+`max_windows`, or past `max_cell_s` once `min_windows` are done) and report their spread; the probe does not mark
+them ok.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ class TimerOptions:
     max_windows: int = 12
     spread_threshold: float = 0.05
     max_cell_s: float = 60.0
+    min_p95_calls: int = 20
+    """Timed calls the stable windows hold at least (windows are sized for it): the fewest for a p95."""
 
 
+MIN_P95_CALLS = 20
+"""The fewest timed calls whose 95th percentile the probe stores (below it `latency_p95_ms` stays empty)."""
 # One warm-up call, two one-call windows, no stability demanded: a smoke run of the real code path on tiny
 # models on the CPU (tests, `benchmarks/campaign.py --tiny`), not a measurement.
 SMOKE_TIMER = TimerOptions(
@@ -45,6 +52,7 @@ SMOKE_TIMER = TimerOptions(
     max_windows=2,
     spread_threshold=10.0,
     max_cell_s=5.0,
+    min_p95_calls=0,
 )
 
 
@@ -62,6 +70,11 @@ class Timing:
     first_call_s: float
     stable: bool
     measured_s: float
+
+    @property
+    def p95_measured(self) -> bool:
+        """Whether enough calls were timed for `p95_ms` to be a 95th percentile rather than the slowest call."""
+        return self.calls >= MIN_P95_CALLS
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,7 +147,11 @@ def measure(
     warm_calls = done - 1
     per_call = (time.perf_counter() - warm_start) / warm_calls if warm_calls > 0 else first_call_s
     per_call_estimate = max(per_call, 1e-6)
-    calls = max(options.calls_per_window, math.ceil(options.min_window_s / per_call_estimate))
+    calls = max(
+        options.calls_per_window,
+        math.ceil(options.min_window_s / per_call_estimate),
+        math.ceil(options.min_p95_calls / max(options.stable_windows, 1)),
+    )
     calls = min(calls, 1000)
 
     windows: list[list[float]] = []

@@ -182,6 +182,42 @@ def print_coverage(planned: dict[CellId, str], csv_path: Path, family: str) -> N
             print(f"    {model:16s} {stage:12s} {recipe:22s} batches {','.join(map(str, sorted(batches)))}")
 
 
+REDO_COLUMNS = ("gpu_family", "model", "stage", "recipe", "batch", "why")
+
+
+def redo_steps(path: Path, family: str) -> list[Step]:
+    """The cells a redo file names for `family`, as steps in the file's order, one per (model, stage, recipe).
+
+    A redo measures cells the reference data already holds again (a biased, unstable or suspect measurement),
+    whatever the state says; the merge keeps the newest ok row of a cell, and `withdrawn.csv` removes an old one
+    that the redo could not replace. Each line says why (`why`), so the file is the record of what was redone.
+    """
+    import csv
+
+    from planner.catalog import recipes
+
+    catalog = recipes()
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REDO_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"{path}: missing column(s) {missing}; the header needs {list(REDO_COLUMNS)}")
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for i, row in enumerate(reader, start=2):
+            if not (row["why"] or "").strip():
+                raise SystemExit(f"{path}:{i}: a redone cell needs a reason (column why)")
+            if row["gpu_family"] == family:
+                groups.setdefault((row["model"], row["stage"], row["recipe"]), []).append(int(row["batch"]))
+    steps = []
+    for (model, stage, recipe), batches in groups.items():
+        rec = catalog[recipe]
+        # Compile seconds on the H100 (reference data): SDXL whole 93-168, SD 1.5 whole 50-62, regional 5-40.
+        whole = 240.0 if model.startswith("sdxl") else 120.0
+        reserve = 0.0 if rec.compile == "none" else (whole if rec.compile_scope == "whole" else 45.0)
+        steps.append(Step("redo", model, (recipe,), tuple(sorted(set(batches))), (stage,), reserve, False))
+    return steps
+
+
 def selected_steps(args: argparse.Namespace) -> list[Step]:
     """The plan the command line picks (--models, --levels, --all-batches, ...): one place for a run and --coverage."""
     steps = plan(
@@ -255,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-batches", default="1,4", help="denoiser batches of the compile and quantized levels")
     p.add_argument("--all-batches", action="store_true", help="every step at batches 1-16 (the full matrix)")
     p.add_argument("--no-quality", action="store_true", help="skip the drift (PSNR/SSIM) runs")
+    p.add_argument(
+        "--redo",
+        type=Path,
+        default=None,
+        help="CSV of cells to measure again (gpu_family,model,stage,recipe,batch,why): the plan is these cells of "
+        "this GPU's family, in the file's order, instead of the levels",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: a dry run of the same code")
     p.add_argument("--height", type=int, default=None, help="image height (default: each model's own)")
     p.add_argument("--width", type=int, default=None, help="image width (default: each model's own)")
@@ -389,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv_atomic(csv_path, previous)
     done = {r.cell for r in previous}
 
-    steps = selected_steps(args)
+    steps = redo_steps(args.redo, target.family_id or "") if args.redo is not None else selected_steps(args)
     if args.tiny:
         timer = SMOKE_TIMER
         steps = [
@@ -397,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             for s in steps
         ]
     else:
-        # A window is one call for slow cells (a Flux batch-16 call is ~3 s and varies < 1%), enough calls to
-        # fill 0.3 s for fast ones; three stable windows make the median.
+        # A window is enough calls to fill 0.3 s, and three stable windows make the median. Until 2026-12-07 a
+        # window was one call for slow cells and a cell ended after 6 windows or 30 s: 39% of the cells had 3
+        # timed calls (no p95) and 46 H100 cells marked ok had not settled. Now the three windows hold at least
+        # 20 calls (TimerOptions.min_p95_calls) and an unsettled cell gets up to 10 windows or 60 s.
         timer = TimerOptions(
             warmup_calls=2,
             warmup_s=0.5,
@@ -406,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
             min_window_s=0.3,
             min_windows=3,
             stable_windows=3,
-            max_windows=6,
+            max_windows=10,
             spread_threshold=0.05,
-            max_cell_s=30.0,
+            max_cell_s=60.0,
         )
     new_rows = 0
 
@@ -455,12 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             if r.status == "ok":
                 log(
                     f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.latency_ms:9.2f} ms  "
-                    f"p95 {r.latency_p95_ms:9.2f}  "
+                    f"p95 {r.latency_p95_ms or 0:9.2f}  "
                     f"{r.peak_mem_gib or 0:6.2f} GiB  {r.achieved_tflops or 0:7.1f} TF/s  {r.bound or '-'}"
                     + (f"  compile {r.compile_s:.1f}s" if r.compile_s else "")
+                    + f"  {r.calls} calls, {r.sm_clock_mhz or 0:.0f} MHz, {r.throttle_reasons or '-'}"
                 )
             else:
-                log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}: {(r.error or '')[:160]}")
+                measured = f" ({r.latency_ms:.2f} ms)" if r.latency_ms else ""
+                log(f"    {r.stage:12s} {r.recipe:24s} b{r.batch:<3d} {r.status}{measured}: {(r.error or '')[:160]}")
         write_provenance(final=False, new_rows=new_rows)
         if state.stopped:
             stopped = state.stopped

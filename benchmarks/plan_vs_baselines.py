@@ -1,9 +1,10 @@
 """The plan's $/image against the three baselines, on the shipped reference data, for SDXL and Flux-dev.
 
 For each model and rate (1, 10, 100 images/s) it runs `planner recommend --model M --rate R --format json` on a
-fresh embedded store seeded with planner/reference/measurements.csv, twice: on the default fleet (every catalog
-family with a price: the other families' numbers are transferred from the H100 measurements) and on the H100
-alone (only measured numbers). Baselines, solved on the same data by the same solver:
+fresh embedded store seeded with planner/reference/measurements.csv, three times: on the default fleet (every
+catalog family with an on-demand price; the plan uses the measured ones, H100 and H200), on the same fleet with
+`--allow-estimates` (the other families' numbers transferred from the measured ones, labelled), and on the H100
+alone. Baselines, solved on the same data by the same solver:
   naive             one family, bf16, batch 1, stages together, dedicated GPUs;
   single-family     the best single family, everything else free;
   gpu-mix-together  a GPU mix with each workload's stages together (Melange's formulation).
@@ -26,7 +27,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("sdxl", "flux-dev")
 RATES = (1.0, 10.0, 100.0)
-FLEETS: dict[str, list[str]] = {"catalog": [], "h100 only": ["--family", "h100-sxm-80gb"]}
+FLEETS: dict[str, list[str]] = {
+    "catalog, measured": ["--no-probe-next"],
+    "catalog, estimates allowed": ["--allow-estimates", "--no-probe-next"],
+    "h100 only": ["--family", "h100-sxm-80gb"],
+}
 
 
 def recommend(model: str, rate: float, extra: list[str], data_home: Path) -> dict[str, Any]:

@@ -227,7 +227,64 @@ def main(argv: list[str] | None = None) -> int:
         errs = errors[s]
         if errs:
             print(f"overhead {s}: mean |error| over transferred rows {sum(errs) / len(errs):.0%}, max {max(errs):.0%}")
+    print()
+    cross_family_ratios(perfs[scalings[0]], rows, families, models, recipes)
     return 0
+
+
+def cross_family_ratios(
+    perf: PerfModel,
+    rows: list[MeasurementRow],
+    families: dict[str, Any],
+    models: dict[str, Any],
+    recipes: dict[str, Any],
+) -> None:
+    """Family X / H100 pipeline ratios, predicted against published or measured, each with the uncertainty the
+    model attaches to X's transferred cells: a ratio divides the software stack out, which the absolute errors
+    above carry. Published pairs: those where one source gives both families. Measured pairs: a family the
+    data measures (the H200), predicted from the H100 cells alone (its own rows left out)."""
+    print("Cross-family ratios (X / H100, the same source for both):\n")
+    print("| workload | X | published or measured | predicted | predicted / actual | uncertainty | inside |")
+    print("|---|---|---|---|---|---|---|")
+    pairs = [p for p in PUBLISHED if p.ms and p.h100_same_source_ms and p.family != H100]
+    for pub in pairs:
+        if pub.source != next(q.source for q in PUBLISHED if q.family == H100 and q.model == pub.model):
+            continue  # the H100 figure is another source's: no ratio
+        _ratio_row(
+            perf,
+            pub.label,
+            pub.family,
+            pub.model,
+            pub.steps,
+            pub.denoiser_recipe,
+            pub.ms / pub.h100_same_source_ms,
+            "published",
+        )
+    measured = {r.gpu_family for r in rows} - {H100}
+    for fam in sorted(measured):
+        alone = PerfModel([r for r in rows if r.gpu_family != fam], families=families, models=models, recipes=recipes)
+        for label, model, steps, recipe in (
+            ("SDXL 30 steps, fp16", "sdxl", 30, "fp16"),
+            ("Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16"),
+        ):
+            have = pipeline_ms(perf, fam, model, steps, recipe)
+            h100 = pipeline_ms(perf, H100, model, steps, recipe)
+            if have is None or h100 is None or have[2] != "measured":
+                continue
+            _ratio_row(alone, label, fam, model, steps, recipe, have[0] / h100[0], "measured")
+
+
+def _ratio_row(
+    perf: PerfModel, label: str, fam: str, model: str, steps: int, recipe: str, actual: float, kind: str
+) -> None:
+    got, h100 = pipeline_ms(perf, fam, model, steps, recipe), pipeline_ms(perf, H100, model, steps, recipe)
+    if got is None or h100 is None:
+        print(f"| {label} | {fam} | {actual:.2f} ({kind}) | - | - | - | no estimate |")
+        return
+    predicted, u = got[0] / h100[0], got[1]
+    err = predicted / actual - 1
+    inside = "yes" if abs(err) <= u + 1e-9 else "NO"
+    print(f"| {label} | {fam} | {actual:.3f} ({kind}) | {predicted:.3f} | {err:+.1%} | ±{u:.1%} | {inside} |")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
 from planner.solver.problem import Progress
+from planner.solver.replan import RunningPlan
 
 
 class InfeasibleError(ConflictError):
@@ -59,6 +60,7 @@ def describe_infeasible(plan: Plan) -> str:
         lines.append(f"    What would: {item.suggestion}.")
     if not plan.infeasible:
         lines.append("  the solver found no plan and no reason: " + "; ".join(plan.warnings or ("none given",)))
+    lines.extend(f"  {w}" for w in plan.warnings if w.startswith("Left out: ") and plan.infeasible)
     return "\n".join(lines)
 
 
@@ -75,13 +77,34 @@ class StoreCatalog:
     models: dict[str, ModelSpec]
     recipes: dict[str, Recipe]
     calibration: dict[str, Calibration] = field(default_factory=dict)
+    price_lists: dict[str, list[Price]] = field(default_factory=dict)
+    """Every stored family's prices with their sources, an operator's override first."""
 
-    def priced_families(self) -> list[str]:
-        """Families a plan may rent without being told a price."""
-        return sorted(self.prices)
+    def priced_families(self, offering: str | None = None) -> list[str]:
+        """Families a plan may rent without being told a price (of an offering kind, when given)."""
+        if offering is None:
+            return sorted(self.prices)
+        return sorted(f for f in self.price_lists if self.price_for(f, offering) is not None)
+
+    def price_for(self, family: str, offering: str) -> Price | None:
+        """The price of a family for an offering kind (`GpuFamily.price_for`: an operator's override first)."""
+        spec = self.families.get(family)
+        if spec is None:
+            spec_prices = self.price_lists.get(family, [])
+            override = next((p for p in spec_prices if p.override), None)
+            return override or next((p for p in spec_prices if p.offering_kind == offering), None)
+        return spec.model_copy(update={"prices": self.price_lists.get(family, spec.prices)}).price_for(offering)
 
 
-def _price(row: m.GpuPrice) -> Price | None:
+def _price(row: m.GpuPrice, package: GpuFamily | None = None) -> Price | None:
+    """A stored price in the catalog's type; the package catalog's entry of the same offering gives its
+    explicit kind and region (the store has no column for them)."""
+    same = None
+    if package is not None and not row.is_override:
+        same = next(
+            (p for p in package.prices if (p.provider, p.offering, p.as_of) == (row.provider, row.offering, row.as_of)),
+            None,
+        )
     try:
         return Price.model_validate(
             {
@@ -91,6 +114,9 @@ def _price(row: m.GpuPrice) -> Price | None:
                 "source": row.source,
                 "as_of": row.as_of,
                 "status": row.status if row.status in ("read", "secondary", "computed", "measured") else "unverified",
+                "kind": same.kind if same is not None else None,
+                "region": same.region if same is not None else None,
+                "override": bool(row.is_override),
             }
         )
     except ValidationError:
@@ -151,15 +177,17 @@ def load_catalog(session: Session) -> StoreCatalog:
     families: dict[str, GpuFamily] = {}
     memory: dict[str, float] = {}
     prices: dict[str, float] = {}
+    price_lists: dict[str, list[Price]] = {}
     for row in session.scalars(select(m.GpuFamily).options(selectinload(m.GpuFamily.prices))):
         memory[row.id] = row.memory_gib
-        spec = package.get(row.id) if row.in_catalog else None
-        spec = spec or _spec_from_row(row)
+        packaged = package.get(row.id) if row.in_catalog else None
+        spec = packaged or _spec_from_row(row)
         ordered = ordered_prices(row)
         if ordered:
             prices[row.id] = ordered[0].price_per_hour
+        stored = [p for p in (_price(r, packaged) for r in ordered) if p is not None]
+        price_lists[row.id] = stored
         if spec is not None:
-            stored = [p for p in (_price(r) for r in ordered) if p is not None]
             families[row.id] = spec.model_copy(update={"prices": stored or list(spec.prices)})
     recipes = dict(package_catalog.recipes())
     for rec in session.scalars(select(m.Recipe).where(m.Recipe.in_catalog.is_(False))):
@@ -173,6 +201,7 @@ def load_catalog(session: Session) -> StoreCatalog:
         models=dict(package_catalog.models()),
         recipes=recipes,
         calibration=calibrations(session),
+        price_lists=price_lists,
     )
 
 
@@ -251,7 +280,11 @@ def build_scenario(session: Session, *, fleet: m.Fleet, now: datetime, settings:
     for fam in availability(
         session, fleet=fleet, now=now, stale_s=settings.heartbeat_stale_s, lost_s=settings.heartbeat_lost_s
     ):
-        entry: dict[str, Any] = {"family": fam.family, "price_per_hour": fam.price_per_hour}
+        entry: dict[str, Any] = {
+            "family": fam.family,
+            "price_per_hour": fam.price_per_hour,
+            "price_source": f"fleet {fleet.name!r}"[:300],
+        }
         if fam.available_effective is not None:
             entry["available"] = fam.available_effective
         mem = fam.memory_gib if fam.memory_gib is not None else memory.get(fam.family)
@@ -299,12 +332,16 @@ def solve_fleet(
     fleet_id: int,
     now: datetime | None = None,
     settings: Settings | None = None,
+    allow_estimates: bool = False,
+    running: RunningPlan | None = None,
+    move_cost_per_hour: float | None = None,
     **options: Any,
 ) -> SolveOutcome:
     """Solve a stored fleet's workloads against the stored measurements; nothing is stored here.
 
-    `options` are `solver:` keys of the scenario (`time_limit_s`, `mip_rel_gap`, `share_gpus`). A fleet that cannot
-    carry its workloads raises InfeasibleError (409) saying how much it carries and what would carry it.
+    `options` are `solver:` keys of the scenario (`time_limit_s`, `mip_rel_gap`, `share_gpus`); `allow_estimates`
+    also plans on families no agent measured (docs/recommend.md, "Evidence first"). A fleet that cannot carry its
+    workloads raises InfeasibleError (409) saying how much it carries and what would carry it.
     """
     settings = settings or get_settings()
     fleet = get_fleet(session, fleet=fleet_id)
@@ -314,10 +351,16 @@ def solve_fleet(
         raise InputError(f"fleet {fleet.name!r} has no GPU families; give it some with PUT /v1/fleets/{fleet.id}")
     data = build_scenario(session, fleet=fleet, now=now or utcnow(), settings=settings)
     data["solver"].update({k: v for k, v in options.items() if v is not None})
+    data["allow_estimates"] = allow_estimates
     scenario = scenario_from_data(data, name=f"fleet {fleet.name!r}")
     rows = stored_rows(session, status="ok")
     started = time.perf_counter()
     problem = store_problem(session, scenario, settings=settings, rows=rows)
+    if running is not None:  # re-plan close to the plan in force (planner.solver.replan)
+        problem = problem.with_options(
+            running=running,
+            move_cost_per_hour=problem.options.move_cost_per_hour if move_cost_per_hour is None else move_cost_per_hour,
+        )
     plan = solve(problem)
     elapsed = time.perf_counter() - started
     if not plan.feasible:

@@ -62,6 +62,11 @@ class FleetEntry(_Strict):
     price_per_hour: PositiveFloat | None = Field(
         default=None, description="$/GPU-hour; default: the catalog's first listed price"
     )
+    price_source: str | None = Field(
+        default=None,
+        max_length=300,
+        description="where price_per_hour comes from (a contract, a quote), shown next to the price",
+    )
     available: NonNegativeInt | None = Field(default=None, description="GPUs the plan may use; None = unlimited")
     memory_gib: PositiveFloat | None = Field(
         default=None, description="required for a family not in the catalog; overrides the catalog otherwise"
@@ -129,6 +134,11 @@ class WorkloadSpec(_Strict):
     families: list[Ident] | None = Field(default=None, description="allow-list of fleet families")
     quality: QualityFloor | None = None
     quality_scores: QualityScores | None = None
+    max_startup_s: PositiveFloat | None = Field(
+        default=None,
+        description="longest a replica may take to become ready (weights load + compile of every batch size it "
+        "runs); options slower to start are left out, for fleets that autoscale",
+    )
 
     @field_validator("model")
     @classmethod
@@ -167,11 +177,27 @@ class SolverSection(_Strict):
     )
 
 
+OfferingKind = Literal["on-demand", "spot", "serverless", "reserved"]
+OFFERING_KINDS: tuple[str, ...] = ("on-demand", "spot", "serverless", "reserved")
+DEFAULT_OFFERING: OfferingKind = "on-demand"
+"""The offering kind a plan compares families on when none is named (docs/recommend.md, "Prices")."""
+
+
 class Scenario(_Strict):
     """A whole scenario file."""
 
     fleet: list[FleetEntry] = Field(min_length=1)
     measurements: str | None = None
+    offering: OfferingKind = Field(
+        default=DEFAULT_OFFERING,
+        description="which catalog price a fleet entry without price_per_hour gets: the family's first price of "
+        "this offering kind",
+    )
+    allow_estimates: bool = Field(
+        default=False,
+        description="also plan on families and cells that were not measured (transferred by the roofline model, "
+        "or imported estimates), labelled with their uncertainty",
+    )
     workloads: list[WorkloadSpec] = Field(min_length=1)
     solver: SolverSection = Field(default_factory=SolverSection)
 
@@ -209,10 +235,13 @@ class Scenario(_Strict):
                     f"or use a catalog family ({known_families})."
                 )
             spec = families.get(entry.family)
-            if entry.price_per_hour is None and (spec is None or spec.default_price is None):
+            if entry.price_per_hour is None and (spec is None or spec.price_for(self.offering) is None):
+                kinds = ", ".join(spec.offering_kinds()) if spec is not None else ""
+                listed = f" (it lists {kinds})" if kinds else ""
                 raise InputError(
                     f"{self.locate(('fleet', i))}: fleet[{i}].price_per_hour: {entry.family!r} has no "
-                    "catalog price. Fix: add `price_per_hour:` ($/GPU-hour) to this entry."
+                    f"{self.offering} price in the catalog{listed}. Fix: add `price_per_hour:` ($/GPU-hour) to "
+                    "this entry, or set `offering:` to a kind it lists."
                 )
         fleet = {e.family for e in self.fleet}
         for i, w in enumerate(self.workloads):
@@ -301,6 +330,9 @@ _HINTS: dict[str, str] = {
     "height": "give the image height in pixels",
     "width": "give the image width in pixels",
     "batches": "give a list of batch sizes, e.g. [1, 2, 4]",
+    "max_startup_s": "give the longest start-up a replica may take, in seconds, e.g. 60",
+    "offering": "one of on-demand, spot, serverless, reserved",
+    "allow_estimates": "true or false",
 }
 
 

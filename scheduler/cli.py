@@ -20,6 +20,8 @@ app = typer.Typer(
     help="Route image-generation jobs to GPU pools by the plan in force, and run the pools' workers.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain click help: rich markup would eat every `[default: ...]` (as "Port .") and show flags as <bool>.
+    rich_markup_mode=None,
 )
 
 

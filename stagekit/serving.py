@@ -36,8 +36,7 @@ from stagekit.interface import Item, StageFn, mark_weights
 from stagekit.pipelines import StageUnsupported, tiny_shapes
 from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from stagekit.sources import PIPELINES, ModelSource, ModelSourceError
-from stagekit.synthetic import DenoiserStage as SyntheticDenoiser
-from stagekit.synthetic import latent_shape, synthetic_stage, text_bucket
+from stagekit.synthetic import example_conditioning_items, latent_shape, synthetic_stage, text_bucket
 
 EMBED_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
 DEFAULT_NEGATIVE = {"qwen-image": " "}
@@ -208,10 +207,8 @@ class DenoiserStage(PipelineStage):
 
     def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
         """`n` items as the text stage hands them over, random conditioning of its shapes (a compiled warm-up)."""
-        synthetic: Any = SyntheticDenoiser.__new__(SyntheticDenoiser)
-        synthetic.spec, synthetic.runner = self.spec, self.prepared.runner
-        items: list[Item] = SyntheticDenoiser.example_items(synthetic, n, height=height, width=width, steps=steps)
-        return items
+        runner = self.prepared.runner
+        return example_conditioning_items(self.spec, runner, n, height=height, width=width, steps=steps)
 
 
 def first_keys(batch: Sequence[Item]) -> set[str]:

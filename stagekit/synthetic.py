@@ -365,6 +365,35 @@ class TextEncoderStage(_Stage):
         raise UnsupportedModelError(f"model {self.spec.id!r}: no text conditioning for architecture {arch!r}")
 
 
+def example_conditioning_items(
+    spec: ModelSpec, runner: StageRunner, n: int, *, height: int, width: int, steps: int
+) -> list[Item]:
+    """`n` denoiser inputs as a text stage hands them over, random conditioning of the shapes the denoiser module
+    takes (a compiled stage's warm-up; a probe's inputs on real weights): one row per item, `negative_*` for CFG."""
+    rows = n * (2 if spec.cfg else 1)
+    cond = runner.example_conditioning(rows)
+    arch = spec.architecture
+    if arch in ("sd", "sdxl"):
+        cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+        if "added_cond_kwargs" in cond:
+            cols["pooled_prompt_embeds"] = cond["added_cond_kwargs"]["text_embeds"]
+    elif arch == "flux":
+        cols = {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
+    elif arch == "qwen-image":
+        cols = {"prompt_embeds": cond["encoder_hidden_states"]}
+    else:
+        cols = {"prompt_embeds": cond["cap_feats"]}
+    out = []
+    for i in range(n):
+        item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
+        for key, rows_of in cols.items():
+            item[key] = rows_of[i]
+            if spec.cfg:
+                item[f"negative_{key}"] = rows_of[n + i]
+        out.append(item)
+    return out
+
+
 class DenoiserStage(_Stage):
     """The sampler loop around `StageRunner.denoiser_call`: seeded noise, `steps` steps, CFG as the model has it."""
 
@@ -379,28 +408,7 @@ class DenoiserStage(_Stage):
 
     def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
         """`n` items as the text stage hands them over, with random conditioning of its shapes (warm-up)."""
-        rows = n * (2 if self.spec.cfg else 1)
-        cond = self.runner.example_conditioning(rows)
-        arch = self.spec.architecture
-        if arch in ("sd", "sdxl"):
-            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
-            if "added_cond_kwargs" in cond:
-                cols["pooled_prompt_embeds"] = cond["added_cond_kwargs"]["text_embeds"]
-        elif arch == "flux":
-            cols = {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
-        elif arch == "qwen-image":
-            cols = {"prompt_embeds": cond["encoder_hidden_states"]}
-        else:
-            cols = {"prompt_embeds": cond["cap_feats"]}
-        out = []
-        for i in range(n):
-            item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
-            for key, rows_of in cols.items():
-                item[key] = rows_of[i]
-                if self.spec.cfg:
-                    item[f"negative_{key}"] = rows_of[n + i]
-            out.append(item)
-        return out
+        return example_conditioning_items(self.spec, self.runner, n, height=height, width=width, steps=steps)
 
     def noise(self, batch: Sequence[Item], height: int, width: int) -> torch.Tensor:
         """Each item's initial noise from its own seed (CPU generator: the same on every device), float32."""

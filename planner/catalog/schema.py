@@ -36,6 +36,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+OFFERING_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("serverless", "serverless"),
+    ("spot", "spot"),
+    ("on-demand", "on-demand"),
+    ("on demand", "on-demand"),
+    ("reserved", "reserved"),
+    ("committed", "reserved"),
+)
+
+
+def offering_kind(offering: str) -> str | None:
+    """The offering kind an offering's text names first (`pod spot (...; lists $2.69 as on-demand)` is spot)."""
+    text = offering.lower()
+    hits = [(text.find(word), kind) for word, kind in OFFERING_KEYWORDS if word in text]
+    return min(hits)[1] if hits else None
+
+
 class Price(_Strict):
     """One price of one family: an offering at a provider, with where and when it was read."""
 
@@ -45,6 +62,15 @@ class Price(_Strict):
     source: str
     as_of: str = Field(description="date or month the price was read, ISO format (2026-03 or 2026-03-14)")
     status: FactStatus
+    kind: Literal["on-demand", "spot", "serverless", "reserved"] | None = Field(
+        default=None, description="the offering kind; default: the first kind the offering's text names"
+    )
+    region: str | None = Field(default=None, description="where the price applies, when the source says")
+    override: bool = Field(default=False, description="an operator's price (the store's override): used first")
+
+    @property
+    def offering_kind(self) -> str | None:
+        return self.kind or offering_kind(self.offering)
 
 
 class GpuFamily(_Strict):
@@ -101,8 +127,20 @@ class GpuFamily(_Strict):
 
     @property
     def default_price(self) -> Price | None:
-        """The price a plan uses when the fleet names none: the first listed (the catalog orders them)."""
+        """The first price listed (an operator's override, else the catalog's first)."""
         return self.prices[0] if self.prices else None
+
+    def price_for(self, kind: str) -> Price | None:
+        """The price a plan uses for an offering kind: an operator's override whatever its kind (it is the
+        fleet's own price), else the first catalog price of that kind; None when the family has neither."""
+        for price in self.prices:
+            if price.override:
+                return price
+        return next((p for p in self.prices if p.offering_kind == kind), None)
+
+    def offering_kinds(self) -> list[str]:
+        """The offering kinds the family has a price for, in catalog order."""
+        return list(dict.fromkeys(k for p in self.prices if (k := p.offering_kind) is not None))
 
     def peak_tflops(self, precision: str) -> float | None:
         """Dense peak for a precision, falling back the way the hardware does (fp32 matmul runs as tf32)."""

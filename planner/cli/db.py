@@ -10,7 +10,9 @@ from planner.db import migrate
 from planner.db.seed import seed
 from planner.db.session import engine_for
 
-app = typer.Typer(help="Migrate the store (SQLite embedded, or a fleet's PostgreSQL).", no_args_is_help=True)
+app = typer.Typer(
+    help="Migrate the store (SQLite embedded, or a fleet's PostgreSQL).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command()

@@ -12,6 +12,8 @@ app = typer.Typer(
     help="Plan a GPU fleet for image generation at the least dollars per image.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # Plain click help: rich markup would eat every `[default: ...]` (as "Port .") and show flags as <bool>.
+    rich_markup_mode=None,
 )
 app.add_typer(db.app, name="db")
 app.add_typer(measurements.app, name="measurements")

@@ -26,7 +26,9 @@ from planner.measurements.store import (
     measurements_query,
 )
 
-app = typer.Typer(help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True)
+app = typer.Typer(
+    help="Import and export measurements (the CSV contract of DESIGN.md).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("import")

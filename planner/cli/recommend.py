@@ -31,7 +31,14 @@ def recommend(
         typer.Option("--model", "-m", help="A model id (repeat for several acceptable models; the plan picks)."),
     ] = None,
     rate: Annotated[float | None, typer.Option("--rate", "-r", help="Target rate, images/s.")] = None,
-    p95: Annotated[float | None, typer.Option("--p95", help="p95 latency objective, seconds.")] = None,
+    p95: Annotated[
+        float | None,
+        typer.Option(
+            "--p95",
+            help="p95 latency objective, seconds [default: none: the cheapest plan at any latency, its p95 stated]. "
+            "Interactive requests want one (docs/recommend.md, 'Choosing a latency objective').",
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Denoiser steps for every --model [default: each model's].")] = None,
     height: Annotated[int | None, typer.Option(help="Image height in pixels [default: the model's].")] = None,
     width: Annotated[int | None, typer.Option(help="Image width in pixels [default: the model's].")] = None,
@@ -55,11 +62,46 @@ def recommend(
     ] = None,
     family: Annotated[
         list[str] | None,
-        typer.Option("--family", help="A GPU family the plan may use (repeat) [default: every family with a price]."),
+        typer.Option(
+            "--family",
+            help="A GPU family the plan may use (repeat) [default: every family with a price at --offering].",
+        ),
     ] = None,
     price: Annotated[
-        list[float] | None, typer.Option("--price", help="$/GPU-hour of each --family, in order [default: store's].")
+        list[float] | None,
+        typer.Option("--price", help="$/GPU-hour of each --family, in order [default: the catalog's at --offering]."),
     ] = None,
+    offering: Annotated[
+        str | None,
+        typer.Option(
+            "--offering",
+            help="Which catalog price families are compared at: on-demand, spot, serverless or reserved "
+            "[default: on-demand].",
+        ),
+    ] = None,
+    allow_estimates: Annotated[
+        bool,
+        typer.Option(
+            "--allow-estimates",
+            help="Also plan on families and cells no agent measured (roofline transfers, imported estimates), "
+            "labelled with their uncertainty [default: off: measured, interpolated and scaled cells only].",
+        ),
+    ] = False,
+    max_startup: Annotated[
+        float | None,
+        typer.Option(
+            "--max-startup",
+            help="Longest a replica may take to become ready, seconds (weights load + compile of every batch size) "
+            "[default: no cap].",
+        ),
+    ] = None,
+    probe_next: Annotated[
+        bool,
+        typer.Option(
+            "--probe-next/--no-probe-next",
+            help="Rank the fleet's unmeasured families by what they could save (one extra solve each) [default: on].",
+        ),
+    ] = True,
     available: Annotated[
         list[int] | None, typer.Option("--available", help="GPUs of each --family, in order [default: unlimited].")
     ] = None,
@@ -74,19 +116,37 @@ def recommend(
         Path | None, typer.Option("--report", help="Write a self-contained HTML report (with plots) into DIR.")
     ] = None,
     what_if_spec: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            "--what-if", help="Re-solve at other rates: rate=1,10,100 (images/s, total) or rate=x0.5,x2 (multipliers)."
+            "--what-if",
+            help="Re-solve at other rates: rate=1,10,100 (images/s, total) or rate=x0.5,x2 (multipliers); repeated "
+            "flags merge [default: none].",
         ),
     ] = None,
     compare_file: Annotated[
         Path | None, typer.Option("--compare", help="A plan saved earlier with --format json, to compare against.")
     ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="The running plan (saved with --format json): re-plan close to it, weighing each replica moved "
+            "against its saving, and report the moves.",
+        ),
+    ] = None,
+    move_cost: Annotated[
+        float,
+        typer.Option(
+            "--move-cost",
+            min=0.0,
+            help="With --from: $/hour a replica moved must save to be worth moving (0: the fresh optimum).",
+        ),
+    ] = 0.5,
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Recommend the cheapest fleet plan ($/image) for a rate, latency objective and quality floor.
 
-    Quick: `planner recommend --model sdxl --rate 10`. Whole fleet: `planner recommend --scenario fleet.yaml`.
+    Quick: `planner recommend --model sdxl --rate 10 --p95 10`. Whole fleet: `planner recommend --scenario fleet.yaml`.
     """
     from planner.cli.recommend_run import run
 
@@ -103,6 +163,10 @@ def recommend(
         recipe=recipe,
         family=family,
         price=price,
+        offering=offering,
+        allow_estimates=allow_estimates,
+        max_startup=max_startup,
+        probe_next=probe_next,
         available=available,
         name=name,
         scenario=scenario,
@@ -110,5 +174,7 @@ def recommend(
         report=report,
         what_if_spec=what_if_spec,
         compare_file=compare_file,
+        from_file=from_file,
+        move_cost=move_cost,
         database_url=database_url,
     )

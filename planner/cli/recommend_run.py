@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from planner.planning import InfeasibleError, load_catalog, store_problem
 from planner.recommend import views as v
 from planner.recommend.compare import compare, load_plan_file
 from planner.recommend.export import write_csv
-from planner.recommend.quick import QuickRequest, parse_quality, parse_what_if, quick_scenario
+from planner.recommend.opportunities import opportunities
+from planner.recommend.quick import QuickRequest, merge_what_if, parse_quality, quick_scenario
 from planner.recommend.sweep import builder_for, what_if
 from planner.scenario import Scenario, load_scenario
 from planner.solver import OptionBuilder, Plan, Problem, solve
+from planner.solver.replan import RunningPlan
 
 
 def render_view(view: v.View, out: Console) -> None:
@@ -62,7 +65,12 @@ def _notes(scenario: Scenario) -> tuple[str, ...]:
 
 
 def _scenario_and_context(
-    database_url: str | None, scenario_file: Path | None, request: QuickRequest | None, progress: DeferredProgress
+    database_url: str | None,
+    scenario_file: Path | None,
+    request: QuickRequest | None,
+    progress: DeferredProgress,
+    *,
+    allow_estimates: bool = False,
 ) -> tuple[Scenario, Problem, v.Context]:
     """Read everything from the store in one short transaction; the solves run after it is closed."""
     settings = get_settings()
@@ -73,6 +81,8 @@ def _scenario_and_context(
             rows = stored_rows(session, status="ok")
             if scenario_file is not None:
                 scenario = load_scenario(scenario_file)
+                if allow_estimates:  # the flag turns the scenario's key on for this run
+                    scenario = scenario.model_copy(update={"allow_estimates": True})
             else:
                 assert request is not None
                 scenario = quick_scenario(request, catalog)
@@ -115,6 +125,18 @@ def command_line(params: dict[str, Any]) -> str:
     return shlex.join(parts)
 
 
+def _running_plan(path: Path) -> RunningPlan:
+    """The plan `--from` names, as the solver's running plan; InputError saying what is wrong with it."""
+    data = load_plan_file(path, flag="--from")
+    try:
+        return RunningPlan.from_plan_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"--from {path}: a group lacks {exc} (stages, family, recipes per stage, batch, replicas). Fix: give "
+            "a file written by `planner recommend --format json`."
+        ) from exc
+
+
 def run(
     *,
     model: list[str] | None,
@@ -134,9 +156,15 @@ def run(
     scenario: Path | None,
     output_format: str,
     report: Path | None,
-    what_if_spec: str | None,
+    what_if_spec: list[str] | None,
+    offering: str | None = None,
+    allow_estimates: bool = False,
+    max_startup: float | None = None,
+    probe_next: bool = True,
     compare_file: Path | None,
     database_url: str | None,
+    from_file: Path | None = None,
+    move_cost: float = 0.5,
 ) -> None:
     """The command, flag values in."""
     quick_given = {
@@ -153,6 +181,8 @@ def run(
         "--price": price,
         "--available": available,
         "--name": name,
+        "--offering": offering,
+        "--max-startup": max_startup,
     }
     used = [flag for flag, value in quick_given.items() if value not in (None, [])]
     request: QuickRequest | None = None
@@ -186,14 +216,25 @@ def run(
             prices=price or (),
             available=available or (),
             name=name,
+            offering=offering,
+            allow_estimates=allow_estimates,
+            max_startup_s=max_startup,
         )
-    points = parse_what_if(what_if_spec) if what_if_spec is not None else []
+    points = merge_what_if(what_if_spec or [])
     saved = load_plan_file(compare_file) if compare_file is not None else None
+    running = _running_plan(from_file) if from_file is not None else None
 
     with DeferredProgress(err_console, "solving") as progress:
-        scen, problem, context = _scenario_and_context(database_url, scenario, request, progress)
+        scen, problem, context = _scenario_and_context(
+            database_url, scenario, request, progress, allow_estimates=allow_estimates
+        )
+        if running is not None:
+            problem = problem.with_options(running=running, move_cost_per_hour=move_cost)
         builder = builder_for(problem)
         plan = solve(problem, builder=builder)
+    if plan.feasible and probe_next:
+        with DeferredProgress(err_console, "what to probe next") as progress:
+            plan = replace(plan, opportunities=tuple(opportunities(problem, plan)))
     if not plan.feasible:
         if output_format == "json":
             # A script reads stdout: it gets the object (feasible false, `infeasible` saying why and what would
@@ -207,13 +248,16 @@ def run(
     elif output_format == "csv":
         write_csv(plan, sys.stdout)
     else:
-        for line in v.context_lines(context):
+        # Risk first: what the plan rests on, its prices, and every warning, before the tables.
+        for line in [*v.headline_lines(plan), *v.context_lines(context)]:
             console.print(Text(line), highlight=False, soft_wrap=True)
-        for view in v.plan_views(plan):
-            render_view(view, console)
         for warning in plan.warnings:
             # Plain text: a warning names groups like `[te+dn]`, which rich markup would swallow.
             console.print(Text.assemble(("warning:", "yellow"), " ", warning), highlight=False, soft_wrap=True)
+        for view in v.plan_views(plan):
+            render_view(view, console)
+        if plan.replan is not None:
+            console.print(Text(plan.replan.summary()), highlight=False, soft_wrap=True)
 
     extra: list[tuple[str, list[v.View]]] = []
     if points:
@@ -231,9 +275,13 @@ def run(
         params = {
             **quick_given,
             "--synthetic-quality": synthetic_quality,
+            "--allow-estimates": allow_estimates,
             "--scenario": scenario,
             "--what-if": what_if_spec,
+            "--no-probe-next": not probe_next,
             "--compare": compare_file,
+            "--from": from_file,
+            "--move-cost": move_cost if from_file is not None else None,
             "--report": report,
         }
         _write_report(report, plan, problem, scen, context, builder, extra, command=command_line(params))

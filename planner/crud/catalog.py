@@ -8,8 +8,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from planner.api.schemas.catalog import FamilyIn, PriceIn
+from planner.catalog.schema import offering_kind
 from planner.core.errors import ConflictError, NotFoundError
 from planner.db import models as m
+from planner.scenario import DEFAULT_OFFERING
 
 
 def ordered_prices(family: m.GpuFamily) -> list[m.GpuPrice]:
@@ -20,8 +22,15 @@ def ordered_prices(family: m.GpuFamily) -> list[m.GpuPrice]:
 
 
 def default_price(family: m.GpuFamily) -> float | None:
+    """A fleet entry's price when none is given: an operator's override, else the first price of the default
+    offering kind (on-demand: docs/recommend.md, "Prices"), else the first listed."""
     prices = ordered_prices(family)
-    return prices[0].price_per_hour if prices else None
+    if not prices:
+        return None
+    if prices[0].is_override:
+        return prices[0].price_per_hour
+    kind = next((p for p in prices if offering_kind(p.offering) == DEFAULT_OFFERING), prices[0])
+    return kind.price_per_hour
 
 
 def list_families(session: Session) -> Sequence[m.GpuFamily]:

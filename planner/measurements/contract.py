@@ -28,6 +28,13 @@ row; `planner measurements import` reads rows with it), so a probe's output is s
 - every float is held at the CSV's precision (`float_text`: 6 significant places, or 6 decimals between 1e-3
   and 1e6), whichever path it came by: a row sent as JSON and the same row read back from the agent's CSV are
   stored as the same numbers (far finer than any timing's run-to-run spread).
+- `sm_clock_mhz` (optional): mean SM clock NVML read at the end of each timed window; `throttle_reasons`: the
+  clock-event reasons NVML gave at those reads besides the GPU being idle, `+`-joined (`none` when there were
+  none), e.g. `sw_power_cap+hw_slowdown`; `cpu_model`: the host CPU (launch-bound cells measure it too). The
+  store keeps them in the provenance JSON like `compile_s`.
+- An `ok` cell has a stable median (spread of the last windows within the timer's threshold); a cell that never
+  settled is `failed` with `unstable: ...` in `error`, its numbers kept for a reader to see. `latency_p95_ms`
+  is empty where the timed calls were too few for a 95th percentile (`agent.timing.MIN_P95_CALLS`).
 """
 
 from __future__ import annotations
@@ -94,6 +101,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "quality_reference",
     "quality_prompts",
     "quality_prompt_set",
+    "sm_clock_mhz",
+    "throttle_reasons",
+    "cpu_model",
 )
 """Columns the project reads and writes after the contract's; anything else is ignored on import."""
 
@@ -204,6 +214,9 @@ class MeasurementRow(BaseModel):
     quality_reference: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
     quality_prompts: int | None = Field(default=None, ge=1, le=100000)
     quality_prompt_set: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
+    sm_clock_mhz: Annotated[float, Field(ge=0, le=100000, allow_inf_nan=False)] | None = None
+    throttle_reasons: str | None = Field(default=None, max_length=200, pattern=r"^[a-z0-9_+]*$")
+    cpu_model: str | None = Field(default=None, max_length=200)
 
     @field_validator("batch", "height", "width", "windows", "calls", "quality_prompts", mode="before")
     @classmethod

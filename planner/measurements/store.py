@@ -57,6 +57,9 @@ PROVENANCE_FIELDS = (
     "quality_reference",
     "quality_prompts",
     "quality_prompt_set",
+    "sm_clock_mhz",
+    "throttle_reasons",
+    "cpu_model",
 )
 
 

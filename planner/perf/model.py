@@ -37,11 +37,30 @@ Where a value comes from, in order of preference:
    - compile modes and `cuda_graphs`: inductor emits Triton on both vendors and HIP graphs stand in for CUDA
      graphs. Allowed, with the same uncertainty.
    Measure the family to plan on it with confidence.
-Image size: cells are keyed by resolution and nothing is scaled from one size to another (the FLOPs of
-`planner.perf.roofline.resolution_factor` serve transfers between families at one size), except for a
-size-independent stage (`SIZE_INDEPENDENT_STAGES`: the text encoder, whose input is the prompt's tokens and
-whose cost `resolution_factor` already takes as 1): asked at a size it was not measured at, it uses its cells
-at the model's default size, else at the largest measured size, and says so in the basis.
+4. scaled: asked at an image size no cell of (model, stage) was measured at, a denoiser or VAE cell is scaled
+   from the nearest measured size of the same family (`scaled_cell`): the model's default size when measured,
+   else the size nearest in pixels. The measured call is cut by the family's ceilings into compute, memory and
+   overhead (`planner.perf.roofline.split_time`); compute scales with the FLOPs ratio f of
+   `resolution_factor` (pixels for convolutions and U-Nets; tokens plus a tokens-squared attention share for
+   DiTs), activation traffic with the pixel ratio p, weights traffic and overhead not at all:
+       t' = c f + m (W + A p) / (W + A) + o,        peak' = weights + (peak - weights) p.
+   A family without ceilings scales the whole call by f. A U-Net's attention (tokens squared) is left in the
+   pixel-linear part, as the facts file's §6a scaling note has it: by the analytic count 4 L^2 d per
+   self-attention over SDXL's transformer blocks (10 at 4096 tokens x 640, 60 at 1024 x 1280) it is about 0.75
+   of 6.76 TFLOP (11%) at 1024^2; counting it as tokens squared would lower 768^2 by under 5% (inside its
+   ±11% below).
+   Uncertainty: the source's plus `SCALE_UNCERTAINTY_BASE + SCALE_UNCERTAINTY_PER_LOG |ln f|` (0.05 + 0.10
+   |ln f|: a chosen margin, not fitted; no two sizes of one model were measured to fit it on). Evidence:
+   `scaled from HxW`.
+   A size-independent stage (`SIZE_INDEPENDENT_STAGES`: the text encoder, whose input is the prompt's tokens and
+   whose cost `resolution_factor` already takes as 1) asked at a size it was not measured at uses its cells at
+   the model's default size, else at the largest measured size, unscaled, and says so in the basis.
+
+Evidence first (`PerfSettings.estimates`): measured, interpolated and scaled cells are what a plan rests on by
+default; transferred cells and imported estimates (rows labelled `estimated`) are used only when the user
+allows estimates (`allow_estimates: true` in a scenario, `--allow-estimates`). Every cell carries its
+`evidence` label (`measured`, `interpolated`, `scaled from HxW`, `imported estimate`, `transferred from F`);
+`EVIDENCE_RANK` orders them from the surest, so a group shows its least sure cell's label.
 A data-dependent recipe (step caches) measured on synthetic weights is not used at all unless
 `allow_synthetic_data_dependent`: the cache decides from activations, and random weights mislead it.
 
@@ -70,6 +89,7 @@ from planner.perf.roofline import (
     compute_precision,
     family_distance,
     flops_per_call,
+    resolution_factor,
     split_time,
     transfer_ms,
     transfer_uncertainty,
@@ -77,7 +97,7 @@ from planner.perf.roofline import (
 )
 
 Source = Literal["measured", "estimated"]
-Method = Literal["measured", "imported-estimate", "interpolated", "transferred"]
+Method = Literal["measured", "imported-estimate", "interpolated", "scaled", "transferred"]
 QualityMetric = Literal["psnr_image", "ssim_image", "psnr_latent"]
 QualitySource = Literal["measured", "published", "synthetic", "reference", "unknown"]
 
@@ -102,7 +122,21 @@ ConfigKey = tuple[str, str, str, int, int]
 SIZE_INDEPENDENT_STAGES = frozenset({"text_encoder"})
 """Stages whose cost does not depend on the image size (module docstring, "Image size")."""
 INTERPOLATION_UNCERTAINTY_PER_DOUBLING = 0.05
+SCALE_UNCERTAINTY_BASE = 0.05
+SCALE_UNCERTAINTY_PER_LOG = 0.10
+EVIDENCE_RANK: dict[str, int] = {
+    "measured": 0,
+    "interpolated": 1,
+    "scaled": 2,
+    "imported-estimate": 3,
+    "transferred": 4,
+}
+"""How sure each method is, surest first: a group is labelled by its least sure cell."""
+ESTIMATE_METHODS = frozenset({"imported-estimate", "transferred"})
+"""Methods a plan uses only when the user allows estimates (module docstring, "Evidence first")."""
 IMPORTED_ESTIMATE_UNCERTAINTY = 0.30
+TRANSFER_TIE_BAND = 0.02
+"""Transfer sources whose `family_distance` is within this (2% in log) of the nearest count as as near."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -125,10 +159,21 @@ class CellEstimate:
     method: Method
     uncertainty: float
     basis: str
+    evidence: str = ""
+    """`measured`, `interpolated`, `scaled from HxW`, `imported estimate` or `transferred from FAMILY`."""
+    compile_s: float | None = None
+    """Seconds the first call of this shape took (compilation), as measured; None when not compiled."""
+    spread: float | None = None
+    """Relative spread of the timed windows' medians (the measurement's `latency_spread`)."""
 
     @property
     def measured(self) -> bool:
         return self.source == "measured"
+
+    @property
+    def label(self) -> str:
+        """The evidence label (falls back to the method for cells built without one)."""
+        return self.evidence or self.method
 
 
 @dataclass(frozen=True)
@@ -142,6 +187,24 @@ class PerfSettings:
     imported_uncertainty: float = IMPORTED_ESTIMATE_UNCERTAINTY
     cross_vendor_uncertainty: float = 0.5
     interpolation_uncertainty: float = INTERPOLATION_UNCERTAINTY_PER_DOUBLING
+    estimates: bool = True
+    """Use transferred cells and imported estimates. The planner's scenarios turn this off unless the user
+    allows estimates (module docstring, "Evidence first"); the model alone keeps every rule on."""
+    scale_resolution: bool = True
+    """Scale denoiser and VAE cells from a measured image size to an unmeasured one (module docstring, 4.)."""
+
+
+def _max_known(a: float | None, b: float | None) -> float | None:
+    known = [x for x in (a, b) if x is not None]
+    return max(known) if known else None
+
+
+def evidence_of(cells: Iterable[CellEstimate]) -> tuple[str, str]:
+    """(method, label) of the least sure of some cells (`EVIDENCE_RANK`; at equal rank the less certain)."""
+    worst = max(cells, key=lambda c: (EVIDENCE_RANK.get(c.method, 9), c.uncertainty), default=None)
+    if worst is None:
+        return "measured", "measured"
+    return worst.method, worst.label
 
 
 def vendor_specific(recipe: Recipe | None, precision: str | None) -> str | None:
@@ -218,6 +281,9 @@ class PerfModel:
         """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them.
         `published`: quality figures with their sources (default: the catalog's quality_published.yaml)."""
         self.published = tuple(published_quality() if published is None else published)
+        rows = list(rows)
+        override_rows = list(override_rows)
+        self._inputs = (rows, override_rows, dict(calibration or {}))
         self.families = dict(families)
         self.models = dict(models)
         self.recipes = dict(recipes)
@@ -254,8 +320,27 @@ class PerfModel:
         for model, stage, recipe, h, w in self._by_config:
             self._recipes[(model, stage, h, w)].add(recipe)
 
+    def with_settings(self, **changes: object) -> PerfModel:
+        """The same inputs under other settings (e.g. `estimates=True` to price what was not measured)."""
+        rows, override_rows, calibration = self._inputs
+        return PerfModel(
+            rows,
+            families=self.families,
+            models=self.models,
+            recipes=self.recipes,
+            calibration=calibration,
+            settings=replace(self.settings, **changes),  # type: ignore[arg-type]
+            override_rows=override_rows,
+        )
+
+    def measured_families_of(self, model: str) -> set[str]:
+        """Families with at least one usable measured cell of a model (any stage, recipe, size)."""
+        return {row.gpu_family for row in self._cells.values() if row.model == model and row.source == "measured"}
+
     # ---- what is known ------------------------------------------------------------------------------
     def _unusable(self, row: MeasurementRow) -> bool:
+        if row.source == "estimated" and not self.settings.estimates:
+            return True
         recipe = self.recipes.get(row.recipe)
         return (
             recipe is not None
@@ -279,14 +364,21 @@ class PerfModel:
         return list(self._sizes[key])
 
     def _size(self, model: str, stage: str, height: int, width: int) -> tuple[int, int]:
-        """The size whose cells serve a request: its own, or for a size-independent stage a measured one."""
-        if stage not in SIZE_INDEPENDENT_STAGES or (model, stage, height, width) in self._recipes:
+        """The size whose cells serve a request: its own, else a measured one (module docstring, 4.)."""
+        if (model, stage, height, width) in self._recipes:
+            return height, width
+        independent = stage in SIZE_INDEPENDENT_STAGES
+        if not independent and not self.settings.scale_resolution:
             return height, width
         sizes = self.sizes_for(model, stage)
         spec = self.models.get(model)
         if spec is not None and (spec.height, spec.width) in sizes:
             return spec.height, spec.width
-        return sizes[0] if sizes else (height, width)
+        if not sizes:
+            return height, width
+        if independent:
+            return sizes[0]
+        return min(sizes, key=lambda s: (abs(math.log(s[0] * s[1] / (height * width))), -s[0] * s[1]))
 
     def measured_families(self, model: str, stage: str, recipe: str, height: int, width: int) -> list[str]:
         height, width = self._size(model, stage, height, width)
@@ -328,16 +420,18 @@ class PerfModel:
         if key in self._memo:
             return self._memo[key]
         h, w = self._size(model, stage, height, width)
-        if (h, w) != (height, width):  # a size-independent stage: the cell at a measured size, relabelled
+        if (h, w) != (height, width):  # the cell at a measured size: relabelled, or scaled (module docstring, 4.)
             at = self.latency(family, model, stage, recipe, batch, h, w)
             found = None
-            if at is not None:
+            if at is not None and stage in SIZE_INDEPENDENT_STAGES:
                 basis = f"{at.basis} at {h}x{w} (a {stage}'s cost does not depend on the image size)"
                 found = replace(at, height=height, width=width, basis=basis)
+            elif at is not None:
+                found = self.scaled_cell(at, height, width)
             self._memo[key] = found
             return found
         found = self._own(key)
-        if found is None and self.settings.transfer:
+        if found is None and self.settings.transfer and self.settings.estimates:
             found = self._transferred(key)
         self._memo[key] = found
         return found
@@ -395,6 +489,9 @@ class PerfModel:
             method="interpolated",
             uncertainty=u,
             basis=f"interpolated on {family} between batch {b0} and {b1}",
+            evidence="interpolated",
+            compile_s=_max_known(e0.compile_s, e1.compile_s),
+            spread=_max_known(e0.spread, e1.spread),
         )
 
     def _from_row(self, row: MeasurementRow) -> CellEstimate:
@@ -427,11 +524,36 @@ class PerfModel:
             method="measured" if measured else "imported-estimate",
             uncertainty=spread if measured else self.settings.imported_uncertainty + spread,
             basis=basis,
+            evidence="measured" if measured else "imported estimate",
+            compile_s=row.compile_s,
+            spread=row.latency_spread,
         )
 
     def _vendor(self, family: str) -> str | None:
         spec = self.families.get(family)
         return spec.vendor if spec is not None else None
+
+    def _transfer_source(
+        self, candidates: list[tuple[float, int, str, CellEstimate]], target: Ceilings, precision: str
+    ) -> tuple[float, str, CellEstimate]:
+        """The source of a transfer, by a rule that catalog peaks differing by a rounding cannot flip.
+
+        Nearest by `family_distance` (the larger log ratio of compute or bandwidth), but every candidate within
+        `TRANSFER_TIE_BAND` of the nearest counts as as near: among those, a measured cell beats an interpolated
+        one, then the smaller of the two log ratios decides (the family that differs in one roofline only),
+        then the family id. Two sources of equal compute (the H100 and the H200 seen from an A100) used to be
+        told apart by a 0.05% difference of a catalog peak; they are now told apart by bandwidth."""
+        nearest = min(c[0] for c in candidates)
+
+        def secondary(src: str) -> float:
+            source = self.ceilings[src]
+            p_src, p_dst = source.compute(precision), target.compute(precision)
+            compute = abs(math.log(p_dst / p_src)) if p_src and p_dst else math.inf
+            return min(compute, abs(math.log(target.tbps / source.tbps)))
+
+        near = [c for c in candidates if c[0] <= nearest + TRANSFER_TIE_BAND]
+        distance, _, src_family, cell = min(near, key=lambda c: (c[1], secondary(c[2]), c[2]))
+        return distance, src_family, cell
 
     def _transferred(self, key: CellKey) -> CellEstimate | None:
         family, model, stage, recipe, batch, h, w = key
@@ -456,11 +578,11 @@ class PerfModel:
             own = self._own((src_family, model, stage, recipe, batch, h, w))
             if own is None or own.method == "imported-estimate":
                 continue
-            # Nearest family first; at equal distance a measured cell beats an interpolated one.
+            # Nearest family first (`_transfer_source` breaks near-ties).
             candidates.append((distance, 0 if own.measured else 1, src_family, own))
         if not candidates:
             return None
-        distance, _, src_family, cell = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+        distance, src_family, cell = self._transfer_source(candidates, target, precision)
         source = self.ceilings[src_family]
         row = self._cells.get((src_family, model, stage, recipe, batch, h, w))
         spec = self.models.get(model)
@@ -503,6 +625,51 @@ class PerfModel:
             + transfer_uncertainty(distance)
             + (self.settings.cross_vendor_uncertainty if self._vendor(src_family) != self._vendor(family) else 0.0),
             basis=f"transferred from {src_family} ({cell.method})",
+            evidence=f"transferred from {src_family}",
+            compile_s=cell.compile_s,
+            spread=cell.spread,
+        )
+
+    def scaled_cell(self, cell: CellEstimate, height: int, width: int) -> CellEstimate | None:
+        """A cell measured (or interpolated) at one image size, scaled to another (module docstring, 4.)."""
+        spec = self.models.get(cell.model)
+        if spec is None:
+            return None
+        f0 = resolution_factor(spec, cell.stage, cell.height, cell.width)
+        f = resolution_factor(spec, cell.stage, height, width) / f0 if f0 > 0 else math.nan
+        p = height * width / (cell.height * cell.width)
+        if not (math.isfinite(f) and f > 0):
+            return None
+        latency = cell.latency_ms * f
+        precision = self.precision_of(cell.recipe)
+        weights_gib = self.weight_gib(cell.model, cell.stage, cell.recipe)
+        ceil = self.ceilings.get(cell.family)
+        tflops = flops_per_call(spec, cell.stage, cell.batch, cell.height, cell.width)
+        if ceil is not None and precision is not None and tflops is not None:
+            weight_bytes = (weights_gib or 0.0) * 2**30
+            act = activation_bytes(tflops, precision)
+            split = split_time(cell.latency_ms, tflops, weight_bytes + act, ceil, precision)
+            if split is not None:
+                moved = (weight_bytes + act * p) / (weight_bytes + act) if weight_bytes + act > 0 else p
+                latency = split.compute_ms * f + split.memory_ms * moved + split.overhead_ms
+        ratio = latency / cell.latency_ms
+        peak = cell.peak_mem_gib
+        if peak is not None:
+            resident = min(weights_gib or 0.0, peak)
+            peak = resident + (peak - resident) * p
+        inner = "" if cell.method == "measured" else f" ({cell.label})"
+        return replace(
+            cell,
+            height=height,
+            width=width,
+            latency_ms=latency,
+            latency_p95_ms=cell.latency_p95_ms * ratio,
+            peak_mem_gib=peak,
+            source="estimated",
+            method="scaled" if EVIDENCE_RANK[cell.method] <= EVIDENCE_RANK["scaled"] else cell.method,
+            uncertainty=cell.uncertainty + SCALE_UNCERTAINTY_BASE + SCALE_UNCERTAINTY_PER_LOG * abs(math.log(f)),
+            basis=f"scaled from {cell.height}x{cell.width} (FLOPs x{f:.3g}): {cell.basis}",
+            evidence=f"scaled from {cell.height}x{cell.width}{inner}",
         )
 
     # ---- quality ------------------------------------------------------------------------------------

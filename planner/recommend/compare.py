@@ -46,17 +46,17 @@ class Comparison:
     workloads: list[WorkloadDiff]
 
 
-def load_plan_file(path: Path) -> dict[str, Any]:
-    """A saved `--format json` plan; InputError naming the file and the key when it is not contract 3."""
+def load_plan_file(path: Path, flag: str = "--compare") -> dict[str, Any]:
+    """A saved `--format json` plan; InputError naming the flag, the file and the key when it is not contract 3."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise InputError(f"--compare {path}: no such file. Fix: give a plan saved with --format json.") from exc
+        raise InputError(f"{flag} {path}: no such file. Fix: give a plan saved with --format json.") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--compare {path}: cannot read it ({exc}).") from exc
+        raise InputError(f"{flag} {path}: cannot read it ({exc}).") from exc
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"--compare {path}:{exc.lineno}: not JSON ({exc.msg}). Fix: save the plan with --format json."
+            f"{flag} {path}:{exc.lineno}: not JSON ({exc.msg}). Fix: save the plan with --format json."
         ) from exc
     try:
         PlanResult.model_validate(data)
@@ -65,7 +65,7 @@ def load_plan_file(path: Path) -> dict[str, Any]:
             f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}" for err in exc.errors()[:5]
         )
         raise InputError(
-            f"--compare {path}: not a plan (DESIGN.md contract 3): {problems}. Fix: give a file written by "
+            f"{flag} {path}: not a plan (DESIGN.md contract 3): {problems}. Fix: give a file written by "
             "`planner recommend --format json`."
         ) from exc
     result: dict[str, Any] = data

@@ -40,6 +40,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "source",
     "uncertainty",
     "binding",
+    "evidence",
+    "startup_s",
 )
 
 
@@ -85,6 +87,8 @@ def write_csv(plan: Plan, out: TextIO) -> int:
                     "measured" if g.measured else "estimated",
                     _num(g.uncertainty, 4),
                     ";".join(w.binding),
+                    g.evidence,
+                    _num(g.startup_s, 4),
                 )
             )
             count += 1

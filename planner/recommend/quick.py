@@ -17,7 +17,7 @@ from typing import Any
 from planner.catalog.schema import STAGE_ALIASES
 from planner.core.errors import InputError
 from planner.planning import StoreCatalog, scenario_from_data
-from planner.scenario import Scenario, floor_range_problem
+from planner.scenario import DEFAULT_OFFERING, OFFERING_KINDS, Scenario, floor_range_problem
 
 QUALITY_METRICS = ("ssim_image", "psnr_image", "psnr_latent")
 _QUALITY = re.compile(r"^\s*([a-z_]+)\s*>=\s*([0-9.eE+-]+)\s*$")
@@ -41,6 +41,9 @@ class QuickRequest:
     prices: Sequence[float] = ()
     available: Sequence[int] = ()
     name: str | None = None
+    offering: str | None = None
+    allow_estimates: bool = False
+    max_startup_s: float | None = None
 
 
 def parse_quality(text: str, *, synthetic: bool = False) -> dict[str, Any]:
@@ -83,14 +86,18 @@ def parse_recipes(items: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def _fleet(request: QuickRequest, catalog: StoreCatalog) -> list[dict[str, Any]]:
+def _fleet(request: QuickRequest, catalog: StoreCatalog, offering: str) -> list[dict[str, Any]]:
     known = sorted(catalog.memory_gib)
     if not request.families:
         if request.prices or request.available:
             raise InputError("--price and --available go with --family. Fix: name each family with --family F.")
-        if not catalog.prices:
-            raise InputError("the store has no GPU family with a price. Fix: name families with --family F --price P.")
-        return [_entry(f, catalog.prices[f], None, catalog) for f in catalog.priced_families()]
+        priced = catalog.priced_families(offering)
+        if not priced:
+            raise InputError(
+                f"the store has no GPU family with an {offering} price. Fix: name families with --family F --price P, "
+                "or pick another --offering."
+            )
+        return [_entry(f, None, None, catalog, offering) for f in priced]
     for flag, values in (("--price", request.prices), ("--available", request.available)):
         if values and len(values) != len(request.families):
             raise InputError(
@@ -106,20 +113,35 @@ def _fleet(request: QuickRequest, catalog: StoreCatalog) -> list[dict[str, Any]]
             )
         if fam in request.families[:i]:
             raise InputError(f"--family {fam!r} is given twice. Fix: name each family once.")
-        price = request.prices[i] if request.prices else catalog.prices.get(fam)
-        if price is None:
-            raise InputError(f"--family {fam!r} has no price in the store. Fix: give --price ($/GPU-hour) for it.")
-        if not price > 0:
+        price = request.prices[i] if request.prices else None
+        if price is None and catalog.price_for(fam, offering) is None:
+            raise InputError(
+                f"--family {fam!r} has no {offering} price in the store. Fix: give --price ($/GPU-hour) for it, or "
+                "pick another --offering."
+            )
+        if price is not None and not price > 0:
             raise InputError(f"--price {price:g} for {fam!r}: a price must be positive ($/GPU-hour).")
         avail = request.available[i] if request.available else None
         if avail is not None and avail < 0:
             raise InputError(f"--available {avail} for {fam!r}: give a whole number of GPUs >= 0.")
-        entries.append(_entry(fam, price, avail, catalog))
+        entries.append(_entry(fam, price, avail, catalog, offering))
     return entries
 
 
-def _entry(fam: str, price: float, available: int | None, catalog: StoreCatalog) -> dict[str, Any]:
-    entry: dict[str, Any] = {"family": fam, "price_per_hour": price}
+def _entry(
+    fam: str, price: float | None, available: int | None, catalog: StoreCatalog, offering: str
+) -> dict[str, Any]:
+    """A fleet entry: a catalog family's price is left to the scenario's offering (so the plan keeps its source);
+    a `--price` is the user's; an operator-defined family without ceilings gets its stored price and memory."""
+    entry: dict[str, Any] = {"family": fam}
+    if price is not None:
+        entry["price_per_hour"] = price
+        entry["price_source"] = "--price"
+    elif fam not in catalog.families:
+        listed = catalog.price_for(fam, offering)
+        assert listed is not None
+        entry["price_per_hour"] = listed.price_per_hour
+        entry["price_source"] = f"{listed.provider} {listed.offering} ({listed.as_of}; {listed.source})"[:300]
     if available is not None:
         entry["available"] = available
     if fam not in catalog.families:
@@ -150,6 +172,7 @@ def quick_scenario(request: QuickRequest, catalog: StoreCatalog) -> Scenario:
         ("--steps", request.steps, request.steps is None or request.steps > 0),
         ("--height", request.height, request.height is None or request.height > 0),
         ("--width", request.width, request.width is None or request.width > 0),
+        ("--max-startup", request.max_startup_s, request.max_startup_s is None or request.max_startup_s > 0),
     ]
     for flag, value, ok in checks:
         if not ok:
@@ -165,6 +188,7 @@ def quick_scenario(request: QuickRequest, catalog: StoreCatalog) -> Scenario:
         "height": request.height,
         "width": request.width,
         "headroom": request.headroom,
+        "max_startup_s": request.max_startup_s,
     }
     workload.update({k: v for k, v in optional.items() if v is not None})
     if request.quality is not None:
@@ -179,7 +203,15 @@ def quick_scenario(request: QuickRequest, catalog: StoreCatalog) -> Scenario:
                     f"--recipe {stage}={name}: unknown recipe {name!r}. Fix: use one of "
                     f"{', '.join(sorted(known_recipes))} (`planner recipes`)."
                 )
-    data = {"fleet": _fleet(request, catalog), "workloads": [workload]}
+    offering = request.offering or DEFAULT_OFFERING
+    if offering not in OFFERING_KINDS:
+        raise InputError(f"--offering {offering!r}: expected one of {', '.join(OFFERING_KINDS)}.")
+    data: dict[str, Any] = {
+        "fleet": _fleet(request, catalog, offering),
+        "workloads": [workload],
+        "offering": offering,
+        "allow_estimates": request.allow_estimates,
+    }
     return scenario_from_data(
         data, name="the command line", fix="correct the flag the key path names (workloads.0.name is --name)"
     )
@@ -227,4 +259,14 @@ def parse_what_if(text: str) -> list[WhatIfPoint]:
             points.append(WhatIfPoint(label=f"x{value:g}", factor=value))
         else:
             points.append(WhatIfPoint(label=f"{value:g} images/s", total_rate=value))
+    return points
+
+
+def merge_what_if(specs: Sequence[str]) -> list[WhatIfPoint]:
+    """Repeated `--what-if` flags merged into one sweep (each parsed alone; a point given twice runs once)."""
+    points: list[WhatIfPoint] = []
+    for spec in specs:
+        for point in parse_what_if(spec):
+            if point not in points:
+                points.append(point)
     return points

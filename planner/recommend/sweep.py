@@ -16,6 +16,7 @@ from planner.perf.model import QualityMetric
 from planner.recommend.quick import WhatIfPoint
 from planner.scenario import QualityFloor
 from planner.solver import OptionBuilder, Plan, Problem, Workload, solve
+from planner.solver.evidence import unmeasured_families
 from planner.solver.plan import WorkloadPlan
 
 Tick = Callable[[str], None]
@@ -96,6 +97,10 @@ class RateCurve:
     family: str
     rates: list[float]
     cost_per_image: list[float | None]
+    estimated: bool = False
+    """No agent measured the family for this workload's model: the curve rests on its estimates (drawn apart)."""
+    uncertainty: float = 0.0
+    """The largest uncertainty of the estimated plans' groups."""
 
 
 @dataclass(frozen=True)
@@ -121,23 +126,34 @@ def rate_sweeps(
     builder: OptionBuilder | None = None,
     tick: Tick = _noop,
 ) -> list[RateSweep]:
-    """Each workload alone, at `factors` x its rate, restricted to one family at a time (and unrestricted)."""
+    """Each workload alone, at `factors` x its rate, restricted to one family at a time (and unrestricted).
+
+    A family no agent measured for the workload's model is swept on its estimates (roofline transfer), whether or
+    not the plan allows them, and its curve is marked `estimated` so the plot draws it apart from measured ones."""
     builder = builder or builder_for(problem)
     base = quick(problem)
+    estimates = replace(base, perf=base.perf.with_settings(estimates=True))
+    estimate_builder = builder_for(estimates)
+    unmeasured = set(unmeasured_families(problem))
     out: list[RateSweep] = []
     for w in base.workloads:
         rates = [w.rate * f for f in factors]
         curves: list[RateCurve] = []
         unserved: list[str] = []
         for fam in [None, *_families_of(base, w)]:
+            guess = fam is not None and fam in unmeasured
+            on, by = (estimates, estimate_builder) if guess else (base, builder)
             costs: list[float | None] = []
+            worst = 0.0
             for rate in rates:
                 variant = replace(w, rate=rate, families=(fam,) if fam is not None else w.families)
-                plan = solve(base.with_workloads([variant]), builder=builder)
+                plan = solve(on.with_workloads([variant]), builder=by)
                 costs.append(plan.workloads[0].cost_per_image if plan.feasible else None)
+                if plan.feasible:
+                    worst = max([worst, *(g.uncertainty for g in plan.workloads[0].groups)])
                 tick(f"{w.name}: {fam or 'any family'} at {rate:.3g} images/s")
             if any(c is not None for c in costs):
-                curves.append(RateCurve(fam or ANY_FAMILY, rates, costs))
+                curves.append(RateCurve(fam or ANY_FAMILY, rates, costs, estimated=guess, uncertainty=worst))
             elif fam is not None:
                 unserved.append(fam)
         out.append(RateSweep(w.name, w.rate, curves, unserved))

@@ -80,10 +80,23 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _cells(g: GroupPlan) -> str:
+def evidence_text(g: GroupPlan) -> str:
+    """A group's evidence with its uncertainty: `measured`, `interpolated ±5%`, `transferred from X ±64%`."""
     if g.measured:
         return "measured"
-    return f"est ±{g.uncertainty:.0%}"
+    return f"{g.evidence} ±{g.uncertainty:.0%}"
+
+
+def latency_sentence(wp: WorkloadPlan) -> str:
+    """What the plan says of latency: the objective met or missed, or plainly that there is none."""
+    if wp.p95_objective_s is None:
+        return (
+            f"No p95 objective was given: this is the cheapest plan at any latency, and its p95 is "
+            f"{wp.predicted_p95_s:.2f} s (give --p95 for interactive requests)."
+        )
+    if wp.meets_latency:
+        return f"Meets the p95 objective of {wp.p95_objective_s:g} s (predicted {wp.predicted_p95_s:.2f} s)."
+    return f"ABOVE the p95 objective of {wp.p95_objective_s:g} s (predicted {wp.predicted_p95_s:.2f} s)."
 
 
 def workload_view(wp: WorkloadPlan) -> View:
@@ -106,7 +119,8 @@ def workload_view(wp: WorkloadPlan) -> View:
                 unit_cost(g.cost_per_hour / per_image),
                 money(g.cost_per_hour / per_image * 1000, digits=3),
                 money(g.cost_per_hour * HOURS_PER_MONTH),
-                _cells(g),
+                f"{g.startup_s:.0f}",
+                evidence_text(g),
             )
         )
     objective = f"{wp.p95_objective_s:g} s" if wp.p95_objective_s is not None else "none"
@@ -126,6 +140,7 @@ def workload_view(wp: WorkloadPlan) -> View:
             money(wp.cost_per_image * 1000, digits=3),
             money(wp.cost_per_hour * HOURS_PER_MONTH),
             "",
+            "",
         )
     )
     return View(
@@ -144,23 +159,128 @@ def workload_view(wp: WorkloadPlan) -> View:
             "$/image",
             "$/1k",
             "$/month",
-            "numbers",
+            "start s",
+            "evidence",
         ),
         rows=rows,
-        right=frozenset({3, 4, 5, 6, 7, 8, 9, 10, 11}),
+        right=frozenset({3, 4, 5, 6, 7, 8, 9, 10, 11, 12}),
         totals=frozenset({len(rows) - 1}),
         caption="p95 s: predicted (batch formation + queueing + service), the bound the plan is held to; the last "
         "row is the workload's total. sim. p95 s: the scheduler's greedy batching simulated on the plan's pools "
         "(Poisson arrivals; - on a shared GPU): mostly below the bound, above it where compiled pools pad short "
-        "batches; the objective holds for both figures unless a warning says otherwise. "
-        + ("Meets the p95 objective." if wp.meets_latency else "ABOVE the p95 objective.")
+        "batches; an objective holds for both figures unless a warning says otherwise. "
+        + latency_sentence(wp)
         + (
             f" The bound was held to {wp.bound_objective_s:.3g} s so that the simulation meets it too."
             if wp.bound_objective_s is not None
             else ""
         )
-        + " $/1k: per 1000 images; a month is 730 hours. numbers: measured, or estimated (est) with its"
-        " uncertainty (see the last table).",
+        + " $/1k: per 1000 images; a month is 730 hours. start s: seconds a replica takes to become ready "
+        "(weights read at an assumed 2 GB/s + the measured compile time of every batch size it runs). evidence: "
+        "measured, interpolated between measured batches, scaled from a measured image size, or transferred from "
+        "another family, with its uncertainty (see the numbers table).",
+    )
+
+
+def headline_lines(plan: Plan) -> list[str]:
+    """The first lines of every output: what the plan rests on, its estimates, and the prices it compares."""
+    summary = plan.evidence_summary()
+    methods = summary["groups"]
+    counts = ", ".join(f"{n} {m}" for m, n in sorted(methods.items())) or "no groups"
+    worst = f"up to ±{summary['largest_uncertainty']:.0%}"
+    if summary["measured_only"]:
+        rests = f"Evidence: the plan rests on measurements ({counts} group(s))."
+    elif set(methods) <= {"measured", "interpolated", "scaled"}:
+        rests = (
+            f"Evidence: the plan rests on measurements scaled to this image size ({counts} group(s); {worst}): "
+            "no agent measured this size; see the warnings."
+        )
+    else:
+        rests = f"Evidence: the plan rests on ESTIMATES ({counts} group(s); {worst}): see the warnings before buying."
+    if plan.allow_estimates:
+        rests += " Estimates allowed: unmeasured families may be used, labelled."
+    else:
+        rests += " Families no agent measured for this model are left out (--allow-estimates to price them anyway)."
+    used = sorted({g.family for w in plan.workloads for g in w.groups})
+    prices = "; ".join(_price_line(f, plan.prices.get(f, {})) for f in used)
+    kind = plan.offering or "as given"
+    return [rests, f"Prices ({kind} unless given): {prices}."]
+
+
+def _price_line(family: str, p: dict[str, object]) -> str:
+    price = p.get("price_per_hour")
+    money_text = money(float(price), digits=2) if isinstance(price, int | float) else "-"
+    if p.get("provider") is None:
+        return f"{family} {money_text}/GPU-h (from {p.get('source')})"
+    region = f", {p['region']}" if p.get("region") else ""
+    offer = f"{p.get('provider')} {p.get('offering')}{region}, {p.get('date')}"
+    return f"{family} {money_text}/GPU-h ({offer}; {p.get('source')})"
+
+
+def prices_view(plan: Plan) -> View:
+    """Per family the plan uses: the price, and which provider, offering, region, date and source it is."""
+    used = sorted({g.family for w in plan.workloads for g in w.groups})
+    rows: list[tuple[str, ...]] = []
+    for fam in used:
+        p = plan.prices.get(fam, {})
+        price = p.get("price_per_hour")
+        rows.append(
+            (
+                fam,
+                money(float(price)) if isinstance(price, int | float) else "-",
+                str(p.get("provider") or "-"),
+                str(p.get("offering") or "-"),
+                str(p.get("kind") or "-"),
+                str(p.get("region") or "not stated"),
+                str(p.get("date") or "-"),
+                str(p.get("source") or "-"),
+                str(p.get("status") or "-"),
+            )
+        )
+    return View(
+        title="Prices",
+        columns=("family", "$/GPU-h", "provider", "offering", "kind", "region", "date", "source", "status"),
+        rows=rows,
+        right=frozenset({1}),
+        caption=f"Catalog prices are compared at one offering kind ({plan.offering or 'as given'}); --offering or a "
+        "scenario's `offering:` picks another, --price or `price_per_hour:` overrides one. status: read (the "
+        "vendor's page), secondary (a price tracker), unverified (general knowledge, not confirmed).",
+    )
+
+
+def _cells_text(cells: dict[str, dict[str, list[object]]]) -> str:
+    return "; ".join(
+        f"{m}: recipes {', '.join(map(str, c['recipes']))}; batches {', '.join(map(str, c['batches']))}"
+        for m, c in cells.items()
+    )
+
+
+def opportunities_view(plan: Plan) -> View:
+    """Unmeasured families ranked by what they could save if their estimates hold, and how to measure them."""
+    rows: list[tuple[str, ...]] = []
+    for o in plan.opportunities:
+        low_high = o.get("cost_range")
+        saving = o.get("saving_per_hour")
+        rows.append(
+            (
+                o["family"],
+                ("-" if saving < 0 else "") + money(abs(saving)) if saving is not None else "-",
+                f"{money(low_high[0])}-{money(low_high[1])}" if low_high else "-",
+                f"±{o['uncertainty']:.0%}" if o.get("uncertainty") is not None else "-",
+                "yes" if o["agent_can_measure"] else "no",
+                o["command"] if o["agent_can_measure"] else f"{o['how']}: {o['command']} ({_cells_text(o['cells'])})",
+                o.get("reason") or "",
+            )
+        )
+    return View(
+        title="What to probe next",
+        columns=("family", "saves $/h", "plan $/h range", "±", "agent", "how to measure", "note"),
+        rows=rows,
+        right=frozenset({1, 2, 3}),
+        caption="Families no agent measured for this model, ranked by what a plan on them would save if their "
+        "estimates (roofline transfer) hold; the range is the cost if the latency is off by the uncertainty "
+        "either way. A negative saving costs more. A family whose estimates miss the p95 objective is priced "
+        "without it (note) and claims no saving. Measure before buying.",
     )
 
 
@@ -227,7 +347,7 @@ def cells_view(plan: Plan) -> View:
                         str(g.batch),
                         f"{c.latency_ms:.1f}",
                         str(c.calls),
-                        c.source,
+                        c.evidence or c.source,
                         f"±{c.uncertainty:.0%}" if c.source != "measured" else "",
                         c.basis,
                     )
@@ -235,18 +355,19 @@ def cells_view(plan: Plan) -> View:
     measured = sum(1 for r in rows if r[7] == "measured")
     unmeasured = sorted({r[1] for r in rows} - {r[1] for r in rows if r[7] == "measured"})
     advice = (
-        f" No cell of {', '.join(unmeasured)} was measured: probe it (`agent probe`) before buying on this plan."
+        f" No cell of {', '.join(unmeasured)} was measured: probe it (`agent probe`) before buying on this plan "
+        "(see the warnings and 'What to probe next')."
         if unmeasured
         else ""
     )
     return View(
         title="Measured and estimated numbers",
-        columns=("workload", "family", "stage", "recipe", "batch", "ms/call", "calls", "source", "±", "basis"),
+        columns=("workload", "family", "stage", "recipe", "batch", "ms/call", "calls", "evidence", "±", "basis"),
         rows=rows,
         right=frozenset({4, 5, 6}),
-        caption=f"{measured} of {len(rows)} stage latencies measured; the others are estimates "
-        "(interpolated between measured batches, or transferred from a measured family by the roofline model)."
-        + advice,
+        caption=f"{measured} of {len(rows)} stage latencies measured; the others are derived (interpolated between "
+        "measured batches, scaled from a measured image size) or estimated (transferred from a measured family by "
+        "the roofline model, only with estimates allowed)." + advice,
     )
 
 
@@ -302,6 +423,9 @@ def plan_views(plan: Plan) -> list[View]:
     """The whole recommendation: per workload, the fleet, the baselines, binding constraints, the numbers."""
     views = [workload_view(w) for w in plan.workloads]
     views.append(totals_view(plan))
+    views.append(prices_view(plan))
+    if plan.opportunities:
+        views.append(opportunities_view(plan))
     if plan.baselines:
         views.append(baselines_view(plan))
     views.append(binding_view(plan))

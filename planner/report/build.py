@@ -47,13 +47,16 @@ def write_report(
         ) from exc
     builder = builder or builder_for(problem)
     step: Tick = tick or (lambda _: None)
+    chosen = {w.name: frozenset(g.family for g in w.groups) for w in plan.workloads}
     rate_figs = [
         Figure(
             f"{s.workload}: $/image against rate",
-            plots.rate_plot(s),
+            plots.rate_plot(s, chosen.get(s.workload, frozenset())),
             f"Each line re-solves {s.workload} alone at 0.1x to 10x its rate ({s.target_rate:g} images/s, dotted) "
-            "on one family; the dashed line lets the solver mix families. Lower is cheaper."
-            + (f" No plan at any rate on: {', '.join(s.unserved)}." if s.unserved else ""),
+            "on one family; the black dashed line lets the solver mix families (measured ones only, unless estimates "
+            "are allowed). Solid lines: measured families (thick: in this plan). Thin dashed lines with hollow "
+            "markers: families no agent measured, on their roofline estimates: measure before trusting them. Lower "
+            "is cheaper." + (f" No plan at any rate on: {', '.join(s.unserved)}." if s.unserved else ""),
         )
         for s in rate_sweeps(problem, builder=builder, tick=step)
     ]
@@ -79,20 +82,40 @@ def write_report(
         plots.gpus_plot(plan),
         "GPUs of this plan and of each baseline, by family (a shared GPU counts once).",
     )
+    risk = "Risk: what the plan rests on"
     sections: list[tuple[str, Sequence[v.View], Sequence[Figure]]] = [
         ("Recommendation", [v.workload_view(w) for w in plan.workloads], []),
+        (risk, [v.cells_view(plan)], []),
+        ("What to probe next", [v.opportunities_view(plan)] if plan.opportunities else [], []),
+        ("Prices", [v.prices_view(plan)], []),
         ("Fleet and savings", [v.totals_view(plan), *([v.baselines_view(plan)] if plan.baselines else [])], [gpus_fig]),
         ("$/image against rate", [], rate_figs),
         ("Cost and quality", [], quality_figs),
         *((title, views, []) for title, views in extra_sections),
         ("Binding constraints", [v.binding_view(plan)], []),
-        ("Measured and estimated numbers", [v.cells_view(plan)], []),
     ]
+    summary = plan.evidence_summary()
+    cost = plan.total_cost_per_hour or 0.0
+    rate = sum(w.rate for w in plan.workloads)
+    gpus = ", ".join(f"{n} {f}" for f, n in sorted(plan.gpus.items()))
+    lead = [
+        f"Plan: {gpus} at {v.money(cost)}/hour ({v.unit_cost(cost / (3600 * rate) if rate else None)} per image, "
+        f"{v.money(cost * v.HOURS_PER_MONTH)}/month) for {rate:g} images/s.",
+        *v.headline_lines(plan),
+        *(v.latency_sentence(w) for w in plan.workloads),
+    ]
+    no_probe = "Every family of the fleet was measured for these models." if not plan.opportunities else ""
     page = render(
         title="Capacity review: " + ", ".join(w.name for w in plan.workloads),
         command=command,
-        context_lines=[*v.context_lines(context), *(f"Warning: {w}" for w in plan.warnings)],
+        context_lines=v.context_lines(context),
         sections=sections,
+        lead_lines=lead,
+        risky=not set(summary["groups"]) <= {"measured", "interpolated", "scaled"},
+        section_notes={
+            risk: [f"Warning: {w}" for w in plan.warnings] or ["No warnings."],
+            "What to probe next": [no_probe] if no_probe else [],
+        },
     )
     path = directory / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -26,6 +26,9 @@ white-space:pre-line}th{background:#fafafa;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.total td{font-weight:600;border-top:2px solid #999}
 p.note{color:#555;font-size:12.5px;margin:.2rem 0 1rem}figure{margin:1rem 0}figcaption{color:#555;font-size:12.5px}
 img{max-width:100%;height:auto}
+div.lead{border-left:6px solid #2a7d2a;background:#f3faf3;padding:.5rem .9rem;margin:.8rem 0}
+div.lead.risk{border-left-color:#b3261e;background:#fdf1f0}div.lead p{margin:.25rem 0}
+ul.warnings li{margin:.3rem 0}
 """
 
 
@@ -62,6 +65,10 @@ def figure_html(fig: Figure) -> str:
     )
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
 def render(
     *,
     title: str,
@@ -69,8 +76,12 @@ def render(
     context_lines: Sequence[str],
     sections: Sequence[tuple[str, Sequence[View], Sequence[Figure]]],
     generated: datetime | None = None,
+    lead_lines: Sequence[str] = (),
+    risky: bool = False,
+    section_notes: dict[str, Sequence[str]] | None = None,
 ) -> str:
-    """The whole page: header (command line, data), then each section's tables and figures."""
+    """The whole page: header (command line, data), the lead (what the plan rests on and costs: red where it
+    rests on estimates), then each section's notes (as a list), tables and figures; sections carry ids."""
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!doctype html>",
@@ -81,8 +92,18 @@ def render(
         f'<p class="note">Generated {when} by <code>{html.escape(command)}</code></p>',
         "".join(f'<p class="note">{html.escape(line)}</p>' for line in context_lines),
     ]
+    if lead_lines:
+        cls = "lead risk" if risky else "lead"
+        parts.append(
+            f'<div class="{cls}" id="lead">' + "".join(f"<p>{html.escape(line)}</p>" for line in lead_lines) + "</div>"
+        )
+    notes = section_notes or {}
     for heading, views, figures in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f'<h2 id="{_slug(heading)}">{html.escape(heading)}</h2>')
+        if notes.get(heading):
+            parts.append(
+                '<ul class="warnings">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes[heading]) + "</ul>"
+            )
         parts.extend(table_html(v) for v in views)
         parts.extend(figure_html(f) for f in figures)
     parts.append("</body></html>")

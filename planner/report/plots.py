@@ -30,9 +30,18 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def rate_plot(sweep: RateSweep) -> bytes:
-    """$/image against the rate, one line per family (the workload restricted to it) and the free choice."""
-    fig = Figure(figsize=(7.5, 4.5))
+def rate_plot(sweep: RateSweep, chosen: frozenset[str] = frozenset()) -> bytes:
+    """`rate_figure` as PNG bytes."""
+    return _png(rate_figure(sweep, chosen))
+
+
+def rate_figure(sweep: RateSweep, chosen: frozenset[str] = frozenset()) -> Figure:
+    """$/image against the rate, one line per family (the workload restricted to it) and the free choice.
+
+    Measured families are solid lines with filled markers; families resting on estimates are thin dashed lines
+    with hollow markers, labelled with their uncertainty; the plan's own families are drawn thick, under the
+    free choice's dashed black line, so both stay visible. The legend sits outside the axes."""
+    fig = Figure(figsize=(8.5, 4.5))
     ax = fig.add_subplot()
     palette = [
         "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -44,13 +53,24 @@ def rate_plot(sweep: RateSweep) -> bytes:
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
+        color = palette[k % len(palette)]
         if curve.family == ANY_FAMILY:
-            ax.plot(xs, ys, color="black", linewidth=2.5, linestyle="--", label=curve.family, zorder=5)
-        else:
             ax.plot(
-                xs, ys, marker="o", markersize=3, linewidth=1.2, color=palette[k % len(palette)], label=curve.family
+                xs, ys, color="black", linewidth=1.6, linestyle="--", label="best mix (this plan's choice)", zorder=6
             )
-            k += 1
+            continue
+        k += 1
+        if curve.estimated:
+            ax.plot(
+                xs, ys, marker="o", markersize=4, markerfacecolor="none", linewidth=1.0, linestyle=(0, (4, 3)),
+                alpha=0.75, color=color, label=f"{curve.family} (estimate ±{curve.uncertainty:.0%}, not measured)",
+            )  # fmt: skip
+        else:
+            thick = curve.family in chosen
+            ax.plot(
+                xs, ys, marker="o", markersize=5 if thick else 3, linewidth=4.0 if thick else 1.4, color=color,
+                label=f"{curve.family} (measured{', in the plan' if thick else ''})", zorder=5 if thick else 3,
+            )  # fmt: skip
     ax.axvline(sweep.target_rate, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -59,10 +79,15 @@ def rate_plot(sweep: RateSweep) -> bytes:
     ax.set_title(f"{sweep.workload}: $/image against rate, per GPU family")
     ax.grid(True, which="both", linewidth=0.3, alpha=0.6)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _png(fig)
+    return fig
 
 
 def quality_plot(sweep: QualitySweep) -> bytes:
+    """`quality_figure` as PNG bytes."""
+    return _png(quality_figure(sweep))
+
+
+def quality_figure(sweep: QualitySweep) -> Figure:
     """$/image against quality: the cheapest plan at each floor; hollow markers rest on synthetic weights."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
@@ -122,11 +147,17 @@ def quality_plot(sweep: QualitySweep) -> bytes:
     ax.set_ylabel("$ per image")
     ax.set_title(f"{sweep.workload}: cost against quality (cheapest plan at each floor)")
     ax.grid(True, linewidth=0.3, alpha=0.6)
-    ax.legend(fontsize=7, loc="best")
-    return _png(fig)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: never on data
+    return fig
 
 
 def gpus_plot(plan: Plan) -> bytes:
+    """`gpus_figure` as PNG bytes."""
+    return _png(gpus_figure(plan))
+
+
+def gpus_figure(plan: Plan) -> Figure:
     """GPUs per family: the plan next to each baseline."""
     series: list[tuple[str, dict[str, int]]] = [("this plan", dict(plan.gpus))]
     series += [(b.name, dict(b.gpus)) for b in plan.baselines if b.feasible]
@@ -141,6 +172,21 @@ def gpus_plot(plan: Plan) -> bytes:
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(families))], families, fontsize=8)
     ax.set_ylabel("GPUs")
     ax.set_title("GPUs per family: this plan and the baselines")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(True, axis="y", linewidth=0.3, alpha=0.6)
-    return _png(fig)
+    return fig
+
+
+def legend_overlaps_axes(fig: Figure) -> bool:
+    """Whether any legend of a figure covers part of its axes (where the data is drawn)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # type: ignore[no-untyped-call]
+    renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        if box.overlaps(area):
+            return True
+    return False

@@ -32,11 +32,16 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from planner.scenario import QualityFloor, QualityScores
-from planner.solver.latency import Tenant, queue_wait_p95_s, shared_p95_s
-from planner.solver.milp import MilpResult, solve_milp, solve_with_availability
+from planner.solver.evidence import evidence_warnings, latency_notes, left_out_line
+from planner.solver.latency import Tenant, shared_p95_s
+from planner.solver.milp import (
+    MilpResult,
+    mixed_pool_p95_s,
+    relaxation_bound,
+    solve_milp,
+    solve_with_availability,
+)
 from planner.solver.options import (
     GroupKey,
     Option,
@@ -52,6 +57,7 @@ from planner.solver.plan import (
     GroupPlan,
     Infeasibility,
     Plan,
+    Replan,
     Sensitivity,
     SharedGpu,
     SolverStats,
@@ -61,7 +67,8 @@ from planner.solver.plan import (
 )
 from planner.solver.problem import Problem, Workload
 from planner.solver.quality import ledger
-from planner.solver.simulate import simulate_workload
+from planner.solver.replan import plan_moves, plan_replicas
+from planner.solver.simulate import PoolKey, simulate_workload
 
 REPAIR_CREDIT_FACTOR = 0.85
 BINDING_TOLERANCE = 2e-3
@@ -83,13 +90,15 @@ class _Core:
     build_s: float = 0.0
     lower_bound: float = math.nan
     solve_s: float = 0.0
+    bound_set: OptionSet | None = None
+    """The options the plan's problem offers before latency repair cut credits: the bound's (`_with_bound`)."""
 
     @property
     def gap(self) -> float:
-        """(cost - lower bound) / cost: how far from optimal the plan can be."""
+        """(cost - lower bound) / cost: how far from optimal the plan can be; NaN when no valid bound is known."""
         if not math.isfinite(self.lower_bound) or not self.cost > 0:
             return 0.0 if self.cost == 0 else math.nan
-        return max(0.0, (self.cost - self.lower_bound) / self.cost)
+        return max(0.0, (self.cost - self.lower_bound) / self.cost)  # `_with_bound` checked bound <= cost: noise
 
     def stats(self) -> SolverStats | None:
         """What the MILP did, for the plan (None when no MILP ran)."""
@@ -104,6 +113,7 @@ class _Core:
             constraints=self.milp.constraints,
             mip_gap=self.gap,
             objective=self.milp.objective,
+            lower_bound=self.lower_bound,
         )
 
     def workload_cost(self, name: str) -> float | None:
@@ -136,49 +146,35 @@ def _ffd(problem: Problem, fid: str, items: list[Option]) -> list[list[Option]]:
     return [placed for _, _, placed in bins]
 
 
-def _pool_p95(rate: float, used: list[tuple[Option, int]]) -> float:
-    """p95 of a (possibly mixed) pool of dedicated replicas sharing one queue (planner.solver.latency).
-
-    The queue wait is the pool's (all replicas, their mean batch time, the smallest batch for the arrival
-    variability); a request then waits for its replica type's batch to form and for that type's service, so
-    the pool's p95 is the worst type's formation + service on top of the shared wait."""
-    servers = sum(n for _, n in used)
-    capacity = sum(n * o.batch / (o.service_s * (1 + o.uncertainty)) for o, n in used)
-    if capacity <= rate:
-        return math.inf
-    rho = rate / capacity
-    mean_service = sum(n * o.service_s * (1 + o.uncertainty) for o, n in used) / servers
-    b_min = min(o.batch for o, _ in used)
-    wait = queue_wait_p95_s(
-        np.array([float(servers)]),
-        np.array([rho * servers]),
-        np.array([mean_service]),
-        np.array([float(b_min)]),
-    )
-    worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
-    return float(wait[0]) + worst
-
-
-def _prefer_lower_latency(rate: float, used: list[tuple[Option, int]]) -> list[tuple[Option, int]]:
+def _prefer_lower_latency(
+    rate: float, used: list[tuple[Option, int]], running: frozenset[tuple[str, tuple[str, ...], int]] = frozenset()
+) -> list[tuple[Option, int]]:
     """The pool with each option swapped for its lowest-p95 alternative that keeps the rate covered.
 
     The MILP minimises $/hour only, so among covers of equal cost it may keep a batch whose formation time
     (b - 1) / rate is minutes at a low rate. An alternative a of option o (planner.solver.options, "Latency
     tie-break") costs no more per replica; n replicas of a replace n of o when
         sum_pool n' credit' - n (credit_o - credit_a) >= rate   (the MILP's cover still holds)
-    and the pool's p95 (`_pool_p95`) falls. Replica counts are unchanged and prices do not rise, so the
-    plan's cost is the MILP's or lower; the p95 only falls, so no latency objective can break.
+    and the pool's p95 (`mixed_pool_p95_s`) falls. Replica counts are unchanged and prices do not rise, so the
+    plan's cost is the MILP's or lower; the p95 only falls, so no latency objective can break. When re-planning,
+    an option of the running plan's kind (`running`: family, recipes, batch) stays, and an alternative of that
+    kind is taken first where it covers and its p95 does not rise: the MILP counted no move for it.
     """
     pool = list(used)
     slack = sum(n * o.credit for o, n in pool) - rate
-    best_p95 = _pool_p95(rate, pool)
+    best_p95 = mixed_pool_p95_s(rate, pool)
     for k, (o, n) in enumerate(used):
         pick: Option | None = None
+        if (o.family, o.recipes, o.batch) in running:
+            continue
         for a in o.alternatives.options() if o.alternatives is not None else ():
             if a.cost_per_hour > o.cost_per_hour + 1e-12 or n * (o.credit - a.credit) > slack + rate * 1e-9:
                 continue
             trial = [*pool[:k], (a, n), *pool[k + 1 :]]
-            p95 = _pool_p95(rate, trial)
+            p95 = mixed_pool_p95_s(rate, trial)
+            if (a.family, a.recipes, a.batch) in running and p95 <= best_p95 * (1 + 1e-9):
+                pick, best_p95 = a, p95
+                break
             if p95 < best_p95 * (1 - 1e-9):
                 pick, best_p95 = a, p95
         if pick is not None:
@@ -198,22 +194,63 @@ def _cells(o: Option) -> tuple[StageCell, ...]:
             method=c.method,
             uncertainty=c.uncertainty,
             basis=c.basis,
+            evidence=c.label,
+            compile_s=c.compile_s,
         )
         for c, calls in zip(o.cells, o.calls, strict=True)
     )
 
 
 def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
+    """Options + MILP + packing + latency repair (module docstring, steps 1-4), with exact packing tried where
+    the fluid packing was used on few enough candidates (`_exact_packing_retry`)."""
+    return _exact_packing_retry(problem, builder, flt, _solve_once(problem, builder, flt))
+
+
+def _used_fluid_packing(core: _Core) -> bool:
+    return core.milp is not None and bool(core.milp.shared_fluid or core.milp.fluid_pools)
+
+
+def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFilter, core: _Core) -> _Core:
+    """The cheaper of `core` and the same problem packed exactly, where `core` packed fluidly.
+
+    The fluid packing charges each shared slot the larger of its time and memory share and keeps one slot per
+    pool, so it can miss complementary tenants and buy a GPU more than the optimum (cheaper than the plan's own
+    single-family baseline on small fleets, where that baseline packs exactly). Up to
+    `exact_packing_retry_max_items` candidates the exact bin-packing MILP usually proves its optimum in well
+    under a second; it gets `exact_packing_retry_s`, and whichever plan is cheaper is kept."""
+    opts = problem.options
+    if (
+        not core.feasible
+        or not _used_fluid_packing(core)
+        or core.option_set.shared_candidates > opts.exact_packing_retry_max_items
+        or opts.exact_packing_max_items >= opts.exact_packing_retry_max_items
+    ):
+        return core
+    exact = problem.with_options(
+        exact_packing_max_items=opts.exact_packing_retry_max_items,
+        time_limit_s=min(opts.time_limit_s, opts.exact_packing_retry_s),
+    )
+    _progress(problem, f"packing {core.option_set.shared_candidates} shared candidates exactly")
+    alt = _solve_once(exact, builder, flt)
+    if alt.feasible and _weighted(problem, alt) < _weighted(problem, core) * (1 - 1e-9):
+        alt.build_s += core.build_s
+        alt.solve_s += core.solve_s
+        return alt
+    return core
+
+
+def _solve_once(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> _Core:
     """Options + MILP + packing + latency repair (module docstring, steps 1-4)."""
     started = time.perf_counter()
-    option_set = builder.build(problem, flt)
+    option_set = builder.build(problem, flt, stop_when_unserved=flt != OptionFilter())  # a baseline's: stop early
     build_s = time.perf_counter() - started
     _progress(problem, f"options: {len(option_set.options)} after pruning ({build_s:.2f} s)")
     unserved = {wi: option_set.diagnostics[wi].reasons for wi, c in option_set.choices.items() if not c}
     if unserved:
         return _Core(feasible=False, option_set=option_set, milp=None, unserved=unserved, build_s=build_s)
-    lower_bound = math.nan
     solve_s = 0.0
+    bound_set = option_set
     for round_ in range(problem.options.latency_repair_rounds + 1):
         result = solve_with_availability(problem, option_set)
         solve_s += result.solve_s
@@ -223,12 +260,10 @@ def _solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> 
         )
         if not result.feasible:
             return _Core(feasible=False, option_set=option_set, milp=result, build_s=build_s, solve_s=solve_s)
-        if round_ == 0:
-            lower_bound = result.lower_bound  # later rounds solve a restriction: not a bound of this problem
         core, violations = _assemble(problem, option_set, result)
         core.build_s = build_s
         core.solve_s = solve_s
-        core.lower_bound = min(lower_bound, core.cost)
+        core.bound_set = bound_set  # later rounds solve a restriction of it: its bound is theirs too
         if not violations or round_ == problem.options.latency_repair_rounds:
             if violations:
                 core.warnings.append(
@@ -331,8 +366,11 @@ def _assemble(
             dedicated[o.key].append((o, n))
         else:
             warnings.append(f"unused replicas of {problem.workloads[o.workload].name} {o.group} dropped")
+    kept = problem.options.running.by_group() if problem.options.running is not None else {}
     for key, pool in dedicated.items():
-        dedicated[key] = _prefer_lower_latency(problem.workloads[key[0]].rate, pool)
+        w = problem.workloads[key[0]]
+        running = frozenset((k[2], k[3], k[4]) for k in kept.get((w.name, key[2]), {}))
+        dedicated[key] = _prefer_lower_latency(w.rate, pool, running)
     gpus: dict[str, int] = defaultdict(int)
     for pool in dedicated.values():
         for o, n in pool:
@@ -354,7 +392,7 @@ def _assemble(
             used = dedicated.get(gk, [])
             group_p95 = 0.0
             if used:
-                pool_p95 = _pool_p95(w.rate, used)
+                pool_p95 = mixed_pool_p95_s(w.rate, used)
                 group_p95 = max(group_p95, pool_p95)
                 capacity = sum(n * o.throughput for o, n in used)
                 credited = sum(n * o.credit for o, n in used)
@@ -383,6 +421,7 @@ def _assemble(
                             cost_per_hour=cost,
                             cells=_cells(o),
                             latency_bound=o.latency_bound,
+                            startup_s=o.startup_s,
                         )
                     )
                 if credited < w.rate * (1 - 1e-6) and gk not in shared_of:
@@ -414,6 +453,7 @@ def _assemble(
                         cells=_cells(o),
                         shared_gpu=gid,
                         gpu_fraction=o.fraction,
+                        startup_s=o.startup_s,
                     )
                 )
             total_p95 += group_p95
@@ -469,16 +509,23 @@ def _cheapest(
     best: tuple[str, _Core | None] = ("", None)
     for label, flt in filters:
         core = _solve_core(
-            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1), builder, flt
+            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1, running=None),
+            builder,
+            flt,
         )
         if core.feasible and (best[1] is None or core.cost < best[1].cost):
             best = (label, core)
     return best
 
 
-def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Baseline]:
+BaselineCore = tuple[str, str, str, "_Core | None"]
+"""(name, description, label of the winning filter, its core or None where infeasible)."""
+
+
+def _baseline_cores(problem: Problem, builder: OptionBuilder) -> list[BaselineCore]:
+    """Each baseline of `_baselines` solved on the same data (the cheapest of its filters)."""
     fams = sorted(problem.families)
-    out: list[Baseline] = []
+    out: list[BaselineCore] = []
     recipes = (
         ", ".join(sorted({default_recipe(s, problem.recipes) for m in problem.models.values() for s in m.stage_names}))
         or "bf16"
@@ -514,6 +561,14 @@ def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Ba
     ]
     for name, description, filters in specs:
         label, core = _cheapest(problem, builder, filters)
+        out.append((name, description, label, core))
+    return out
+
+
+def _baselines(found: list[BaselineCore], cost: float) -> list[Baseline]:
+    """The baselines as the plan reports them, each with what the plan saves against it."""
+    out: list[Baseline] = []
+    for name, description, label, core in found:
         if core is None:
             out.append(Baseline(name, description, False, None, None, note="infeasible on this fleet"))
             continue
@@ -521,6 +576,55 @@ def _baselines(problem: Problem, builder: OptionBuilder, cost: float) -> list[Ba
         note = f"family {label}" if label != "mix" else ""
         out.append(Baseline(name, description, True, core.cost, saving, gpus=dict(core.gpus), note=note))
     return out
+
+
+def _weighted(problem: Problem, core: _Core) -> float:
+    """A core's $/hour plus, when re-planning from a running plan, the move cost of the replicas it moves."""
+    running = problem.options.running
+    if running is None or problem.options.move_cost_per_hour <= 0:
+        return core.cost
+    return core.cost + problem.options.move_cost_per_hour * plan_moves(running, plan_replicas(core.workloads)).total
+
+
+def _replan(problem: Problem, builder: OptionBuilder, core: _Core) -> Replan | None:
+    """What a re-plan from the running plan moves, and what a fresh solve would have moved and cost."""
+    running = problem.options.running
+    if running is None:
+        return None
+    _progress(problem, "re-plan: solving fresh to say what the moves saved")
+    fresh = _solve_core(problem.with_options(running=None, baselines=False, sensitivity=False), builder, OptionFilter())
+    return Replan(
+        move_cost_per_hour=problem.options.move_cost_per_hour,
+        moves=plan_moves(running, plan_replicas(core.workloads)),
+        fresh_cost_per_hour=fresh.cost if fresh.feasible else None,
+        fresh_moves=plan_moves(running, plan_replicas(fresh.workloads)) if fresh.feasible else None,
+        cost_per_hour=core.cost,
+    )
+
+
+def _no_dearer_than_baselines(
+    problem: Problem, core: _Core, found: list[BaselineCore], cache: dict[PoolKey, float] | None = None
+) -> tuple[_Core, list[str]]:
+    """The plan, or the cheapest baseline's plan where that costs less (with a line saying so).
+
+    Every baseline is a restriction of the plan's problem, so the plan's optimum is never dearer; a heuristic
+    step (fluid packing past `exact_packing_retry_max_items` candidates, a time limit) can still leave it
+    dearer, and a plan that prints a negative saving against its own baseline helps nobody."""
+    cheaper = [(_weighted(problem, c), name, label, c) for name, _, label, c in found if c is not None and c.feasible]
+    if not cheaper:
+        return core, []
+    _, name, label, best = min(cheaper, key=lambda t: t[0])
+    cost = best.cost
+    if _weighted(problem, best) >= _weighted(problem, core) * (1 - 1e-9) or cost >= core.cost * (1 - 1e-9):
+        return core, []
+    note = (
+        f"the solver's plan (${core.cost:.2f}/h) cost more than its {name} baseline"
+        + (f" ({label})" if label != "mix" else "")
+        + f" (${cost:.2f}/h); that baseline's plan is returned (a heuristic step of the full solve, such as "
+        "fluid packing of many shared candidates or a time limit, missed it)"
+    )
+    # The bound stays the full problem's: the baseline's own options are a restriction of it.
+    return replace(_simulated(problem, best, cache), warnings=[*best.warnings], bound_set=core.bound_set), [note]
 
 
 # ---- sensitivity ------------------------------------------------------------------------------------
@@ -540,7 +644,7 @@ def _stricter(w: Workload) -> Workload:
 
 
 def _what_if(problem: Problem, builder: OptionBuilder, flt: OptionFilter | None = None) -> _Core:
-    quick = problem.with_options(baselines=False, sensitivity=False)
+    quick = problem.with_options(baselines=False, sensitivity=False, running=None)
     return _solve_core(quick, builder, flt or OptionFilter())
 
 
@@ -711,9 +815,12 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
         gpus={},
         workloads=(),
         infeasible=tuple(problems),
-        warnings=tuple(warnings),
+        warnings=(*left_out_line(problem), *warnings),
         stats=core.stats(),
         quality=ledger(problem.perf, problem.workloads, problem.recipes),
+        prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
+        offering=problem.offering,
+        allow_estimates=problem.allow_estimates,
     )
 
 
@@ -726,17 +833,23 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
     core = _solve_core(problem, builder, OptionFilter())
     if not core.feasible:
         return _infeasible_plan(problem, builder, core)
-    core = _simulated(problem, core)
+    sim_cache: dict[PoolKey, float] = {}
+    core = _simulated(problem, core, sim_cache)
     asked: Problem = problem
     held: list[str] = []
     if problem.options.simulate_p95 and problem.options.simulated_p95_binds:
-        asked, core, held = _hold_to_simulation(problem, builder, core)
+        asked, core, held = _hold_to_simulation(problem, builder, core, sim_cache)
     # Baselines and sensitivity answer for the problem the plan was solved for (tightened bounds included), so
     # their costs compare with the plan's.
     baselines: list[Baseline] = []
+    swapped: list[str] = []
     if problem.options.baselines:
         _progress(problem, "baselines")
-        baselines = _baselines(asked, builder, core.cost)
+        found = _baseline_cores(asked, builder)
+        core, swapped = _no_dearer_than_baselines(asked, core, found, sim_cache)
+        baselines = _baselines(found, core.cost)
+    core = _with_bound(asked, core)
+    replan = _replan(asked, builder, core)
     sensitivity = None
     workloads = core.workloads
     if problem.options.sensitivity:
@@ -755,15 +868,51 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
         shared_gpus=tuple(core.shared),
         baselines=tuple(baselines),
         sensitivity=sensitivity,
-        # `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
-        warnings=(*core.warnings, *held, *_simulation_warnings(workloads, tried=bool(held) and asked is problem)),
+        # Evidence first (what the plan rests on), then latency stated where there is no objective, then the
+        # rest; `held` lines with the bound's own problem back mean the search gave up: say so in the miss's fix.
+        warnings=(
+            *evidence_warnings(workloads, allow_estimates=problem.allow_estimates),
+            *left_out_line(problem),
+            *latency_notes(workloads),
+            *core.warnings,
+            *held,
+            *swapped,
+            *_simulation_warnings(workloads, tried=bool(held) and asked is problem),
+        ),
         stats=core.stats(),
         quality=ledger(problem.perf, problem.workloads, problem.recipes),
+        prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
+        offering=problem.offering,
+        allow_estimates=problem.allow_estimates,
+        replan=replan,
     )
 
 
-def _simulated(problem: Problem, core: _Core) -> _Core:
-    """The core with every workload's pools simulated (step 5); unchanged when the simulation is off."""
+def _with_bound(problem: Problem, core: _Core) -> _Core:
+    """The core with a lower bound valid for the problem its plan solves (planner.solver.milp.relaxation_bound).
+
+    Computed once, on the final plan: the options before latency repair (a relaxation of every repaired round),
+    with the packing relaxed so that first-fit bins, exact bins and dropped replicas all stay feasible in it. A
+    bound above the cost means the plan left the options it was solved over (a bug, or an energy-priced
+    latency tie-break): the gap is then reported unknown (NaN) with a warning, never clamped to zero."""
+    if not core.feasible or core.bound_set is None:
+        return core
+    _progress(problem, "lower bound (LP relaxation)")
+    bound = relaxation_bound(problem, core.bound_set)
+    warnings = core.warnings
+    if math.isfinite(bound) and bound > core.cost * (1 + 1e-7) + 1e-9:
+        warnings = [
+            *warnings,
+            f"the lower bound ${bound:.2f}/h is above the plan's cost ${core.cost:.2f}/h, so it is not a bound of "
+            "the problem this plan solves: the optimality gap is unknown",
+        ]
+        bound = math.nan
+    return replace(core, lower_bound=bound, warnings=warnings)
+
+
+def _simulated(problem: Problem, core: _Core, cache: dict[PoolKey, float] | None = None) -> _Core:
+    """The core with every workload's pools simulated (step 5); unchanged when the simulation is off. `cache`
+    (one per `solve`) keeps the pools already simulated, so a re-solve simulates only the pools it changes."""
     if not problem.options.simulate_p95:
         return core
     _progress(problem, "simulating the scheduler's batching")
@@ -773,7 +922,12 @@ def _simulated(problem: Problem, core: _Core) -> _Core:
         core,
         workloads=[
             simulate_workload(
-                problem, by_name[wp.name], wp, wait_s=opts.batch_wait_s, compiled_batches=opts.compiled_batches
+                problem,
+                by_name[wp.name],
+                wp,
+                wait_s=opts.batch_wait_s,
+                compiled_batches=opts.compiled_batches,
+                cache=cache,
             )
             for wp in core.workloads
         ],
@@ -790,7 +944,9 @@ def _misses(core: _Core, objectives: dict[str, float | None]) -> dict[str, float
     return out
 
 
-def _hold_to_simulation(problem: Problem, builder: OptionBuilder, core: _Core) -> tuple[Problem, _Core, list[str]]:
+def _hold_to_simulation(
+    problem: Problem, builder: OptionBuilder, core: _Core, cache: dict[PoolKey, float] | None = None
+) -> tuple[Problem, _Core, list[str]]:
     """The cheapest plan found whose bound and simulated batching both meet every objective (step 5).
 
     The bound is the MILP's constraint; the simulation has no closed form to put there, so the bound's objective
@@ -815,7 +971,7 @@ def _hold_to_simulation(problem: Problem, builder: OptionBuilder, core: _Core) -
         alt = _solve_core(current, builder, OptionFilter())
         if not alt.feasible:
             return current, None, {}
-        alt = _simulated(current, alt)
+        alt = _simulated(current, alt, cache)
         return current, alt, _misses(alt, objectives)
 
     asked: dict[str, float | None] = dict(objectives)

@@ -25,8 +25,9 @@ Variables
 Constraints
     (assign)    sum_{k in K(w)} z_k = 1                                             for every w
     (cover)     sum_{p in P(G)} y_p + sum_{o in S(G)} (q_o or sum_b x_ob) - sum_{k : G in G(k)} z_k >= 0
-                (a group under a p95 objective has only pure patterns: ceil(lambda / credit_o) replicas of
-                one option, so the pool the latency check assumed is the pool deployed)
+                (a group under a p95 objective has its pure patterns, c* replicas of one option, and the
+                mixed covers whose pool p95 meets the group's budget: an objective that cannot bind leaves
+                the patterns as they are without it; `group_patterns`)
                 (a group without patterns: sum_o min(1, credit_o / lambda_w) n_o in place of sum_p y_p)
     (avail)     sum_p use_p,f y_p + sum_o n_o + (s_f or sum_b u_fb) <= A_f          for f with a limit
     (pack, exact)  sum_b x_ob <= 1;  sum_o phi_o x_ob <= U u_fb;  sum_o mem_o x_ob <= M_f u_fb;
@@ -57,8 +58,9 @@ bound on the fluid model's cost; stage 2 keeps each pool's GPUs between stage 1'
 and re-solves (time-limited), so it can fill the room a round-up leaves or move tenants out to round down.
 Stage 1 itself solves the LP relaxation first (with pattern covers it is nearly integral: 16 fractional
 columns of 28,000 at 1,000 workloads), fixes every workload whose columns came out integral, and solves the
-MILP of the rest; the LP value is stage 1's bound. The reported gap is (plan cost - that bound) / plan cost:
-the plan's distance from the fluid model's optimum at most, not HiGHS's gap of a stage.
+MILP of the rest; the LP value is stage 1's bound. That bound is the fluid model's, not the problem's
+(the fluid size undercounts complementary tenants, and first-fit can then beat it), so the plan's reported gap
+is against `relaxation_bound`: a relaxed packing every plan from the options satisfies.
 
 Columns left out before the solve (exact dominance): a dedicated option when another option of the same group
 on a family without an availability limit costs no more per replica and credits no less; in fluid families,
@@ -75,15 +77,17 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from planner.solver.latency import queue_wait_p95_s
 from planner.solver.options import ChoiceKey, GroupKey, Option, OptionSet, Topology
 from planner.solver.problem import FleetFamily, Problem
+from planner.solver.replan import ReplicaKey, RunningPlan, group_moves
 
 CostMap = dict[str, float]
 """family id -> $/GPU-hour."""
@@ -103,6 +107,8 @@ ROUNDING_MIN_TIME_S = 1.0
 ROUNDING_TIME_FACTOR = 1.0
 """Stage 2 (rounding fluid pools) gets max(1 s, stage 1's time); past it, the best rounding found is kept."""
 PATTERN_LIMIT = 256
+BOUND_INTEGRAL_MAX_VARS = 20_000
+"""The lower bound's MILP keeps its integer columns up to this size (HiGHS's dual bound); above, its LP."""
 COVER_TOLERANCE = 1e-9
 
 
@@ -162,7 +168,7 @@ def select_columns(
         dedicated = [i for i in idxs if not options[i].shared]
         for i in dedicated:
             o = options[i]
-            dominated = any(
+            dominated = not o.running and any(
                 j != i
                 and options[j].family not in limited
                 and options[j].cost_per_hour <= o.cost_per_hour
@@ -293,13 +299,20 @@ def cover_patterns(
     return _pareto_patterns([Pattern(cost, replicas, usage) for cost, replicas, usage in found])
 
 
-def _pareto_patterns(found: list[Pattern]) -> list[Pattern]:
-    """Keep a cover only if no kept one is as cheap and uses no more of every limited family."""
-    found.sort(key=lambda p: (p.cost, sum(n for _, n in p.usage)))
+def _pareto_patterns(found: list[Pattern], moved: Callable[[Pattern], float] | None = None) -> list[Pattern]:
+    """Keep a cover only if no kept one is as cheap, uses no more of every limited family and (re-planning,
+    `moved`: its move cost) moves no more."""
+    move = {id(p): moved(p) for p in found} if moved is not None else {}
+    found.sort(key=lambda p: (p.cost, sum(n for _, n in p.usage), move.get(id(p), 0.0)))
     kept: list[Pattern] = []
     for p in found:
         use = dict(p.usage)
-        if any(q.cost <= p.cost + 1e-12 and all(n <= use.get(f, 0) for f, n in q.usage) for q in kept):
+        if any(
+            q.cost <= p.cost + 1e-12
+            and all(n <= use.get(f, 0) for f, n in q.usage)
+            and move.get(id(q), 0.0) <= move.get(id(p), 0.0) + 1e-12
+            for q in kept
+        ):
             continue
         kept.append(p)
     return kept
@@ -582,6 +595,163 @@ def solve_with_availability(problem: Problem, option_set: OptionSet) -> MilpResu
         limited |= over
 
 
+@dataclass(frozen=True)
+class MoveCosts:
+    """$/hour each MILP column pays for the replicas it moves against the running plan (planner.solver.replan).
+
+    A pattern of group G pays for its moves against G's running replicas; a shared slot, for removing them all;
+    a choice (model, topology), for removing the running groups it does not serve. Groups listed by integer
+    replica columns (too many covers to list) pay nothing: their moves are counted, not weighed."""
+
+    problem: Problem
+    option_set: OptionSet
+    running: RunningPlan
+    per_move: float
+    groups: Mapping[tuple[str, tuple[str, ...]], Mapping[ReplicaKey, int]]
+    """The running replicas by (workload name, stages)."""
+
+    def _old(self, gk: GroupKey) -> Mapping[ReplicaKey, int]:
+        name = self.problem.workloads[gk[0]].name
+        if self.running.models.get(name, gk[1]) != gk[1]:
+            return {}
+        return self.groups.get((name, gk[2]), {})
+
+    def pattern(self, gk: GroupKey, p: Pattern) -> float:
+        """Moves of a pattern; a pure one counts as the running replicas' kind where one of its option's latency
+        tie-break alternatives is that kind (the engine then keeps it: same replicas, same or lower price)."""
+        name = self.problem.workloads[gk[0]].name
+        options = self.option_set.options
+        old = self._old(gk)
+        new = {(name, gk[2], options[i].family, options[i].recipes, options[i].batch): n for i, n in p.replicas}
+        if len(p.replicas) == 1 and old and not set(new) & set(old):
+            n, o = p.replicas[0][1], options[p.replicas[0][0]]
+            for a in o.alternatives.options() if o.alternatives is not None else ():
+                key = (name, gk[2], a.family, a.recipes, a.batch)
+                if key in old:
+                    new = {key: n}
+                    break
+        return self.per_move * group_moves(old, new).total
+
+    def shared(self, gk: GroupKey) -> float:
+        return self.per_move * sum(self._old(gk).values())
+
+    def choice(self, ck: ChoiceKey) -> float:
+        wi, model_id, topo = ck
+        name = self.problem.workloads[wi].name
+        kept = set(topo) if self.running.models.get(name, model_id) == model_id else set()
+        gone = sum(n for key, n in self.running.replicas.items() if key[0] == name and key[1] not in kept)
+        return self.per_move * gone
+
+
+def move_costs(problem: Problem, option_set: OptionSet) -> MoveCosts | None:
+    """The move costs of a re-plan; None without a running plan or at a move cost of zero."""
+    running = problem.options.running
+    if running is None or problem.options.move_cost_per_hour <= 0:
+        return None
+    return MoveCosts(problem, option_set, running, problem.options.move_cost_per_hour, running.by_group())
+
+
+def _dedicated_columns(
+    b: _Builder,
+    problem: Problem,
+    option_set: OptionSet,
+    in_model: set[int],
+    limited: set[str],
+    cover_rows: dict[GroupKey, dict[int, float]],
+    usage_terms: dict[str, list[tuple[int, float]]],
+    *,
+    coverage: bool = False,
+    cost_scale: float = 1.0,
+    moves: MoveCosts | None = None,
+) -> tuple[dict[int, Pattern], dict[int, int]]:
+    """Dedicated columns of every demanded group (`cover_rows`' keys): its cover patterns where they can be
+    listed, integer replica columns elsewhere; adds their terms to `cover_rows` and `usage_terms`."""
+    fams = problem.families
+    workloads = problem.workloads
+    options = option_set.options
+    pattern_var: dict[int, Pattern] = {}
+    opt_var: dict[int, int] = {}
+    for gk in cover_rows:
+        lam = workloads[gk[0]].rate
+        dedicated = [i for i in option_set.by_group.get(gk, []) if i in in_model and not options[i].shared]
+        items = []
+        for i in dedicated:
+            o = options[i]
+            avail = fams[o.family].available if o.family in limited else None
+            bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
+            items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
+        patterns = None if coverage or not items else group_patterns(problem, option_set, gk, items, limited, moves)
+        if patterns is not None:
+            for p in patterns:
+                v = b.var((p.cost + (moves.pattern(gk, p) if moves else 0.0)) * cost_scale, 0.0, 1.0, True, gk[0])
+                pattern_var[v] = p
+                cover_rows[gk][v] = 1.0
+                for fid, n in p.usage:
+                    usage_terms[fid].append((v, float(n)))
+            continue
+        for it in items:
+            v = b.var(options[it.index].cost_per_hour * cost_scale, 0.0, float(max(it.bound, 0)), True, gk[0])
+            opt_var[it.index] = v
+            cover_rows[gk][v] = min(1.0, options[it.index].credit / lam)
+            usage_terms[options[it.index].family].append((v, 1.0))
+    return pattern_var, opt_var
+
+
+def mixed_pool_p95_s(rate: float, used: Sequence[tuple[Option, int]]) -> float:
+    """p95 of a (possibly mixed) pool of dedicated replicas sharing one queue (planner.solver.latency).
+
+    The queue wait is the pool's (all replicas, their mean batch time, the smallest batch for the arrival
+    variability); a request then waits for its replica type's batch to form and for that type's service, so
+    the pool's p95 is the worst type's formation + service on top of the shared wait."""
+    servers = sum(n for _, n in used)
+    capacity = sum(n * o.batch / (o.service_s * (1 + o.uncertainty)) for o, n in used)
+    if capacity <= rate:
+        return math.inf
+    rho = rate / capacity
+    mean_service = sum(n * o.service_s * (1 + o.uncertainty) for o, n in used) / servers
+    b_min = min(o.batch for o, _ in used)
+    wait = queue_wait_p95_s(
+        np.array([float(servers)]),
+        np.array([rho * servers]),
+        np.array([mean_service]),
+        np.array([float(b_min)]),
+    )
+    worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
+    return float(wait[0]) + worst
+
+
+def group_patterns(
+    problem: Problem,
+    option_set: OptionSet,
+    gk: GroupKey,
+    items: Sequence[_Item],
+    limited: set[str],
+    moves: MoveCosts | None = None,
+) -> list[Pattern] | None:
+    """A group's cover patterns (module docstring); None where there are too many to list.
+
+    Under a p95 objective: every pure pattern (c* replicas of one option, which the per-option latency check
+    already holds to the group's budget) and every mixed cover whose pool meets that budget (`mixed_pool_p95_s`,
+    the p95 the engine checks the plan with). An objective that cannot bind then leaves the patterns, and the
+    plan, as they are without it; one that binds drops the mixes it breaks."""
+    lam = problem.workloads[gk[0]].rate
+    covers = cover_patterns(lam, items, limited)
+    pure = [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
+    if moves is not None:  # a re-plan: keep the pure covers of the running kinds, whatever they cost
+        covers = None if covers is None else _pareto_patterns([*covers, *pure], lambda p: moves.pattern(gk, p))
+    if problem.workloads[gk[0]].p95_latency_s is None:
+        return covers
+    budget = option_set.budgets.get(gk)
+    options = option_set.options
+    mixed = [
+        p
+        for p in covers or ()
+        if len(p.replicas) > 1
+        and (budget is None or mixed_pool_p95_s(lam, [(options[i], n) for i, n in p.replicas]) <= budget * (1 + 1e-9))
+    ]
+    return _pareto_patterns([*pure, *mixed], (lambda p: moves.pattern(gk, p)) if moves is not None else None)
+
+
 def solve_milp(
     problem: Problem,
     option_set: OptionSet,
@@ -601,7 +771,6 @@ def solve_milp(
     if limited is None:
         limited = {f for f, fam in fams.items() if fam.available is not None}
     b = _Builder()
-    workloads = problem.workloads
     options = option_set.options
     choice_var: dict[ChoiceKey, int] = {}
     cover_var: dict[ChoiceKey, int] = {}
@@ -609,10 +778,11 @@ def solve_milp(
     max_price = max((f.price_per_hour for f in fams.values()), default=1.0)
     cost_scale = 1e-4 / max(max_price * max(len(options), 1), 1.0) if coverage else 1.0
 
+    moves = None if coverage else move_costs(problem, option_set)
     for wi, chs in option_set.choices.items():
         for model_id, topo in chs:
             ck: ChoiceKey = (wi, model_id, topo)
-            choice_var[ck] = b.var(0.0, 0.0, 1.0, True, wi)
+            choice_var[ck] = b.var(moves.choice(ck) if moves else 0.0, 0.0, 1.0, True, wi)
             if coverage:
                 cover_var[ck] = b.var(-1.0, 0.0, 1.0, False, wi)
             groups_of_choice[ck] = [(wi, model_id, g) for g in topo]
@@ -626,38 +796,18 @@ def solve_milp(
     # Dedicated: patterns per group where they can be listed, integer replica columns elsewhere.
     cover_rows: dict[GroupKey, dict[int, float]] = {gk: dict.fromkeys(zs, -1.0) for gk, zs in demand.items()}
     usage_terms: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    pattern_var: dict[int, Pattern] = {}
-    opt_var: dict[int, int] = {}
-    for gk in demand:
-        lam = workloads[gk[0]].rate
-        dedicated = [i for i in option_set.by_group.get(gk, []) if i in in_model and not options[i].shared]
-        items = []
-        for i in dedicated:
-            o = options[i]
-            avail = fams[o.family].available if o.family in limited else None
-            bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
-            items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
-        if workloads[gk[0]].p95_latency_s is not None and not coverage:
-            # Under a p95 objective a group is one pool of one replica type: the per-option latency check
-            # (c* replicas of that option) is then exactly what is deployed.
-            patterns: list[Pattern] | None = _pareto_patterns(
-                [p for it in items if (p := _pure_pattern(lam, it, limited)) is not None]
-            )
-        else:
-            patterns = None if coverage or not items else cover_patterns(lam, items, limited)
-        if patterns is not None:
-            for p in patterns:
-                v = b.var(p.cost * cost_scale, 0.0, 1.0, True, gk[0])
-                pattern_var[v] = p
-                cover_rows[gk][v] = 1.0
-                for fid, n in p.usage:
-                    usage_terms[fid].append((v, float(n)))
-            continue
-        for it in items:
-            v = b.var(options[it.index].cost_per_hour * cost_scale, 0.0, float(max(it.bound, 0)), True, gk[0])
-            opt_var[it.index] = v
-            cover_rows[gk][v] = min(1.0, options[it.index].credit / lam)
-            usage_terms[options[it.index].family].append((v, 1.0))
+    pattern_var, opt_var = _dedicated_columns(
+        b,
+        problem,
+        option_set,
+        in_model,
+        limited,
+        cover_rows,
+        usage_terms,
+        coverage=coverage,
+        cost_scale=cost_scale,
+        moves=moves,
+    )
     # Shared columns.
     shared_by_pool: dict[Pool, list[int]] = defaultdict(list)
     for i in columns:
@@ -678,7 +828,9 @@ def solve_milp(
             bins_var[pool] = [b.var(bin_cost, 0.0, 1.0, True) for _ in range(top)]
             for i in idxs:
                 for k in range(top):
-                    x_var[(i, k)] = b.var(0.0, 0.0, 1.0, True, options[i].workload)
+                    x_var[(i, k)] = b.var(
+                        moves.shared(options[i].key) if moves else 0.0, 0.0, 1.0, True, options[i].workload
+                    )
                     cover_rows[options[i].key][x_var[(i, k)]] = 1.0
             usage_terms[fid].extend((v, 1.0) for v in bins_var[pool])
         else:
@@ -689,7 +841,7 @@ def solve_milp(
                 s_var[pool] = b.var(bin_cost, float(min(low, top)), float(min(high, top)), True)
             usage_terms[fid].append((s_var[pool], 1.0))
             for i in idxs:
-                q_var[i] = b.var(0.0, 0.0, 1.0, True, options[i].workload)
+                q_var[i] = b.var(moves.shared(options[i].key) if moves else 0.0, 0.0, 1.0, True, options[i].workload)
                 cover_rows[options[i].key][q_var[i]] = 1.0
 
     # (assign)
@@ -845,3 +997,99 @@ def solve_milp(
         lower_bound = lp_bound  # the fixed MILP's bound is not a bound of the whole problem; the LP's is
     result.lower_bound = min(lower_bound / cost_scale if coverage else lower_bound, result.objective)
     return result
+
+
+def relaxation_bound(problem: Problem, option_set: OptionSet, *, integral: bool = True) -> float:
+    r"""A lower bound on the cost of any plan built from `option_set`: the LP relaxation of a relaxed packing.
+
+    The MILP's own LP value is not one: its fluid packing charges a shared slot max(phi / U, mem / M) of a GPU,
+    which two complementary tenants undercut, and first-fit then packs them on fewer GPUs than it counted. Here
+    the shared slots of a family f share one continuous GPU count s_f with only constraints every real packing
+    meets, whatever its pools (service-time classes) or bins:
+        s_f >= sum_o phi_o q_o / U,   s_f >= sum_o mem_o q_o / M_f,
+        s_f >= sum_{o: phi_o > U / 2} q_o   (and the same for memory: two such tenants never share a GPU),
+    with every shared slot of the set as a column, and the dedicated cover patterns, availability and assignment
+    rows of the MILP. Any plan whose groups use options of the set (replicas dropped, pools packed first-fit,
+    exact bins) is a feasible point of it, so its cost is at least the model's optimum. Up to
+    `BOUND_INTEGRAL_MAX_VARS` columns it is solved as a MILP within `bound_time_limit_s` and HiGHS's dual bound
+    is taken (integer GPU counts and choices tighten it); above that, or where that gives no bound, the value
+    of its LP relaxation. NaN when neither has a solution (then the plan has no bound to report)."""
+    opts = problem.options
+    fams = problem.families
+    options = option_set.options
+    limited = {f for f, fam in fams.items() if fam.available is not None}
+    b = _Builder()
+    demand: dict[GroupKey, list[int]] = defaultdict(list)
+    for wi, chs in option_set.choices.items():
+        row = []
+        for model_id, topo in chs:
+            z = b.var(0.0, 0.0, 1.0, True, wi)
+            row.append((z, 1.0))
+            for g in topo:
+                demand[(wi, model_id, g)].append(z)
+        if row:
+            b.row(row, 1.0, 1.0)
+    columns, _ = select_columns(problem, option_set, limited)
+    in_model = set(columns)
+    cover_rows: dict[GroupKey, dict[int, float]] = {gk: dict.fromkeys(zs, -1.0) for gk, zs in demand.items()}
+    usage_terms: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    _dedicated_columns(b, problem, option_set, in_model, limited, cover_rows, usage_terms)
+    util = opts.share_max_utilization
+    by_family: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, o in enumerate(options):
+        if o.shared and o.key in demand:
+            by_family[(o.family, 0)].append(i)
+    pack_rows: list[tuple[list[tuple[int, float]], float, float]] = []
+    for (fid, _), idxs in by_family.items():
+        fam = fams[fid]
+        mem_cap = fam.memory_gib - opts.memory_reserve_gib
+        top = len({options[i].key for i in idxs})
+        if fam.available is not None:
+            top = min(top, fam.available)
+        s = b.var(fam.price_per_hour + fam.energy_cost_per_hour(None), 0.0, float(top), True)
+        usage_terms[fid].append((s, 1.0))
+        q = {i: b.var(0.0, 0.0, 1.0, True, options[i].workload) for i in idxs}
+        for i, v in q.items():
+            cover_rows[options[i].key][v] = 1.0
+        pack_rows.append(([*((v, options[i].fraction / util) for i, v in q.items()), (s, -1.0)], -np.inf, 0.0))
+        pack_rows.append(
+            ([*((v, (options[i].memory_gib or 0.0) / mem_cap) for i, v in q.items()), (s, -1.0)], -np.inf, 0.0)
+        )
+        for big in (
+            [v for i, v in q.items() if options[i].fraction / util > 0.5 + 1e-9],
+            [v for i, v in q.items() if (options[i].memory_gib or 0.0) / mem_cap > 0.5 + 1e-9],
+        ):
+            if len(big) > 1:
+                pack_rows.append(([*((v, 1.0) for v in big), (s, -1.0)], -np.inf, 0.0))
+    for cover in cover_rows.values():
+        b.row(cover, 0.0, np.inf)
+    for fid in limited:
+        terms = usage_terms.get(fid)
+        if terms:
+            b.row(terms, -np.inf, float(fams[fid].available or 0))
+    for coefs, lo, hi in pack_rows:
+        b.row(coefs, lo, hi)
+    if not b.cost:
+        return 0.0
+    a = coo_array((b.vals, (b.rows, b.cols)), shape=(len(b.row_lb), len(b.cost))).tocsr()
+    integral = integral and len(b.cost) <= BOUND_INTEGRAL_MAX_VARS
+
+    def run(integer: bool) -> float:
+        res = milp(
+            c=np.array(b.cost),
+            constraints=[LinearConstraint(a, np.array(b.row_lb), np.array(b.row_ub))],
+            integrality=np.array(b.integer) if integer else np.zeros(len(b.cost)),
+            bounds=Bounds(np.array(b.lower), np.array(b.upper)),
+            options={
+                "disp": False,
+                "time_limit": min(opts.time_limit_s, opts.bound_time_limit_s),
+                "mip_rel_gap": opts.mip_rel_gap,
+            },
+        )
+        if not integer:
+            return float(res.fun) if res.x is not None and res.status == 0 else math.nan
+        dual = getattr(res, "mip_dual_bound", None)
+        return float(dual) if dual is not None and math.isfinite(dual) else math.nan
+
+    bound = run(True) if integral else math.nan
+    return bound if math.isfinite(bound) else run(False)

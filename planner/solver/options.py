@@ -10,7 +10,11 @@ A group fits a family when memory(o) <= family memory - reserve. Weights come fr
 counts and the recipe's bytes per parameter; a cell without peak memory counts 1.2 x its weights.
 
 Credited throughput (what a replica counts for against the rate lambda):
-    credit_h(o) = throughput(o) / (1 + headroom + u(o))              (the brief's capacity rule)
+    credit_h(o) = throughput(o) / (1 + headroom + u(o) + s(o))       (the brief's capacity rule)
+    with s(o) the time-weighted `latency_spread` of its measured cells (how far the timed windows' medians
+    spread: run-to-run variation the headroom must also absorb).
+Start-up (planner.solver.startup): every row carries the seconds a replica takes to become ready; a workload's
+`max_startup_s` leaves out the rows slower than that.
     with a p95 objective L, the group gets the budget L x (its stages' share of the fastest per-stage
     service times), so the budgets of any topology's groups add up to L; c*(o) is the smallest replica count
     >= ceil(lambda / credit_h) whose pool p95 (planner.solver.latency) fits the budget, and
@@ -20,11 +24,14 @@ Shared mode (several low-rate groups on one GPU): the fraction of a GPU the grou
     phi(o) = lambda / credit_h(o); eligible when phi <= share_max_fraction, the memory is known and the p95
     on a GPU filled to share_max_utilization by tenants of its service-time class fits the budget
     (planner.solver.latency); shared GPUs are packed per (family, class), and a tenant is offered its own
-    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows.
+    class and the next one up (`SHARE_CLASS_SPAN`) when its latency allows. A tenant whose workload has no
+    objective is also offered its family's `NO_OBJECTIVE_CLASS` pool, shared with any other such tenant
+    whatever its service time: the class rule protects co-tenants' objectives, and there are none there.
 
 Pruning before the MILP (exact, not heuristic):
 - per (stage, family, batch), a recipe that is no faster at median and p95, no surer, and no smaller in
-  weights, peak memory and power than another is dropped (it cannot improve any group containing it);
+  weights, peak memory, power, compile time and spread than another is dropped (it cannot improve any group
+  containing it);
 - per (workload, model, group, family), dedicated replicas all cost the family's price, and memory only has to
   fit, so the option with the largest credit dominates the others (with energy prices, the Pareto front of
   credit vs $/replica-hour); the latency objective is already inside the credit;
@@ -69,6 +76,7 @@ from planner.solver.latency import (
 )
 from planner.solver.problem import Problem, SolverOptions, Workload
 from planner.solver.quality import evidence_for, judge
+from planner.solver.startup import startup_seconds
 
 Group = tuple[str, ...]
 """Consecutive stages served together on one GPU."""
@@ -83,6 +91,9 @@ STAGE_ABBREV: dict[str, str] = {"text_encoder": "te", "denoiser": "dn", "vae_dec
 UNKNOWN_MEMORY_FACTOR = 1.2
 SHARE_CLASS_SPAN = 1
 """How many service-time classes above its own a shared tenant may join."""
+NO_OBJECTIVE_CLASS = 63
+"""The shared pool of tenants without a p95 objective: no co-tenant's latency asks for similar service times
+there, so the class rule does not limit their sharing (pool keys are segment x 64 + class)."""
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -150,6 +161,11 @@ class Option:
     alternatives: Alternatives | None = field(default=None, compare=False, repr=False)
     """Same-segment dedicated options that cost no more per replica, credit less and have a lower p95 floor
     (module docstring, "Latency tie-break"); not MILP columns, only swapped in after the solve."""
+    startup_s: float = 0.0
+    """Seconds a replica takes to become ready (planner.solver.startup)."""
+    running: bool = False
+    """A kind (family, recipes, batch) the running plan uses for this group: kept as a column even where
+    dominated, so a re-plan can keep it (planner.solver.replan)."""
 
     @property
     def key(self) -> GroupKey:
@@ -258,9 +274,26 @@ class OptionSet:
     by_group: dict[GroupKey, list[int]]
     diagnostics: dict[int, Diagnostics]
     budgets: dict[GroupKey, float | None]
+    shared_candidates: int = 0
+    """Shared-mode slots before the fluid packing kept the smallest per pool (how big exact packing would be)."""
 
     def feasible_workloads(self) -> set[int]:
         return {w for w, c in self.choices.items() if c}
+
+
+@dataclass
+class _WorkloadOptions:
+    """One workload's part of an option set (`OptionBuilder._build_workload`)."""
+
+    options: list[Option]
+    shared: list[_SharedBatch]
+    choices: list[tuple[str, Topology]]
+    diagnostics: Diagnostics
+    budgets: dict[GroupKey, float | None]
+
+
+WORKLOAD_CACHE_FACTOR = 8
+"""The workload cache is cleared past this many entries per workload (about as many option sets)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +312,8 @@ class _Table:
     uncertainty: FloatArray
     memory_gib: FloatArray
     power_w: FloatArray
+    startup_s: FloatArray
+    spread: FloatArray
     combos: list[tuple[CellEstimate, ...]]
     fastest: dict[str, float]
     steps: int
@@ -310,6 +345,7 @@ class OptionBuilder:
         self._stage_cache: dict[tuple[object, ...], list[CellEstimate]] = {}
         self._tables: dict[tuple[object, ...], _Table | None] = {}
         self._row_lists: dict[int, _RowLists] = {}
+        self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
 
     # ---- recipes a workload may use ---------------------------------------------------------------
     def allowed_recipes(self, w: Workload, model: str, stage: str, flt: OptionFilter) -> tuple[list[str], str]:
@@ -380,6 +416,8 @@ class OptionBuilder:
                 math.inf if peak is None else peak,
                 math.inf if weights is None else weights,
                 math.inf if cell.power_w is None else cell.power_w,
+                cell.compile_s or 0.0,  # a slower start can matter (max_startup_s): keep the eager recipe
+                cell.spread or 0.0,
             )
             items.append((crit, cell))
         kept = _pareto(items)
@@ -396,7 +434,7 @@ class OptionBuilder:
         steps: int,
         h: int,
         w: int,
-        rows: list[tuple[float, float, float, float, float, float]],
+        rows: list[tuple[float, float, float, float, float, float, float, float]],
         combos: list[tuple[CellEstimate, ...]],
     ) -> None:
         """Append one (group, family)'s rows: T, T95, u, memory and power of each recipe x batch combo."""
@@ -405,13 +443,14 @@ class OptionBuilder:
             if any(not cells for cells in per_stage):
                 continue
             for combo in itertools.product(*per_stage):
-                t = p95 = weighted_u = weights = act = power_num = 0.0
+                t = p95 = weighted_u = weighted_spread = weights = act = power_num = 0.0
                 power_known = mem_known = True
                 for cell in combo:
                     calls = steps if cell.stage == "denoiser" else 1
                     t += calls * cell.latency_ms
                     p95 += calls * cell.latency_p95_ms
                     weighted_u += calls * cell.latency_ms * cell.uncertainty
+                    weighted_spread += calls * cell.latency_ms * (cell.spread or 0.0)
                     wgt = self.perf.weight_gib(model, cell.stage, cell.recipe)
                     peak = cell.peak_mem_gib
                     if peak is None:
@@ -435,6 +474,8 @@ class OptionBuilder:
                         weighted_u / t if t > 0 else 0.0,
                         weights + act if mem_known else math.nan,
                         power_num / t if power_known and t > 0 else math.nan,
+                        startup_seconds(self.perf, combo, b),
+                        weighted_spread / t if t > 0 else 0.0,
                     )
                 )
                 combos.append(combo)
@@ -475,7 +516,7 @@ class OptionBuilder:
                     for cell in self._stage_cells(fam, model.id, stage, allowed[stage], b, h, w):
                         best = min(best, calls * cell.latency_p95_ms * (1 + cell.uncertainty) / 1e3)
             fastest[stage] = best
-        rows: list[tuple[float, float, float, float, float, float]] = []
+        rows: list[tuple[float, float, float, float, float, float, float, float]] = []
         combos: list[tuple[CellEstimate, ...]] = []
         seg_group: list[int] = []
         seg_family: list[int] = []
@@ -504,6 +545,8 @@ class OptionBuilder:
             uncertainty=arr[:, 3],
             memory_gib=arr[:, 4],
             power_w=arr[:, 5],
+            startup_s=arr[:, 6],
+            spread=arr[:, 7],
             combos=combos,
             fastest=fastest,
             steps=steps,
@@ -511,37 +554,95 @@ class OptionBuilder:
         self._tables[key] = table
         return table
 
-    # ---- a whole option set ------------------------------------------------------------------------
-    def build(self, problem: Problem, flt: OptionFilter | None = None) -> OptionSet:
-        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines."""
-        flt = flt or OptionFilter()
+    # ---- one workload's options (cached across the re-solves of one problem) -------------------------
+    def _context_key(self, problem: Problem, flt: OptionFilter) -> tuple[object, ...] | None:
+        """What a workload's options depend on besides the workload: the fleet and the option knobs; None (no
+        caching) under a baseline's filter, whose option sets are each built once."""
+        if flt != OptionFilter():
+            return None
         opts = problem.options
+        fleet = tuple(
+            (k, f.price_per_hour, f.available, f.memory_gib, f.energy_price_per_kwh, f.power_w)
+            for k, f in problem.families.items()
+        )
+        knobs = (
+            opts.memory_reserve_gib,
+            opts.share_gpus,
+            opts.share_max_utilization,
+            opts.share_max_fraction,
+            opts.max_latency_extra_replicas,
+            opts.exact_packing_max_items,
+            id(opts.running),  # a re-plan keeps the running kinds as extra rows (`_running_rows`)
+        )
+        return (fleet, knobs)
+
+    def _workload_options(
+        self, problem: Problem, flt: OptionFilter, wi: int, w: Workload, context: tuple[object, ...] | None
+    ) -> _WorkloadOptions:
+        """A workload's options, reused where the same workload at the same index was built in the same context
+        (the engine's hold re-solves with a few objectives tightened: only those workloads are built again)."""
+        key = None if context is None else (context, wi, repr(w))
+        hit = self._workload_cache.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        built = self._build_workload(problem, flt, wi, w)
+        if key is not None:
+            if len(self._workload_cache) > WORKLOAD_CACHE_FACTOR * max(len(problem.workloads), 1):
+                self._workload_cache.clear()
+            self._workload_cache[key] = built
+        return built
+
+    def _build_workload(self, problem: Problem, flt: OptionFilter, wi: int, w: Workload) -> _WorkloadOptions:
+        opts = problem.options
+        diag = Diagnostics()
+        out = _WorkloadOptions(options=[], shared=[], choices=[], diagnostics=diag, budgets={})
+        for model_id in w.models:
+            spec = self.models.get(model_id)
+            if spec is None:
+                diag.reasons.append(f"{model_id}: not in the model catalog")
+                continue
+            found, shared = self._build_model(problem, flt, wi, w, spec, diag, out.budgets)
+            out.options.extend(found)
+            groups_with_options = {o.group for o in found}
+            if shared is not None:
+                out.shared.append(shared)
+                groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
+            tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
+            usable = [t for t in tops if all(g in groups_with_options for g in t)]
+            out.choices.extend((model_id, t) for t in usable)
+            if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
+                diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+        return out
+
+    # ---- a whole option set ------------------------------------------------------------------------
+    def build(
+        self, problem: Problem, flt: OptionFilter | None = None, *, stop_when_unserved: bool = False
+    ) -> OptionSet:
+        """Options of every workload (module docstring), pruned; `flt` restricts them for baselines.
+
+        `stop_when_unserved`: stop at the first workload without an option (the rest get none, with a reason
+        saying so): a baseline that cannot serve one workload is infeasible, and building the others is waste."""
+        flt = flt or OptionFilter()
         options: list[Option] = []
         choices: dict[int, list[tuple[str, Topology]]] = {}
         diagnostics: dict[int, Diagnostics] = {}
         budgets: dict[GroupKey, float | None] = {}
         shared_rows: list[_SharedBatch] = []
+        context = self._context_key(problem, flt)
         for wi, w in enumerate(problem.workloads):
-            diag = Diagnostics()
-            diagnostics[wi] = diag
-            choices[wi] = []
-            for model_id in w.models:
-                spec = self.models.get(model_id)
-                if spec is None:
-                    diag.reasons.append(f"{model_id}: not in the model catalog")
-                    continue
-                found, shared = self._build_model(problem, flt, wi, w, spec, diag, budgets)
-                options.extend(found)
-                groups_with_options = {o.group for o in found}
-                if shared is not None:
-                    shared_rows.append(shared)
-                    groups_with_options |= {shared.groups[g] for g in set(shared.group.tolist())}
-                tops = [t for t in topologies(spec.stage_names) if not flt.together_only or len(t) == 1]
-                usable = [t for t in tops if all(g in groups_with_options for g in t)]
-                choices[wi].extend((model_id, t) for t in usable)
-                if not usable and not any(r.startswith(f"{model_id}:") for r in diag.reasons):
-                    diag.reasons.append(self._why_none(model_id, spec.stage_names, diag, opts))
+            built = self._workload_options(problem, flt, wi, w, context)
+            options.extend(built.options)
+            shared_rows.extend(built.shared)
+            choices[wi] = list(built.choices)
+            diagnostics[wi] = built.diagnostics
+            budgets.update(built.budgets)
+            if stop_when_unserved and not built.choices:
+                for wj in range(wi + 1, len(problem.workloads)):
+                    choices[wj] = []
+                    diagnostics[wj] = Diagnostics(reasons=["not built: an earlier workload has no option here"])
+                break
         options.extend(self._shared_options(problem, shared_rows))
+        shared_candidates = sum(len(sb.rows) for sb in shared_rows)
         by_group: dict[GroupKey, list[int]] = defaultdict(list)
         for i, o in enumerate(options):
             by_group[o.key].append(i)
@@ -551,6 +652,7 @@ class OptionBuilder:
             by_group=dict(by_group),
             diagnostics=diagnostics,
             budgets=budgets,
+            shared_candidates=shared_candidates,
         )
 
     def _shared_options(self, problem: Problem, batches: list[_SharedBatch]) -> list[Option]:
@@ -752,10 +854,11 @@ class OptionBuilder:
         diag.max_free_gib = max(diag.max_free_gib, float(free_by_family.max()))
         free = free_by_family[tbl.seg_family]
         fits = np.ones(b.shape, dtype=bool) if flt.ignore_memory else ~(mem > free)
+        fits &= _starts_in_time(tbl, w, model_id, fits, diag)
         thr = b / t
         service = t * (1 + u)
         own = tbl.p95_s * (1 + u)
-        credit_h = thr / (1 + w.headroom + u)
+        credit_h = thr / (1 + w.headroom + u + tbl.spread)
         c0 = np.maximum(1.0, np.ceil(lam / credit_h - 1e-9))
         has_budget = w.p95_latency_s is not None
         budget = np.array([math.inf if x is None else x for x in group_budget])[tbl.seg_group]
@@ -827,6 +930,9 @@ class OptionBuilder:
                         best_cost = cost[i]
                         extra.append(int(i))
             picks = np.r_[picks, np.array(extra, dtype=np.int64)]
+        kept = _running_rows(problem, w, tbl, lists, ok)
+        if kept.size:
+            picks = np.union1d(picks, kept)
         # ... and across families: dropped when an option of the same group on a family without an
         # availability limit costs no more per replica and credits no less (replace it replica by replica).
         pg = tbl.seg_group[picks]
@@ -843,7 +949,7 @@ class OptionBuilder:
             & better
             & ~np.eye(n, dtype=bool),
             axis=1,
-        )
+        ) & ~np.isin(picks, kept)
         # Latency tie-break (module docstring): per segment, the rows after its pick (credit descending) that
         # cost no more and beat the p95 floor of every row before them. Offsetting each segment's floors by
         # its rank lets one running minimum over `order` restart at every segment.
@@ -885,6 +991,7 @@ class OptionBuilder:
                     shared=False,
                     fraction=float(lam / credit[i]),
                     alternatives=None if rows_i is None else Alternatives(source, rows_i),
+                    running=bool(kept.size) and i in kept,
                 )
             )
         share = opts.share_gpus if flt.share is None else flt.share
@@ -897,9 +1004,12 @@ class OptionBuilder:
         own_class = share_class(service)
         parts: list[tuple[IntArray, IntArray]] = []
         # A tenant may join its own service-time class or a higher one (longer co-tenants) when its latency
-        # still fits: the extra pools give the packing small fillers to round GPUs up with.
-        for step in range(SHARE_CLASS_SPAN + 1):
-            klass = own_class + step
+        # still fits: the extra pools give the packing small fillers to round GPUs up with. A tenant without an
+        # objective may also join the family's pool of such tenants, where service times are not limited.
+        steps = [own_class + step for step in range(SHARE_CLASS_SPAN + 1)]
+        if not has_budget:
+            steps.append(np.full(b.shape, NO_OBJECTIVE_CLASS, dtype=np.int64))
+        for klass in steps:
             eligible = base.copy()
             if has_budget:
                 bound = share_class_bound_s(klass)
@@ -947,6 +1057,44 @@ class OptionBuilder:
         return out, batch
 
 
+def _starts_in_time(
+    tbl: _Table, w: Workload, model_id: str, fits: NDArray[np.bool_], diag: Diagnostics
+) -> NDArray[np.bool_]:
+    """Rows whose replicas start within the workload's `max_startup_s` (all rows without a cap); when the cap
+    leaves a group that fits in memory nothing, the workload's diagnostics say which group and how fast it could
+    start at best."""
+    if w.max_startup_s is None:
+        return np.ones(tbl.startup_s.shape, dtype=bool)
+    quick = tbl.startup_s <= w.max_startup_s
+    for gi, group in enumerate(tbl.groups):
+        rows = (tbl.seg_group == gi) & fits
+        if np.any(rows) and not np.any(rows & quick):
+            best = float(tbl.startup_s[rows].min())
+            diag.reasons.append(
+                f"{model_id}: every option of its {group_name(group)} group needs at least {best:.0f} s to start a "
+                f"replica (weights load + compiling each batch size it runs), over max_startup_s "
+                f"{w.max_startup_s:g} s"
+            )
+    return quick
+
+
+def _running_rows(problem: Problem, w: Workload, tbl: _Table, lists: _RowLists, ok: NDArray[np.bool_]) -> IntArray:
+    """Rows of the kinds (group, family, recipes, batch) the running plan uses for this workload, where they
+    still fit and meet the latency budget (`ok`); empty without a running plan."""
+    running = problem.options.running
+    if running is None:
+        return np.zeros(0, dtype=np.int64)
+    kinds = {(k[1], k[2], k[3], k[4]) for k in running.replicas if k[0] == w.name}
+    if not kinds:
+        return np.zeros(0, dtype=np.int64)
+    rows = [
+        i
+        for i in np.nonzero(ok)[0].tolist()
+        if (tbl.groups[lists.group[i]], tbl.families[lists.family[i]], lists.recipes[i], lists.batch[i]) in kinds
+    ]
+    return np.array(rows, dtype=np.int64)
+
+
 class _RowLists:
     """A table's columns as Python lists (and per-row tuples), so building an Option costs no numpy."""
 
@@ -960,6 +1108,7 @@ class _RowLists:
         self.power = [None if math.isnan(p) else p for p in tbl.power_w.tolist()]
         self.group = tbl.seg_group.tolist()
         self.family = tbl.seg_family.tolist()
+        self.startup = tbl.startup_s.tolist()
         self.recipes = [tuple(c.recipe for c in combo) for combo in tbl.combos]
         steps = tbl.steps
         self.calls = [tuple(steps if c.stage == "denoiser" else 1 for c in combo) for combo in tbl.combos]
@@ -980,6 +1129,7 @@ class _RowLists:
         fraction: float,
         share_class: int = -1,
         alternatives: Alternatives | None = None,
+        running: bool = False,
     ) -> Option:
         return Option(
             wi,
@@ -1005,6 +1155,8 @@ class _RowLists:
             budget,
             share_class,
             alternatives,
+            self.startup[i],
+            running,
         )
 
 

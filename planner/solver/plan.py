@@ -18,9 +18,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from planner.perf.model import EVIDENCE_RANK
 from planner.solver.quality import QualityLine
+from planner.solver.replan import Moves
 
 Constraint = Literal["capacity", "availability", "latency", "memory", "quality"]
+SCHEMA_VERSION = 2
+"""Version of the JSON below: 2 added `schema_version`, per-group `evidence` and `startup_s`, `prices`,
+`opportunities` and `evidence` at the top level (docs/recommend.md, "JSON")."""
 
 
 def _num(value: float | None, digits: int = 6) -> float | None:
@@ -41,6 +46,8 @@ class StageCell:
     method: str
     uncertainty: float
     basis: str
+    evidence: str = ""
+    compile_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +59,8 @@ class StageCell:
             "method": self.method,
             "uncertainty": _num(self.uncertainty, 4),
             "basis": self.basis,
+            "evidence": self.evidence or self.method,
+            "compile_s": _num(self.compile_s, 3),
         }
 
 
@@ -81,10 +90,31 @@ class GroupPlan:
     simulated_p95_s: float | None = None
     """p95 of this pool under the scheduler's greedy batching, simulated (planner.solver.simulate); None when
     not simulated (a shared GPU, or `SolverOptions.simulate_p95` off). `p95_s` is the bound the plan is held to."""
+    startup_s: float = 0.0
+    """Seconds a replica takes to become ready: weights load + compile of each batch size (planner.solver.startup)."""
 
     @property
     def measured(self) -> bool:
         return all(c.source == "measured" for c in self.cells)
+
+    @property
+    def evidence_method(self) -> str:
+        """The least sure method among the group's cells (`EVIDENCE_RANK`)."""
+        return self._worst().method if self.cells else "measured"
+
+    @property
+    def evidence(self) -> str:
+        """`measured`, `interpolated`, `scaled from HxW`, `transferred from F`: the least sure cell's label."""
+        worst = self._worst() if self.cells else None
+        return "measured" if worst is None else (worst.evidence or worst.method)
+
+    def _worst(self) -> StageCell:
+        return max(self.cells, key=lambda c: (EVIDENCE_RANK.get(c.method, 9), c.uncertainty))
+
+    @property
+    def rests_on_measurements(self) -> bool:
+        """Measured or interpolated between measured batches: what a plan uses without estimates allowed."""
+        return self.evidence_method in ("measured", "interpolated")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +134,9 @@ class GroupPlan:
             "uncertainty": _num(self.uncertainty, 4),
             "cost_per_hour": _num(self.cost_per_hour),
             "measured": self.measured,
+            "evidence": self.evidence,
+            "evidence_method": self.evidence_method,
+            "startup_s": _num(self.startup_s, 1),
             "cells": [c.to_dict() for c in self.cells],
             "shared_gpu": self.shared_gpu,
             "gpu_fraction": _num(self.gpu_fraction, 4),
@@ -263,7 +296,10 @@ class SolverStats:
     variables: int
     constraints: int
     mip_gap: float
+    """(cost - lower_bound) / cost; NaN (JSON null) when no valid bound is known."""
     objective: float
+    lower_bound: float = float("nan")
+    """$/hour no plan from the solver's options can undercut (planner.solver.milp.relaxation_bound)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -275,6 +311,49 @@ class SolverStats:
             "constraints": self.constraints,
             "mip_gap": _num(self.mip_gap, 6),
             "objective": _num(self.objective),
+            "lower_bound": _num(self.lower_bound),
+        }
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A re-plan from the running plan (planner.solver.replan): what it moves, and what it gave up for that
+    against a fresh solve of the same problem."""
+
+    move_cost_per_hour: float
+    moves: Moves
+    fresh_cost_per_hour: float | None
+    fresh_moves: Moves | None
+    cost_per_hour: float
+
+    @property
+    def gave_up_per_hour(self) -> float | None:
+        """$/hour this plan costs above the fresh solve's (what fewer moves cost)."""
+        return None if self.fresh_cost_per_hour is None else self.cost_per_hour - self.fresh_cost_per_hour
+
+    def summary(self) -> str:
+        line = (
+            f"re-plan from the running plan at a move cost of ${self.move_cost_per_hour:g}/h per replica: moves "
+            f"{self.moves.total} replicas ({self.moves.added} added, {self.moves.removed} removed, "
+            f"{self.moves.changed} changed recipe, batch or family) at ${self.cost_per_hour:.2f}/h"
+        )
+        gave_up = self.gave_up_per_hour
+        if self.fresh_moves is None or self.fresh_cost_per_hour is None or gave_up is None:
+            return line + "; the problem has no fresh plan to compare with"
+        fresh = f"; a fresh solve moves {self.fresh_moves.total} at ${self.fresh_cost_per_hour:.2f}/h"
+        if gave_up > 1e-9:
+            return line + fresh + f": fewer moves give up ${gave_up:.2f}/h"
+        return line + fresh + f": fewer moves give up nothing (${-gave_up:.2f}/h less)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "move_cost_per_hour": _num(self.move_cost_per_hour),
+            "moves": self.moves.to_dict(),
+            "cost_per_hour": _num(self.cost_per_hour),
+            "fresh_cost_per_hour": _num(self.fresh_cost_per_hour),
+            "fresh_moves": self.fresh_moves.to_dict() if self.fresh_moves is not None else None,
+            "gave_up_per_hour": _num(self.gave_up_per_hour),
+            "summary": self.summary(),
         }
 
 
@@ -294,6 +373,15 @@ class Plan:
     stats: SolverStats | None = None
     quality: tuple[QualityLine, ...] = ()
     """For each recipe a quality floor judged: its quality, the source of it, allowed or excluded and why."""
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per fleet family: price, provider, offering, kind, region, date and source (FleetFamily.price_dict)."""
+    offering: str | None = None
+    """The offering kind catalog prices were taken at."""
+    allow_estimates: bool = False
+    opportunities: tuple[dict[str, Any], ...] = ()
+    """Unmeasured families ranked by what they could save (planner.recommend.opportunities); filled by callers
+    that run those extra solves (`planner recommend`)."""
+    replan: Replan | None = None
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -301,20 +389,44 @@ class Plan:
                 return w
         raise KeyError(name)
 
+    def evidence_summary(self) -> dict[str, Any]:
+        """What the plan rests on: groups per evidence method, and whether every group was measured."""
+        counts: dict[str, int] = {}
+        worst = 0.0
+        for w in self.workloads:
+            for g in w.groups:
+                counts[g.evidence_method] = counts.get(g.evidence_method, 0) + 1
+                worst = max(worst, g.uncertainty)
+        return {
+            "groups": counts,
+            "measured_only": all(m in ("measured", "interpolated") for m in counts),
+            "largest_uncertainty": _num(worst, 4),
+            "estimates_allowed": self.allow_estimates,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 first, then the extra keys."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "total_cost_per_hour": _num(self.total_cost_per_hour),
             "gpus": dict(sorted(self.gpus.items())),
             "workloads": [w.to_dict() for w in self.workloads],
+            "warnings": list(self.warnings),
+            "evidence": self.evidence_summary(),
+            "offering": self.offering,
+            "prices": {
+                f: {k: (_num(v) if isinstance(v, float) else v) for k, v in p.items()}
+                for f, p in sorted(self.prices.items())
+            },
+            "opportunities": list(self.opportunities),
             "feasible": self.feasible,
             "shared_gpus": [s.to_dict() for s in self.shared_gpus],
             "baselines": [b.to_dict() for b in self.baselines],
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
             "infeasible": [i.to_dict() for i in self.infeasible],
-            "warnings": list(self.warnings),
             "solver": self.stats.to_dict() if self.stats else None,
             "quality": [q.to_dict() for q in self.quality],
+            "replan": self.replan.to_dict() if self.replan else None,
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

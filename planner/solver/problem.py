@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
+from planner.catalog.schema import GpuFamily, ModelSpec, Price, Recipe
 from planner.core.errors import InputError
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv
 from planner.perf.model import PerfModel, PerfSettings
 from planner.perf.roofline import Calibration
 from planner.scenario import QualityFloor, QualityScores, Scenario, WorkloadSpec
+from planner.solver.replan import RunningPlan
 from scheduler.batching import CompiledBatches
 
 Progress = Callable[[str], None]
@@ -33,6 +34,35 @@ class FleetFamily:
     spec: GpuFamily | None = None
     energy_price_per_kwh: float | None = None
     power_w: float | None = None
+    price: Price | None = None
+    """The catalog price used, with provider, offering, date and source; None when the user gave the price."""
+    price_source: str = "catalog"
+    """Where the price comes from: `catalog`, an operator's override, the scenario file, a flag."""
+
+    def price_dict(self) -> dict[str, object]:
+        """The price and its source, as the plan's JSON `prices` shows it per family."""
+        p = self.price
+        if p is None:
+            return {
+                "price_per_hour": self.price_per_hour,
+                "provider": None,
+                "offering": None,
+                "kind": None,
+                "region": None,
+                "date": None,
+                "source": self.price_source,
+                "status": "given",
+            }
+        return {
+            "price_per_hour": self.price_per_hour,
+            "provider": p.provider,
+            "offering": p.offering,
+            "kind": p.offering_kind,
+            "region": p.region,
+            "date": p.as_of,
+            "source": p.source if not p.override else f"operator override: {p.source}",
+            "status": p.status,
+        }
 
     @property
     def busy_power_w(self) -> float | None:
@@ -64,6 +94,8 @@ class Workload:
     families: tuple[str, ...] | None = None
     quality: QualityFloor | None = None
     quality_scores: QualityScores | None = None
+    max_startup_s: float | None = None
+    """Options whose replicas take longer to become ready are left out (planner.solver.startup)."""
 
     @classmethod
     def from_spec(cls, spec: WorkloadSpec, models: Mapping[str, ModelSpec]) -> Workload:
@@ -81,6 +113,7 @@ class Workload:
             families=tuple(spec.families) if spec.families else None,
             quality=spec.quality,
             quality_scores=spec.quality_scores,
+            max_startup_s=spec.max_startup_s,
         )
 
 
@@ -93,6 +126,13 @@ class SolverOptions:
     share_max_utilization: float = 0.7
     share_max_fraction: float = 0.5
     exact_packing_max_items: int = 24
+    exact_packing_retry_max_items: int = 400
+    """Where a solve packed shared GPUs fluidly (more than `exact_packing_max_items` candidates) and has at most
+    this many, it is solved again with exact packing within `exact_packing_retry_s` and the cheaper plan kept."""
+    exact_packing_retry_s: float = 5.0
+    bound_time_limit_s: float = 3.0
+    """Time for the lower bound's MILP (planner.solver.milp.relaxation_bound); its dual bound at the limit is
+    still a bound, only a looser one."""
     mip_rel_gap: float = 1e-3
     time_limit_s: float = 60.0
     verbose: bool = False
@@ -114,6 +154,12 @@ class SolverOptions:
     """The workers' `batch_wait_s` the simulation assumes (SchedulerSettings' default)."""
     compiled_batches: CompiledBatches = "pow2"
     """The workers' `compiled_batches` padding the simulation assumes (SchedulerSettings' default)."""
+    running: RunningPlan | None = field(default=None, compare=False)
+    """The plan that runs now (`planner recommend --from plan.json`): the re-solve weighs each replica it moves
+    against its saving (planner.solver.replan); None solves from scratch."""
+    move_cost_per_hour: float = 0.5
+    """$/hour a replica moved must save to be worth moving (with `running`): at 0, today's optimum; the default
+    moves a replica only for at least $0.50/h (about $360/month)."""
     progress: Progress | None = field(default=None, compare=False)
     inputs: Literal["scenario", "flags", "any"] = "any"
     """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)
@@ -130,6 +176,12 @@ class Problem:
     models: Mapping[str, ModelSpec]
     recipes: Mapping[str, Recipe]
     options: SolverOptions = field(default_factory=SolverOptions)
+    offering: str | None = None
+    """The offering kind catalog prices were taken at (the scenario's `offering`)."""
+
+    @property
+    def allow_estimates(self) -> bool:
+        return self.perf.settings.estimates
 
     def with_workloads(self, workloads: Sequence[Workload]) -> Problem:
         return replace(self, workloads=list(workloads))
@@ -144,8 +196,9 @@ def fleet_from_scenario(scenario: Scenario, families: Mapping[str, GpuFamily]) -
     for i, entry in enumerate(scenario.fleet):
         spec = families.get(entry.family)
         price = entry.price_per_hour
-        if price is None and spec is not None and spec.default_price is not None:
-            price = spec.default_price.price_per_hour
+        listed = spec.price_for(scenario.offering) if spec is not None and price is None else None
+        if listed is not None:
+            price = listed.price_per_hour
         memory = entry.memory_gib if entry.memory_gib is not None else (spec.memory_gib if spec else None)
         if price is None or memory is None:
             raise InputError(
@@ -160,6 +213,8 @@ def fleet_from_scenario(scenario: Scenario, families: Mapping[str, GpuFamily]) -
             spec=spec,
             energy_price_per_kwh=entry.energy_price_per_kwh,
             power_w=entry.power_w,
+            price=listed,
+            price_source="catalog" if listed is not None else (entry.price_source or "the scenario file"),
         )
     return out
 
@@ -209,7 +264,7 @@ def build_problem(
         models=models,
         recipes=recipes,
         calibration=calibration,
-        settings=perf_settings,
+        settings=perf_settings or PerfSettings(estimates=scenario.allow_estimates),
         override_rows=scenario_rows,
     )
     sec = scenario.solver
@@ -222,4 +277,12 @@ def build_problem(
         what_if_rates=tuple(sec.what_if_rates),
     )
     workloads = [Workload.from_spec(w, models) for w in scenario.workloads]
-    return Problem(families=fleet, perf=perf, workloads=workloads, models=models, recipes=recipes, options=opts)
+    return Problem(
+        families=fleet,
+        perf=perf,
+        workloads=workloads,
+        models=models,
+        recipes=recipes,
+        options=opts,
+        offering=scenario.offering,
+    )

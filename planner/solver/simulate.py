@@ -156,6 +156,42 @@ def pool_curve(
     return curve
 
 
+PoolKey = tuple[object, ...]
+"""What a pool's simulated p95 depends on (`pool_key`)."""
+
+
+def pool_key(
+    w: Workload,
+    model: str,
+    g: GroupPlan,
+    rate: float,
+    wait_s: float,
+    compiled_batches: CompiledBatches,
+    jobs: int,
+    seed: int,
+) -> PoolKey:
+    """A pool's simulation inputs: its cells (family, model, recipes, size, steps), replicas, batch, its rate
+    and the workers' settings; the same key is the same simulation, whichever workload or solve it is in."""
+    h, wd = w.resolution[model]
+    return (
+        g.family,
+        model,
+        tuple(g.recipes.items()),
+        h,
+        wd,
+        w.steps[model],
+        g.batch,
+        g.replicas,
+        round(rate, 12),
+        g.service_time_s,
+        g.uncertainty,
+        wait_s,
+        compiled_batches,
+        jobs,
+        seed,
+    )
+
+
 def simulate_workload(
     problem: Problem,
     w: Workload,
@@ -165,8 +201,12 @@ def simulate_workload(
     compiled_batches: CompiledBatches,
     jobs: int = 20_000,
     seed: int = 0,
+    cache: dict[PoolKey, float] | None = None,
 ) -> WorkloadPlan:
-    """The plan's workload with each dedicated pool's simulated p95 and the workload's sum (module docstring)."""
+    """The plan's workload with each dedicated pool's simulated p95 and the workload's sum (module docstring).
+
+    `cache` keeps each pool's p95 by everything the simulation depends on (`pool_key`), so re-solves that leave
+    most pools as they were (the engine's hold, step 5) simulate only the pools they change."""
     groups: list[GroupPlan] = []
     by_stages: dict[tuple[str, ...], float] = {}
     shared = False
@@ -175,16 +215,22 @@ def simulate_workload(
             groups.append(g)
             shared = True
             continue
-        sim = simulate_pool(
-            rate=g.utilization * g.throughput,  # this pool's share of the group's rate
-            servers=g.replicas,
-            batch=g.batch,
-            service_s=pool_curve(problem, w, plan.model, g, compiled_batches=compiled_batches),
-            wait_s=wait_s,
-            jobs=jobs,
-            seed=seed,
-        )
-        groups.append(replace(g, simulated_p95_s=sim.p95_s))
-        by_stages[g.stages] = max(by_stages.get(g.stages, 0.0), sim.p95_s)
+        rate = g.utilization * g.throughput  # this pool's share of the group's rate
+        key = pool_key(w, plan.model, g, rate, wait_s, compiled_batches, jobs, seed)
+        p95 = cache.get(key) if cache is not None else None
+        if p95 is None:
+            p95 = simulate_pool(
+                rate=rate,
+                servers=g.replicas,
+                batch=g.batch,
+                service_s=pool_curve(problem, w, plan.model, g, compiled_batches=compiled_batches),
+                wait_s=wait_s,
+                jobs=jobs,
+                seed=seed,
+            ).p95_s
+            if cache is not None:
+                cache[key] = p95
+        groups.append(replace(g, simulated_p95_s=p95))
+        by_stages[g.stages] = max(by_stages.get(g.stages, 0.0), p95)
     total = sum(by_stages.values())
     return replace(plan, groups=tuple(groups), simulated_p95_s=None if shared else total)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from agent.calibrate import CalibrationResult, calibrate, compare
-from agent.discover import discover, family_of
-from agent.nvml import Nvml, PowerSampler
+from agent.discover import cpu_model, discover, family_of
+from agent.nvml import Nvml, PowerSampler, clock_event_names
 
 
 class FakeNvmlError(Exception):
@@ -101,6 +101,29 @@ def test_telemetry_and_power_sampler() -> None:
     summary = sampler.summary()
     assert summary.energy_j == pytest.approx(50.0)  # from the energy counter, not sampled power
     assert summary.mean_utilization_pct in (None, 97.0)
+
+
+def test_power_sampler_reads_clock_and_throttle_reasons_at_each_window_end() -> None:
+    """Per cell: the mean SM clock of the window ends, and every clock-event reason seen there but `gpu_idle` (the
+    queue has just drained when they are read), named for the CSV."""
+    fake = fake_pynvml(["NVIDIA H100 80GB HBM3"])
+    clocks, reasons = iter([1980, 1755]), iter([0x1, 0x1 | 0x4 | 0x8])
+    fake.nvmlDeviceGetClockInfo = lambda h, t: next(clocks)
+    fake.nvmlDeviceGetCurrentClocksEventReasons = lambda h: next(reasons)
+    with PowerSampler(Nvml(fake), 0) as sampler:
+        for _ in range(2):
+            sampler.resume()
+            sampler.pause()
+    summary = sampler.summary()
+    assert summary.mean_sm_clock_mhz == pytest.approx((1980 + 1755) / 2)
+    assert summary.clocks_event_reasons == 0x4 | 0x8
+    assert clock_event_names(summary.clocks_event_reasons) == "sw_power_cap+hw_slowdown"
+    assert clock_event_names(0) == "none"
+    assert clock_event_names(0x1 | 0x800) == "gpu_idle+bit_0x800"
+
+
+def test_cpu_model_names_the_host_processor() -> None:
+    assert cpu_model()
 
 
 def _family() -> Any:

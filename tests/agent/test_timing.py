@@ -34,8 +34,29 @@ def test_measure_a_steady_call_is_stable_and_close() -> None:
     assert 3.5 <= t.median_ms <= 30.0
     assert t.p95_ms >= t.median_ms
     assert t.windows >= 3
-    assert t.calls == 9
-    assert t.all_calls >= 9
+    # Three calls a window asked, but the three stable windows must hold 20 calls for a p95: 7 each.
+    assert t.calls == 21
+    assert t.all_calls >= 21
+    assert t.p95_measured
+
+
+def test_too_few_timed_calls_give_no_p95() -> None:
+    """Three one-call windows (39% of the first campaign's cells) have no 95th percentile: only a slowest call."""
+    opts = TimerOptions(
+        warmup_calls=1,
+        warmup_s=0.0,
+        calls_per_window=1,
+        min_window_s=0.0,
+        min_windows=3,
+        stable_windows=3,
+        max_windows=3,
+        spread_threshold=10.0,
+        max_cell_s=5.0,
+        min_p95_calls=0,
+    )
+    t = measure(lambda _i: time.sleep(0.002), torch.device("cpu"), opts)
+    assert t.calls == 3
+    assert not t.p95_measured
 
 
 def test_measure_stops_an_unstable_cell_at_max_windows() -> None:

@@ -18,7 +18,9 @@ def test_families_list_and_get_for_admin_and_agents(client: TestClient) -> None:
     h100 = client.get("/v1/gpu-families/h100-sxm-80gb", headers=ADMIN).json()
     assert h100["in_catalog"] is True
     assert h100["memory_gib"] > 70
-    assert h100["price_per_hour"] == h100["prices"][0]["price_per_hour"]
+    # The default is the first price of the default offering kind (on-demand), not the catalog's first (serverless).
+    on_demand = [p for p in h100["prices"] if p["offering"].startswith("pod on-demand")]
+    assert h100["price_per_hour"] == on_demand[0]["price_per_hour"] == 4.76
     resp = client.get("/v1/gpu-families/no-such-gpu", headers=ADMIN)
     assert resp.status_code == 404
     assert "no-such-gpu" in resp.json()["detail"]

@@ -375,6 +375,29 @@ def test_solve_stores_the_solvers_plan_with_its_groups_and_routes(
         assert session.get(m.Plan, plan["id"]) is not None
 
 
+def test_solve_plans_on_measured_families_unless_estimates_are_allowed(
+    client: TestClient, fleet: dict[str, Any]
+) -> None:
+    """The service's solve is evidence-first like `planner recommend`: only the H100 was measured, so the L4 is
+    left out (and says so first in `warnings`); `allow_estimates` lets its transferred estimates in, labelled."""
+    measure_sdxl(client)
+    url = f"/v1/fleets/{fleet['id']}/plans/solve"
+    plain = client.post(url, json={"time_limit_s": 5}, headers=ADMIN)
+    assert plain.status_code == 201, plain.text
+    result = plain.json()["plan"]["result"]
+    assert set(result["gpus"]) == {"h100-sxm-80gb"}
+    assert all(isinstance(n, int) for n in result["gpus"].values())
+    assert all(g["evidence"] in ("measured", "interpolated") for w in result["workloads"] for g in w["groups"])
+    assert result["warnings"][0].startswith("Left out: l4-24gb")
+    assert result["prices"]["h100-sxm-80gb"]["source"] == f"fleet {fleet['name']!r}"
+    allowed = client.post(url, json={"time_limit_s": 5, "allow_estimates": True}, headers=ADMIN)
+    assert allowed.status_code == 201, allowed.text
+    estimated = allowed.json()["plan"]["result"]
+    assert estimated["evidence"]["estimates_allowed"] is True
+    for g in (g for w in estimated["workloads"] for g in w["groups"] if g["family"] == "l4-24gb"):
+        assert g["evidence"] == "transferred from h100-sxm-80gb"
+
+
 def test_solve_a_fleet_that_cannot_carry_its_rate_is_409_saying_what_would(
     client: TestClient, fleet: dict[str, Any]
 ) -> None:
@@ -391,6 +414,26 @@ def test_solve_a_fleet_that_cannot_carry_its_rate_is_409_saying_what_would(
     assert "carry 2%" in detail
     assert "add 63" in detail
     assert client.get(f"/v1/fleets/{small['id']}/plans", headers=ADMIN).json()["total"] == 0
+
+
+def test_solve_from_the_plan_in_force_reports_its_moves(client: TestClient, fleet: dict[str, Any]) -> None:
+    """`from_active`: the re-solve after a +10% rate weighs moves against the active plan and says what moved."""
+    measure_sdxl(client)
+    first = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={"activate": True}, headers=ADMIN)
+    assert first.status_code == 201, first.text
+    assert first.json()["plan"]["result"]["replan"] is None  # a fresh solve
+    base = f"/v1/fleets/{fleet['id']}/workloads"
+    assert client.put(f"{base}/sdxl-prod", json={**WORKLOAD, "rate": WORKLOAD["rate"] * 1.1}, headers=ADMIN).is_success
+    resp = client.post(
+        f"/v1/fleets/{fleet['id']}/plans/solve", json={"from_active": True, "move_cost_per_hour": 0.25}, headers=ADMIN
+    )
+    assert resp.status_code == 201, resp.text
+    replan = resp.json()["plan"]["result"]["replan"]
+    assert replan["move_cost_per_hour"] == 0.25
+    assert replan["moves"]["total"] <= replan["fresh_moves"]["total"]
+    assert "a fresh solve moves" in replan["summary"]
+    refused = client.post(f"/v1/fleets/{fleet['id']}/plans/solve", json={"move_cost_per_hour": -1}, headers=ADMIN)
+    assert refused.status_code == 422
 
 
 def test_solve_needs_workloads(client: TestClient, fleet: dict[str, Any]) -> None:

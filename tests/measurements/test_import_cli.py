@@ -279,6 +279,33 @@ def test_an_edited_export_is_refused_naming_the_run_and_imports_as_a_new_run(tmp
     assert sorted(float(r["latency_ms"]) for r in csv.DictReader(io.StringIO(latest.stdout))) == [90.123457, 150, 400]
 
 
+def test_clock_throttle_and_cpu_columns_survive_import_and_export(tmp_path: Path, store_url: str) -> None:
+    """The agent's per-cell SM clock, throttle reasons and host CPU (optional columns after the contract's) are
+    stored and exported as written; a column no reader knows is ignored."""
+    extra = ("sm_clock_mhz", "throttle_reasons", "cpu_model", "some_future_column")
+    row = {
+        **GOOD,
+        "recipe": "clocked-recipe",
+        "sm_clock_mhz": "1755.5",
+        "throttle_reasons": "sw_power_cap+hw_slowdown",
+        "cpu_model": "Intel(R) Xeon(R) Platinum 8480+",
+        "some_future_column": "x",
+    }
+    path = write_csv(tmp_path / "clocked.csv", [row], CONTRACT_COLUMNS + extra)
+    imported = run_cli("planner", "measurements", "import", str(path), "--database-url", store_url)
+    assert imported.returncode == 0, imported.stderr
+    out = tmp_path / "export.csv"
+    exp = run_cli(
+        "planner", "measurements", "export", "-o", str(out), "--recipe", "clocked-recipe", "--database-url", store_url
+    )
+    assert exp.returncode == 0, exp.stderr
+    (exported,) = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert float(exported["sm_clock_mhz"]) == 1755.5
+    assert exported["throttle_reasons"] == "sw_power_cap+hw_slowdown"
+    assert exported["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert "some_future_column" not in exported
+
+
 def test_operator_lists_quarantines_accepts_and_deletes_a_run_from_the_cli(tmp_path: Path, store_url: str) -> None:
     path = write_csv(tmp_path / "m.csv", [GOOD, {**GOOD, "batch": "2", "latency_ms": "120", "latency_p95_ms": "121"}])
     assert invoke("measurements", "import", str(path), "--database-url", store_url).returncode == 0

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 from tests.helpers import REPO, load_benchmark
 
 COLUMNS = ["gpu_family", "model", "stage", "recipe", "batch", "height", "width", "status"]
@@ -96,3 +98,41 @@ def test_the_lever_level_compiles_unets_whole_at_the_latency_and_throughput_poin
     # A whole compile must not start with less than its compile time left in the call.
     assert min(s.reserve_s for s in steps if s.level == "8-levers" and "fp8-fast-compile-whole" in s.recipes) >= 170
     assert not [s for s in c.plan(("sdxl",), compile_levels=False, variants=False) if s.level == "8-levers"]
+
+
+def test_a_redo_file_plans_its_familys_cells_in_order_and_each_needs_a_reason(tmp_path: Path) -> None:
+    c = _campaign()
+    redo = tmp_path / "redo.csv"
+    redo.write_text(
+        "gpu_family,model,stage,recipe,batch,why\n"
+        "h100-sxm-80gb,sdxl,vae_decoder,bf16,4,outlier\n"
+        "h200-141gb,sd15,denoiser,bf16,1,unstable\n"
+        "h100-sxm-80gb,sd15,denoiser,bf16-compile-whole,8,compile_s\n"
+        "h100-sxm-80gb,sdxl,vae_decoder,bf16,1,outlier\n",
+        encoding="utf-8",
+    )
+    steps = c.redo_steps(redo, "h100-sxm-80gb")
+    assert [(s.model, s.stages, s.recipes, s.batches) for s in steps] == [
+        ("sdxl", ("vae_decoder",), ("bf16",), (1, 4)),
+        ("sd15", ("denoiser",), ("bf16-compile-whole",), (8,)),
+    ]
+    assert steps[0].reserve_s == 0
+    assert steps[1].reserve_s > 0  # a compile cell starts only with room for it
+    redo.write_text("gpu_family,model,stage,recipe,batch,why\nh100-sxm-80gb,sdxl,vae_decoder,bf16,4, \n")
+    with pytest.raises(SystemExit, match="needs a reason"):
+        c.redo_steps(redo, "h100-sxm-80gb")
+
+
+def test_the_shipped_redo_list_names_shipped_cells() -> None:
+    """Every cell benchmarks/redo-2026-12-07.csv measures again is one the reference data holds for its family."""
+    c = _campaign()
+    with (REPO / "planner" / "reference" / "measurements.csv").open(newline="", encoding="utf-8") as fh:
+        shipped = {(r["gpu_family"], r["model"], r["stage"], r["recipe"], int(r["batch"])) for r in csv.DictReader(fh)}
+    path = REPO / "benchmarks" / "redo-2026-12-07.csv"
+    for family in ("h100-sxm-80gb", "h200-141gb"):
+        steps = c.redo_steps(path, family)
+        assert steps
+        cells = {(family, s.model, s.stages[0], s.recipes[0], b) for s in steps for b in s.batches}
+        # Batches 2-8 of the whole-UNet recipes are new cells (compile_s at every batch a worker compiles).
+        new = {cell for cell in cells if cell[3].endswith("compile-whole") and cell[4] in (2, 4, 8)}
+        assert cells - new <= shipped

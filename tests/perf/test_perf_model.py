@@ -230,6 +230,21 @@ def test_transfer_comes_from_the_nearest_measured_family_and_uncertainty_grows_w
     assert far.uncertainty > near.uncertainty
 
 
+@pytest.mark.parametrize("h200_fp16", [988.5, 989.0, 989.5])
+def test_the_transfer_source_does_not_flip_on_a_rounding_of_a_catalog_peak(h200_fp16: float) -> None:
+    """Seen from an A100, the H100 and the H200 have the same compute; a 0.05% difference of the H200's peak
+    used to pick the source. Within the tie band the family nearer in the other roofline (bandwidth) wins."""
+    h200 = family("h200", memory_gib=141, tbps=4.8, tflops={"bf16": 989, "fp16": h200_fp16, "fp8": 1979})
+    rows = [
+        row("h100", "m", "denoiser", "fp16", 1, 90.0, tflops_per_call=20.0),
+        row("h200", "m", "denoiser", "fp16", 1, 80.0, tflops_per_call=20.0),
+    ]
+    p = PerfModel(rows, families={**FAMILIES, "h200": h200}, models={"m": MODEL}, recipes=RECIPES)
+    a100 = p.latency("a100", "m", "denoiser", "fp16", 1, 1024, 1024)
+    assert a100 is not None
+    assert "h100" in a100.basis
+
+
 def test_vendor_specific_kernels_are_not_transferred_across_vendors() -> None:
     """cuDNN attention and quantized kernels exist on NVIDIA's stack only: an H100 cell of such a recipe says
     nothing about an AMD card, while SDPA's flash backend (on ROCm too) transfers with the cross-vendor margin."""
@@ -253,9 +268,10 @@ def test_vendor_specific_kernels_are_not_transferred_across_vendors() -> None:
     assert p.latency("h200", "m", "text_encoder", "bf16-sdpa-cudnn", 1, 1024, 1024) is not None  # same vendor
 
 
-def test_text_encoder_cells_serve_any_image_size_and_other_stages_do_not() -> None:
-    """A text encoder reads the prompt, not the image: its cells at the model's size serve 1000x1000 (which used
-    to have no cells at all); a denoiser's cells at another size are never used as they are."""
+def test_text_encoder_cells_serve_any_image_size_and_other_stages_are_scaled() -> None:
+    """A text encoder reads the prompt, not the image: its cells at the model's size serve 1000x1000 as they are; a
+    denoiser's cells at another size are never used as they are but scaled by FLOPs, labelled, with uncertainty
+    (and not at all with `scale_resolution` off)."""
     rows = [
         row("h100", "m", "text_encoder", "bf16", 1, 12.0, latency_p95_ms=14.0),
         row("h100", "m", "denoiser", "bf16", 1, 90.0),
@@ -267,9 +283,55 @@ def test_text_encoder_cells_serve_any_image_size_and_other_stages_do_not() -> No
     assert "at 1024x1024" in cell.basis
     assert p.recipes_for("m", "text_encoder", 1000, 1000) == {"bf16"}
     assert p.batches_for("m", "text_encoder", "bf16", 1000, 1000) == [1]
-    assert p.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000) is None
-    assert p.recipes_for("m", "denoiser", 1000, 1000) == set()
+    scaled = p.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000)
+    assert scaled is not None
+    assert scaled.method == "scaled"
+    assert scaled.evidence == "scaled from 1024x1024"
+    assert scaled.latency_ms < 90.0
+    assert scaled.uncertainty > 0
+    assert p.recipes_for("m", "denoiser", 1000, 1000) == {"bf16"}
     assert p.sizes_for("m", "denoiser") == [(1024, 1024)]
+    off = perf(rows, scale_resolution=False)
+    assert off.latency("h100", "m", "denoiser", "bf16", 1, 1000, 1000) is None
+    assert off.recipes_for("m", "denoiser", 1000, 1000) == set()
+
+
+def test_scaling_follows_flops_keeps_overhead_and_grows_uncertainty_with_distance() -> None:
+    """Scaled from 1024^2: compute scales with FLOPs (pixels for a U-Net), overhead does not, so a quarter of the
+    pixels costs more than a quarter of the time; activations (peak - weights) scale with pixels; a size further
+    away is less sure; a DiT's attention share makes 2x the tokens cost more than 2x the FLOPs."""
+    p = perf([row("h100", "m", "denoiser", "bf16", 4, 400.0, mem=20.0)])
+    quarter = p.latency("h100", "m", "denoiser", "bf16", 4, 512, 512)
+    near = p.latency("h100", "m", "denoiser", "bf16", 4, 1024, 768)
+    double = p.latency("h100", "m", "denoiser", "bf16", 4, 1024, 2048)
+    assert quarter is not None
+    assert near is not None
+    assert double is not None
+    assert 100.0 < quarter.latency_ms < 400.0
+    assert 400.0 < double.latency_ms <= 800.0
+    assert near.uncertainty < quarter.uncertainty
+    weights = p.weight_gib("m", "denoiser", "bf16") or 0.0
+    assert quarter.peak_mem_gib == pytest.approx(weights + (20.0 - weights) / 4)
+    assert resolution_factor(model("d", tflops={"denoiser": 1.0}, architecture="flux"), "denoiser", 1024, 2048) > 2
+
+
+def test_estimates_off_drops_transfers_and_imported_estimates() -> None:
+    """Evidence first: with `estimates` off a family reached only by transfer gets nothing, and an imported
+    `estimated` row is not used; measured and interpolated cells still are."""
+    rows = [
+        row("h100", "m", "denoiser", "bf16", 1, 90.0, tflops_per_call=20.0),
+        row("h100", "m", "denoiser", "bf16", 4, 300.0, tflops_per_call=80.0),
+        row("a100", "m", "vae_decoder", "bf16", 1, 50.0, source="estimated"),
+    ]
+    on, off = perf(rows), perf(rows, estimates=False)
+    assert on.latency("a100", "m", "denoiser", "bf16", 1, 1024, 1024) is not None
+    assert off.latency("a100", "m", "denoiser", "bf16", 1, 1024, 1024) is None
+    assert on.latency("a100", "m", "vae_decoder", "bf16", 1, 1024, 1024) is not None
+    assert off.latency("a100", "m", "vae_decoder", "bf16", 1, 1024, 1024) is None
+    mid = off.latency("h100", "m", "denoiser", "bf16", 2, 1024, 1024)
+    assert mid is not None
+    assert mid.evidence == "interpolated"
+    assert on.with_settings(estimates=False).latency("a100", "m", "denoiser", "bf16", 1, 1024, 1024) is None
 
 
 def test_memory_is_transferred_as_is() -> None:

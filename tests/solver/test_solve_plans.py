@@ -62,7 +62,7 @@ def test_at_a_low_rate_equal_cost_plans_take_the_lower_latency_batch(monkeypatch
     rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0})
     p = problem(rows, [fleet("h100", 4.18)], [workload("a", rate=0.05)], share_gpus=False)
     plan = solve(p)
-    monkeypatch.setattr(engine, "_prefer_lower_latency", lambda rate, used: used)
+    monkeypatch.setattr(engine, "_prefer_lower_latency", lambda rate, used, running=frozenset(): used)
     cost_only = solve(p)
     assert cost_only.workloads[0].groups[0].batch == 4  # what the defect looked like
     assert plan.total_cost_per_hour == pytest.approx(cost_only.total_cost_per_hour)

@@ -23,7 +23,7 @@ def family_out(fam: m.GpuFamily) -> FamilyOut:
         {
             **{c: getattr(fam, c) for c in FamilyOut.model_fields if c not in ("prices", "price_per_hour")},
             "prices": prices,
-            "price_per_hour": prices[0].price_per_hour if prices else None,
+            "price_per_hour": crud.default_price(fam),
         }
     )
 

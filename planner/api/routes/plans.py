@@ -28,6 +28,7 @@ from planner.crud import plans as crud
 from planner.crud.fleets import get_fleet
 from planner.db import models as m
 from planner.planning import solve_fleet
+from planner.solver.replan import RunningPlan
 
 router = APIRouter(prefix="/v1", tags=["plans"], responses=ERROR_RESPONSES)
 
@@ -56,6 +57,12 @@ def create_plan(fleet: FleetPath, _: AdminDep, session: SessionDep, now: NowDep,
     return plan_out(session, plan.id)
 
 
+def _running(session: Session, fleet_id: int) -> RunningPlan | None:
+    """The fleet's plan in force as the solver's running plan (None when there is none)."""
+    plan = crud.plan_in_force(session, fleet_id=fleet_id)
+    return RunningPlan.from_plan_dict(plan.result) if plan is not None and plan.result else None
+
+
 @router.post(
     "/fleets/{fleet}/plans/solve",
     status_code=status.HTTP_201_CREATED,
@@ -75,6 +82,9 @@ def solve(
         time_limit_s=body.time_limit_s,
         mip_rel_gap=body.mip_rel_gap,
         share_gpus=body.share_gpus,
+        allow_estimates=body.allow_estimates,
+        running=_running(session, row.id) if body.from_active else None,
+        move_cost_per_hour=body.move_cost_per_hour,
     )
     result = PlanResult.model_validate(outcome.result)
     inputs = {"scenario": outcome.scenario, "measurements": outcome.measurements, "solver": "planner.solver"}

@@ -37,7 +37,8 @@ class FamilyOut(Out):
     unverified: list[str]
     sources: list[str]
     price_per_hour: float | None = Field(
-        description="the price a fleet gets by default: the first override, else the catalog's first"
+        description="the price a fleet gets by default: the first override, else the catalog's first on-demand "
+        "price (the default offering kind), else its first"
     )
     prices: list[PriceOut]
 

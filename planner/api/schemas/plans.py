@@ -20,7 +20,7 @@ from planner.api.schemas.common import (
 
 Stage = Literal["text_encoder", "denoiser", "vae_decoder"]
 STAGE_ORDER = ("text_encoder", "denoiser", "vae_decoder")
-Replicas = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Replicas = Annotated[int, Field(ge=0, le=1_000_000, description="whole GPUs, as the CLI prints them")]
 Throughput = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 
 EXAMPLE_RESULT: dict[str, Any] = {
@@ -93,7 +93,9 @@ class PlanResult(_Open):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_RESULT]})
 
     total_cost_per_hour: Money
-    gpus: dict[Ident, Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = Field(max_length=64)
+    gpus: dict[Ident, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        max_length=64, description="GPUs per family: whole GPUs, as the CLI prints them"
+    )
     workloads: list[PlanWorkloadResult] = Field(max_length=256)
     feasible: bool = True
 
@@ -128,7 +130,17 @@ class SolveIn(Strict):
     time_limit_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     mip_rel_gap: float = Field(default=1e-3, ge=0, le=0.5, allow_inf_nan=False)
     share_gpus: bool = True
+    allow_estimates: bool = Field(
+        default=False,
+        description="also plan on families no agent measured (roofline transfers), labelled; default: measured only",
+    )
     activate: bool = False
+    from_active: bool = Field(
+        default=False,
+        description="re-plan close to the fleet's plan in force: each replica moved must save move_cost_per_hour "
+        "(the result's `replan` says what moved and what a fresh solve would have); no plan in force: a fresh solve",
+    )
+    move_cost_per_hour: float = Field(default=0.5, ge=0, le=1e6, allow_inf_nan=False)
 
 
 class PlanGroupOut(Out):
@@ -139,7 +151,7 @@ class PlanGroupOut(Out):
     family: str = Field(validation_alias="gpu_family_id")
     recipes: dict[str, str]
     batch: int
-    replicas: float
+    replicas: int
     throughput: float
     utilization: float | None
 
@@ -233,7 +245,7 @@ class RoutingPool(Out):
     family: str = Field(validation_alias="gpu_family_id")
     recipes: dict[str, str]
     batch: int
-    replicas: float
+    replicas: int
     capacity: float = Field(description="images/s the pool's replicas carry together")
     weight: float = Field(description="share of the workload's traffic for these stages this pool takes")
 
