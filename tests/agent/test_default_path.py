@@ -136,7 +136,7 @@ def test_probe_report_with_defaults_is_stored_or_exits_non_zero(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = _csv_rows(out)
     assert {r.stage for r in written} == {"text_encoder", "denoiser", "vae_decoder"}
-    assert all(r.status == "ok" for r in written)
+    assert all(r.status == "ok" or (r.error or "").startswith("unstable") for r in written)
     # Synthetic weights: timing kept, quality unknown (not a number a plan could compare).
     assert all(r.psnr_image is None and r.ssim_image is None and r.psnr_latent is None for r in written)
     assert all(r.gpu_memory_gib is not None for r in written), "the CPU's rows carry the host's memory"
@@ -269,7 +269,9 @@ def test_the_daemon_with_defaults_fails_a_refused_request_and_stores_an_accepted
         cells = api.get("/v1/measurements", params={"gpu_family": "cpu", "latest_only": "false"}).json()["items"]
         mine = [c for c in cells if c["probe_run_id"] == second["result_run_id"]]
         assert sorted(c["stage"] for c in mine) == ["denoiser", "text_encoder", "vae_decoder"]
-        assert all(c["status"] == "ok" and c["psnr_image"] is None for c in mine)
+        # Every cell measured is stored: `ok`, or (a busy CPU) `failed` as unstable with its numbers (issue 31).
+        assert all(c["status"] == "ok" or (c["error"] or "").startswith("unstable") for c in mine), mine
+        assert all(c["psnr_image"] is None for c in mine)  # synthetic weights: quality unknown
         assert _metric(metrics_port, "agent_requests_total", kind="probe", state="done") == 1
         assert _metric(metrics_port, "agent_runs_total", outcome="sent") >= 1
     finally:
