@@ -199,6 +199,15 @@ def test_request_lifecycle_queue_claim_complete(client: TestClient) -> None:
     assert client.post(f"{base}/claim", headers=agent).json()["state"] == "claimed"
     assert client.post(f"{base}/claim", headers=agent).status_code == 409
     run_id = str(uuid.uuid4())
+    # `done` must name a run the planner stored for this host: never a result_run_id that answers 404.
+    missing = client.post(f"{base}/complete", json={"state": "done", "result_run_id": run_id}, headers=agent)
+    assert missing.status_code == 422, missing.text
+    assert "state failed" in missing.text
+    assert client.post(f"{base}/complete", json={"state": "done"}, headers=agent).status_code == 422
+    stored = client.post(
+        "/v1/probe-runs", json={"id": run_id, "host_id": host_id, "kind": "calibration"}, headers=agent
+    )
+    assert stored.status_code == 201, stored.text
     done = client.post(f"{base}/complete", json={"state": "done", "result_run_id": run_id}, headers=agent).json()
     assert done["state"] == "done"
     assert done["result_run_id"] == run_id
