@@ -256,3 +256,19 @@ def test_a_malformed_probe_request_is_refused_before_it_reaches_the_agent(
     resp = client.post(f"/v1/hosts/{host_id}/requests", json=body, headers=ADMIN)
     assert resp.status_code == 422
     assert where in resp.text
+
+
+def test_a_probe_request_may_say_whether_random_weights_may_stand_in(client: TestClient) -> None:
+    """The agent's daemon reads `synthetic` from the spec (agent/daemon.py run_probe): the API must take it."""
+    host_id, agent, _ = register(client)
+    made = client.post(
+        f"/v1/hosts/{host_id}/requests",
+        json={"kind": "probe", "spec": {"model": "sdxl", "synthetic": False}},
+        headers=ADMIN,
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["spec"]["synthetic"] is False
+    default = client.post(
+        f"/v1/hosts/{host_id}/requests", json={"kind": "probe", "spec": {"model": "sdxl"}}, headers=ADMIN
+    )
+    assert default.json()["spec"]["synthetic"] is True

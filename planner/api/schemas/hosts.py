@@ -219,6 +219,11 @@ class ProbeSpec(Strict):
         default=False, description="on synthetic weights, measure numeric drift anyway (labelled synthetic)"
     )
     tiny: bool = Field(default=False, description="the catalog's tiny configs (a dry run of the path, tests)")
+    synthetic: bool = Field(
+        default=True,
+        description="where the host names no folder for the model (GFP_MODEL_DIRS), time random weights of its "
+        "shapes (rows marked weights=synthetic); false: such a request fails, naming the fix",
+    )
     gpu_index: int = Field(default=0, ge=0, le=63)
 
     @field_validator("batches")
