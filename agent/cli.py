@@ -131,7 +131,12 @@ def calibrate(
 
 
 def _report(body: dict[str, Any]) -> None:
-    """Spool first, then try to send everything spooled (the daemon resends what stays)."""
+    """Spool first, then try to send everything spooled (the daemon resends what stays).
+
+    A run the planner refuses ends the command with exit status 1 and the planner's reason: a refused run is
+    not stored anywhere a plan can see it (it stays in the spool's rejected/ folder), and a script or a CI job
+    must not read success. A planner that is down is not a refusal: the run waits in the spool (exit 0).
+    """
     from agent.client import REENROLL_HINT, PlannerClient, TokenRefused, flush
     from agent.config import get_settings
     from agent.daemon import EXIT_TOKEN_REFUSED, host_identity
@@ -151,6 +156,7 @@ def _report(body: dict[str, Any]) -> None:
             highlight=False,
         )
         return
+    refused: list[tuple[str, str]] = []
     with PlannerClient(
         settings.planner_url,
         token=ident["token"],
@@ -158,12 +164,25 @@ def _report(body: dict[str, Any]) -> None:
         attempts=settings.retry_attempts,
     ) as client:
         try:
-            sent, pending = flush(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+            sent, pending = flush(
+                spool,
+                client,
+                host_id=ident["host_id"],
+                log=lambda m: err.print(m, highlight=False),
+                on_refused=lambda rid, why: refused.append((rid, why)),
+            )
         except TokenRefused as exc:
             hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
             _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
             return
     console.print(f"reported: {sent} run(s) sent, {pending} waiting in {spool.dir}", highlight=False)
+    if refused:
+        reasons = "; ".join(f"run {rid}: {why}" for rid, why in refused)
+        _fail(
+            f"the planner refused {len(refused)} run(s), kept in {spool.dir / 'rejected'}: {reasons}. Fix what it "
+            "names (e.g. define an unknown family with PUT /v1/gpu-families/ID, docs/agent.md) and probe again.",
+            code=1,
+        )
 
 
 @app.command()
@@ -191,8 +210,27 @@ def probe(
         float | None, typer.Option(help="Deadline in seconds: no cell starts that would end past it (predicted).")
     ] = None,
     memory_cap_gib: Annotated[float | None, typer.Option(help="Cells above this footprint end as oom.")] = None,
-    quality: Annotated[bool, typer.Option(help="Measure drift against the reference recipe.")] = True,
-    quality_steps: Annotated[int, typer.Option(help="Denoising steps of the drift run.")] = 4,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            help="Measure quality against the stage's fp32 reference: with --weights-dir (real weights) only; on "
+            "synthetic weights quality is stored as unknown unless --synthetic-drift."
+        ),
+    ] = True,
+    synthetic_drift: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic-drift",
+            help="On synthetic weights, measure numeric drift anyway (labelled quality_weights=synthetic; never "
+            "perceptual quality, and a plan counts it only when asked to).",
+        ),
+    ] = False,
+    quality_steps: Annotated[
+        int | None, typer.Option(help="Denoising steps of the quality probe (default: the catalog's step count).")
+    ] = None,
+    quality_prompts: Annotated[
+        int | None, typer.Option(help="Score only the first N prompts of the shipped set (default: all 18).")
+    ] = None,
     warmup_calls: Annotated[int | None, typer.Option(help="Warm-up calls per cell.")] = None,
     calls_per_window: Annotated[int | None, typer.Option(help="Minimum calls per timed window.")] = None,
     min_windows: Annotated[int | None, typer.Option(help="Minimum timed windows per cell.")] = None,
@@ -301,7 +339,9 @@ def probe(
         budget_s=budget_s,
         memory_cap_gib=memory_cap_gib,
         quality=quality,
+        synthetic_drift=synthetic_drift,
         quality_steps=quality_steps,
+        quality_prompts=quality_prompts,
         recipe_options=RecipeOptions(
             quant_backend=quant_backend, quant_min_features=quant_min_features or (16 if tiny else 128)
         ),
@@ -366,14 +406,23 @@ def flush() -> None:
         _fail(f"this host is not registered (no token at {settings.resolved_token_file})")
         return
     spool = Spool(settings.resolved_spool_dir)
+    refused: list[str] = []
     with PlannerClient(settings.planner_url, token=ident["token"], attempts=settings.retry_attempts) as client:
         try:
-            sent, pending = send(spool, client, host_id=ident["host_id"], log=lambda m: err.print(m, highlight=False))
+            sent, pending = send(
+                spool,
+                client,
+                host_id=ident["host_id"],
+                log=lambda m: err.print(m, highlight=False),
+                on_refused=lambda rid, _why: refused.append(rid),
+            )
         except TokenRefused as exc:
             hint = REENROLL_HINT.format(spool=spool.dir, token_file=settings.resolved_token_file)
             _fail(f"{hint} ({exc})", code=EXIT_TOKEN_REFUSED)
             return
     console.print(f"{sent} sent, {pending} waiting", highlight=False)
+    if refused:
+        _fail(f"the planner refused {len(refused)} run(s), kept in {spool.dir / 'rejected'} (reasons above)", code=1)
 
 
 @app.command()

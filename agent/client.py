@@ -156,11 +156,13 @@ def flush(
     *,
     host_id: str | None = None,
     log: Callable[[str], None] | None = None,
+    on_refused: Callable[[str, str], None] | None = None,
 ) -> tuple[int, int]:
     """Send every spooled run, oldest first; remove each once stored. Returns (sent, still pending).
 
     Stops at the first run that cannot be sent for a transient reason (planner down): the others would
-    fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest.
+    fail the same way. A run the planner refuses (4xx) is quarantined so it does not block the rest, and
+    `on_refused(run_id, reason)` is told (the CLI exits non-zero, the daemon counts it and fails the request).
     A 401 (this host's token refused) raises TokenRefused with every run still spooled: nothing is retried
     or quarantined, and the host's next identity delivers them. The spool is this machine's, so each run is
     sent as the current identity (`host_id`), also a run spooled under an earlier one or before registration.
@@ -176,6 +178,8 @@ def flush(
             spool.quarantine(run_id, f"not sendable: {exc}")
             if log:
                 log(f"run {run_id} cannot be encoded, kept in {spool.dir / 'rejected'}: {exc}")
+            if on_refused:
+                on_refused(run_id, f"not sendable: {exc}")
             continue
         except PlannerError as exc:
             if exc.status == 401:
@@ -184,6 +188,8 @@ def flush(
                 spool.quarantine(run_id, str(exc))
                 if log:
                     log(f"run {run_id} refused by the planner, kept in {spool.dir / 'rejected'}: {exc}")
+                if on_refused:
+                    on_refused(run_id, str(exc))
                 continue
             if log:
                 log(f"planner unavailable, {len(spool)} run(s) stay spooled: {exc}")

@@ -53,6 +53,9 @@ class AgentSettings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0)
     retry_attempts: int = Field(default=4, ge=1, description="attempts per request before a result stays spooled")
     retry_max_wait_s: float = Field(default=8.0, gt=0)
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve the daemon's Prometheus metrics (agent_*) on this port"
+    )
     calibration_flag_ratio: float = Field(
         default=0.6,
         gt=0,

@@ -22,6 +22,7 @@ from typing import Any
 from agent import __version__
 from agent.client import REENROLL_HINT, PlannerClient, PlannerError, flush
 from agent.config import AgentSettings
+from agent.metrics import AgentMetrics
 from agent.node_labels import registration_labels
 from agent.spool import Spool
 
@@ -65,14 +66,24 @@ def fingerprint(inventory: Any) -> dict[str, Any]:
 
 
 class Daemon:
-    """The agent's main loop. `stop()` (or SIGTERM/SIGINT) ends it after the current cell."""
+    """The agent's main loop. `stop()` (or SIGTERM/SIGINT) ends it after the current cell.
 
-    def __init__(self, settings: AgentSettings, *, client: PlannerClient | None = None) -> None:
+    A queued request ends once the planner has answered for its run: `done` with the run's id when the run is
+    stored, `failed` with the planner's reason when it refused the run (never `done` with a run id that does
+    not exist); while the planner is down the run waits in the spool and the request stays claimed.
+    """
+
+    def __init__(
+        self, settings: AgentSettings, *, client: PlannerClient | None = None, metrics: AgentMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.spool = Spool(settings.resolved_spool_dir)
         self.stop_event = threading.Event()
         self._client = client
         self.identity: dict[str, str] | None = None
+        self.metrics = metrics or AgentMetrics()
+        self.refused: dict[str, str] = {}  # run id -> the planner's reason, for runs refused since the start
+        self.awaiting: dict[str, tuple[str, str]] = {}  # run id -> (request id, kind) waiting for the planner
 
     def log(self, message: str) -> None:
         print(f"{datetime.now(UTC).isoformat(timespec='seconds')} agent: {message}", flush=True)
@@ -135,7 +146,45 @@ class Daemon:
 
     def _spool_and_send(self, body: dict[str, Any]) -> None:
         self.spool.put(body)  # first: a crash or SIGTERM after this line loses nothing
-        flush(self.spool, self.client(), host_id=self._host_id(), log=self.log)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the spool; count what was stored and what was refused (logged as an error), then settle the
+        requests whose runs the planner has answered for."""
+
+        def refused(run_id: str, why: str) -> None:
+            self.refused[run_id] = why
+            self.metrics.runs.labels("refused" if not why.startswith("not sendable") else "unsendable").inc()
+            self.log(f"error: the planner refused run {run_id} (kept in {self.spool.dir / 'rejected'}): {why}")
+
+        try:
+            sent, _ = flush(self.spool, self.client(), host_id=self._host_id(), log=self.log, on_refused=refused)
+        finally:
+            self.metrics.spooled.set(len(self.spool))
+        if sent:
+            self.metrics.runs.labels("sent").inc(sent)
+        self.settle_requests()
+
+    def settle_requests(self) -> None:
+        """Complete each request whose run was stored (`done`) or refused (`failed`, with the planner's reason)."""
+        if self.identity is None:
+            return
+        waiting = set(self.spool.pending())
+        for run_id, (request_id, kind) in list(self.awaiting.items()):
+            if run_id in self.refused:
+                self._complete(request_id, kind, {"state": "failed", "error": self.refused[run_id][:2000]})
+            elif run_id not in waiting:
+                self._complete(request_id, kind, {"state": "done", "result_run_id": run_id})
+            else:
+                continue
+            del self.awaiting[run_id]
+
+    def _complete(self, request_id: str, kind: str, body: dict[str, Any]) -> None:
+        assert self.identity is not None
+        self.client().complete(self.identity["host_id"], request_id, body)
+        self.metrics.requests.labels(kind, str(body["state"])).inc()
+        if body["state"] == "failed":
+            self.log(f"error: request {request_id} failed: {body.get('error')}")
 
     def calibrate_all(self, reason: str) -> str:
         from agent.calibrate import calibrate
@@ -192,8 +241,10 @@ class Daemon:
                 stages=tuple(spec["stages"]) if spec.get("stages") else None,
                 height=spec.get("height"),
                 width=spec.get("width"),
+                tiny=bool(spec.get("tiny", False)),
                 budget_s=spec.get("budget_s"),
                 quality=bool(spec.get("quality", True)),
+                synthetic_drift=bool(spec.get("synthetic_drift", False)),
             )
             started = datetime.now(UTC)
             sweep = Sweep(opts, target, should_stop=self.stop_event.is_set)
@@ -221,15 +272,17 @@ class Daemon:
             claimed = self.client().claim(host_id, str(request["id"]))
             if claimed is None:
                 continue
+            kind = str(claimed.get("kind") or "probe")
             try:
-                if claimed.get("kind") == "calibrate":
+                if kind == "calibrate":
                     run_id = self.calibrate_all("requested")
                 else:
                     run_id = self.run_probe(dict(claimed.get("spec") or {}))
-                self.client().complete(host_id, str(request["id"]), {"state": "done", "result_run_id": run_id})
             except Exception as exc:  # a request that fails must be reported, not kill the daemon
-                self.log(f"request {request['id']} failed: {exc}")
-                self.client().complete(host_id, str(request["id"]), {"state": "failed", "error": str(exc)[:2000]})
+                self._complete(str(request["id"]), kind, {"state": "failed", "error": str(exc)[:2000]})
+                continue
+            self.awaiting[run_id] = (str(request["id"]), kind)
+            self.settle_requests()
 
     def heartbeat(self, nvml: Any) -> None:
         assert self.identity is not None
@@ -254,6 +307,9 @@ class Daemon:
         from agent.nvml import Nvml, NvmlUnavailable
 
         self._install_signals()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port)
+            self.log(f"metrics on :{self.settings.metrics_port}/metrics")
         try:
             nvml: Any = Nvml.open()
         except NvmlUnavailable as exc:
@@ -281,7 +337,7 @@ class Daemon:
                     self._recalibrate_if_changed(inventory)
                     calibrated = True
                 if now >= next_flush:
-                    flush(self.spool, self.client(), host_id=self._host_id(), log=self.log)
+                    self.flush()
                     next_flush = now + self.settings.flush_interval_s
                 if now >= next_poll:
                     self.handle_requests()
@@ -289,7 +345,8 @@ class Daemon:
             except PlannerError as exc:
                 if exc.status == 401:
                     return self._token_refused(exc, nvml)
-                self.log(f"planner: {exc}")
+                self.metrics.planner_errors.inc()
+                self.log(f"error: planner: {exc}")
             self.stop_event.wait(1.0)
         if nvml is not None:
             nvml.close()

@@ -35,9 +35,12 @@ from agent import quality
 from agent.discover import cpu_model
 from agent.memory import GIB, cpu_footprint, free_gpu, set_gpu_cap
 from agent.nvml import PowerSampler, clock_event_names
+from agent.quality_probe import QualityProbe, QualityProbeOptions, QualityProbeResult
+from agent.quality_prompts import PROMPTS
 from agent.target import Target
 from agent.timing import TimerOptions, Timing, measure
 from planner.catalog import ModelSpec, Recipe, known_model, recipes
+from planner.catalog.quality import quality_reference
 from planner.measurements.contract import MeasurementRow
 from stagekit.flops import Cost, classify, count_cost
 from stagekit.pipelines import (
@@ -70,7 +73,9 @@ class ProbeOptions:
     budget_s: float | None = None
     memory_cap_gib: float | None = None
     quality: bool = True
-    quality_steps: int = 4
+    synthetic_drift: bool = False
+    quality_steps: int | None = None
+    quality_prompts: int | None = None
     max_batch_by_recipe: dict[str, int] = field(default_factory=dict)
     recipe_options: RecipeOptions = field(default_factory=RecipeOptions)
     seed: int = 0
@@ -117,13 +122,15 @@ def cache_timer(timer: TimerOptions, default_steps: int) -> TimerOptions:
 
 
 def ordered_recipes(ids: Iterable[str]) -> list[Recipe]:
-    """Catalog recipes in sweep order: the reference first (other recipes' drift is measured against it)."""
+    """Catalog recipes in sweep order: a stage's quality reference (its highest-precision plain recipe, fp32)
+    first, since other recipes' drift is measured against it."""
     catalog = recipes()
     unknown = [r for r in ids if r not in catalog]
     if unknown:
         raise KeyError(f"unknown recipe(s) {unknown}; known: {', '.join(catalog)}")
     chosen = [catalog[r] for r in dict.fromkeys(ids)]
-    return sorted(chosen, key=lambda r: not r.reference)
+    refs = {ref.id for s in ("text_encoder", "denoiser", "vae_decoder") if (ref := quality_reference(s, catalog))}
+    return sorted(chosen, key=lambda r: r.id not in refs)
 
 
 class _SkipCounter:
@@ -207,6 +214,11 @@ class Sweep:
         self.progress = progress
         self.height, self.width, self.text_tokens = sizes(self.spec, opts)
         self.weights = "real" if opts.weights_dir is not None else "synthetic"
+        # Real weights: the quality probe (whole pipeline, prompt set, fp32 reference). Synthetic weights: the
+        # timing is faithful, image quality is not (DESIGN.md): numeric drift only when asked, labelled synthetic.
+        self.measures_quality = opts.quality and self.weights == "real"
+        self.measures_drift = opts.quality and self.weights == "synthetic" and opts.synthetic_drift
+        self.quality: QualityProbeResult | None = None
         self.state = SweepState(started=clock())
         self._reference: dict[str, dict[str, torch.Tensor]] = {}
         self._ref_vae: StageRunner | None = None
@@ -245,7 +257,7 @@ class Sweep:
             "width": self.width,
             "weights": self.weights,
             "source": "measured",
-            "gpu_memory_gib": self.target.gpu.memory_gib if self.target.gpu else None,
+            "gpu_memory_gib": self.target.memory_gib,
             "measured_at": datetime.now(UTC),
             "probe_run": self.probe_run,
             **self.target.provenance(),
@@ -299,6 +311,8 @@ class Sweep:
     def run(self) -> SweepState:
         set_gpu_cap(self.target.device, self.opts.memory_cap_gib)
         try:
+            if self.measures_quality:
+                self._probe_quality()
             for stage in self.stages:
                 for recipe in self.recipes:
                     if stage not in recipe.stages:
@@ -365,7 +379,7 @@ class Sweep:
                 self._emit(self._row(stage, recipe, b, status=status, error=error))
             return
         try:
-            drift = self._quality(stage, recipe, prepared) if self.opts.quality else {}
+            drift = self._quality(stage, recipe, prepared) if self.measures_drift else self._real_quality(stage, recipe)
             base_cost: tuple[int, Cost] | None = None
             last: tuple[int, float, float | None] | None = None
             for i, batch in enumerate(batches):
@@ -559,8 +573,58 @@ class Sweep:
         return timing, power, skip
 
     # -- quality ----------------------------------------------------------------------------------------------
+    def _probe_quality(self) -> None:
+        """Real weights: score every (stage, recipe) with cells to do through the serving pipeline, once."""
+        assert self.opts.weights_dir is not None
+        todo = [
+            r.id
+            for r in self.recipes
+            if any(s in r.stages and any(self.key(s, r.id, b) not in self.done for b in self.batches_for(r))
+                   for s in self.stages)
+        ]  # fmt: skip
+        if not todo:
+            return
+        prompts = PROMPTS[: self.opts.quality_prompts] if self.opts.quality_prompts else PROMPTS
+        opts = QualityProbeOptions(
+            model=self.spec.id,
+            folder=self.opts.weights_dir,
+            recipes=tuple(todo),
+            stages=tuple(self.stages),
+            prompts=prompts,
+            seed=self.opts.seed,
+            steps=self.opts.quality_steps,
+            height=self.height if not self.opts.tiny else None,
+            width=self.width if not self.opts.tiny else None,
+            tiny=self.opts.tiny,
+            device=str(self.target.device),
+            options=self.opts.recipe_options,
+        )
+        if self.progress is not None:
+            self.progress(f"quality probe: {len(prompts)} prompts, recipes {', '.join(todo)}", 0)
+        try:
+            self.quality = QualityProbe(opts, progress=self._say).run()
+        except Exception as exc:  # the timing goes on; the quality stays unknown, and the run says why
+            self.quality = QualityProbeResult(lpips_status=f"quality probe failed: {_describe(exc)}")
+        finally:
+            free_gpu(self.target.device)
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message, 0)
+
+    def _real_quality(self, stage: str, recipe: Recipe) -> dict[str, Any]:
+        if self.quality is None:
+            return {}
+        got = self.quality.get(stage, recipe.id)
+        return got.row_values() if got is not None else {}
+
     def _quality(self, stage: str, recipe: Recipe, prepared: PreparedStage) -> dict[str, Any]:
-        """Drift of this recipe against the reference recipe at batch 1, same seed and inputs."""
+        """Drift of this recipe against the stage's quality reference (fp32) at batch 1, same seed and inputs.
+
+        Runs before the group's timing, so a compiled recipe is scored eagerly here: per-stage drift is numeric
+        drift of the recipe's arithmetic; the whole-pipeline quality of real weights (agent/quality_probe.py)
+        scores compiled recipes after compilation.
+        """
         outputs: dict[str, torch.Tensor] | None = None
         try:
             outputs = self._stage_outputs(stage, prepared)
@@ -569,7 +633,8 @@ class Sweep:
         if outputs is None:
             free_gpu(self.target.device)
             return {}
-        if recipe.reference:
+        reference = quality_reference(stage, recipes())
+        if reference is not None and recipe.id == reference.id:
             self._reference[stage] = outputs
         ref = self._reference.get(stage)
         if ref is None:
@@ -593,7 +658,7 @@ class Sweep:
         return drift
 
     def _reference_outputs(self, stage: str) -> dict[str, torch.Tensor] | None:
-        ref_recipe = next((r for r in recipes().values() if r.reference), None)
+        ref_recipe = quality_reference(stage, recipes())
         if ref_recipe is None:
             return None
         try:
@@ -607,14 +672,14 @@ class Sweep:
         return out
 
     def _decoder(self) -> StageRunner | None:
-        """The reference VAE (bf16) that turns denoised latents into images for the image metrics."""
+        """The reference VAE (fp32) that turns denoised latents into images for the image metrics."""
         if self._ref_vae is None and "vae_decoder" in self.spec.stage_names:
             built = build_stage(
                 self.spec,
                 "vae_decoder",
                 tiny=self.opts.tiny,
                 device=self.target.device,
-                dtype=torch.bfloat16,
+                dtype=torch.float32,
                 weights_dir=self.opts.weights_dir,
             )
             setup = StageSetup(
@@ -625,7 +690,7 @@ class Sweep:
                 self.text_tokens,
                 self.opts.tiny,
                 self.target.device,
-                torch.bfloat16,
+                torch.float32,
             )
             self._ref_vae = StageRunner(setup, built.modules)
         return self._ref_vae
@@ -642,7 +707,7 @@ class Sweep:
             if stage == "vae_decoder":
                 return {"image": runner.call().float().cpu()}
             latents: torch.Tensor = runner.inputs["latents"]
-            steps = max(1, self.opts.quality_steps)
+            steps = max(1, self.opts.quality_steps or 4)
             for m in prepared.cache_modules:
                 reset_cache(m)
             x = latents
@@ -654,7 +719,7 @@ class Sweep:
             vae = self._decoder()
             if vae is not None:
                 with torch.inference_mode():
-                    out["image"] = vae.vae_decode(x.to(torch.bfloat16)).float().cpu()
+                    out["image"] = vae.vae_decode(x.to(torch.float32)).float().cpu()
             return out
         finally:
             runner.inputs = {}

@@ -21,13 +21,14 @@ from planner.measurements.csvio import read_csv, write_rows
 
 
 def json_safe(value: Any) -> Any:
-    """Strict JSON for the API: an infinite PSNR (identical outputs) is sent as the string "inf", which the
-    contract's float fields parse back to infinity; NaN never is a measurement and becomes null."""
+    """Strict JSON for the API. Rows are already in the contract's form (an infinite PSNR, identical outputs,
+    is PSNR_CAP: planner/measurements/contract.py), so an infinity left here is a bug, refused with ValueError
+    (the spool keeps such a run aside); NaN never is a measurement and becomes null."""
     if isinstance(value, float):
         if math.isnan(value):
             return None
         if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
+            raise ValueError(f"{value} is not a number the planner accepts (JSON has no infinity)")
         return value
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}

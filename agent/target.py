@@ -7,6 +7,7 @@ and its family the same way: a catalog family when NVML's product name matches o
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ class Target:
     def is_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def memory_gib(self) -> float | None:
+        """The device's memory: the GPU's (NVML), or on the CPU the host's physical memory. Every row carries
+        it as `gpu_memory_gib`, so the agent's own CSV defines its family when imported (the CPU's `cpu`)."""
+        if self.gpu is not None:
+            return self.gpu.memory_gib
+        if self.is_gpu:
+            return None
+        return host_memory_gib()
+
     def provenance(self) -> dict[str, str | None]:
         inv = self.inventory
         return {
@@ -70,6 +81,18 @@ class Target:
         if self.nvml is not None:
             self.nvml.close()
             self.nvml = None
+
+
+def host_memory_gib() -> float | None:
+    """Physical memory of this host in GiB (POSIX sysconf), None where the platform does not say."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    if pages <= 0 or size <= 0:
+        return None
+    return round(pages * size / 2**30, 2)
 
 
 def slug(text: str) -> str:

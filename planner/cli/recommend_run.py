@@ -51,9 +51,10 @@ def _notes(scenario: Scenario) -> tuple[str, ...]:
         floor = f"{w.name}: quality floor {w.quality.metric} >= {w.quality.min:g}"
         if w.quality.weights == "real":
             notes.append(
-                f"{floor} counts quality measured with real weights only (drift on random weights is not perceptual "
-                "quality); a recipe without such a measurement is excluded unless it is the reference recipe. "
-                "--synthetic-quality (or `weights: any`) counts synthetic-weight measurements too."
+                f"{floor} counts quality measured with real weights first, then published figures (cited); drift "
+                "on random weights is not perceptual quality and is not counted. A recipe with neither is excluded "
+                "unless it is the stage's quality reference (fp32, exact); the 'Quality floor' table names the "
+                "source of each. --synthetic-quality (or `weights: any`) counts synthetic-weight drift too."
             )
         else:
             notes.append(

@@ -433,6 +433,22 @@ def claim_request(session: Session, *, host_id: str, request_id: str, now: datet
     return req
 
 
+def _check_result_run(session: Session, *, host_id: str, data: ProbeRequestComplete) -> None:
+    """`done` names a run this host stored: a request must never end `done` pointing at nothing (issue 26)."""
+    if data.result_run_id is None:
+        raise FieldError.at(
+            ("result_run_id",), "required when state is done (the run that answered the request); send it, or "
+            "state failed with the error"
+        )  # fmt: skip
+    run = session.get(m.ProbeRun, str(data.result_run_id))
+    if run is None or run.host_id != host_id:
+        raise FieldError.at(
+            ("result_run_id",),
+            f"no stored run {data.result_run_id} of this host: submit it first (POST /v1/probe-runs), or, if the "
+            "planner refused it, complete the request with state failed and the planner's reason",
+        )
+
+
 def complete_request(
     session: Session, *, host_id: str, request_id: str, data: ProbeRequestComplete, now: datetime
 ) -> m.ProbeRequest:
@@ -441,6 +457,8 @@ def complete_request(
         pass  # its lease ran out while the agent worked: the result is still the answer to it
     elif req.state != "claimed":
         raise ConflictError(f"request {request_id} is {req.state}; claim it before completing it")
+    if data.state == "done":
+        _check_result_run(session, host_id=host_id, data=data)
     req.state = data.state
     req.result_run_id = str(data.result_run_id) if data.result_run_id else None
     req.error = data.error

@@ -50,6 +50,13 @@ PROVENANCE_FIELDS = (
     # Optional measurement columns without a table column of their own: kept in the provenance JSON.
     "compile_s",
     "cache_skip_rate",
+    "psnr_image_min",
+    "ssim_image_min",
+    "ssim_image_std",
+    "lpips_image",
+    "quality_reference",
+    "quality_prompts",
+    "quality_prompt_set",
     "sm_clock_mhz",
     "throttle_reasons",
     "cpu_model",

@@ -15,6 +15,19 @@ Choices written down here (the contract is silent on them):
 - `cache_skip_rate` (optional): for a step-cache recipe (data-dependent), the fraction of denoiser calls the
   cache skipped over the timed trajectories; `latency_ms` of such a cell is the mean per call, not the median.
   The store keeps both in the measurement's provenance JSON (no column of their own).
+
+Non-finite and out-of-range numbers: one rule, here, for both ingestion paths (the API's `MeasurementIn` is this
+row; `planner measurements import` reads rows with it), so a probe's output is stored the same either way:
+- every number is finite and within its bounds below (latency at most 1e8 ms, memory at most 65536 GiB, ...);
+  NaN or an infinity in any column is refused with the column named, the whole run or file with it;
+- the one exception is PSNR, which is infinite when a recipe's output equals the reference's: such a PSNR
+  (`inf`, `Infinity`, or anything above PSNR_CAP) is stored as PSNR_CAP, 1000 dB, which reads "identical"
+  (float32 images that differ at all stay far below it: one unit in the last place of a [0, 1] image is about
+  140 dB). JSON has no infinity, so an agent sends 1000; a CSV may hold `inf` or 1000: both store 1000.
+  NaN, -inf and values below -PSNR_CAP are refused.
+- every float is held at the CSV's precision (`float_text`: 6 significant places, or 6 decimals between 1e-3
+  and 1e6), whichever path it came by: a row sent as JSON and the same row read back from the agent's CSV are
+  stored as the same numbers (far finer than any timing's run-to-run spread).
 - `sm_clock_mhz` (optional): mean SM clock NVML read at the end of each timed window; `throttle_reasons`: the
   clock-event reasons NVML gave at those reads besides the GPU being idle, `+`-joined (`none` when there were
   none), e.g. `sw_power_cap+hw_slowdown`; `cpu_model`: the host CPU (launch-bound cells measure it too). The
@@ -26,9 +39,10 @@ Choices written down here (the contract is silent on them):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -80,6 +94,13 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "probe_run",
     "compile_s",
     "cache_skip_rate",
+    "psnr_image_min",
+    "ssim_image_min",
+    "ssim_image_std",
+    "lpips_image",
+    "quality_reference",
+    "quality_prompts",
+    "quality_prompt_set",
     "sm_clock_mhz",
     "throttle_reasons",
     "cpu_model",
@@ -93,8 +114,47 @@ Weights = Literal["real", "synthetic"]
 Source = Literal["measured", "estimated"]
 Bound = Literal["compute", "memory", "overhead"]
 
-FiniteNonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-FinitePos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PSNR_CAP = 1000.0
+"""dB stored for identical outputs (an infinite PSNR) and for anything above it: see the module docstring."""
+MAX_COUNT = 2**31 - 1
+
+
+def _bounded(lo: float, hi: float, *, open_low: bool = False) -> Any:
+    if open_low:
+        return Field(gt=lo, le=hi, allow_inf_nan=False)
+    return Field(ge=lo, le=hi, allow_inf_nan=False)
+
+
+FiniteNonNeg = Annotated[float, _bounded(0, 1e9)]
+Ms = Annotated[float, _bounded(0, 1e8, open_low=True)]
+Gib = Annotated[float, _bounded(0, 65536)]
+Psnr = Annotated[float, _bounded(-PSNR_CAP, PSNR_CAP)]
+
+
+def float_text(value: float) -> str:
+    """A float as the measurements CSV writes it; `float(float_text(x))` is the value every path stores."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{round(value, 6)}"
+
+
+def cap_psnr(value: object) -> object:
+    """An infinite PSNR (identical outputs), or one above PSNR_CAP, as PSNR_CAP; anything else unchanged.
+
+    The one place the rule lives: the row's validator calls it, so the API and the CSV import agree, and the
+    agent calls it before sending JSON (which has no infinity).
+    """
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and value.strip().lower().lstrip("+") in ("inf", "infinity"):
+        number = math.inf
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is not None and not math.isnan(number) and number > PSNR_CAP:
+        return PSNR_CAP
+    return value
 
 
 class MeasurementRow(BaseModel):
@@ -109,29 +169,29 @@ class MeasurementRow(BaseModel):
     batch: int = Field(ge=1, le=4096)
     height: int = Field(ge=8, le=16384)
     width: int = Field(ge=8, le=16384)
-    latency_ms: FinitePos | None = None
-    latency_p95_ms: FinitePos | None = None
-    peak_mem_gib: FiniteNonNeg | None = None
-    power_w: FiniteNonNeg | None = None
+    latency_ms: Ms | None = None
+    latency_p95_ms: Ms | None = None
+    peak_mem_gib: Gib | None = None
+    power_w: Annotated[float, _bounded(0, 100000)] | None = None
     weights: Weights
     source: Source
 
     status: Status = "ok"
     error: str | None = Field(default=None, max_length=2000)
-    latency_spread: FiniteNonNeg | None = None
-    windows: int | None = Field(default=None, ge=0)
-    calls: int | None = Field(default=None, ge=0)
+    latency_spread: Annotated[float, _bounded(0, 1e6)] | None = None
+    windows: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    calls: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     energy_j_per_image: FiniteNonNeg | None = None
     gpu_util: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
-    achieved_tflops: FiniteNonNeg | None = None
-    achieved_tbps: FiniteNonNeg | None = None
+    achieved_tflops: Annotated[float, _bounded(0, 1e6)] | None = None
+    achieved_tbps: Annotated[float, _bounded(0, 1e4)] | None = None
     tflops_per_call: FiniteNonNeg | None = None
     bound: Bound | None = None
-    psnr_image: Annotated[float, Field(allow_inf_nan=True)] | None = None
-    ssim_image: Annotated[float, Field(ge=-1, le=1)] | None = None
-    psnr_latent: Annotated[float, Field(allow_inf_nan=True)] | None = None
+    psnr_image: Psnr | None = None
+    ssim_image: Annotated[float, _bounded(-1, 1)] | None = None
+    psnr_latent: Psnr | None = None
     quality_weights: Weights | None = None
-    gpu_memory_gib: FinitePos | None = None
+    gpu_memory_gib: Annotated[float, _bounded(0, 65536, open_low=True)] | None = None
     gpu_name: str | None = None
     driver: str | None = None
     cuda: str | None = None
@@ -142,13 +202,23 @@ class MeasurementRow(BaseModel):
     host: str | None = None
     measured_at: datetime | None = None
     probe_run: str | None = None
-    compile_s: FiniteNonNeg | None = None
+    compile_s: Annotated[float, _bounded(0, 1e6)] | None = None
     cache_skip_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    # The real-weights quality probe (agent/quality_probe.py): psnr_image/ssim_image are over its prompt set
+    # (PSNR of the pooled error, mean SSIM); these say the worst prompt, the spread, LPIPS where measured, the
+    # recipe the images were compared with, and how many prompts of which set.
+    psnr_image_min: Psnr | None = None
+    ssim_image_min: Annotated[float, _bounded(-1, 1)] | None = None
+    ssim_image_std: Annotated[float, _bounded(0, 2)] | None = None
+    lpips_image: Annotated[float, _bounded(0, 10)] | None = None
+    quality_reference: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
+    quality_prompts: int | None = Field(default=None, ge=1, le=100000)
+    quality_prompt_set: str | None = Field(default=None, pattern=ID_PATTERN, max_length=64)
     sm_clock_mhz: Annotated[float, Field(ge=0, le=100000, allow_inf_nan=False)] | None = None
     throttle_reasons: str | None = Field(default=None, max_length=200, pattern=r"^[a-z0-9_+]*$")
     cpu_model: str | None = Field(default=None, max_length=200)
 
-    @field_validator("batch", "height", "width", "windows", "calls", mode="before")
+    @field_validator("batch", "height", "width", "windows", "calls", "quality_prompts", mode="before")
     @classmethod
     def _integer_text(cls, value: object) -> object:
         # "4.0" or "4.5" in a CSV is not a batch size: refuse anything but an integer literal.
@@ -161,13 +231,19 @@ class MeasurementRow(BaseModel):
             raise ValueError(f"must be a whole number, got {value!r}")
         return value
 
-    @field_validator("psnr_image", "psnr_latent")
+    @field_validator("*", mode="after")
     @classmethod
-    def _psnr(cls, value: float | None) -> float | None:
-        # Identical outputs give an infinite PSNR; NaN is never a result.
-        if value is not None and math.isnan(value):
-            raise ValueError("must be a number, got NaN")
+    def _csv_precision(cls, value: object) -> object:
+        # One precision for both ingestion paths (module docstring).
+        if isinstance(value, float) and math.isfinite(value):
+            return float(float_text(value))
         return value
+
+    @field_validator("psnr_image", "psnr_latent", "psnr_image_min", mode="before")
+    @classmethod
+    def _psnr(cls, value: object) -> object:
+        # Identical outputs give an infinite PSNR: stored as PSNR_CAP (module docstring); NaN is refused.
+        return cap_psnr(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> MeasurementRow:

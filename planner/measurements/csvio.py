@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from planner.core.errors import InputError
-from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow
+from planner.measurements.contract import ALL_COLUMNS, CONTRACT_COLUMNS, MeasurementRow, float_text
 
 MAX_REPORTED_ERRORS = 50
 
@@ -150,9 +149,7 @@ def format_value(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{round(value, 6)}"
+        return float_text(value)
     if hasattr(value, "isoformat"):
         return value.isoformat()  # type: ignore[no-any-return]
     return str(value)

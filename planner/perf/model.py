@@ -77,6 +77,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from planner.catalog.quality import PublishedQuality, published_quality, quality_reference
 from planner.catalog.schema import GpuFamily, ModelSpec, Recipe
 from planner.measurements.contract import MeasurementRow
 from planner.perf.roofline import (
@@ -98,6 +99,21 @@ from planner.perf.roofline import (
 Source = Literal["measured", "estimated"]
 Method = Literal["measured", "imported-estimate", "interpolated", "scaled", "transferred"]
 QualityMetric = Literal["psnr_image", "ssim_image", "psnr_latent"]
+QualitySource = Literal["measured", "published", "synthetic", "reference", "unknown"]
+
+
+@dataclass(frozen=True)
+class QualityEvidence:
+    """A recipe's quality on one metric and where it came from (issue 26): `measured` on real weights, then
+    `published` (a cited figure), then `synthetic` drift only when asked, `reference` for the stage's quality
+    reference (exact by definition), else `unknown` (value None). `detail` says what it rests on, or for an
+    unknown what there is instead (figures in other metrics, synthetic drift not counted)."""
+
+    value: float | None
+    source: QualitySource
+    detail: str
+
+
 CellKey = tuple[str, str, str, str, int, int, int]
 """(gpu_family, model, stage, recipe, batch, height, width): the key of a measurement cell."""
 ConfigKey = tuple[str, str, str, int, int]
@@ -252,8 +268,11 @@ class PerfModel:
         calibration: Mapping[str, Calibration] | None = None,
         settings: PerfSettings | None = None,
         override_rows: Iterable[MeasurementRow] = (),
+        published: Iterable[PublishedQuality] | None = None,
     ) -> None:
-        """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them."""
+        """`rows` are the store's; `override_rows` (a scenario's measurements file) win their cells over them.
+        `published`: quality figures with their sources (default: the catalog's quality_published.yaml)."""
+        self.published = tuple(published_quality() if published is None else published)
         rows = list(rows)
         override_rows = list(override_rows)
         self._inputs = (rows, override_rows, dict(calibration or {}))
@@ -657,23 +676,51 @@ class PerfModel:
         width: int,
         real_weights_only: bool = True,
     ) -> float | None:
-        """Worst measured drift metric of a recipe against the reference (higher is better); None if unknown.
+        """The recipe's quality on `metric` (higher is better), None if unknown: `quality_evidence`'s value."""
+        return self.quality_evidence(
+            model, stage, recipe, metric, height=height, width=width, real_weights_only=real_weights_only
+        ).value
 
-        The reference recipe itself is exact (SSIM 1, PSNR infinite) when no row says otherwise.
+    def quality_evidence(
+        self,
+        model: str,
+        stage: str,
+        recipe: str,
+        metric: QualityMetric,
+        *,
+        height: int,
+        width: int,
+        real_weights_only: bool = True,
+    ) -> QualityEvidence:
+        """Quality of a recipe against the stage's quality reference, from the best source there is.
+
+        Order: the worst real-weight measurement; else the worst published figure on this metric; else exact for
+        the stage's quality reference (its highest-precision plain recipe, fp32: SSIM 1, PSNR infinite); else
+        (only when `real_weights_only` is off: asked for) the worst synthetic-weight drift; else unknown.
         """
-        values: list[float] = []
         height, width = self._size(model, stage, height, width)
+        real: list[float] = []
+        synthetic: list[float] = []
         for row in self._quality_rows.get((model, stage, recipe, height, width), []):
             value = getattr(row, metric)
-            if value is None:
-                continue
-            weights = row.quality_weights or row.weights
-            if real_weights_only and weights != "real":
-                continue
-            values.append(float(value))
-        if values:
-            return min(values)
-        spec = self.recipes.get(recipe)
-        if spec is not None and spec.reference:
-            return 1.0 if metric == "ssim_image" else math.inf
-        return None
+            if value is not None:
+                (real if (row.quality_weights or row.weights) == "real" else synthetic).append(float(value))
+        if real:
+            return QualityEvidence(min(real), "measured", f"worst of {len(real)} real-weight measurement(s)")
+        figures = [f for f in self.published if (f.model, f.stage, f.recipe) == (model, stage, recipe)]
+        same_metric = [f for f in figures if f.metric == metric]
+        if same_metric:
+            worst = min(same_metric, key=lambda f: f.value)
+            return QualityEvidence(worst.value, "published", worst.describe())
+        ref = quality_reference(stage, self.recipes)
+        if ref is not None and ref.id == recipe:
+            exact = 1.0 if metric == "ssim_image" else math.inf
+            return QualityEvidence(exact, "reference", f"the stage's quality reference ({recipe}): exact")
+        if synthetic and not real_weights_only:
+            return QualityEvidence(
+                min(synthetic), "synthetic", f"drift on random weights ({len(synthetic)} cell(s)), counted as asked"
+            )
+        instead = [f"published {f.describe()}" for f in figures]
+        if synthetic:
+            instead.append(f"{len(synthetic)} synthetic-weight drift cell(s), not counted (random weights)")
+        return QualityEvidence(None, "unknown", "; ".join(instead) or "no real-weight measurement or published figure")

@@ -395,6 +395,30 @@ def binding_view(plan: Plan) -> View:
     )
 
 
+def quality_view(plan: Plan) -> View:
+    """Every recipe a quality floor judged: its quality, where that number came from, in or out and why."""
+    rows: list[tuple[str, ...]] = []
+    for q in plan.quality:
+        if q.value is None:
+            shown = "unknown"
+        elif q.value == float("inf"):
+            shown = "exact"
+        else:
+            shown = f"{q.value:.4g}"
+        rows.append((q.workload, q.model, STAGE_SHORT.get(q.stage, q.stage), q.recipe, shown, q.source, q.verdict,
+                     q.detail))  # fmt: skip
+    return View(
+        title="Quality floor: the source of every recipe's quality",
+        columns=("workload", "model", "stage", "recipe", "quality", "source", "verdict", "rests on"),
+        rows=rows,
+        right=frozenset({4}),
+        caption="source: measured = real weights (the agent's quality probe); published = a cited figure "
+        "(planner/catalog/data/quality_published.yaml); synthetic = drift on random weights, counted only when "
+        "asked (--synthetic-quality); reference = the stage's fp32 recipe, exact; unknown = excluded unless "
+        "`missing: allow`.",
+    )
+
+
 def plan_views(plan: Plan) -> list[View]:
     """The whole recommendation: per workload, the fleet, the baselines, binding constraints, the numbers."""
     views = [workload_view(w) for w in plan.workloads]
@@ -405,6 +429,8 @@ def plan_views(plan: Plan) -> list[View]:
     if plan.baselines:
         views.append(baselines_view(plan))
     views.append(binding_view(plan))
+    if plan.quality:
+        views.append(quality_view(plan))
     views.append(cells_view(plan))
     return views
 

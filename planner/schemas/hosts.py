@@ -210,7 +210,20 @@ class ProbeSpec(Strict):
     height: int | None = Field(default=None, ge=8, le=16384)
     width: int | None = Field(default=None, ge=8, le=16384)
     budget_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    quality: bool = True
+    quality: bool = Field(
+        default=True,
+        description="measure quality where it means something: on real weights (the host's model folder, "
+        "GFP_MODEL_DIRS); on synthetic weights it is stored as unknown",
+    )
+    synthetic_drift: bool = Field(
+        default=False, description="on synthetic weights, measure numeric drift anyway (labelled synthetic)"
+    )
+    tiny: bool = Field(default=False, description="the catalog's tiny configs (a dry run of the path, tests)")
+    synthetic: bool = Field(
+        default=True,
+        description="where the host names no folder for the model (GFP_MODEL_DIRS), time random weights of its "
+        "shapes (rows marked weights=synthetic); false: such a request fails, naming the fix",
+    )
     gpu_index: int = Field(default=0, ge=0, le=63)
 
     @field_validator("batches")

@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.measurements.contract import MeasurementRow
+from planner.measurements.contract import PSNR_CAP, MeasurementRow
 from planner.schemas.common import (
-    MAX_INT32,
     GpuUuid,
     Ident,
     LongText,
@@ -21,22 +20,11 @@ from planner.schemas.common import (
     Version,
 )
 
-PSNR_CAP = 1000.0
-"""JSON has no infinity: identical outputs (an infinite PSNR) are sent and shown as this many dB."""
-
 
 def _finite(lo: float, hi: float) -> Any:
     return Field(ge=lo, le=hi, allow_inf_nan=False)
 
 
-def _positive(hi: float) -> Any:
-    return Field(gt=0, le=hi, allow_inf_nan=False)
-
-
-Ms = Annotated[float, _positive(1e8)]
-NonNegGib = Annotated[float, _finite(0, 65536)]
-NonNeg = Annotated[float, _finite(0, 1e9)]
-Psnr = Annotated[float, _finite(-PSNR_CAP, PSNR_CAP)]
 ProvenanceKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=32)]
 
 EXAMPLE_MEASUREMENT: dict[str, Any] = {
@@ -60,29 +48,16 @@ EXAMPLE_MEASUREMENT: dict[str, Any] = {
 
 
 class MeasurementIn(MeasurementRow):
-    """One cell (contract 1's columns as JSON keys), with every number bounded and finite.
+    """One cell (contract 1's columns as JSON keys). Numbers are bounded and finite by the contract's own rule
+    (planner/measurements/contract.py), the one `planner measurements import` applies too: a PSNR of identical
+    outputs is sent as 1000 (JSON has no infinity) and larger PSNRs are stored as 1000.
 
-    The run's provenance fills the provenance keys a measurement leaves out. `psnr_*` are finite: send an
-    infinite PSNR (identical outputs) as 1000.
+    The run's provenance fills the provenance keys a measurement leaves out.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra={"examples": [EXAMPLE_MEASUREMENT]})
 
-    latency_ms: Ms | None = None
-    latency_p95_ms: Ms | None = None
-    peak_mem_gib: NonNegGib | None = None
-    power_w: Annotated[float, _finite(0, 100000)] | None = None
     error: LongText | None = None
-    latency_spread: Annotated[float, _finite(0, 1e6)] | None = None
-    windows: int | None = Field(default=None, ge=0, le=MAX_INT32)
-    calls: int | None = Field(default=None, ge=0, le=MAX_INT32)
-    energy_j_per_image: NonNeg | None = None
-    achieved_tflops: Annotated[float, _finite(0, 1e6)] | None = None
-    achieved_tbps: Annotated[float, _finite(0, 1e4)] | None = None
-    tflops_per_call: NonNeg | None = None
-    psnr_image: Psnr | None = None
-    psnr_latent: Psnr | None = None
-    gpu_memory_gib: Annotated[float, _positive(65536)] | None = None
     gpu_name: Version | None = None
     driver: Version | None = None
     cuda: Version | None = None

@@ -66,6 +66,7 @@ from planner.solver.plan import (
     WorkloadPlan,
 )
 from planner.solver.problem import Problem, Workload
+from planner.solver.quality import ledger
 from planner.solver.replan import plan_moves, plan_replicas
 from planner.solver.simulate import PoolKey, simulate_workload
 
@@ -816,6 +817,7 @@ def _infeasible_plan(problem: Problem, builder: OptionBuilder, core: _Core) -> P
         infeasible=tuple(problems),
         warnings=(*left_out_line(problem), *warnings),
         stats=core.stats(),
+        quality=ledger(problem.perf, problem.workloads, problem.recipes),
         prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
         offering=problem.offering,
         allow_estimates=problem.allow_estimates,
@@ -878,6 +880,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
             *_simulation_warnings(workloads, tried=bool(held) and asked is problem),
         ),
         stats=core.stats(),
+        quality=ledger(problem.perf, problem.workloads, problem.recipes),
         prices={fid: fam.price_dict() for fid, fam in problem.families.items()},
         offering=problem.offering,
         allow_estimates=problem.allow_estimates,

@@ -75,6 +75,7 @@ from planner.solver.latency import (
     shared_check_p95_s,
 )
 from planner.solver.problem import Problem, SolverOptions, Workload
+from planner.solver.quality import evidence_for, judge
 from planner.solver.startup import startup_seconds
 
 Group = tuple[str, ...]
@@ -379,19 +380,8 @@ class OptionBuilder:
     def _quality_ok(self, w: Workload, model: str, stage: str, recipe: str) -> bool:
         h, wd = w.resolution[model]
         if w.quality is not None:
-            value = self.perf.quality(
-                model,
-                stage,
-                recipe,
-                w.quality.metric,
-                height=h,
-                width=wd,
-                real_weights_only=w.quality.weights == "real",
-            )
-            if value is None:
-                if w.quality.missing == "exclude":
-                    return False
-            elif value < w.quality.min:
+            evidence = evidence_for(self.perf, w.quality, model, stage, recipe, (h, wd))
+            if judge(w.quality, evidence)[0] == "excluded":
                 return False
         if w.quality_scores is not None:
             score = w.quality_scores.score(model, recipe)

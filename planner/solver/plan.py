@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from planner.perf.model import EVIDENCE_RANK
+from planner.solver.quality import QualityLine
 from planner.solver.replan import Moves
 
 Constraint = Literal["capacity", "availability", "latency", "memory", "quality"]
@@ -370,6 +371,8 @@ class Plan:
     infeasible: tuple[Infeasibility, ...] = ()
     warnings: tuple[str, ...] = ()
     stats: SolverStats | None = None
+    quality: tuple[QualityLine, ...] = ()
+    """For each recipe a quality floor judged: its quality, the source of it, allowed or excluded and why."""
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per fleet family: price, provider, offering, kind, region, date and source (FleetFamily.price_dict)."""
     offering: str | None = None
@@ -422,6 +425,7 @@ class Plan:
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
             "infeasible": [i.to_dict() for i in self.infeasible],
             "solver": self.stats.to_dict() if self.stats else None,
+            "quality": [q.to_dict() for q in self.quality],
             "replan": self.replan.to_dict() if self.replan else None,
         }
 

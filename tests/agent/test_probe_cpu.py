@@ -7,7 +7,6 @@ it back through the contract's parser and check columns, values, and how failed 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import pytest
@@ -46,6 +45,7 @@ def _opts(model: str, recipes: tuple[str, ...], **kw: object) -> ProbeOptions:
         "height": 32,
         "width": 32,
         "quality_steps": 1,
+        "synthetic_drift": True,  # random weights: numeric drift only because it is asked for, labelled synthetic
         "recipe_options": RecipeOptions(quant_min_features=16),
     }
     base.update(kw)
@@ -156,16 +156,19 @@ def test_batch_two_costs_twice_the_flops(rows: list[MeasurementRow]) -> None:
 
 
 def test_quality_drift_against_the_reference(rows: list[MeasurementRow]) -> None:
-    ref = _get(rows, "sd15", "denoiser", "bf16", 1)
-    assert ref.psnr_latent == math.inf
+    # The quality reference is the stage's highest-precision recipe, fp32: identical to itself (PSNR stored as
+    # the contract's 1000 dB), and bf16 drifts from it.
+    ref = _get(rows, "sd15", "denoiser", "fp32", 1)
+    assert ref.psnr_latent == 1000.0
     assert ref.ssim_image == pytest.approx(1.0)
-    fp32 = _get(rows, "sd15", "denoiser", "fp32", 1)
-    assert fp32.quality_weights == "synthetic"
-    assert fp32.psnr_latent is not None
-    assert 10 < fp32.psnr_latent < math.inf
-    assert fp32.psnr_image is not None
-    assert fp32.ssim_image is not None
-    assert fp32.ssim_image <= 1.0
+    assert ref.quality_weights == "synthetic"
+    bf16 = _get(rows, "sd15", "denoiser", "bf16", 1)
+    assert bf16.quality_weights == "synthetic"
+    assert bf16.psnr_latent is not None
+    assert 10 < bf16.psnr_latent < 1000.0
+    assert bf16.psnr_image is not None
+    assert bf16.ssim_image is not None
+    assert bf16.ssim_image <= 1.0
     tiny_vae = _get(rows, "sd15", "vae_decoder", "bf16-tiny-vae", 1)
     cl_vae = _get(rows, "sd15", "vae_decoder", "bf16-channels-last", 1)
     # Another network decodes worse than the same network in another memory layout.
@@ -174,9 +177,10 @@ def test_quality_drift_against_the_reference(rows: list[MeasurementRow]) -> None
     tiled = _get(rows, "sd15", "vae_decoder", "bf16-tiled-vae", 1, size=64)
     assert tiled.status == "ok"
     assert tiled.psnr_image is not None
-    assert tiled.psnr_image < math.inf
-    te = _get(rows, "sd15", "text_encoder", "fp32", 2)
+    assert tiled.psnr_image < 1000.0
+    te = _get(rows, "sd15", "text_encoder", "bf16", 2)
     assert te.psnr_latent is not None
+    assert te.psnr_latent < 1000.0
     assert te.psnr_image is None
 
 

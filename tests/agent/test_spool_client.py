@@ -183,7 +183,7 @@ def test_a_run_spooled_before_registration_is_sent_with_the_host_id(tmp_path: Pa
 
 
 def test_a_probe_run_body_is_strict_json_and_parses_back(tmp_path: Path) -> None:
-    """An infinite PSNR (the reference against itself) must survive httpx's strict JSON and the contract."""
+    """An infinite PSNR (the reference against itself) is the contract's PSNR_CAP (1000 dB) in strict JSON."""
     from datetime import UTC, datetime
 
     from agent.report import probe_run_body
@@ -217,7 +217,8 @@ def test_a_probe_run_body_is_strict_json_and_parses_back(tmp_path: Path) -> None
     with _client(fake) as client:
         assert client.submit_run(body) is True
     stored = fake.stored[body["id"]]["measurements"][0]
-    assert MeasurementRow.model_validate(stored).psnr_latent == float("inf")
+    assert stored["psnr_latent"] == 1000.0
+    assert MeasurementRow.model_validate(stored).psnr_latent == 1000.0
 
 
 def test_a_refused_token_stops_the_flush_at_once_and_keeps_every_run(tmp_path: Path) -> None:

@@ -199,6 +199,15 @@ def test_request_lifecycle_queue_claim_complete(client: TestClient) -> None:
     assert client.post(f"{base}/claim", headers=agent).json()["state"] == "claimed"
     assert client.post(f"{base}/claim", headers=agent).status_code == 409
     run_id = str(uuid.uuid4())
+    # `done` must name a run the planner stored for this host: never a result_run_id that answers 404.
+    missing = client.post(f"{base}/complete", json={"state": "done", "result_run_id": run_id}, headers=agent)
+    assert missing.status_code == 422, missing.text
+    assert "state failed" in missing.text
+    assert client.post(f"{base}/complete", json={"state": "done"}, headers=agent).status_code == 422
+    stored = client.post(
+        "/v1/probe-runs", json={"id": run_id, "host_id": host_id, "kind": "calibration"}, headers=agent
+    )
+    assert stored.status_code == 201, stored.text
     done = client.post(f"{base}/complete", json={"state": "done", "result_run_id": run_id}, headers=agent).json()
     assert done["state"] == "done"
     assert done["result_run_id"] == run_id
@@ -247,3 +256,19 @@ def test_a_malformed_probe_request_is_refused_before_it_reaches_the_agent(
     resp = client.post(f"/v1/hosts/{host_id}/requests", json=body, headers=ADMIN)
     assert resp.status_code == 422
     assert where in resp.text
+
+
+def test_a_probe_request_may_say_whether_random_weights_may_stand_in(client: TestClient) -> None:
+    """The agent's daemon reads `synthetic` from the spec (agent/daemon.py run_probe): the API must take it."""
+    host_id, _agent, _ = register(client)
+    made = client.post(
+        f"/v1/hosts/{host_id}/requests",
+        json={"kind": "probe", "spec": {"model": "sdxl", "synthetic": False}},
+        headers=ADMIN,
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["spec"]["synthetic"] is False
+    default = client.post(
+        f"/v1/hosts/{host_id}/requests", json={"kind": "probe", "spec": {"model": "sdxl"}}, headers=ADMIN
+    )
+    assert default.json()["spec"]["synthetic"] is True

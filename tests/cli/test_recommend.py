@@ -44,6 +44,7 @@ PLAN_KEYS = [
     "sensitivity",
     "infeasible",
     "solver",
+    "quality",
     "replan",  # null unless re-planned from a running plan (--from)
 ]
 WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
@@ -461,19 +462,34 @@ def test_no_cudnn_recipe_is_planned_on_an_amd_family(reference_url: str) -> None
 
 
 def test_quality_floor_counts_real_weights_unless_asked(reference_url: str) -> None:
-    """The shipped quality is measured on synthetic weights: a floor keeps only the reference recipe, unless
-    --synthetic-quality lets those measurements count (and the output says what they are)."""
+    """The shipped quality is measured on synthetic weights: a floor keeps only the stage's quality reference
+    (fp32, exact) unless --synthetic-quality lets those measurements count; the plan names every recipe's source."""
     args = ("--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb", "--quality", "ssim_image>=0.95")
     strict = recommend(reference_url, *args, "--format", "json")
     assert strict.returncode == 0, strict.stderr
-    recipes = {r for w in json.loads(strict.stdout)["workloads"] for g in w["groups"] for r in g["recipes"].values()}
-    assert recipes == {"bf16"}
-    table = recommend(reference_url, *args, "--synthetic-quality")
-    assert table.returncode == 0, table.stderr
-    assert "counts synthetic-weight measurements" in table.stdout
-    loose = recommend(reference_url, *args, "--synthetic-quality", "--format", "json")
-    plan = json.loads(loose.stdout)
-    assert plan["total_cost_per_hour"] <= json.loads(strict.stdout)["total_cost_per_hour"]
+    plan = json.loads(strict.stdout)
+    recipes = {r for w in plan["workloads"] for g in w["groups"] for r in g["recipes"].values()}
+    assert recipes == {"fp32"}
+    judged = plan["quality"]
+    assert {q["stage"] for q in judged} == {"text_encoder", "denoiser", "vae_decoder"}
+    # No synthetic drift is used on the shipped data unless asked: every other recipe is unknown, and says why.
+    assert {q["source"] for q in judged} == {"reference", "unknown"}
+    for q in judged:
+        assert (q["verdict"] == "allowed") == (q["recipe"] == "fp32"), q
+        assert q["why"]
+    bf16 = next(q for q in judged if q["recipe"] == "bf16" and q["stage"] == "denoiser")
+    assert bf16["value"] is None
+    assert "synthetic-weight drift" in bf16["detail"]
+    table = recommend(reference_url, *args)
+    assert "Quality floor: the source of every recipe's quality" in table.stdout
+    assert "reference" in table.stdout
+    assert "unknown" in table.stdout
+    asked = recommend(reference_url, *args, "--synthetic-quality")
+    assert asked.returncode == 0, asked.stderr
+    assert "counts synthetic-weight measurements" in asked.stdout
+    loose = json.loads(recommend(reference_url, *args, "--synthetic-quality", "--format", "json").stdout)
+    assert "synthetic" in {q["source"] for q in loose["quality"]}  # labelled as what it is
+    assert loose["total_cost_per_hour"] <= plan["total_cost_per_hour"]
 
 
 # ---- errors a person can act on ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from planner.catalog.loader import models, recipes
+from planner.schemas.catalog import FamilyIn
 from planner.schemas.fleets import FleetIn, WorkloadIn
 from planner.schemas.hosts import ProbeRequestIn
 from planner.schemas.jobs import JobIn
@@ -34,7 +35,10 @@ BODY = re.compile(r"(?P<url>\S*/v1/\S*)\s*\\?\s*-d\s*'(?P<json>[^']*)'", re.S)
 # deploy/<folder>/... (not `kubectl logs deploy/planner`, a Deployment)
 DEPLOY_PATH = re.compile(r"\bdeploy/(?:compose|kubernetes|systemd|grafana)(?:/[A-Za-z0-9_.@-]*[A-Za-z0-9_])*")
 # What the agent's daemon reads from a probe request's spec (docs/agent.md, agent/daemon.py run_probe).
-PROBE_SPEC_KEYS = {"model", "recipes", "batches", "stages", "height", "width", "budget_s", "quality", "gpu_index"}
+PROBE_SPEC_KEYS = {
+    "model", "recipes", "batches", "stages", "height", "width", "budget_s", "quality", "synthetic_drift", "tiny",
+    "gpu_index",
+}  # fmt: skip
 
 
 def doc() -> str:
@@ -85,6 +89,7 @@ SCHEMAS: list[tuple[str, type[BaseModel]]] = [
     (r"/v1/fleets/[^/]+/plans/solve$", SolveIn),
     (r"/v1/hosts/[^/]+/requests$", ProbeRequestIn),
     (r"/v1/jobs$", JobIn),
+    (r"/v1/gpu-families/[^/]+$", FamilyIn),
 ]
 
 

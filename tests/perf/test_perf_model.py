@@ -369,13 +369,23 @@ def test_data_dependent_recipe_on_synthetic_weights_is_not_used() -> None:
     assert perf(real).latency("h100", "m", "denoiser", "bf16-fbcache", 1, 1024, 1024) is not None
 
 
-def test_quality_is_the_worst_value_from_real_weights_unless_asked() -> None:
+def test_quality_comes_from_real_weights_first_and_synthetic_drift_only_when_asked() -> None:
     rows = [
         row("h100", "m", "denoiser", "fp8", 1, 60.0, ssim_image=0.97, quality_weights="real"),
+        row("h100", "m", "denoiser", "fp8", 2, 60.0, ssim_image=0.99, quality_weights="real"),
         row("a100", "m", "denoiser", "fp8", 1, 90.0, ssim_image=0.90, quality_weights="synthetic"),
+        row("a100", "m", "denoiser", "int8", 1, 90.0, ssim_image=0.80, quality_weights="synthetic"),
     ]
     p = perf(rows)
-    assert p.quality("m", "denoiser", "fp8", "ssim_image", height=1024, width=1024) == 0.97
-    assert p.quality("m", "denoiser", "fp8", "ssim_image", height=1024, width=1024, real_weights_only=False) == 0.90
-    assert p.quality("m", "denoiser", "bf16", "ssim_image", height=1024, width=1024) == 1.0  # reference
+    q = p.quality_evidence("m", "denoiser", "fp8", "ssim_image", height=1024, width=1024)
+    assert (q.value, q.source) == (0.97, "measured")  # the worst real-weight value
+    # Real weights win over synthetic drift even when drift is asked for: it only fills what nothing real does.
+    assert p.quality("m", "denoiser", "fp8", "ssim_image", height=1024, width=1024, real_weights_only=False) == 0.97
+    int8 = p.quality_evidence("m", "denoiser", "int8", "ssim_image", height=1024, width=1024)
+    assert (int8.value, int8.source) == (None, "unknown")
+    assert "synthetic" in int8.detail
+    asked = p.quality_evidence("m", "denoiser", "int8", "ssim_image", height=1024, width=1024, real_weights_only=False)
+    assert (asked.value, asked.source) == (0.80, "synthetic")
+    ref = p.quality_evidence("m", "denoiser", "bf16", "ssim_image", height=1024, width=1024)
+    assert (ref.value, ref.source) == (1.0, "reference")  # the factory's highest-precision plain recipe
     assert p.quality("m", "denoiser", "fp16", "ssim_image", height=1024, width=1024) is None
