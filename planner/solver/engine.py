@@ -218,11 +218,15 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     pool, so it can miss complementary tenants and buy a GPU more than the optimum (cheaper than the plan's own
     single-family baseline on small fleets, where that baseline packs exactly). Up to
     `exact_packing_retry_max_items` candidates the exact bin-packing MILP usually proves its optimum in well
-    under a second; it gets `exact_packing_retry_s`, and whichever plan is cheaper is kept."""
+    under a second; it gets `exact_packing_retry_s`, and whichever plan is cheaper is kept. A fluid solve that
+    found no plan at all is retried too: on a fleet with limited availability its rounding can call a fleet short
+    that an exact packing fits (tests/solver/test_milp_exhaustive.py found one)."""
     opts = problem.options
+    fluid_infeasible = (
+        not core.feasible and core.milp is not None and core.option_set.shared_candidates > opts.exact_packing_max_items
+    )
     if (
-        not core.feasible
-        or not _used_fluid_packing(core)
+        not (fluid_infeasible or (core.feasible and _used_fluid_packing(core)))
         or core.option_set.shared_candidates > opts.exact_packing_retry_max_items
         or opts.exact_packing_max_items >= opts.exact_packing_retry_max_items
     ):
@@ -233,7 +237,7 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     )
     _progress(problem, f"packing {core.option_set.shared_candidates} shared candidates exactly")
     alt = _solve_once(exact, builder, flt)
-    if alt.feasible and _weighted(problem, alt) < _weighted(problem, core) * (1 - 1e-9):
+    if alt.feasible and (not core.feasible or _weighted(problem, alt) < _weighted(problem, core) * (1 - 1e-9)):
         alt.build_s += core.build_s
         alt.solve_s += core.solve_s
         return alt

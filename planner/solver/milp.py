@@ -752,6 +752,10 @@ def group_patterns(
     return _pareto_patterns([*pure, *mixed], (lambda p: moves.pattern(gk, p)) if moves is not None else None)
 
 
+PRESOLVE_CHECK_MAX_COLUMNS = 2000
+"""Models with at most this many columns are solved again without HiGHS's presolve (see `solve_milp`)."""
+
+
 def solve_milp(
     problem: Problem,
     option_set: OptionSet,
@@ -955,6 +959,19 @@ def solve_milp(
             bounds=Bounds(lower, upper),
             options=milp_options,
         )
+    if nvar <= PRESOLVE_CHECK_MAX_COLUMNS:
+        # HiGHS's presolve (scipy 1.17) was seen to return a wrong "optimal" on a small exact-packing model
+        # (objective 6 where a cover of 1 was in the model; tests/solver/test_milp_exhaustive.py found it). A small
+        # model solves in milliseconds without presolve: that answer is kept where it is strictly cheaper.
+        check = milp(
+            c=cost,
+            constraints=constraints,
+            integrality=integrality,
+            bounds=Bounds(lower, upper),
+            options={**milp_options, "presolve": False},
+        )
+        if check.x is not None and (res.x is None or check.fun < res.fun - 1e-9 * max(1.0, abs(res.fun))):
+            res = check
     result.solve_s = time.perf_counter() - started
     result.status = STATUS.get(int(res.status), str(res.status))
     if res.x is None:
