@@ -259,8 +259,9 @@ def test_a_malformed_probe_request_is_refused_before_it_reaches_the_agent(
 
 
 def test_a_probe_request_may_say_whether_random_weights_may_stand_in(client: TestClient) -> None:
-    """The agent's daemon reads `synthetic` from the spec (agent/daemon.py run_probe): the API must take it."""
-    host_id, _agent, _ = register(client)
+    """The agent's daemon reads `synthetic` from the spec (agent/daemon.py run_probe): the API takes a boolean there,
+    keeps it, and refuses anything else naming the field."""
+    host_id, _, _ = register(client)
     made = client.post(
         f"/v1/hosts/{host_id}/requests",
         json={"kind": "probe", "spec": {"model": "sdxl", "synthetic": False}},
@@ -268,7 +269,10 @@ def test_a_probe_request_may_say_whether_random_weights_may_stand_in(client: Tes
     )
     assert made.status_code == 201, made.text
     assert made.json()["spec"]["synthetic"] is False
-    default = client.post(
-        f"/v1/hosts/{host_id}/requests", json={"kind": "probe", "spec": {"model": "sdxl"}}, headers=ADMIN
+    bad = client.post(
+        f"/v1/hosts/{host_id}/requests",
+        json={"kind": "probe", "spec": {"model": "sdxl", "synthetic": "sometimes"}},
+        headers=ADMIN,
     )
-    assert default.json()["spec"]["synthetic"] is True
+    assert bad.status_code == 422, bad.text
+    assert "spec.synthetic" in bad.text
