@@ -131,6 +131,11 @@ def test_a_claimed_request_returns_to_the_queue_after_its_lease(client: TestClie
     assert [r["id"] for r in listed] == [req["id"]]
     assert "lease expired" in listed[0]["error"]
     assert client.post(claim, headers=agent).status_code == 200
-    done = client.post(f"/v1/hosts/{host_id}/requests/{req['id']}/complete", json={"state": "done"}, headers=agent)
-    assert done.status_code == 200, done.text
-    assert json.loads(done.text)["state"] == "done"
+    # `done` must name a stored run (issue 26's rule); a re-claimed request ends like any other
+    ended = client.post(
+        f"/v1/hosts/{host_id}/requests/{req['id']}/complete",
+        json={"state": "failed", "error": "the sweep ran out of memory"},
+        headers=agent,
+    )
+    assert ended.status_code == 200, ended.text
+    assert json.loads(ended.text)["state"] == "failed"
