@@ -80,26 +80,35 @@ def simulate_pool(
         total = jobs + warmup_jobs
         arrived = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, total))
     times = arrived.tolist()  # bisect on a list: a batch's jobs are those arrived by its start
-    latency = np.empty(total)
+    took_of: list[float | None] = [None] * (batch + 1)  # service seconds per formed size (padding applied)
+    finishes: list[float] = []  # per batch, in order; a job's latency is its batch's finish less its arrival
+    ends: list[int] = []
     free = [0.0] * servers
-    heapq.heapify(free)
     head = 0
-    batches = 0
     busy = 0.0
+    inf = float("inf")
     while head < total:
-        ready = heapq.heappop(free)
-        last = min(head + batch, total) - 1
-        full_at = times[last] if last - head + 1 == batch else float("inf")
-        start = max(ready, min(times[head] + wait_s, full_at))
-        end_index = min(bisect_right(times, start, lo=head), head + batch)
+        ready = free[0]  # the replica that frees first (a heap: its smallest entry)
+        last = head + batch - 1
+        full_at = times[last] if last < total else inf
+        due = times[head] + wait_s
+        start = due if due < full_at else full_at
+        if ready > start:
+            start = ready
+        end_index = bisect_right(times, start, head, head + batch if last < total else total)
         n = end_index - head
-        took = service_s(padded_size(n, sizes))
+        took = took_of[n]
+        if took is None:
+            took = took_of[n] = service_s(padded_size(n, sizes))
         finish = start + took
-        latency[head:end_index] = finish - arrived[head:end_index]
-        heapq.heappush(free, finish)
+        finishes.append(finish)
+        ends.append(end_index)
+        heapq.heapreplace(free, finish)
         busy += took
-        batches += 1
         head = end_index
+    counts = np.diff(np.asarray(ends), prepend=0)
+    latency = np.repeat(np.asarray(finishes), counts) - arrived
+    batches = len(finishes)
     measured = latency[warmup_jobs:]
     span = max(free) - times[0]
     return PoolSimulation(
