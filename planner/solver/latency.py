@@ -80,7 +80,7 @@ def formation_wait_s(batch: FloatArray, rate: float | FloatArray) -> FloatArray:
 
 
 def pool_p95_s(
-    rate: float,
+    rate: float | FloatArray,
     batch: FloatArray,
     service_s: FloatArray,
     own_p95_s: FloatArray,
@@ -94,7 +94,7 @@ def pool_p95_s(
 
 
 def min_replicas_for_latency(
-    rate: float,
+    rate: float | FloatArray,
     batch: FloatArray,
     service_s: FloatArray,
     own_p95_s: FloatArray,
@@ -102,17 +102,20 @@ def min_replicas_for_latency(
     budget_s: FloatArray,
     max_extra: int = 64,
 ) -> FloatArray:
-    """Smallest replica count >= start whose pool p95 fits the budget; inf if none within max_extra more."""
+    """Smallest replica count >= start whose pool p95 fits the budget; inf if none within max_extra more.
+
+    `rate` is one rate for every element or one per element (options of many workloads checked at once)."""
     c = np.asarray(start, dtype=np.float64).copy()
     budget = np.asarray(budget_s, dtype=np.float64)
+    rates = np.broadcast_to(np.asarray(rate, dtype=np.float64), c.shape)
     result = np.full(c.shape, np.inf)
-    floor = formation_wait_s(batch, rate) + own_p95_s
+    floor = formation_wait_s(batch, rates) + own_p95_s
     pending = floor <= budget
     for _ in range(max_extra + 1):
         if not np.any(pending):
             break
         idx = np.nonzero(pending)[0]
-        p95 = pool_p95_s(rate, batch[idx], service_s[idx], own_p95_s[idx], c[idx])
+        p95 = pool_p95_s(rates[idx], batch[idx], service_s[idx], own_p95_s[idx], c[idx])
         fits = p95 <= budget[idx]
         result[idx[fits]] = c[idx[fits]]
         pending[idx[fits]] = False
