@@ -57,12 +57,12 @@ def test_low_rate_workloads_share_one_gpu() -> None:
 def test_at_a_low_rate_equal_cost_plans_take_the_lower_latency_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """One replica carries 0.05 images/s at batch 1 or 4 alike: the plan must not keep batch 4's 60 s batch
     formation (the MILP alone, which sees only $/hour, keeps the largest credit), and must cost the same."""
-    from planner.solver import engine
+    from planner.solver import assembly
 
     rows = pipeline_rows("h100", dn={1: 50.0, 2: 60.0, 4: 90.0})
     p = problem(rows, [fleet("h100", 4.18)], [workload("a", rate=0.05)], share_gpus=False)
     plan = solve(p)
-    monkeypatch.setattr(engine, "_prefer_lower_latency", lambda rate, used, running=frozenset(): used)
+    monkeypatch.setattr(assembly, "prefer_lower_latency", lambda rate, used, running=frozenset(): used)
     cost_only = solve(p)
     assert cost_only.workloads[0].groups[0].batch == 4  # what the defect looked like
     assert plan.total_cost_per_hour == pytest.approx(cost_only.total_cost_per_hour)
