@@ -78,7 +78,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -680,7 +680,7 @@ def _dedicated_columns(
             avail = fams[o.family].available if o.family in limited else None
             bound = math.ceil(lam / o.credit - COVER_TOLERANCE)
             items.append(_Item(i, o.credit, o.cost_per_hour, o.family, bound if avail is None else min(bound, avail)))
-        patterns = None if coverage or not items else group_patterns(problem, option_set, gk, items, limited, moves)
+        patterns = None if coverage or not items else _memo_patterns(problem, option_set, gk, items, limited, moves)
         if patterns is not None:
             for p in patterns:
                 v = b.var((p.cost + (moves.pattern(gk, p) if moves else 0.0)) * cost_scale, 0.0, 1.0, True, gk[0])
@@ -718,6 +718,54 @@ def mixed_pool_p95_s(rate: float, used: Sequence[tuple[Option, int]]) -> float:
     )
     worst = max((o.batch - 1) / rate + o.service_p95_s * (1 + o.uncertainty) for o, _ in used)
     return float(wait[0]) + worst
+
+
+PATTERN_MEMO_SIZE = 200_000
+"""Groups whose cover patterns are remembered (`_memo_patterns`); the memo is emptied past this many."""
+_PATTERN_MEMO: dict[tuple[object, ...], list[Pattern] | None] = {}
+
+
+def _memo_patterns(
+    problem: Problem,
+    option_set: OptionSet,
+    gk: GroupKey,
+    items: Sequence[_Item],
+    limited: set[str],
+    moves: MoveCosts | None,
+) -> list[Pattern] | None:
+    """`group_patterns`, remembered by everything it reads (rate, objective, budget, limited families, and per
+    item its credit, price, family, bound and latency figures), with option indices stored as item positions:
+    the two stages of a solve, the hold's re-solves and most what-ifs ask for the same groups again."""
+    if moves is not None:
+        return group_patterns(problem, option_set, gk, items, limited, moves)
+    w = problem.workloads[gk[0]]
+    options = option_set.options
+    key = (
+        w.rate,
+        w.p95_latency_s is None,
+        option_set.budgets.get(gk),
+        frozenset(limited),
+        tuple(
+            (it.credit, it.cost, it.family, it.bound, o.batch, o.service_s, o.uncertainty, o.service_p95_s)
+            for it in items
+            for o in (options[it.index],)
+        ),
+    )
+    if key in _PATTERN_MEMO:
+        found = _PATTERN_MEMO[key]
+        if found is None:
+            return None
+        return [replace(p, replicas=tuple((items[k].index, n) for k, n in p.replicas)) for p in found]
+    patterns = group_patterns(problem, option_set, gk, items, limited, moves)
+    if len(_PATTERN_MEMO) >= PATTERN_MEMO_SIZE:
+        _PATTERN_MEMO.clear()
+    position = {it.index: k for k, it in enumerate(items)}
+    _PATTERN_MEMO[key] = (
+        None
+        if patterns is None
+        else [replace(p, replicas=tuple((position[i], n) for i, n in p.replicas)) for p in patterns]
+    )
+    return patterns
 
 
 def group_patterns(

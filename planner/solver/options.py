@@ -160,6 +160,7 @@ class OptionBuilder:
         self.recipes = recipes
         self.cells = CellTables(perf)
         self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
+        self._lookups: dict[tuple[object, ...], tuple[str, CellTable | None]] = {}
 
     def allowed_recipes(self, w: Workload, model: str, stage: str, flt: OptionFilter) -> tuple[list[str], str]:
         """Recipes of a stage after allow-list, stage applicability and quality floor; plus why, if none."""
@@ -286,26 +287,60 @@ class OptionBuilder:
         if spec is None:
             pending.reasons.append(f"{model_id}: not in the model catalog")
             return pending
-        allowed: dict[str, tuple[str, ...]] = {}
-        for stage in spec.stage_names:
-            names, why = self.allowed_recipes(w, model_id, stage, flt)
-            if not names:
-                pending.reasons.append(why)
-                return pending
-            allowed[stage] = tuple(names)
-        h, wd = w.resolution[model_id]
-        families = tuple(
-            fid
-            for fid in problem.families
-            if (w.families is None or fid in w.families) and (flt.families is None or fid in flt.families)
-        )
-        batches = {stage: self._batches(w, flt, model_id, stage, allowed[stage]) for stage in spec.stage_names}
-        table = self.cells.table(spec, allowed, batches, families, w.steps[model_id], h, wd, flt.together_only)
+        why, table = self._table_for(problem, flt, w, spec)
+        if why:
+            pending.reasons.append(why)
+            return pending
         budgets = _budgets(w, wi, spec, table, part)
         if table is not None:
             request = Request(wi, w, model_id, budgets, part.diagnostics, pending.reasons)
             pending.request, pending.table = request, table
         return pending
+
+    def _table_for(
+        self, problem: Problem, flt: OptionFilter, w: Workload, spec: ModelSpec
+    ) -> tuple[str, CellTable | None]:
+        """The cell table a (workload, model) asks for, or why no recipe of some stage is allowed; remembered
+        by what it depends on (size, steps, allow-lists, quality floors, filter, fleet), which most workloads
+        of a large problem share."""
+        model_id = spec.id
+        key = (
+            model_id,
+            w.resolution[model_id],
+            w.steps[model_id],
+            None if w.recipes is None else tuple(sorted(w.recipes.items())),
+            w.batches,
+            w.families,
+            repr(w.quality),
+            repr(w.quality_scores),
+            flt,
+            tuple(problem.families),
+        )
+        hit = self._lookups.get(key)
+        if hit is not None:
+            return hit
+        found: tuple[str, CellTable | None] = ("", None)
+        allowed: dict[str, tuple[str, ...]] = {}
+        for stage in spec.stage_names:
+            names, why = self.allowed_recipes(w, model_id, stage, flt)
+            if not names:
+                found = (why, None)
+                break
+            allowed[stage] = tuple(names)
+        else:
+            h, wd = w.resolution[model_id]
+            families = tuple(
+                fid
+                for fid in problem.families
+                if (w.families is None or fid in w.families) and (flt.families is None or fid in flt.families)
+            )
+            batches = {stage: self._batches(w, flt, model_id, stage, allowed[stage]) for stage in spec.stage_names}
+            found = (
+                "",
+                self.cells.table(spec, allowed, batches, families, w.steps[model_id], h, wd, flt.together_only),
+            )
+        self._lookups[key] = found
+        return found
 
     def _batches(
         self, w: Workload, flt: OptionFilter, model_id: str, stage: str, allowed: Sequence[str]
