@@ -161,6 +161,8 @@ class OptionBuilder:
         self.cells = CellTables(perf)
         self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
         self._lookups: dict[tuple[object, ...], tuple[str, CellTable | None]] = {}
+        self._shared_cache: dict[int, tuple[SharedBatch, bool, list[Option]]] = {}
+        """Per shared batch (by identity: a cached workload keeps its batches), its options per packing mode."""
 
     def allowed_recipes(self, w: Workload, model: str, stage: str, flt: OptionFilter) -> tuple[list[str], str]:
         """Recipes of a stage after allow-list, stage applicability and quality floor; plus why, if none."""
@@ -379,35 +381,47 @@ class OptionBuilder:
         """Shared-mode options. When there are more candidates than the exact packing takes, the fluid packing
         of planner.solver.milp is used and only the smallest slot per (group, family, class) matters; of those
         a slot priced (price x size) no lower than another of the same group and class on a family without an
-        availability limit is dropped too (`_fluid_slots`)."""
-        if not batches:
-            return []
-        sizes = [len(sb.rows) for sb in batches]
-        owner = np.repeat(np.arange(len(batches)), sizes)
-        local = np.concatenate([np.arange(n) for n in sizes])
-        if sum(sizes) > problem.options.exact_packing_max_items:
-            owner, local = _fluid_slots(batches, owner, local)
-        out: list[Option] = []
-        for b, k in zip(owner.tolist(), local.tolist(), strict=True):
-            sb = batches[b]
-            out.append(
-                make_option(
-                    sb.lists,
-                    int(sb.rows[k]),
-                    sb.workload,
-                    sb.model,
-                    sb.families[int(sb.family[k])],
-                    credit=float(sb.credit[k]),
-                    cost=float(sb.cost[k]),
-                    cstar=float(sb.cstar[k]),
-                    latency_bound=False,
-                    budget=sb.budgets[int(sb.group[k])],
-                    shared=True,
-                    fraction=float(sb.phi[k]),
-                    share_class=int(sb.klass[k]),
-                )
-            )
-        return out
+        availability limit is dropped too (`_fluid_slots`). A batch's options depend on the batch and the mode
+        alone, so a workload built in an earlier solve reuses them."""
+        fluid = sum(len(sb.rows) for sb in batches) > problem.options.exact_packing_max_items
+        todo = [sb for sb in batches if not self._cached_shared(sb, fluid)]
+        if todo:
+            sizes = [len(sb.rows) for sb in todo]
+            owner = np.repeat(np.arange(len(todo)), sizes)
+            local = np.concatenate([np.arange(n) for n in sizes])
+            if fluid:
+                owner, local = _fluid_slots(todo, owner, local)
+            made: list[list[Option]] = [[] for _ in todo]
+            for b, k in zip(owner.tolist(), local.tolist(), strict=True):
+                made[b].append(_shared_option(todo[b], k))
+            if len(self._shared_cache) > WORKLOAD_CACHE_FACTOR * max(len(problem.workloads), 1):
+                self._shared_cache.clear()
+            for sb, found in zip(todo, made, strict=True):
+                self._shared_cache[id(sb)] = (sb, fluid, found)
+        return [o for sb in batches for o in self._shared_cache[id(sb)][2]]
+
+    def _cached_shared(self, sb: SharedBatch, fluid: bool) -> bool:
+        hit = self._shared_cache.get(id(sb))
+        return hit is not None and hit[0] is sb and hit[1] == fluid
+
+
+def _shared_option(sb: SharedBatch, k: int) -> Option:
+    """Candidate `k` of a shared batch as a shared-GPU slot option."""
+    return make_option(
+        sb.lists,
+        int(sb.rows[k]),
+        sb.workload,
+        sb.model,
+        sb.families[int(sb.family[k])],
+        credit=float(sb.credit[k]),
+        cost=float(sb.cost[k]),
+        cstar=float(sb.cstar[k]),
+        latency_bound=False,
+        budget=sb.budgets[int(sb.group[k])],
+        shared=True,
+        fraction=float(sb.phi[k]),
+        share_class=int(sb.klass[k]),
+    )
 
 
 def _fluid_slots(batches: list[SharedBatch], owner: IntArray, local: IntArray) -> tuple[IntArray, IntArray]:
