@@ -39,7 +39,6 @@ class CellTable:
     families: list[str]
     seg_group: IntArray
     seg_family: IntArray
-    segment: IntArray
     batch: FloatArray
     service_s: FloatArray
     p95_s: FloatArray
@@ -213,15 +212,7 @@ class CellTables:
         groups = sorted({g for t in topologies(stages) for g in t}, key=lambda g: (stages.index(g[0]), len(g)))
         if together_only:
             groups = [g for g in groups if len(g) == len(stages)]
-        fastest: dict[str, float] = {}
-        for stage in stages:
-            calls = steps if stage == "denoiser" else 1
-            best = math.inf
-            for fam in families:
-                for b in sorted(batches[stage]):
-                    for cell in self.stage_cells(fam, model.id, stage, allowed[stage], b, h, w):
-                        best = min(best, calls * cell.latency_p95_ms * (1 + cell.uncertainty) / 1e3)
-            fastest[stage] = best
+        fastest = {s: self._fastest(families, model.id, s, allowed[s], batches[s], steps, h, w) for s in stages}
         rows: list[tuple[float, float, float, float, float, float, float, float]] = []
         combos: list[tuple[CellEstimate, ...]] = []
         seg_group: list[int] = []
@@ -233,29 +224,60 @@ class CellTables:
                 self._combos(fam, model.id, group, allowed, common, steps, h, w, rows, combos)
                 seg_group.extend([gi] * (len(rows) - before))
                 seg_family.extend([fi] * (len(rows) - before))
-        if not rows:
-            self._tables[key] = None
-            return None
-        arr = np.array(rows, dtype=np.float64)
-        sg = np.array(seg_group, dtype=np.int64)
-        sf = np.array(seg_family, dtype=np.int64)
-        table = CellTable(
-            groups=groups,
-            families=list(families),
-            seg_group=sg,
-            seg_family=sf,
-            segment=sg * len(families) + sf,
-            batch=arr[:, 0],
-            service_s=arr[:, 1],
-            p95_s=arr[:, 2],
-            uncertainty=arr[:, 3],
-            memory_gib=arr[:, 4],
-            power_w=arr[:, 5],
-            startup_s=arr[:, 6],
-            spread=arr[:, 7],
-            combos=combos,
-            fastest=fastest,
-            steps=steps,
-        )
+        table = _assembled(groups, families, rows, combos, seg_group, seg_family, fastest, steps) if rows else None
         self._tables[key] = table
         return table
+
+    def _fastest(
+        self,
+        families: tuple[str, ...],
+        model_id: str,
+        stage: str,
+        allowed: tuple[str, ...],
+        batches: frozenset[int],
+        steps: int,
+        h: int,
+        w: int,
+    ) -> float:
+        """The stage's fastest p95 service (calls x p95 x (1 + u), s) on any family and batch: what the latency
+        budget's split weighs the stage by."""
+        calls = steps if stage == "denoiser" else 1
+        best = math.inf
+        for fam in families:
+            for b in sorted(batches):
+                for cell in self.stage_cells(fam, model_id, stage, allowed, b, h, w):
+                    best = min(best, calls * cell.latency_p95_ms * (1 + cell.uncertainty) / 1e3)
+        return best
+
+
+def _assembled(
+    groups: list[Group],
+    families: tuple[str, ...],
+    rows: list[tuple[float, float, float, float, float, float, float, float]],
+    combos: list[tuple[CellEstimate, ...]],
+    seg_group: list[int],
+    seg_family: list[int],
+    fastest: dict[str, float],
+    steps: int,
+) -> CellTable:
+    """The table's columns as arrays."""
+    arr = np.array(rows, dtype=np.float64)
+    sg = np.array(seg_group, dtype=np.int64)
+    sf = np.array(seg_family, dtype=np.int64)
+    return CellTable(
+        groups=groups,
+        families=list(families),
+        seg_group=sg,
+        seg_family=sf,
+        batch=arr[:, 0],
+        service_s=arr[:, 1],
+        p95_s=arr[:, 2],
+        uncertainty=arr[:, 3],
+        memory_gib=arr[:, 4],
+        power_w=arr[:, 5],
+        startup_s=arr[:, 6],
+        spread=arr[:, 7],
+        combos=combos,
+        fastest=fastest,
+        steps=steps,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from planner.solver.core import Core, progress
@@ -80,36 +80,8 @@ def hold_to_simulation(
 
     asked: dict[str, float | None] = dict(objectives)
     missed: dict[str, float] = {}  # per tightened workload, the loosest bound objective known to miss
-    tight: dict[str, float | None] | None = None  # the bound objectives known to meet, or to leave no plan
-    best: tuple[Problem, Core, dict[str, float | None]] | None = None
-    for _ in range(rounds):
-        for name, sim in misses.items():
-            objective, bound = objectives[name], asked[name]
-            assert objective is not None  # a miss needs an objective
-            assert bound is not None
-            missed[name] = bound
-            asked[name] = bound * objective / sim
-        current, alt, misses = attempt(asked)
-        if alt is None or not misses:
-            tight = dict(asked)
-            if alt is not None:
-                best = (current, alt, tight)
-            break
-    for _ in range(rounds):
-        if tight is None:
-            break
-        trial: dict[str, float | None] = dict(tight)
-        for name, loose in missed.items():
-            bound = tight[name]
-            assert bound is not None
-            trial[name] = math.sqrt(bound * loose)
-        current, alt, misses = attempt(trial)
-        if alt is not None and misses:
-            missed = {name: trial[name] or loose for name, loose in missed.items()}
-            continue
-        tight = trial
-        if alt is not None and (best is None or alt.cost <= best[1].cost * (1 + 1e-9)):
-            best = (current, alt, trial)
+    tight, best = _tighten(attempt, objectives, misses, asked, missed, rounds)
+    best = _back_off(attempt, tight, best, missed, rounds)
     if best is None:
         outcome = "before the fleet ran out of plans" if tight is not None else f"within {rounds} re-solve(s)"
         tried = ", ".join(f"{n} (down to {asked[n]:.3g} s)" for n in sorted(missed))
@@ -120,9 +92,75 @@ def hold_to_simulation(
              f"{outcome}: {tried}; the plan below is the bound's."],
         )  # fmt: skip
     current, alt, met = best
+    return current, alt, _held_notes(core, alt, met, sorted(missed), objectives)
+
+
+Attempt = Callable[[Mapping[str, float | None]], tuple[Problem, Core | None, dict[str, float]]]
+"""A re-solve with the bound held to the given objectives: its problem, its core (None: no plan), its misses."""
+Best = tuple[Problem, Core, dict[str, float | None]]
+"""The cheapest plan found that meets every objective: its problem, core and bound objectives."""
+
+
+def _tighten(
+    attempt: Attempt,
+    objectives: Mapping[str, float | None],
+    misses: dict[str, float],
+    asked: dict[str, float | None],
+    missed: dict[str, float],
+    rounds: int,
+) -> tuple[dict[str, float | None] | None, Best | None]:
+    """Tighten each missing workload's bound objective by objective / simulated p95 until a plan meets every
+    objective or the fleet has no plan (at most `rounds` re-solves); `asked` and `missed` are updated in place.
+    Returns the bound objectives that met or left no plan (None: neither within the rounds) and the plan met."""
+    for _ in range(rounds):
+        for name, sim in misses.items():
+            objective, bound = objectives[name], asked[name]
+            assert objective is not None  # a miss needs an objective
+            assert bound is not None
+            missed[name] = bound
+            asked[name] = bound * objective / sim
+        current, alt, misses = attempt(asked)
+        if alt is None or not misses:
+            tight = dict(asked)
+            return tight, None if alt is None else (current, alt, tight)
+    return None, None
+
+
+def _back_off(
+    attempt: Attempt,
+    tight: dict[str, float | None] | None,
+    best: Best | None,
+    missed: Mapping[str, float],
+    rounds: int,
+) -> Best | None:
+    """Bisect (geometrically) between the loosest bound objectives known to miss and the tightest known to meet
+    (or to leave no plan), keeping the cheapest plan that meets."""
+    loosest = dict(missed)
+    for _ in range(rounds):
+        if tight is None:
+            break
+        trial: dict[str, float | None] = dict(tight)
+        for name, loose in loosest.items():
+            bound = tight[name]
+            assert bound is not None
+            trial[name] = math.sqrt(bound * loose)
+        current, alt, misses = attempt(trial)
+        if alt is not None and misses:
+            loosest = {name: trial[name] or loose for name, loose in loosest.items()}
+            continue
+        tight = trial
+        if alt is not None and (best is None or alt.cost <= best[1].cost * (1 + 1e-9)):
+            best = (current, alt, trial)
+    return best
+
+
+def _held_notes(
+    core: Core, alt: Core, met: Mapping[str, float | None], names: list[str], objectives: Mapping[str, float | None]
+) -> list[str]:
+    """One line per tightened workload: its simulated p95 before and after, the bound it is held to, the cost."""
     first = {wp.name: wp for wp in core.workloads}
     notes = []
-    for name in sorted(missed):
+    for name in names:
         was, now = first[name], _workload(alt, name)
         notes.append(
             f"{name}: the scheduler's batching, simulated on the bound's plan, gives a p95 of "
@@ -131,7 +169,7 @@ def hold_to_simulation(
             f"{now.simulated_p95_s or 0:.2f} s ({_dollars(now.cost_per_hour - was.cost_per_hour)}/h for this "
             "workload). To plan on the bound alone: `solver: {simulated_p95_binds: false}` in a scenario."
         )
-    return current, alt, notes
+    return notes
 
 
 def _dollars(delta: float) -> str:

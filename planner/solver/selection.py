@@ -6,7 +6,7 @@ with keys sorted by `np.lexsort` (request first), which gives each request exact
 request alone would get. The rules (planner.solver.options, module docstring):
 - crediting: credit_h = throughput / (1 + headroom + u + spread); under a budget the smallest replica count
   c* whose pool p95 fits it, and credit = lambda / c* where latency binds;
-- dedicated front: per segment (group, family) the largest credit (ties: cheaper, surer, smaller), the
+- dedicated front: per segment (a group on a family) the largest credit (ties: cheaper, surer, smaller), the
   cheaper rows on energy-priced families, the running plan's kinds; then dropped across families where an
   unlimited family's option costs no more and credits no less; each kept option's latency tie-break rows;
 - shared candidates: per (segment, service-time class) the Pareto front of (GPU share, memory).
@@ -209,11 +209,20 @@ def _segment_order(tbl: CellTable, cr: _Credits, fleet: _Fleet) -> tuple[IntArra
     request and row of each, and whether it starts its (request, segment)."""
     kk, rr = np.nonzero(cr.ok)
     mem0 = np.where(np.isnan(tbl.memory_gib), 0.0, tbl.memory_gib)
-    order = np.lexsort((mem0[rr], tbl.uncertainty[rr], fleet.cost[rr], -cr.credit[kk, rr], tbl.segment[rr], kk))
+    order = np.lexsort(
+        (mem0[rr], tbl.uncertainty[rr], fleet.cost[rr], -cr.credit[kk, rr], tbl.seg_family[rr], tbl.seg_group[rr], kk)
+    )
     ko, ro = kk[order], rr[order]
-    seg = tbl.segment[ro]
-    first = np.r_[True, (ko[1:] != ko[:-1]) | (seg[1:] != seg[:-1])] if ko.size else np.zeros(0, dtype=bool)
+    first = _starts(ko, tbl.seg_group[ro], tbl.seg_family[ro])
     return ko, ro, first
+
+
+def _starts(*keys: IntArray) -> BoolArray:
+    """Where a run of equal key tuples begins, in arrays sorted by those keys."""
+    out = np.ones(keys[0].size, dtype=bool)
+    if keys[0].size:
+        out[1:] = np.any(np.stack([k[1:] != k[:-1] for k in keys]), axis=0)
+    return out
 
 
 def _energy_extras(tbl: CellTable, fleet: _Fleet, ko: IntArray, ro: IntArray, first: BoolArray) -> list[int]:
@@ -436,10 +445,12 @@ def _shared(
         kk, rr = np.nonzero(eligible)
         if not kk.size:
             continue
-        order = np.lexsort((tbl.uncertainty[rr], mem[rr], cr.phi[kk, rr], klass[rr], tbl.segment[rr], kk))
+        order = np.lexsort(
+            (tbl.uncertainty[rr], mem[rr], cr.phi[kk, rr], klass[rr], tbl.seg_family[rr], tbl.seg_group[rr], kk)
+        )
         kk, rr = kk[order], rr[order]
-        seg, cls = tbl.segment[rr], klass[rr]
-        new_pool = np.r_[True, (kk[1:] != kk[:-1]) | (seg[1:] != seg[:-1]) | (cls[1:] != cls[:-1])]
+        cls = klass[rr]
+        new_pool = _starts(kk, tbl.seg_group[rr], tbl.seg_family[rr], cls)
         front = new_pool | (mem[rr] < _prefix_min(mem[rr], new_pool) - 1e-9)
         parts_k.append(kk[front])
         parts_row.append(rr[front])
