@@ -128,6 +128,8 @@ def test_quality_floor_excludes_the_faster_recipe() -> None:
     assert "quality" in strict.sensitivity.binding
     labels = {q.label: q.cost_per_hour for q in strict.sensitivity.quality}
     assert labels["no quality floor"] == pytest.approx(loose.total_cost_per_hour)
+    relaxed = {r.label: r.cost_per_hour for _, r in strict.sensitivity.relaxed}
+    assert relaxed["without the quality constraint"] == labels["no quality floor"]  # one what-if answers both
 
 
 def test_predicted_p95_meets_every_objective() -> None:
