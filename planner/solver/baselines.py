@@ -2,30 +2,74 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+
+import numpy as np
 
 from planner.solver.core import Core, weighted
 from planner.solver.hold import simulated
-from planner.solver.options import OptionBuilder, OptionFilter, default_recipe
+from planner.solver.options import GroupKey, OptionBuilder, OptionFilter, OptionSet, default_recipe
 from planner.solver.plan import Baseline
 from planner.solver.problem import Problem
 from planner.solver.simulate import PoolKey
-from planner.solver.solve_loop import solve_core
+from planner.solver.solve_loop import build_options, solve_core
 
 
 def _cheapest(
     problem: Problem, builder: OptionBuilder, filters: list[tuple[str, OptionFilter]]
 ) -> tuple[str, Core | None]:
-    best: tuple[str, Core | None] = ("", None)
-    for label, flt in filters:
-        core = solve_core(
-            problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1, running=None),
-            builder,
-            flt,
-        )
-        if core.feasible and (best[1] is None or core.cost < best[1].cost):
-            best = (label, core)
-    return best
+    """The cheapest plan over the filters (the first listed among equal costs). Filters are solved from the
+    lowest cost bound (`cost_floor`) up, and one whose bound is above the cheapest plan found cannot win: its
+    MILP is skipped, the answer is the same."""
+    quick = problem.with_options(baselines=False, sensitivity=False, latency_repair_rounds=1, running=None)
+    built = [build_options(quick, builder, flt) for _, flt in filters]
+    floors = [cost_floor(quick, s) for s in built]
+    best: tuple[int, Core] | None = None
+    for k in sorted(range(len(filters)), key=lambda k: floors[k]):
+        if best is not None and floors[k] * (1 - FLOOR_MARGIN) > best[1].cost:
+            continue
+        core = solve_core(quick, builder, filters[k][1], built[k])
+        if core.feasible and (best is None or (core.cost, k) < (best[1].cost, best[0])):
+            best = (k, core)
+    return ("", None) if best is None else (filters[best[0]][0], best[1])
+
+
+FLOOR_MARGIN = 1e-6
+"""A filter is skipped only where its bound is above the best cost by this much (rounding of the two sums)."""
+
+
+def cost_floor(problem: Problem, option_set: OptionSet) -> float:
+    """A cost no plan from these options can go under (inf where a workload has no choice).
+
+    Every workload pays, per group of its chosen topology, for dedicated replicas whose credits cover its rate
+    (so at least rate x the least $/credited image of the group's options and their tie-break alternatives) or
+    for a shared slot (at least price x its GPU share / the utilization cap, the slot's share of a GPU's cost).
+    Where the exact-packing retry may rebuild the options with more shared candidates, the bound is not claimed
+    (0)."""
+    opts = problem.options
+    candidates = option_set.shared_candidates
+    if opts.exact_packing_max_items < candidates <= opts.exact_packing_retry_max_items:
+        return 0.0
+    cap = opts.share_max_utilization + 1e-6  # the packing's tolerance, with room for HiGHS's
+    per_group: dict[GroupKey, float] = {}
+    for gk, idx in option_set.by_group.items():
+        rate = problem.workloads[gk[0]].rate
+        least = math.inf
+        for i in idx:
+            o = option_set.options[i]
+            if o.shared:
+                least = min(least, problem.families[o.family].price_per_hour * o.fraction / cap)
+                continue
+            least = min(least, rate * o.cost_per_hour / o.credit)
+            if o.alternatives is not None:
+                src, rows = o.alternatives.source, o.alternatives.rows
+                least = min(least, rate * float(np.min(src.cost[rows] / src.credit[rows])))
+        per_group[gk] = least
+    total = 0.0
+    for wi, choices in option_set.choices.items():
+        total += min((sum(per_group.get((wi, m, g), math.inf) for g in topo) for m, topo in choices), default=math.inf)
+    return total
 
 
 BaselineCore = tuple[str, str, str, "Core | None"]

@@ -13,10 +13,19 @@ from planner.solver.options import GroupKey, OptionBuilder, OptionFilter, Option
 from planner.solver.problem import Problem
 
 
-def solve_core(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> Core:
+def solve_core(
+    problem: Problem, builder: OptionBuilder, flt: OptionFilter, option_set: OptionSet | None = None
+) -> Core:
     """Options + MILP + packing + latency repair (module docstring, steps 1-4), with exact packing tried where
-    the fluid packing was used on few enough candidates (`_exact_packing_retry`)."""
-    return _exact_packing_retry(problem, builder, flt, _solve_once(problem, builder, flt))
+    the fluid packing was used on few enough candidates (`_exact_packing_retry`). `option_set`: the options of
+    `problem` under `flt`, where the caller built them already."""
+    return _exact_packing_retry(problem, builder, flt, _solve_once(problem, builder, flt, option_set))
+
+
+def build_options(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> OptionSet:
+    """The options a solve of `problem` under `flt` uses (a baseline's filter stops at its first unserved
+    workload: it is infeasible, and building the others is waste)."""
+    return builder.build(problem, flt, stop_when_unserved=flt != OptionFilter())
 
 
 def _used_fluid_packing(core: Core) -> bool:
@@ -56,10 +65,13 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     return core
 
 
-def _solve_once(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -> Core:
+def _solve_once(
+    problem: Problem, builder: OptionBuilder, flt: OptionFilter, option_set: OptionSet | None = None
+) -> Core:
     """Options + MILP + packing + latency repair (module docstring, steps 1-4)."""
     started = time.perf_counter()
-    option_set = builder.build(problem, flt, stop_when_unserved=flt != OptionFilter())  # a baseline's: stop early
+    if option_set is None:
+        option_set = build_options(problem, builder, flt)
     build_s = time.perf_counter() - started
     progress(problem, f"options: {len(option_set.options)} after pruning ({build_s:.2f} s)")
     unserved = {wi: option_set.diagnostics[wi].reasons for wi, c in option_set.choices.items() if not c}

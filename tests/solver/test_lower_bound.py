@@ -63,3 +63,32 @@ def test_the_fluid_models_own_lp_value_is_not_the_bound() -> None:
     option_set = builder.build(problem)
     fluid = solve_with_availability(problem, option_set)
     assert relaxation_bound(problem, option_set, integral=False) <= fluid.lower_bound + 1e-6
+
+
+@pytest.mark.parametrize(("n", "seed", "fluid"), [(10, 0, False), (30, 1, True)])
+def test_a_baselines_cost_floor_is_under_its_plan_and_skipping_changes_no_answer(
+    n: int, seed: int, fluid: bool
+) -> None:
+    """`baselines.cost_floor` never exceeds the cost of a plan from the same options (each single-family filter,
+    exact and fluid packing), so the filters it skips could not have won: `_cheapest` picks what solving every
+    filter picks."""
+    from planner.solver.baselines import _cheapest, cost_floor
+    from planner.solver.options import OptionFilter
+    from planner.solver.solve_loop import build_options, solve_core
+
+    problem = build(n, seed, verbose=False).with_options(baselines=False, sensitivity=False, latency_repair_rounds=1)
+    if fluid:
+        problem = problem.with_options(exact_packing_max_items=0, exact_packing_retry_max_items=0)
+    builder = OptionBuilder(problem.perf, problem.models, problem.recipes)
+    filters = [(f, OptionFilter(families=frozenset({f}))) for f in sorted(problem.families)]
+    solved = []
+    for label, flt in filters:
+        core = solve_core(problem, builder, flt)
+        floor = cost_floor(problem, build_options(problem, builder, flt))
+        if core.feasible:
+            assert floor <= core.cost * (1 + 1e-9), label
+            solved.append((core.cost, label))
+    assert solved, "no single family can serve this scenario: the test proves nothing"
+    label, best = _cheapest(problem, builder, filters)
+    assert best is not None
+    assert (best.cost, label) == min(solved)
