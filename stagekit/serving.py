@@ -147,20 +147,56 @@ class TextStage(PipelineStage):
             raise UnsupportedModelError(f"model {self.spec.id!r}: no text stage for architecture {arch!r}")
         return {k: list(v) for k, v in out.items()}
 
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage, folder: Path | None) -> None:
+        super().__init__(spec, prepared, folder)
+        if self.static_shapes and spec.architecture == "qwen-image":
+            base, prefix = prepared.runner.setup.text_tokens, int(self.pipe.prompt_template_encode_start_idx)
+            self.pipe.tokenizer = BucketedTokenizer(self.pipe.tokenizer, base=base, prefix=prefix)
+
+    def groups(self, negs: list[str | None]) -> list[list[int]]:
+        """Items encoded together: SDXL encodes an absent negative as zeros, a given one (even "") as text, so one
+        call per kind; a compiled encoder runs the whole batch (its warmed size) once, absent negatives zeroed."""
+        if self.static_shapes:
+            return [list(range(len(negs)))]
+        return [[i for i, n in enumerate(negs) if n is None], [i for i, n in enumerate(negs) if n is not None]]
+
+    def zeroes_absent_negatives(self) -> bool:
+        return bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))
+
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         negs = [self.negative(item) for item in batch]
-        # SDXL encodes an absent negative as zeros, a given one (even "") as text: one call per kind
-        groups = [[i for i, n in enumerate(negs) if n is None], [i for i, n in enumerate(negs) if n is not None]]
         rows: list[Item] = [{} for _ in batch]
         with torch.inference_mode(), self._ctx():
-            for idx in (g for g in groups if g):
+            for idx in (g for g in self.groups(negs) if g):
                 prompts = [str(batch[i].get("prompt") or "") for i in idx]
-                neg = None if negs[idx[0]] is None or not self.spec.cfg else [str(negs[i]) for i in idx]
+                given = self.spec.cfg and any(negs[i] is not None for i in idx)
+                neg = [str(negs[i] or "") for i in idx] if given else None
                 for key, values in self.encode(prompts, neg).items():
                     for j, i in enumerate(idx):
-                        rows[i][key] = values[j]
+                        absent = key.startswith("negative_") and negs[i] is None and self.zeroes_absent_negatives()
+                        rows[i][key] = torch.zeros_like(values[j]) if absent else values[j]
         self._sync()
         return mark_weights([{**item, **row} for item, row in zip(batch, rows, strict=True)], self.weights)
+
+
+class BucketedTokenizer:
+    """Qwen-Image's tokenizer for a compiled text encoder: a batch is padded (right, masked) to the probe's text
+    length or a doubling of it (`text_bucket`), not to its longest prompt, so new prompt lengths reuse the warmed
+    graphs; the pipeline keeps each prompt's own tokens (a causal encoder's are unchanged by right padding)."""
+
+    def __init__(self, tokenizer: Any, *, base: int, prefix: int) -> None:
+        self.tokenizer, self.base, self.prefix = tokenizer, base, prefix
+
+    def __call__(self, text: Any, **kwargs: Any) -> Any:
+        if kwargs.get("padding") is True:
+            limit = kwargs.get("max_length")
+            longest = max(len(ids) for ids in self.tokenizer(text, truncation=True, max_length=limit).input_ids)
+            length = self.prefix + text_bucket(longest - self.prefix, self.base)
+            kwargs = {**kwargs, "padding": "max_length", "max_length": min(length, limit or length)}
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
 
 
 class DenoiserStage(PipelineStage):
