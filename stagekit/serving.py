@@ -92,6 +92,11 @@ class PipelineStage:
         )
         self.pipe.set_progress_bar_config(disable=True)  # a worker's log is not a terminal
 
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The stage's prepared modules (the pipeline holds these objects; a VAE stage's stays apart)."""
+        return self.prepared.modules
+
     def modules_for_pipeline(self) -> dict[str, torch.nn.Module]:
         return dict(self.prepared.modules)
 
@@ -276,7 +281,7 @@ def latent_shape(spec: ModelSpec, height: int, width: int) -> tuple[int, int, in
     return spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
 
 
-CONDITIONING_COLUMNS = {
+CONDITIONING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "sd": {"prompt_embeds": ("encoder_hidden_states",)},
     "sdxl": {"prompt_embeds": ("encoder_hidden_states",), "pooled_prompt_embeds": ("added_cond_kwargs", "text_embeds")},
     "flux": {"prompt_embeds": ("encoder_hidden_states",), "pooled_prompt_embeds": ("pooled_projections",)},

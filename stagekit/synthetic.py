@@ -117,7 +117,7 @@ def clip_tokenizer(vocab_size: int) -> Any:
         vocab[f"<|unused{i}|>"] = i
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # the backend takes pairs
     tok.model_max_length = TOKENIZER_MAX_LENGTH["CLIP"]
     return tok
 
@@ -127,12 +127,12 @@ def t5_tokenizer(vocab_size: int) -> Any:
     """A T5 unigram tokenizer: <pad> 0, </s> 1, <unk> 2, the words as pieces, then characters."""
     import string
 
-    from transformers import T5TokenizerFast
+    from transformers import T5Tokenizer
 
     pieces = ["<pad>", "</s>", "<unk>", "▁", *(f"▁{w}" for w in WORDS)]
     pieces += list(string.ascii_letters + string.digits + string.punctuation)
     unique = list(dict.fromkeys(pieces))[:vocab_size]
-    tok = T5TokenizerFast(vocab=[(p, 0.0 if i < 3 else -float(i)) for i, p in enumerate(unique)], extra_ids=0)
+    tok = T5Tokenizer(vocab=[(p, 0.0 if i < 3 else -float(i)) for i, p in enumerate(unique)], extra_ids=0)
     tok.model_max_length = TOKENIZER_MAX_LENGTH["T5"]
     return tok
 
@@ -144,7 +144,7 @@ def qwen_tokenizer(vocab_size: int) -> Any:
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     vocab, merges = _bpe(list(_byte_chars()), clip=False, limit=vocab_size - len(specials))
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # the backend takes pairs
     tok.add_special_tokens({"additional_special_tokens": specials[1:]})
     tok.chat_template = QWEN_CHAT_TEMPLATE
     tok.model_max_length = TOKENIZER_MAX_LENGTH["Qwen"]
