@@ -411,6 +411,7 @@ class WorkerRuntime:
                 os.getpid(),
                 self.ready,
                 self.started_at,
+                dict(self.refused),
             )
         )
 

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from scheduler.client import JobClient
 from scheduler.config import SchedulerSettings
+from scheduler.state import SchedulerState
 from tests.conftest import BACKENDS
 from tests.models.tiny_folders import ARCHITECTURE_MODELS, TinyFolders, copy_folder, reference_image
 from tests.scheduler.api_app import TOKEN, make_app
@@ -92,6 +94,13 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         assert f"pool {bad[m].name} refused" in log, log[-4000:]
         assert named in log
     assert "corrupt safetensors file" in log
+    # ... and say so in their heartbeat too: the worker registry an operator (or the rebalancer) reads
+    state = SchedulerState(redis.Redis.from_url(real.state_redis_url), real.key_prefix)
+    registry = {w.name: w for w in state.workers()}
+    refused = registry[a.name].refused
+    assert set(refused) == {bad[m].name for m in broken}
+    for m, (_, named) in broken.items():
+        assert named in refused[bad[m].name]
     assert "part 'tokenizer_2'" in log
     assert "weights=real" in log
     assert "weights=synthetic" not in log
