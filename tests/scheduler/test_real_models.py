@@ -125,6 +125,7 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         for k, job in submitted.items():
             done = client.wait(job.id, timeout_s=400, poll_s=0.25)
             assert done.state == "done", (k, done, a.log()[-3000:], b.log()[-3000:])
+            assert done.weights == "real"  # the job's row says which weights made it
             png = client.result(job.id)
             assert Image.open(io.BytesIO(png)).text == {"weights": "real", "model": k[1], "seed": "1"}
             images[k] = pixels(png)
