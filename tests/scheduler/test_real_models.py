@@ -13,6 +13,7 @@ and takes no job of theirs.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
+from scheduler.cli import app as scheduler_app
 from scheduler.client import JobClient
 from scheduler.config import SchedulerSettings
 from scheduler.state import SchedulerState
@@ -102,6 +105,16 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
     for m, (_, named) in broken.items():
         assert named in refused[bad[m].name]
     assert "part 'tokenizer_2'" in log
+    # `scheduler workers` shows an operator the same, and exits 1 while a pool is refused.
+    shown = CliRunner().invoke(
+        scheduler_app,
+        ["workers"],
+        env={"SCHEDULER_REDIS_URL": real.state_redis_url, "SCHEDULER_KEY_PREFIX": real.key_prefix},
+    )
+    assert shown.exit_code == 1, shown.output
+    listed = {w["name"]: w for w in json.loads(shown.stdout)}
+    assert set(listed[a.name]["refused"]) == set(refused)
+    assert "part 'tokenizer_2'" in shown.stdout
     assert "weights=real" in log
     assert "weights=synthetic" not in log
 
