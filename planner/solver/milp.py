@@ -79,6 +79,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -720,11 +721,6 @@ def mixed_pool_p95_s(rate: float, used: Sequence[tuple[Option, int]]) -> float:
     return float(wait[0]) + worst
 
 
-PATTERN_MEMO_SIZE = 200_000
-"""Groups whose cover patterns are remembered (`_memo_patterns`); the memo is emptied past this many."""
-_PATTERN_MEMO: dict[tuple[object, ...], list[Pattern] | None] = {}
-
-
 def _memo_patterns(
     problem: Problem,
     option_set: OptionSet,
@@ -735,12 +731,15 @@ def _memo_patterns(
 ) -> list[Pattern] | None:
     """`group_patterns`, remembered by everything it reads (rate, objective, budget, limited families, and per
     item its credit, price, family, bound and latency figures), with option indices stored as item positions:
-    the two stages of a solve, the hold's re-solves and most what-ifs ask for the same groups again."""
+    the two stages of a solve, the hold's re-solves and most what-ifs ask for the same groups again. Kept in
+    the option set's memo (its builder's: one `solve`)."""
     if moves is not None:
         return group_patterns(problem, option_set, gk, items, limited, moves)
     w = problem.workloads[gk[0]]
     options = option_set.options
+    memo = option_set.memo
     key = (
+        "patterns",
         w.rate,
         w.p95_latency_s is None,
         option_set.budgets.get(gk),
@@ -751,16 +750,14 @@ def _memo_patterns(
             for o in (options[it.index],)
         ),
     )
-    if key in _PATTERN_MEMO:
-        found = _PATTERN_MEMO[key]
+    if key in memo:
+        found = cast(list[Pattern] | None, memo[key])
         if found is None:
             return None
         return [replace(p, replicas=tuple((items[k].index, n) for k, n in p.replicas)) for p in found]
     patterns = group_patterns(problem, option_set, gk, items, limited, moves)
-    if len(_PATTERN_MEMO) >= PATTERN_MEMO_SIZE:
-        _PATTERN_MEMO.clear()
     position = {it.index: k for k, it in enumerate(items)}
-    _PATTERN_MEMO[key] = (
+    memo[key] = (
         None
         if patterns is None
         else [replace(p, replicas=tuple((position[i], n) for i, n in p.replicas)) for p in patterns]

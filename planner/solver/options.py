@@ -122,6 +122,9 @@ class OptionSet:
     budgets: dict[GroupKey, float | None]
     shared_candidates: int = 0
     """Shared-mode slots before the fluid packing kept the smallest per pool (how big exact packing would be)."""
+    memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False, compare=False)
+    """What the MILP remembers across the option sets of one builder (planner.solver.milp, cover patterns):
+    its builder's, so it lives as long as one `solve`."""
 
     def feasible_workloads(self) -> set[int]:
         return {w for w, c in self.choices.items() if c}
@@ -160,6 +163,8 @@ class OptionBuilder:
         self.recipes = recipes
         self.cells = CellTables(perf)
         self._workload_cache: dict[tuple[object, ...], _WorkloadOptions] = {}
+        self.memo: dict[tuple[object, ...], object] = {}
+        """Handed to every option set built here (`OptionSet.memo`)."""
         self._lookups: dict[tuple[object, ...], tuple[str, CellTable | None]] = {}
         self._shared_cache: dict[int, tuple[SharedBatch, bool, list[Option]]] = {}
         """Per shared batch (by identity: a cached workload keeps its batches), its options per packing mode."""
@@ -203,6 +208,7 @@ class OptionBuilder:
             diagnostics=diagnostics,
             budgets=budgets,
             shared_candidates=sum(len(sb.rows) for sb in shared_rows),
+            memo=self.memo,
         )
 
     def _parts(self, problem: Problem, flt: OptionFilter, stop_when_unserved: bool) -> list[_WorkloadOptions]:
