@@ -110,6 +110,11 @@ class SchedulerSettings(BaseSettings):
         gt=0,
         description="a worker silent this long is gone (three missed heartbeats); its running jobs are sent again",
     )
+    rebalance_in_workers: bool = Field(
+        default=True,
+        description="workers take turns at the rebalance pass (moving jobs off lost hosts, resending lost ones) "
+        "every heartbeat; false when `scheduler rebalance --loop` runs it as its own process",
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port (None: off)")
     throughput_window_s: float = Field(default=60.0, gt=0, description="window of the achieved throughput")
 

@@ -1,6 +1,6 @@
 """The batching policy the workers run and the solver's simulation assumes: one home, read by both.
 
-The scheduler's workers (scheduler/batching.py, scheduler/worker.py) pad a short batch of a compiled stage up to
+The scheduler's workers (scheduler/batching.py, scheduler/worker/) pad a short batch of a compiled stage up to
 the next warmed size, and the solver's p95 simulation (planner.solver.simulate) replays the same padding; both
 read the functions and the defaults here, so a plan simulates what the workers run.
 """

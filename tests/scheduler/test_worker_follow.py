@@ -23,14 +23,14 @@ def test_a_pool_the_next_plan_reconfigures_is_served_as_planned(
     runtime.start(preload=False)
     try:
         runtime.tick()
-        assert runtime.group_spec(first.name).stages == tuple(ALL)  # nothing changed yet
+        assert runtime.pools.group_spec(first.name).stages == tuple(ALL)  # nothing changed yet
         second = PoolDef("w1", 0, "h100-sxm-80gb", "sd15", ["text_encoder"], batch=16, recipes={"text_encoder": "bf16"})
         rest = PoolDef("w1", 1, "l4-24gb", "sd15", ["denoiser", "vae_decoder"], batch=2)
         create_plan(engine, fleet_name, [second, rest])
         runtime.tick()
-        spec = runtime.group_spec(first.name)
+        spec = runtime.pools.group_spec(first.name)
         assert spec.stages == ("text_encoder",)
         assert dict(spec.recipes) == {"text_encoder": "bf16"}
-        assert runtime._max_batch(first.name) == min(16, settings.max_batch or 16)
+        assert runtime.pools.max_batch(first.name) == min(16, settings.max_batch or 16)
     finally:
         runtime.stop()
