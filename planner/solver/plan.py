@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from planner.core.batching import BatchingPolicy
 from planner.perf.model import EVIDENCE_RANK
 from planner.solver.quality import QualityLine
 from planner.solver.replan import Moves
@@ -382,6 +383,9 @@ class Plan:
     """Unmeasured families ranked by what they could save (planner.recommend.opportunities); filled by callers
     that run those extra solves (`planner recommend`)."""
     replan: Replan | None = None
+    batching: BatchingPolicy | None = None
+    """The workers' batching policy the plan was simulated with, when the scenario set one (the JSON's
+    `batching`, which the workers serving the plan run); None: the defaults (planner.core.batching)."""
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -427,6 +431,7 @@ class Plan:
             "solver": self.stats.to_dict() if self.stats else None,
             "quality": [q.to_dict() for q in self.quality],
             "replan": self.replan.to_dict() if self.replan else None,
+            **({"batching": self.batching.to_dict()} if self.batching is not None else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -18,7 +18,7 @@ from scheduler.config import SchedulerSettings
 from scheduler.drift import Sample, drift_decision, mark_plan_stale
 from scheduler.intermediates import IntermediateStore
 from scheduler.metrics import WorkerMetrics
-from scheduler.routing import Pool
+from scheduler.routing import Pool, RoutingTable
 from scheduler.state import SchedulerState
 from scheduler.table import TableCache
 from scheduler.worker.pools import WorkerPools
@@ -103,7 +103,7 @@ class Monitor:
         self._last_tick, self._last_stats = now_mono, stats
         busy_share = self._busy_share(now_mono, stats.busy_s)
         self.metrics.gpu_busy.labels(self.name).set(busy_share)
-        table = self.tables.get()
+        table = self.follow_batching()
         for pool, p in list(self.pools.served.items()):
             planned = table.get(pool) or p
             self.pools.follow(planned, table.plan_id)
@@ -113,6 +113,12 @@ class Monitor:
             if table.get(pool) is not None and table.plan_id is not None:
                 self._check_drift(table.plan_id, planned, time.time())
         self.intermediates.sweep()
+
+    def follow_batching(self) -> RoutingTable:
+        """The table in force, its batching policy applied (the GPU thread's wait follows at once)."""
+        table = self.tables.get()
+        self.batcher.wait_s = self.pools.follow_batching(table.batching, table.plan_id).batch_wait_s
+        return table
 
     def _report_pool(
         self, planned: Pool, stats: BatcherStats, delta: PoolStats, plan_id: int | None, now_mono: float

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from planner import catalog
-from planner.core.batching import shape_batches
+from planner.core.batching import BatchingPolicy, shape_batches
 from planner.core.errors import ConfigError
 from scheduler.batching import BatchKey
 from scheduler.config import SchedulerSettings
@@ -50,6 +50,8 @@ class WorkerPools:
         self.concurrency = concurrency
         self.build_stage = build_stage
         self.metrics = metrics
+        self.batching = settings.batching(None)
+        """The batching policy in force (the plan's, under this worker's own settings): `follow_batching`."""
         self.cache: ModelCache[GroupSpec, GroupRunner] = ModelCache(
             settings.model_cache_size, load=self._load, unload=GroupRunner.unload
         )
@@ -106,6 +108,17 @@ class WorkerPools:
         )
         self.served[planned.pool] = planned
 
+    def follow_batching(self, planned: BatchingPolicy | None, plan_id: int | None) -> BatchingPolicy:
+        """Run the batching policy the plan in force was simulated with (unless this worker's settings say
+        otherwise); the next group loaded or warmed compiles the new sizes."""
+        policy = self.settings.batching(planned)
+        if policy != self.batching:
+            log.warning("plan %s: batching %s -> %s", plan_id, self.batching, policy)
+            if planned is not None and policy != planned:
+                log.warning("plan %s was simulated with %s; this worker's settings override it", plan_id, planned)
+            self.batching = policy
+        return policy
+
     # What the plan says of a pool.
 
     def group_spec(self, pool: str) -> GroupSpec:
@@ -141,7 +154,7 @@ class WorkerPools:
 
     def _warm(self, runner: GroupRunner, pool: str) -> float:
         """Compile the group's static-shape stages at every batch size it will run (before jobs wait on it)."""
-        runner.batch_sizes = shape_batches(self.max_batch(pool), self.settings.compiled_batches)
+        runner.batch_sizes = shape_batches(self.max_batch(pool), self.batching.compiled_batches)
         if not runner.to_warm():
             return 0.0
         height, width, steps = self.warm_shape(pool)

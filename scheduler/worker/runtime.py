@@ -72,7 +72,7 @@ class WorkerRuntime:
         self.batcher = Batcher(
             self.pools.run_batch,
             max_batch=self.pools.max_batch,
-            wait_s=settings.batch_wait_s,
+            wait_s=self.pools.batching.batch_wait_s,
             max_waiting=concurrency,
             prepare_key=self.pools.prepare,
             work_of=self.pools.work_of,
@@ -125,6 +125,7 @@ class WorkerRuntime:
     def start(self, *, preload: bool = True) -> None:
         """Check the models, load and warm what fits, then start the GPU thread, metrics and the background."""
         self.pools.check_models()
+        self.monitor.follow_batching()  # before any group is warmed: the sizes the plan's padding needs
         if preload:
             self.pools.preload()
         self.monitor.begin()

@@ -38,7 +38,8 @@ def test_pack_keeps_numpy_beside_torch_and_views_of_one_batch() -> None:
     batch = torch.arange(12, dtype=torch.float32).reshape(2, 6)
     values = {"cond": batch[0], "uncond": batch[1], "ids": np.arange(3, dtype=np.int64), "seed": 7}
     out = codec.unpack(codec.pack(values))
-    assert torch.equal(out["cond"], batch[0]) and torch.equal(out["uncond"], batch[1])
+    assert torch.equal(out["cond"], batch[0])
+    assert torch.equal(out["uncond"], batch[1])
     assert isinstance(out["ids"], np.ndarray)
     np.testing.assert_array_equal(out["ids"], values["ids"])
     assert out["seed"] == 7
