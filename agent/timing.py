@@ -4,8 +4,8 @@ Each call is bracketed by CUDA events recorded on the stream (no host sync betwe
 stays as full as in serving); the host syncs once per window to read them. A cell is stable when the spread
 of the last `stable_windows` window means, (max - min) / median, is under `spread_threshold`; the timer then
 reports the median and p95 per call over those windows. Windows are sized so those windows hold at least
-`min_p95_calls` calls: a 95th percentile of fewer (39% of the first campaign's cells rested on 3) is only the
-largest sample, so `Timing.p95_measured` is false then and the probe stores no p95. Unstable cells still end (at
+`min_p95_calls` calls: a 95th percentile of fewer is only the largest sample, so `Timing.p95_measured` is false
+then and the probe stores no p95 (docs/agent.md, "A probe cell"). Unstable cells still end (at
 `max_windows`, or past `max_cell_s` once `min_windows` are done) and report their spread; the probe does not mark
 them ok.
 """
