@@ -383,6 +383,9 @@ class Plan:
     """Unmeasured families ranked by what they could save (planner.recommend.opportunities); filled by callers
     that run those extra solves (`planner recommend`)."""
     replan: Replan | None = None
+    distilled_quality: tuple[dict[str, Any], ...] = ()
+    """Published figures comparing a served distilled variant with its base model, or a row saying there are none
+    (planner.solver.distilled); filled by callers, like `opportunities`."""
     batching: BatchingPolicy | None = None
     """The workers' batching policy the plan was simulated with, when the scenario set one (the JSON's
     `batching`, which the workers serving the plan run); None: the defaults (planner.core.batching)."""
@@ -431,6 +434,7 @@ class Plan:
             "solver": self.stats.to_dict() if self.stats else None,
             "quality": [q.to_dict() for q in self.quality],
             "replan": self.replan.to_dict() if self.replan else None,
+            "distilled_quality": list(self.distilled_quality),
             **({"batching": self.batching.to_dict()} if self.batching is not None else {}),
         }
 
