@@ -250,6 +250,23 @@ def dead_letter(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     _print(SchedulerState(redis.Redis.from_url(settings.state_redis_url), settings.key_prefix).dead_letters(limit))
 
 
+@app.command()
+@handle_errors
+def workers() -> None:
+    """The live workers from their heartbeats: pools served, and pools refused with why (a broken model folder)."""
+    import dataclasses
+
+    import redis
+
+    from scheduler.state import SchedulerState
+
+    settings = _settings()
+    found = SchedulerState(redis.Redis.from_url(settings.state_redis_url), settings.key_prefix).workers()
+    _print([dataclasses.asdict(w) for w in sorted(found, key=lambda w: w.name)])
+    if any(w.refused for w in found):
+        raise typer.Exit(1)  # a script (or a health check) sees that some pool is not served as planned
+
+
 def main() -> None:  # pragma: no cover - console script entry for tools that want a function
     app(prog_name="scheduler")
     sys.exit(0)

@@ -47,6 +47,8 @@ class JobStatus:
     error: str | None
     result_url: str | None
     raw: dict[str, Any]
+    weights: str | None = None
+    """Which weights made the image, once done: real, or synthetic (random weights: noise)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobStatus:
@@ -60,6 +62,7 @@ class JobStatus:
             error=data.get("error"),
             result_url=data.get("result_url"),
             raw=data,
+            weights=data.get("weights"),
         )
 
     @property

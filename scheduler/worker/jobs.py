@@ -174,7 +174,9 @@ class JobRunner:
         meta = {"weights": weights, "model": self.pools.served[pool].model, "seed": str(payload.get("seed"))}
         rel, sha = self.results.write(job_id, encode_png(out["image"], text=meta))
         with self.sessions() as session:
-            won = crud.complete_job(session, job_id=job_id, result_path=rel, result_sha256=sha, worker=self.name)
+            won = crud.complete_job(
+                session, job_id=job_id, result_path=rel, result_sha256=sha, worker=self.name, weights=weights
+            )
             session.commit()
         if not won:
             self.results.delete(rel)

@@ -166,6 +166,13 @@ class WorkerRuntime:
     def _heartbeat(self) -> None:
         served = tuple(self.pools.served)
         info = WorkerInfo(
-            self.name, self.settings.host_id, served, time.time(), os.getpid(), self.ready, self.started_at
+            self.name,
+            self.settings.host_id,
+            served,
+            time.time(),
+            os.getpid(),
+            self.ready,
+            self.started_at,
+            dict(self.pools.refused),
         )
         self.state.heartbeat(info)
