@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import time
 import uuid
@@ -218,15 +219,22 @@ def rebalance(
 ) -> None:
     """Move queued jobs off pools of lost hosts; resend jobs whose dispatch was never recorded."""
     from scheduler.dispatch import Dispatcher
-    from scheduler.rebalance import rebalance_once
+    from scheduler.rebalance import RebalanceTurns, rebalance_once
 
     settings = _settings()
     dispatcher = Dispatcher(settings)
-    while True:
+    if not loop:
         report = rebalance_once(dispatcher)
         _print({"unavailable": sorted(report.unavailable), "moved": report.moved, "resent": report.redispatched})
-        if not loop:
-            return
+        return
+    # as its own process: it takes the same turns as the workers (one pass at a time, fleet-wide)
+    turns = RebalanceTurns(
+        lambda: dispatcher, holder=f"rebalance@{socket.gethostname()}", lock_s=settings.heartbeat_s * 4
+    )
+    while True:
+        turn = turns.take_turn(dispatcher.state)
+        if turn is not None:
+            _print({"unavailable": sorted(turn.unavailable), "moved": turn.moved, "resent": turn.redispatched})
         time.sleep(settings.heartbeat_s)
 
 

@@ -106,14 +106,14 @@ def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
         te, dn, vae = made
         assert dn.sizes == [1, 2, 4]  # compiled at every size before the first job
         key = BatchKey(pooldef.name, 64, 64, 2)
-        assert runtime._prepare_key(key) == 0.0  # nothing left to warm
-        out = runtime._run_batch(key, items(3))
+        assert runtime.pools.prepare(key) == 0.0  # nothing left to warm
+        out = runtime.pools.run_batch(key, items(3))
         assert len(out) == 3
         assert (te.sizes[-1], dn.sizes[-1], vae.sizes[-1]) == (3, 4, 3)
         create_plan(engine, fleet_name, [PoolDef(**{**pooldef.__dict__, "batch": 16})])
         runtime.tick()
-        runtime._prepare_key(key)  # before the next batch: only the sizes the larger batch adds
-        added = [n for n in shape_batches(runtime._max_batch(pooldef.name), "pow2") if n > 4]
+        runtime.pools.prepare(key)  # before the next batch: only the sizes the larger batch adds
+        added = [n for n in shape_batches(runtime.pools.max_batch(pooldef.name), "pow2") if n > 4]
         assert added
         assert dn.sizes == [1, 2, 4, 4, *added]
     finally:
@@ -152,8 +152,8 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
     try:
         key = BatchKey(pooldef.name, 64, 64, 2)
         for n in (1, 3, 2):
-            runtime._prepare_key(key)
-            out = runtime._run_batch(key, items(n))
+            runtime.pools.prepare(key)
+            out = runtime.pools.run_batch(key, items(n))
             assert len(out) == n
         dn = made[1]
         assert dn.sizes.count(4) == 1  # the failed size was tried once, at the warm-up
