@@ -27,10 +27,12 @@ PRESOLVE_CHECK_MAX_COLUMNS = 2000
 """Models with at most this many columns are solved again without HiGHS's presolve, and the cheaper answer kept.
 
 HiGHS's presolve, as scipy 1.17.1 ships it, returns wrong answers on small exact-packing models: "optimal" at a
-cost above the optimum, or "infeasible" where a plan exists. tests/solver/test_milp_presolve.py solves one such
-model (tests/solver/data/presolve_wrong_optimum.json, dumped with `Model.to_dict`: optimum 1.0, presolve
-answers 3.4); tests/solver/test_milp_exhaustive.py found it, and with this check off finds about one in 120
-random instances. A model this small solves in milliseconds without presolve."""
+cost above the optimum, or "infeasible" where a plan exists. Reproducers (tests/solver/test_milp_presolve.py):
+tests/solver/data/presolve_wrong_optimum.json, a 52-column model dumped with `Model.to_dict`, optimum $12/h
+(one pattern per workload), presolve answers "optimal" at $36/h; presolve_wrong_infeasible.json, the same
+instance with its availability row, presolve answers "infeasible". tests/solver/test_milp_exhaustive.py found
+them; with this check off its random instances hit one about every 120. A model this small solves in
+milliseconds without presolve."""
 
 
 @dataclass
@@ -139,7 +141,9 @@ def solve_milp(
         "time_limit": min(opts.time_limit_s, time_limit_s or math.inf),
     }
     started = time.perf_counter()
-    res, lp_bound = _run(model, options, stage_one=pool_counts == "continuous" and bool(form.shared.s) and not coverage)
+    res, lp_bound = solve_model(
+        model, options, stage_one=pool_counts == "continuous" and bool(form.shared.s) and not coverage
+    )
     result.solve_s = time.perf_counter() - started
     result.status = STATUS.get(int(res.status), str(res.status))
     if res.x is not None:
@@ -147,8 +151,9 @@ def solve_milp(
     return result
 
 
-def _run(model: Model, options: Mapping[str, Any], *, stage_one: bool) -> tuple[OptimizeResult, float]:
-    """The solve, and the LP bound where stage 1 fixed columns (NaN otherwise)."""
+def solve_model(model: Model, options: Mapping[str, Any], *, stage_one: bool = False) -> tuple[OptimizeResult, float]:
+    """The solve (stage 1's where `stage_one`; a small model checked without presolve, `PRESOLVE_CHECK_MAX_COLUMNS`),
+    and the LP bound where stage 1 fixed columns (NaN otherwise)."""
     constraints = model.constraints()
     res, lp_bound = _stage_one(model, constraints, options) if stage_one else (None, math.nan)
     if res is None:
