@@ -5,9 +5,10 @@
    CUDA events around each call, median). Pass: within 5%.
 2. The calibration's bf16 matmul TFLOP/s vs a plain timed 8192^3 bf16 matmul, run just before and just after
    the calibration (mean of the two). Pass: within 10%.
-Dense bf16 matmuls on an H100 run at its power limit, and its SM clock moves with power and temperature: two
-earlier calls read the plain loop 10-15% above a calibration taken seconds before it, in another clock state
-(call 2: 659 vs 756 TFLOP/s). Bracketing the calibration compares the two timers, not two clock states; the
+Dense bf16 matmuls on an H100 run at its power limit, and its SM clock moves with power and temperature, so a
+plain loop timed seconds away from the calibration can run in another clock state (the misses this caused:
+benchmarks/results/h100-campaign/README.md). Bracketing the calibration compares the two timers, not two clock
+states; the
 mean SM clock, power and temperature of each phase (NVML, sampled every 100 ms on a side thread, never during
 the UNet timings) are recorded so a reader can see the clock state each number was taken in.
 Prints both ratios and the machine (GPU, driver, torch); writes validation.json to $OUT when set.

@@ -3,7 +3,7 @@
 - SDXL 1024x1024, 30 steps: 1.5 images/s per GPU (throughput: the best denoiser recipe and batch);
 - Flux-dev 1024x1024, 28 steps: one image in under 2.5 s (latency: batch 1).
 
-Cells combine the way a plan does (docs/benchmarks.md, "The aims"): per batch, `steps` denoiser calls of the
+Cells combine the way a plan does (docs/benchmarks.md, "The speed aims"): per batch, `steps` denoiser calls of the
 recipe, plus the text encoder in bf16 and the VAE decoder in its fastest full-VAE recipe (`bf16` or
 `bf16-compile`) measured at that batch. Only `ok` cells count. No GPU needed; reads the shipped reference data
 unless given a file:

@@ -1,9 +1,9 @@
 """Does 8-bit attention pay on this GPU? SageAttention (INT8 Q.K^T) in place of bf16 SDPA in a whole denoiser step.
 
-The aims (docs/benchmarks.md) stand unmet with bf16 attention 22% of a Flux-dev step. FlashAttention-3's fp8 path
-and SageAttention 2 ship no wheel for this image (torch 2.11, CUDA 13; sageattention 2.x is a source build, and
-diffusers' "sage" backends ask for >= 2.1.1); sageattention 1.0.6 is pure Triton (INT8 Q and K per block, fp16
-P.V), so it is what a package offers here. This times one denoiser call of each model (synthetic weights, built by
+Why: bf16 attention is a large share of a Flux-dev step in the profiles behind the speed aims
+(docs/benchmarks.md). sageattention 1.0.6 is pure Triton (INT8 Q and K per block, fp16 P.V), the 8-bit attention a
+package offers for torch 2.11 / CUDA 13 (FlashAttention-3's fp8 path and SageAttention 2 are source builds there;
+diffusers' "sage" backends ask for >= 2.1.1). This times one denoiser call of each model (synthetic weights, built by
 the agent's own code, as the probe does) with torch's SDPA, then with every SDPA call the model makes routed to
 `sageattn` (masked, causal-free, head dims 64/96/128 only; any other call stays on SDPA and is counted), in the
 same process on the same inputs; and the output's drift against the SDPA call (PSNR of one step's prediction).

@@ -1,10 +1,11 @@
 """Where does a denoiser step's time go? Kernel time by kind (GEMM, convolution, attention, norms, fused and
 elementwise passes), next to the FLOPs of each kind, for the recipes behind the SDXL and Flux aims.
 
-docs/benchmarks.md's SDXL aim (1.5 images/s per H100 at 30 steps, about 80% of the bf16 roofline) stops at
-1.03 images/s: the UNet at batch 16 runs 433 TFLOP/s compiled, 55-61% of the matmul ceiling. Which part of the
-step is slow was not measured. This builds the denoiser as the probe does (synthetic weights, the catalog's
-recipe applied by stagekit.recipes.prepare), times one call (wall clock, median of 3 windows of 3 calls after 3
+Why: the speed aims (docs/benchmarks.md) stop short with the denoiser well under the matmul ceiling; this says
+which part of the step is not matmul work (the runs: benchmarks/results/denoiser-profile/README.md).
+
+It builds the denoiser as the probe does (synthetic weights, the catalog's recipe applied by
+stagekit.recipes.prepare), times one call (wall clock, median of 3 windows of 3 calls after 3
 warm-up calls), then profiles 2 calls with torch.profiler and sums each kernel's device time into a kind by its
 name. FLOPs per kind come from torch's FlopCounterMode on the eager module (1 MAC = 2 FLOPs), so each kind gets
 an achieved TFLOP/s. A variant is a catalog recipe id (`bf16`, `bf16-compile`, `fp8-compile`, ...), or a recipe

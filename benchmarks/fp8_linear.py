@@ -1,7 +1,7 @@
 """Why is torchao's fp8 faster than the agent's? One Linear layer at a time, on Flux-dev's shapes, on one GPU.
 
-benchmarks/quant_backends.py found torchao 0.18's fp8-compile Flux step 7% (batch 1) and 12% (batch 8) faster
-than the agent's layers on an H100. Both quantize activations per row and call `torch._scaled_mm`; torchao
+benchmarks/quant_backends.py found torchao's fp8-compile Flux step faster than the agent's layers on an H100
+(docs/benchmarks.md). Both quantize activations per row and call `torch._scaled_mm`; torchao
 differs in asking cuBLASLt for fast accumulation (its inference default) and in passing the bias to the GEMM.
 This times each variant of one compiled Linear (activation quantization + GEMM + bias), for the transformer's
 own shapes (hidden 3072, MLP 12288, the single blocks' fused 21504 and 15360) at the tokens of batch 1 and 8

@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/p95_planning.py [--family h100-sxm-80gb] [--models sdxl,flux-dev]
 
-The MILP holds a plan to the analytic p95 (planner.solver.latency), which is 1.3-2.6x what the workers
-achieve at low load (docs/benchmarks.md, the p95 section). Does that cost money where an objective binds, and
+The MILP holds a plan to the analytic p95 (planner.solver.latency), which is conservative against what the
+workers achieve at low load (docs/benchmarks.md, the p95 model). Does that cost money where an objective binds, and
 does it buy plans the workers' batching would miss? For every case (model, rate, p95 objective L) on one
 measured family of the shipped reference data, this solves:
 - the bound's plan: objective L, `simulated_p95_binds=False` (the bound alone decides);

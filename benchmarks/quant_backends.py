@@ -1,8 +1,8 @@
 """torchao against the agent's own fp8 layers, on one GPU, in one device call.
 
-Why: the agent quantizes with its own layers (`stagekit/quant.py`, `torch._scaled_mm` plus per-row scaling)
-because torchao 0.17's fp8 rowwise + torch.compile did not finish compiling in 8 minutes on torch 2.11. This
-answers whether another torchao does, and how its timings compare with ours on the same cells.
+Why: the agent quantizes with its own layers (`stagekit/quant.py`, `torch._scaled_mm` plus per-row scaling;
+docs/agent.md, "Why not torchao"). This answers whether a torchao release compiles on this stack within a time
+limit, and how its timings compare with ours on the same cells (the runs: benchmarks/results/quant-backends/).
 
 Each backend runs as its own `agent probe` process (the same sweep, timer and recipes a fleet's agent runs;
 `--quant-backend agent|torchao`) on one model's denoiser at one batch, under a wall-clock limit: a compile

@@ -1,6 +1,7 @@
 """The reference-data report: images/s and $/image per model x recipe x batch, roofline shares, fastest recipes.
 
-Reads the shipped measurements (planner/reference/measurements.csv) and prints markdown for docs/benchmarks.md;
+Reads the shipped measurements (planner/reference/measurements.csv) and prints markdown (docs/benchmarks.md
+carries its fastest-recipe table);
 with --plot FILE it also draws images/s against batch per model and denoiser recipe.
 
 A pipeline at batch b with denoiser recipe r takes

@@ -4,7 +4,7 @@ Usage:
     PYTHONPATH=. python benchmarks/transfer_validation.py [--measurements FILE.csv]
                                                           [--overhead fixed|bandwidth|compute]
 
-Source cells: the measurements CSV given (the project's shipped H100 reference data once it exists), else the
+Source cells: the measurements CSV given (planner/reference/measurements.csv, the shipped data), else the
 cells of ../shared/reference/h100-baseline.json converted to rows here (one H100 80GB HBM3, random weights,
 torch 2.11, diffusers 0.42.1; CUDA-event medians, p95 taken as the run's max). The H100 cells are then
 transferred to a10 / a100 / h100 / h200 by `planner.perf.PerfModel` and each pipeline latency is compared

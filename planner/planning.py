@@ -37,6 +37,7 @@ from planner.measurements.contract import MeasurementRow
 from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
+from planner.solver.distilled import with_distilled_quality
 from planner.solver.replan import RunningPlan
 
 
@@ -347,7 +348,7 @@ def solve_fleet(
             running=running,
             move_cost_per_hour=problem.options.move_cost_per_hour if move_cost_per_hour is None else move_cost_per_hour,
         )
-    plan = solve(problem)
+    plan = with_distilled_quality(solve(problem), problem)
     elapsed = time.perf_counter() - started
     if not plan.feasible:
         raise InfeasibleError(plan)

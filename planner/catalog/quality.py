@@ -43,7 +43,11 @@ def quality_reference(stage: str, recipes: Mapping[str, Recipe]) -> Recipe | Non
     return max(plain, key=lambda r: (PRECISION_RANK.get(r.precision, 0), r.reference, r.id))
 
 
-PublishedMetric = Literal["psnr_image", "ssim_image", "image_reward", "clip_score", "fid"]
+PublishedMetric = Literal[
+    "psnr_image", "ssim_image", "image_reward", "clip_score", "fid", "pick_score", "aesthetic_score"
+]
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid"})
+"""Metrics where a smaller number is the better image (every other published metric: larger is better)."""
 
 
 class PublishedQuality(BaseModel):
@@ -59,6 +63,8 @@ class PublishedQuality(BaseModel):
     value: float = Field(allow_inf_nan=False)
     baseline: float | None = Field(default=None, allow_inf_nan=False)
     compared_with: str
+    compared_model: str | None = Field(default=None, pattern=ID_PATTERN)
+    """For a model-level figure (a distilled variant against its base): the catalog id of the model compared with."""
     conditions: str
     source: str
     as_of: str
@@ -69,6 +75,15 @@ class PublishedQuality(BaseModel):
         base = f" (baseline {self.baseline:g})" if self.baseline is not None else ""
         how = "" if self.applies == "same" else ", a similar setup"
         return f"{self.metric} {self.value:g}{base} against {self.compared_with}{how}; {self.source} [{self.status}]"
+
+    def against_baseline(self) -> Literal["better", "worse", "same"] | None:
+        """The figure against its baseline in its metric's own sense (None: no baseline published)."""
+        if self.baseline is None:
+            return None
+        if self.value == self.baseline:
+            return "same"
+        lower_wins = self.metric in LOWER_IS_BETTER
+        return "better" if (self.value < self.baseline) == lower_wins else "worse"
 
 
 @cache
@@ -86,6 +101,8 @@ def published_quality(data_dir: Path | None = None) -> tuple[PublishedQuality, .
     for f in figures:
         if f.model not in known_models or f.recipe not in known_recipes:
             raise CatalogError(f"{path}: {f.model}/{f.recipe} is not in the catalog; fix or remove that figure")
+        if f.compared_model is not None and f.compared_model not in known_models:
+            raise CatalogError(f"{path}: compared_model {f.compared_model} is not in the catalog; fix that figure")
         if f.stage not in known_recipes[f.recipe].stages:
             raise CatalogError(f"{path}: recipe {f.recipe} has no stage {f.stage}; fix that figure")
     return figures

@@ -34,6 +34,7 @@ from planner.recommend.quick import QuickRequest, merge_what_if, parse_quality, 
 from planner.recommend.sweep import builder_for, what_if
 from planner.scenario import Scenario, load_scenario
 from planner.solver import OptionBuilder, Plan, Problem, solve
+from planner.solver.distilled import with_distilled_quality
 from planner.solver.replan import RunningPlan
 
 
@@ -231,7 +232,7 @@ def run(
         if running is not None:
             problem = problem.with_options(running=running, move_cost_per_hour=move_cost)
         builder = builder_for(problem)
-        plan = solve(problem, builder=builder)
+        plan = with_distilled_quality(solve(problem, builder=builder), problem)
     if plan.feasible and probe_next:
         with DeferredProgress(err_console, "what to probe next") as progress:
             plan = replace(plan, opportunities=tuple(opportunities(problem, plan)))

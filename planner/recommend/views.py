@@ -419,6 +419,29 @@ def quality_view(plan: Plan) -> View:
     )
 
 
+def distilled_view(plan: Plan) -> View:
+    """What serving a distilled variant gives up against its base model, as published, with the source."""
+    rows: list[tuple[str, ...]] = []
+    for d in plan.distilled_quality:
+        if d["evidence"] == "unknown":
+            rows.append((d["workload"], d["model"], d["compared_model"] or "-", "-", "-", "-", "unknown", "no figure"))
+            continue
+        base = "-" if d["baseline"] is None else f"{d['baseline']:g}"
+        rows.append(
+            (d["workload"], d["model"], d["compared_model"], d["metric"], f"{d['value']:g}", base,
+             d["against_baseline"] or "-", f"{d['source']} [{d['status']}]")
+        )  # fmt: skip
+    return View(
+        title="Distilled variants: published quality against the model they replace",
+        columns=("workload", "served", "instead of", "metric", "value", "base", "", "source"),
+        rows=rows,
+        right=frozenset({4, 5}),
+        caption="No quality floor compares two models' images; these are what papers and model cards published "
+        "for both on one benchmark (planner/catalog/data/quality_published.yaml, `compared_model`). Lower is "
+        "better for fid, higher for the rest. Measure your own prompts on real weights before relying on them.",
+    )
+
+
 def plan_views(plan: Plan) -> list[View]:
     """The whole recommendation: per workload, the fleet, the baselines, binding constraints, the numbers."""
     views = [workload_view(w) for w in plan.workloads]
@@ -431,6 +454,8 @@ def plan_views(plan: Plan) -> list[View]:
     views.append(binding_view(plan))
     if plan.quality:
         views.append(quality_view(plan))
+    if plan.distilled_quality:
+        views.append(distilled_view(plan))
     views.append(cells_view(plan))
     return views
 

@@ -90,7 +90,7 @@ def write_report(
         ("Prices", [v.prices_view(plan)], []),
         ("Fleet and savings", [v.totals_view(plan), *([v.baselines_view(plan)] if plan.baselines else [])], [gpus_fig]),
         ("$/image against rate", [], rate_figs),
-        ("Cost and quality", [], quality_figs),
+        ("Cost and quality", [v.distilled_view(plan)] if plan.distilled_quality else [], quality_figs),
         *((title, views, []) for title, views in extra_sections),
         ("Binding constraints", [v.binding_view(plan)], []),
     ]

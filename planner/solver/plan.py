@@ -382,6 +382,9 @@ class Plan:
     """Unmeasured families ranked by what they could save (planner.recommend.opportunities); filled by callers
     that run those extra solves (`planner recommend`)."""
     replan: Replan | None = None
+    distilled_quality: tuple[dict[str, Any], ...] = ()
+    """Published figures comparing a served distilled variant with its base model, or a row saying there are none
+    (planner.solver.distilled); filled by callers, like `opportunities`."""
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -427,6 +430,7 @@ class Plan:
             "solver": self.stats.to_dict() if self.stats else None,
             "quality": [q.to_dict() for q in self.quality],
             "replan": self.replan.to_dict() if self.replan else None,
+            "distilled_quality": list(self.distilled_quality),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

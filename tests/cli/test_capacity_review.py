@@ -10,10 +10,14 @@ from typing import Any
 
 import pytest
 
+from planner.catalog import models
+from planner.catalog.quality import published_quality
 from planner.core.config import get_settings
 from planner.crud.seed import seed
 from planner.db import migrate
 from planner.db.session import make_engine
+from planner.solver.distilled import distilled_quality, warning_lines
+from planner.solver.plan import Plan, WorkloadPlan
 from tests.helpers import CliResult, invoke
 
 MEASURED = {"h100-sxm-80gb", "h200-141gb"}
@@ -224,3 +228,40 @@ def test_help_shows_every_default_and_no_bool_metavars() -> None:
         assert default in " ".join(out.split()), default
     assert "<bool>" not in out
     assert "Port [default: PLANNER_API_PORT or 8000]" in " ".join(invoke("serve", "--help").stdout.split())
+
+
+def _distilled(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["metric"] or "none": d for d in plan["distilled_quality"]}
+
+
+def test_a_distilled_variant_states_its_published_trade_against_the_base(reference_url: str) -> None:
+    plan = plan_json(reference_url, "--model", "sdxl-lightning", "--model", "sdxl", "--rate", "10", "--p95", "10")
+    assert [w["model"] for w in plan["workloads"]] == ["sdxl-lightning"]
+    rows = _distilled(plan)
+    assert set(rows) == {"image_reward", "pick_score", "aesthetic_score"}
+    ir = rows["image_reward"]
+    assert (ir["value"], ir["baseline"], ir["against_baseline"]) == (0.72, 0.87, "worse")
+    assert (ir["compared_model"], ir["evidence"], ir["status"]) == ("sdxl", "published", "secondary")
+    assert "arxiv.org/abs/2410.16794" in ir["source"]
+    assert rows["pick_score"]["against_baseline"] == "same"
+    warning = [w for w in plan["warnings"] if "served by sdxl-lightning; published against sdxl:" in w]
+    assert len(warning) == 1
+    assert "image_reward 0.72 against 0.87 (worse)" in warning[0]
+    # The base model itself has nothing to declare.
+    assert plan_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10")["distilled_quality"] == []
+
+
+def test_fid_is_better_when_lower_and_a_variant_without_figures_reads_unknown(reference_url: str) -> None:
+    schnell = plan_json(reference_url, "--model", "flux-schnell", "--rate", "2", "--p95", "30", "--allow-estimates")
+    fid = _distilled(schnell)["fid"]
+    assert (fid["value"], fid["baseline"], fid["against_baseline"]) == (7.94, 10.15, "better")
+    assert fid["compared_model"] == "flux-dev"
+    # A served variant with nothing published against its base gets a row saying so, not a number.
+    served = Plan(
+        feasible=True, total_cost_per_hour=1.0, gpus={"h100-sxm-80gb": 1},
+        workloads=(WorkloadPlan("w", "qwen-image-lightning", "[te+dn+vae]", (("te", "dn", "vae"),), 1.0, 0.2, None,
+                                10.0, 1.0, ()),),
+    )  # fmt: skip
+    (row,) = distilled_quality(served, models(), published_quality())
+    assert (row["evidence"], row["compared_model"], row["value"]) == ("unknown", "qwen-image", None)
+    assert "no published or measured quality figure" in warning_lines([row])[0]

@@ -46,6 +46,7 @@ PLAN_KEYS = [
     "solver",
     "quality",
     "replan",  # null unless re-planned from a running plan (--from)
+    "distilled_quality",  # published figures of a served distilled variant against its base
 ]
 WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
 GROUP_KEYS = {"stages": list, "family": str, "recipes": dict, "batch": int, "replicas": int, "throughput": float}

@@ -25,6 +25,7 @@ from tests.deploy.project import (
     COMPOSE_DIR,
     COMPOSE_FILE,
     REPO,
+    agent_settings,
     check_invocation,
     compose,
     compose_raw,
@@ -145,6 +146,10 @@ def test_ports_and_health_checks_agree_with_the_settings_and_the_app(routes: Rou
     assert metrics_port is not None
     assert [str(p).rsplit(":", 1)[-1] for p in svc["worker"]["ports"]] == [str(metrics_port)]
     assert urls_in(" ".join(healthcheck_argv(svc["worker"]))) == [("127.0.0.1", metrics_port, "/metrics")]
+
+    agent = agent_settings(service_environment(svc["agent"]))
+    assert agent.metrics_port is not None
+    assert [str(p).rsplit(":", 1)[-1] for p in svc["agent"]["ports"]] == [str(agent.metrics_port)]
 
     # Services reach each other by service name and the port the other one listens on.
     agent_url = service_environment(svc["agent"])["AGENT_PLANNER_URL"]

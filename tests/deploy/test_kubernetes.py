@@ -198,6 +198,13 @@ def test_the_agent_daemonset_runs_on_gpu_nodes_with_nvml_and_reads_its_node() ->
     assert fields == {"AGENT_NODE_NAME": "spec.nodeName", "AGENT_HOST_NAME": "spec.nodeName"}
     settings = agent_settings(env)
     assert settings.node_label_prefixes == ["nvidia.com/"]
+    # Its metrics (a refused run is counted there): the port the settings serve, declared, annotated, let in.
+    assert settings.metrics_port is not None
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": settings.metrics_port}
+    assert int(pod_annotations(pod.name)["prometheus.io/port"]) == settings.metrics_port
+    let_in = objects("NetworkPolicy")["agent-metrics"]["spec"]
+    assert let_in["podSelector"]["matchLabels"] == pod.labels
+    assert let_in["ingress"][0]["ports"] == [{"protocol": "TCP", "port": settings.metrics_port}]
     # The token file lives on the node: a replaced pod keeps the host's identity.
     state = next(m for m in agent["volumeMounts"] if m["name"] == "state")
     assert Path(state["mountPath"]) == settings.state_dir
