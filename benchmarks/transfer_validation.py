@@ -37,6 +37,7 @@ from planner.measurements.csvio import read_csv
 from planner.perf import PerfModel, PerfSettings
 from planner.perf.roofline import (
     TRANSFER_DISTANCE_UNCERTAINTY,
+    TRANSFER_MIN_UNCERTAINTY,
     OverheadScaling,
     family_distance,
 )
@@ -416,6 +417,16 @@ def fitted_distance_uncertainty(checks: list[RatioCheck]) -> float | None:
     return max(slopes) if slopes else None
 
 
+def fitted_min_uncertainty(checks: list[RatioCheck]) -> float | None:
+    """The least transfer uncertainty: the largest |error| among the checks at the smallest distance
+    (planner.perf.roofline.TRANSFER_MIN_UNCERTAINTY is this, rounded up to 0.01)."""
+    near = [c for c in checks if c.distance]
+    if not near:
+        return None
+    nearest = min(c.distance for c in near if c.distance)
+    return max(abs(c.error) for c in near if c.distance is not None and c.distance <= nearest + 1e-9)
+
+
 def cross_family_ratios(
     perf: PerfModel,
     rows: list[MeasurementRow],
@@ -447,13 +458,14 @@ def cross_family_ratios(
         print(
             f"| {label} | {slow} / {fast} | {slow_ms / fast_ms:.3f} ({slow_src} / {fast_src}) | {predicted} | {error} |"
         )
-    slope = fitted_distance_uncertainty(checks)
+    slope, floor = fitted_distance_uncertainty(checks), fitted_min_uncertainty(checks)
     inside = sum(c.inside for c in checks)
     print(f"\n{inside} of {len(checks)} checked ratios inside their uncertainty.")
-    if slope is not None:
+    if slope is not None and floor is not None:
         print(
-            f"Transfer uncertainty = {TRANSFER_DISTANCE_UNCERTAINTY:.2f} x roofline distance (planner.perf.roofline); "
-            f"the checked errors call for at least {slope:.3f}."
+            f"Transfer uncertainty = max({TRANSFER_MIN_UNCERTAINTY:.2f}, {TRANSFER_DISTANCE_UNCERTAINTY:.2f} x "
+            f"roofline distance) (planner.perf.roofline); the checked errors call for at least max({floor:.3f}, "
+            f"{slope:.3f} x distance)."
         )
     return checks
 

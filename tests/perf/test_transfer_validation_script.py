@@ -66,11 +66,11 @@ def test_prints_a_markdown_table_from_a_measurements_csv(tmp_path: Path, capsys:
 def test_every_cross_family_ratio_is_inside_the_uncertainty_fitted_to_it(capsys: pytest.CaptureFixture[str]) -> None:
     """On the shipped measurements, every same-source published pair and every measured family predicted from the
     H100 alone gives a ratio inside the uncertainty the model attaches; and the transfer's distance slope is the
-    fit to those errors (at least the largest |error| / distance, less than 0.01 above it)."""
+    fit to those errors (slope and floor each at least what the errors call for, less than 0.01 above it)."""
     from planner.catalog import loader
     from planner.measurements.csvio import read_csv
     from planner.perf import PerfModel
-    from planner.perf.roofline import TRANSFER_DISTANCE_UNCERTAINTY
+    from planner.perf.roofline import TRANSFER_DISTANCE_UNCERTAINTY, TRANSFER_MIN_UNCERTAINTY
 
     module = _script()
     rows = [located.row for located in read_csv(Path("planner/reference/measurements.csv"))]
@@ -85,3 +85,6 @@ def test_every_cross_family_ratio_is_inside_the_uncertainty_fitted_to_it(capsys:
     fitted = module.fitted_distance_uncertainty(checks)
     assert fitted is not None
     assert fitted <= TRANSFER_DISTANCE_UNCERTAINTY < fitted + 0.01
+    floor = module.fitted_min_uncertainty(checks)
+    assert floor is not None
+    assert floor <= TRANSFER_MIN_UNCERTAINTY < floor + 0.01
