@@ -36,8 +36,9 @@ Split and transfer
     On the target family T:  t_T = c x P_S/P_T + m x BW_S/BW_T + o x k_o, with k_o = 1 by default
     (launch and latency floors are set by the clock and the host, similar across data-centre GPUs);
     `overhead_scaling="bandwidth"` scales it like memory instead (the plain two-part split).
-    The estimate's relative uncertainty is u = 0.10 + 0.15 d with d = max(|ln P_T/P_S|, |ln BW_T/BW_S|),
-    the distance between the two families (0.27 from H100 to A100; 0.41 from H100 to A10).
+    The estimate's relative uncertainty is u = max(0.08, 0.24 d) with d = max(|ln P_T/P_S|, |ln BW_T/BW_S|),
+    the distance between the two families (0.28 from H100 to A100; 0.50 from H100 to A10; 0.086 to the H200),
+    both constants fitted to the cross-family errors benchmarks/transfer_validation.py measures.
 """
 
 from __future__ import annotations
