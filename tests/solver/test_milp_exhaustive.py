@@ -327,7 +327,8 @@ def test_fluid_packing_path_gives_the_exhaustive_optimum(inst: dict, p95: float 
     bind) to compare with the optimum, which the exact-packing retry must reach."""
     p, fams, cells, ws = _build(inst, p95=p95)
     expected = brute_force(p, fams, cells, ws)
-    plan = solve(p.with_options(exact_packing_max_items=0))
+    fluid = p.with_options(exact_packing_max_items=0)
+    plan = solve(fluid)
     if expected is None:
         assert not plan.feasible
         return
@@ -335,6 +336,7 @@ def test_fluid_packing_path_gives_the_exhaustive_optimum(inst: dict, p95: float 
     assert plan.total_cost_per_hour is not None
     # Few candidates: the fluid solve is retried with exact packing, so the optimum is found.
     assert plan.total_cost_per_hour == __import__("pytest").approx(expected, rel=1e-9, abs=1e-9)
+    _assert_bound_and_baselines(fluid, plan)
     assert plan.stats is not None
     assert plan.stats.mip_gap >= 0
     for fid, n in plan.gpus.items():
