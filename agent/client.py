@@ -1,8 +1,9 @@
 """The planner REST client (docs/api.md), with retries on what a retry can fix.
 
-Transport errors, 5xx, 408 and 429 are retried with exponential backoff (tenacity); other 4xx are the
-caller's problem and raised at once (a bad token, a run the planner refuses). Results go through the spool
-(agent/spool.py), so a planner that stays down past the retries loses nothing.
+Transport errors, 5xx, 408, 425 and 429 are retried with exponential backoff (planner.client, the base the
+scheduler's job client shares); other 4xx are the caller's problem and raised at once (a bad token, a run the
+planner refuses). Results go through the spool (agent/spool.py), so a planner that stays down past the retries
+loses nothing.
 """
 
 from __future__ import annotations
@@ -10,119 +11,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 from agent.spool import Spool
+from planner.client import TRANSIENT_STATUS, ApiClient, ApiError
 
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+RETRY_STATUS = TRANSIENT_STATUS
 
 
-class PlannerError(Exception):
+class PlannerError(ApiError):
     """The planner answered with an error a retry will not fix (4xx), or kept failing past the retries."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
-
-class _Retryable(Exception):
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _Retryable | httpx.TransportError)
-
-
-class PlannerClient:
+class PlannerClient(ApiClient):
     """Calls the planner with this host's token. `transport` lets tests plug in an httpx MockTransport."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        timeout_s: float = 10.0,
-        attempts: int = 4,
-        max_wait_s: float = 8.0,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        self.token = token
-        self.attempts = attempts
-        self.max_wait_s = max_wait_s
-        self._sleep = sleep
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> PlannerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, str] | None = None,
-        token: str | None = None,
-    ) -> httpx.Response:
-        headers = {}
-        bearer = token or self.token
-        if bearer:
-            headers["Authorization"] = f"Bearer {bearer}"
-        kwargs: dict[str, Any] = {
-            "stop": stop_after_attempt(self.attempts),
-            "wait": wait_exponential(multiplier=0.5, max=self.max_wait_s),
-            "retry": retry_if_exception(_retryable),
-            "reraise": True,
-        }
-        if self._sleep is not None:
-            kwargs["sleep"] = self._sleep
-        try:
-            for attempt in Retrying(**kwargs):
-                with attempt:
-                    response = self._http.request(method, path, json=json, params=params, headers=headers)
-                    if response.status_code in RETRY_STATUS:
-                        raise _Retryable(response)
-        except _Retryable as exc:
-            raise PlannerError(
-                f"{method} {path}: planner kept answering {exc.response.status_code} after {self.attempts} attempts",
-                status=exc.response.status_code,
-            ) from exc
-        except httpx.TransportError as exc:
-            raise PlannerError(f"{method} {path}: planner unreachable after {self.attempts} attempts ({exc})") from exc
-        if response.status_code >= 400:
-            raise PlannerError(
-                f"{method} {path}: {response.status_code} {response.text[:500]}", status=response.status_code
-            )
-        return response
+    error = PlannerError
 
     # -- agent routes (docs/api.md) ---------------------------------------------------------------------------
     def register(self, body: dict[str, Any], *, enrollment_token: str) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("POST", "/v1/hosts", json=body, token=enrollment_token).json()
+        data: dict[str, Any] = self.request("POST", "/v1/hosts", json=body, token=enrollment_token).json()
         return data
 
     def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("POST", f"/v1/hosts/{host_id}/heartbeat", json=body).json()
+        data: dict[str, Any] = self.request("POST", f"/v1/hosts/{host_id}/heartbeat", json=body).json()
         return data
 
     def queued_requests(self, host_id: str) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = self._request(
+        data: list[dict[str, Any]] = self.request(
             "GET", f"/v1/hosts/{host_id}/requests", params={"state": "queued"}
         ).json()
         return data
 
     def claim(self, host_id: str, request_id: str) -> dict[str, Any] | None:
         try:
-            data: dict[str, Any] = self._request("POST", f"/v1/hosts/{host_id}/requests/{request_id}/claim").json()
+            data: dict[str, Any] = self.request("POST", f"/v1/hosts/{host_id}/requests/{request_id}/claim").json()
         except PlannerError as exc:
             if exc.status == 409:
                 return None
@@ -130,11 +51,11 @@ class PlannerClient:
         return data
 
     def complete(self, host_id: str, request_id: str, body: dict[str, Any]) -> None:
-        self._request("POST", f"/v1/hosts/{host_id}/requests/{request_id}/complete", json=body)
+        self.request("POST", f"/v1/hosts/{host_id}/requests/{request_id}/complete", json=body)
 
     def submit_run(self, run: dict[str, Any]) -> bool:
         """Send one probe run; True when stored now, False when the planner already had it (200)."""
-        response = self._request("POST", "/v1/probe-runs", json=run)
+        response = self.request("POST", "/v1/probe-runs", json=run)
         return response.status_code == 201
 
 

@@ -4,8 +4,8 @@ Each call is bracketed by CUDA events recorded on the stream (no host sync betwe
 stays as full as in serving); the host syncs once per window to read them. A cell is stable when the spread
 of the last `stable_windows` window means, (max - min) / median, is under `spread_threshold`; the timer then
 reports the median and p95 per call over those windows. Windows are sized so those windows hold at least
-`min_p95_calls` calls: a 95th percentile of fewer (39% of the first campaign's cells rested on 3) is only the
-largest sample, so `Timing.p95_measured` is false then and the probe stores no p95. Unstable cells still end (at
+`min_p95_calls` calls: a 95th percentile of fewer is only the largest sample, so `Timing.p95_measured` is false
+then and the probe stores no p95 (docs/agent.md, "A probe cell"). Unstable cells still end (at
 `max_windows`, or past `max_cell_s` once `min_windows` are done) and report their spread; the probe does not mark
 them ok.
 """
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -75,17 +76,6 @@ class Timing:
     def p95_measured(self) -> bool:
         """Whether enough calls were timed for `p95_ms` to be a 95th percentile rather than the slowest call."""
         return self.calls >= MIN_P95_CALLS
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 class _Clock:
@@ -179,7 +169,7 @@ def measure(
     median = statistics.median(samples)
     return Timing(
         median_ms=median,
-        p95_ms=max(percentile(samples, 95.0), median),
+        p95_ms=max(float(np.percentile(samples, 95.0)), median),  # linear interpolation
         mean_ms=statistics.fmean(samples),
         spread=spread,
         windows=len(windows),

@@ -31,17 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.core.batching import shape_batches
+from planner.core.batching import DEFAULT_BATCH_WAIT_S, shape_batches
 from planner.solver.latency import pool_p95_s
 from planner.solver.simulate import PoolSimulation, linear_curve, simulate_pool
-from scheduler.config import SchedulerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_RUNS = (
     REPO / "benchmarks" / "results" / "e2e-h100-2026-11-26-warmup",
     REPO / "benchmarks" / "results" / "e2e-h100-2026-11-27-simulated",
 )
-WAIT_S: float = SchedulerSettings.model_fields["batch_wait_s"].default  # the workers' batch wait (0.05 s)
+WAIT_S: float = DEFAULT_BATCH_WAIT_S  # the workers' batch wait (0.05 s) when the plan names none
 JOBS = 20_000
 
 

@@ -117,9 +117,8 @@ def run_load(args: argparse.Namespace, workers_n: int, load: float, work_dir: Pa
         def curve(n: int) -> float:
             return service_s(n, args.ms, args.item_ms)
 
-        pool = partial(
-            simulate_pool, rate=rate, servers=workers_n, batch=args.batch, service_s=curve, wait_s=settings.batch_wait_s
-        )
+        wait_s = settings.batching(None).batch_wait_s
+        pool = partial(simulate_pool, rate=rate, servers=workers_n, batch=args.batch, service_s=curve, wait_s=wait_s)
         # the run's own arrivals (a sample path's p95 moves a lot at a few hundred jobs), and the long run
         replay = pool(arrivals=(walls - walls[0]).tolist(), warmup_jobs=args.skip)
         poisson = pool()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -30,6 +31,7 @@ from planner.measurements.contract import MeasurementRow  # noqa: E402
 from planner.measurements.csvio import read_csv  # noqa: E402
 
 Key = tuple[str, str, str, int]  # (model, stage, recipe, batch) on one family
+PIPELINE_COLUMNS = ("model", "recipe", "batch", "seconds", "images_per_s", "cost_per_image", "recipes", "steps")
 
 BURST_TFLOPS = {"h100-sxm-80gb": 786.2}
 """A short burst of bf16 matmuls before the clocks settle (../shared/reference/h100-baseline.json); families
@@ -47,7 +49,8 @@ def flops_per_image_tflop(model_id: str) -> float | None:
     return total
 
 
-def pipeline_rows(rows: list[MeasurementRow], family: str) -> list[dict[str, object]]:
+def pipeline_rows(rows: list[MeasurementRow], family: str) -> pd.DataFrame:
+    """One row per (model, denoiser recipe, batch) whose every stage was measured, sorted by those three."""
     cells: dict[Key, MeasurementRow] = {}
     for r in rows:
         if r.gpu_family == family and r.status == "ok" and r.latency_ms is not None:
@@ -81,7 +84,7 @@ def pipeline_rows(rows: list[MeasurementRow], family: str) -> list[dict[str, obj
                 "steps": spec.default_steps,
             }
         )
-    return out
+    return pd.DataFrame(out, columns=list(PIPELINE_COLUMNS))
 
 
 def markdown(rows: list[MeasurementRow], family: str, ceilings: dict[str, float]) -> str:
@@ -96,11 +99,11 @@ def markdown(rows: list[MeasurementRow], family: str, ceilings: dict[str, float]
         "| model | denoiser recipe | batch | s per batch | images/s | $/image | $/1000 images |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for t in table:
-        cpi = t["cost_per_image"]
+    for t in table.itertuples():
+        cpi = t.cost_per_image
         lines.append(
-            f"| {t['model']} | {t['recipe']} | {t['batch']} | {t['seconds']:.2f} | {t['images_per_s']:.3f} | "
-            + (f"{cpi:.5f} | {1000 * cpi:.2f} |" if isinstance(cpi, float) else "- | - |")
+            f"| {t.model} | {t.recipe} | {t.batch} | {t.seconds:.2f} | {t.images_per_s:.3f} | "
+            + (f"{cpi:.5f} | {1000 * cpi:.2f} |" if isinstance(cpi, float) and not pd.isna(cpi) else "- | - |")
         )
     lines += [
         "",
@@ -121,19 +124,15 @@ def markdown(rows: list[MeasurementRow], family: str, ceilings: dict[str, float]
         + ") |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    best: dict[str, dict[str, object]] = {}
-    for t in table:
-        m = str(t["model"])
-        if m not in best or float(t["images_per_s"]) > float(best[m]["images_per_s"]):  # type: ignore[arg-type]
-            best[m] = t
-    for m, t in sorted(best.items()):
-        tf = flops_per_image_tflop(m)
-        ips = float(t["images_per_s"])  # type: ignore[arg-type]
+    best = table.loc[table.groupby("model")["images_per_s"].idxmax()] if len(table) else table  # first of ties
+    for top in best.sort_values("model").to_dict("records"):
+        tf = flops_per_image_tflop(str(top["model"]))
+        ips = float(top["images_per_s"])
         if tf is None:
             continue
         roof = [c / tf for c in ceilings.values()]
         lines.append(
-            f"| {m} | {t['steps']} | {t['recipe']} | {t['batch']} | {ips:.3f} | {tf:.0f} | "
+            f"| {top['model']} | {top['steps']} | {top['recipe']} | {top['batch']} | {ips:.3f} | {tf:.0f} | "
             + " / ".join(f"{r:.3f}" for r in roof)
             + " | "
             + " / ".join(f"{ips / r:.0%}" for r in roof)
@@ -149,8 +148,8 @@ def plot(rows: list[MeasurementRow], family: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     table = pipeline_rows(rows, family)
-    models = sorted({str(t["model"]) for t in table})
-    recipes = sorted({str(t["recipe"]) for t in table})
+    models = sorted(table["model"].unique())
+    recipes = sorted(table["recipe"].unique())
     colors = plt.get_cmap("tab20")
     color = {r: colors(i % 20) for i, r in enumerate(recipes)}  # one colour per recipe across panels
     ncols = 4
@@ -159,13 +158,10 @@ def plot(rows: list[MeasurementRow], family: str, path: Path) -> None:
     for ax in axes.flat[len(models) :]:
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models, strict=False):
-        series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        for t in table:
-            if t["model"] == model:
-                series[str(t["recipe"])].append((int(t["batch"]), float(t["images_per_s"])))  # type: ignore[call-overload]
-        for recipe, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=recipe, color=color[recipe])
+        series = table[table["model"] == model].pivot(index="batch", columns="recipe", values="images_per_s")
+        for recipe in sorted(series.columns):
+            pts = series[recipe].dropna()
+            ax.plot(pts.index, pts.to_numpy(), marker="o", label=recipe, color=color[recipe])
         ax.set_xscale("log", base=2)
         ax.set_title(f"{model} on {family}")
         ax.set_xlabel("batch")

@@ -38,6 +38,7 @@ from planner.perf.roofline import Calibration
 from planner.scenario import Scenario
 from planner.solver import Plan, Problem, SolverOptions, build_problem, solve
 from planner.solver.distilled import with_distilled_quality
+from planner.solver.problem import options_from_scenario
 from planner.solver.replan import RunningPlan
 
 
@@ -207,17 +208,7 @@ def load_catalog(session: Session) -> StoreCatalog:
 
 def solver_options(scenario: Scenario, settings: Settings, **overrides: Any) -> SolverOptions:
     """SolverOptions from the scenario's `solver:` section; Settings fill the knobs the section leaves out."""
-    sec = scenario.solver
-    given = sec.model_fields_set
-    opts = SolverOptions(
-        memory_reserve_gib=sec.memory_reserve_gib if "memory_reserve_gib" in given else settings.memory_reserve_gib,
-        share_gpus=sec.share_gpus,
-        share_max_utilization=sec.share_max_utilization,
-        mip_rel_gap=sec.mip_rel_gap,
-        time_limit_s=sec.time_limit_s,
-        what_if_rates=tuple(sec.what_if_rates),
-        simulated_p95_binds=sec.simulated_p95_binds,
-    )
+    opts = options_from_scenario(scenario, SolverOptions(memory_reserve_gib=settings.memory_reserve_gib))
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(opts, **changes) if changes else opts
 

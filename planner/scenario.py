@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from planner.catalog.schema import ID_PATTERN, STAGES, GpuFamily, ModelSpec, Stage
+from planner.core import solver_defaults as defaults
+from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, BatchingPolicy, CompiledBatches
 from planner.core.errors import InputError
 from planner.core.yamlsafe import MAX_YAML_BYTES, check_bounded, read_bounded
 
@@ -165,16 +167,39 @@ class WorkloadSpec(_Strict):
 class SolverSection(_Strict):
     """`solver:` knobs (all optional)."""
 
-    memory_reserve_gib: NonNegativeFloat = Field(default=2.0, description="GiB kept free on every GPU")
-    share_gpus: bool = True
-    share_max_utilization: Annotated[float, Field(gt=0, le=1)] = 0.7
-    mip_rel_gap: Annotated[float, Field(ge=0, le=0.5)] = 1e-3
-    time_limit_s: PositiveFloat = 60.0
-    what_if_rates: list[PositiveFloat] = Field(default_factory=lambda: [0.5, 2.0])
+    memory_reserve_gib: NonNegativeFloat = Field(
+        default=defaults.MEMORY_RESERVE_GIB, description="GiB kept free on every GPU"
+    )
+    share_gpus: bool = defaults.SHARE_GPUS
+    share_max_utilization: Annotated[float, Field(gt=0, le=1)] = defaults.SHARE_MAX_UTILIZATION
+    mip_rel_gap: Annotated[float, Field(ge=0, le=0.5)] = defaults.MIP_REL_GAP
+    time_limit_s: PositiveFloat = defaults.TIME_LIMIT_S
+    what_if_rates: list[PositiveFloat] = Field(default_factory=lambda: list(defaults.WHAT_IF_RATES))
     simulated_p95_binds: bool = Field(
-        default=True,
+        default=defaults.SIMULATED_P95_BINDS,
         description="hold the plan to the scheduler's simulated batching as well as to the analytic p95 bound",
     )
+
+
+class BatchingSection(_Strict):
+    """`batching:` how the fleet's workers form batches (planner.core.batching.BatchingPolicy): the solver's
+    simulation assumes it, the plan carries it, the workers serving the plan run it."""
+
+    compiled_batches: CompiledBatches = Field(
+        default=DEFAULT_COMPILED_BATCHES,
+        description="batch sizes a compiled stage runs at (a short batch padded up): pow2, plan or off",
+    )
+    batch_wait_s: NonNegativeFloat = Field(
+        default=DEFAULT_BATCH_WAIT_S, description="the longest a batch waits to fill up"
+    )
+
+    @field_validator("compiled_batches", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    def policy(self) -> BatchingPolicy:
+        return BatchingPolicy(compiled_batches=self.compiled_batches, batch_wait_s=self.batch_wait_s)
 
 
 OfferingKind = Literal["on-demand", "spot", "serverless", "reserved"]
@@ -200,6 +225,9 @@ class Scenario(_Strict):
     )
     workloads: list[WorkloadSpec] = Field(min_length=1)
     solver: SolverSection = Field(default_factory=SolverSection)
+    batching: BatchingSection | None = Field(
+        default=None, description="the workers' batching policy (default: planner.core.batching's defaults)"
+    )
 
     _path: Path | None = PrivateAttr(default=None)
     _name: str = PrivateAttr(default="<scenario>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import time
 import uuid
@@ -218,15 +219,22 @@ def rebalance(
 ) -> None:
     """Move queued jobs off pools of lost hosts; resend jobs whose dispatch was never recorded."""
     from scheduler.dispatch import Dispatcher
-    from scheduler.rebalance import rebalance_once
+    from scheduler.rebalance import RebalanceTurns, rebalance_once
 
     settings = _settings()
     dispatcher = Dispatcher(settings)
-    while True:
+    if not loop:
         report = rebalance_once(dispatcher)
         _print({"unavailable": sorted(report.unavailable), "moved": report.moved, "resent": report.redispatched})
-        if not loop:
-            return
+        return
+    # as its own process: it takes the same turns as the workers (one pass at a time, fleet-wide)
+    turns = RebalanceTurns(
+        lambda: dispatcher, holder=f"rebalance@{socket.gethostname()}", lock_s=settings.heartbeat_s * 4
+    )
+    while True:
+        turn = turns.take_turn(dispatcher.state)
+        if turn is not None:
+            _print({"unavailable": sorted(turn.unavailable), "moved": turn.moved, "resent": turn.redispatched})
         time.sleep(settings.heartbeat_s)
 
 
@@ -240,6 +248,23 @@ def dead_letter(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
 
     settings = _settings()
     _print(SchedulerState(redis.Redis.from_url(settings.state_redis_url), settings.key_prefix).dead_letters(limit))
+
+
+@app.command()
+@handle_errors
+def workers() -> None:
+    """The live workers from their heartbeats: pools served, and pools refused with why (a broken model folder)."""
+    import dataclasses
+
+    import redis
+
+    from scheduler.state import SchedulerState
+
+    settings = _settings()
+    found = SchedulerState(redis.Redis.from_url(settings.state_redis_url), settings.key_prefix).workers()
+    _print([dataclasses.asdict(w) for w in sorted(found, key=lambda w: w.name)])
+    if any(w.refused for w in found):
+        raise typer.Exit(1)  # a script (or a health check) sees that some pool is not served as planned
 
 
 def main() -> None:  # pragma: no cover - console script entry for tools that want a function

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from planner.client import ApiClient, ApiError
 
 TERMINAL = ("done", "failed", "dead")
 
 
-class JobClientError(Exception):
-    """The service refused a request; the message is the service's."""
+class JobClientError(ApiError):
+    """The service refused a request (`status_code`, and the service's `detail`), or could not be reached."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
-        self.status_code = status_code
-        self.detail = detail
-        super().__init__(f"HTTP {status_code}: {detail}")
+    @property
+    def status_code(self) -> int | None:
+        return self.status
 
 
 class JobFailedError(Exception):
@@ -47,6 +47,8 @@ class JobStatus:
     error: str | None
     result_url: str | None
     raw: dict[str, Any]
+    weights: str | None = None
+    """Which weights made the image, once done: real, or synthetic (random weights: noise)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobStatus:
@@ -60,6 +62,7 @@ class JobStatus:
             error=data.get("error"),
             result_url=data.get("result_url"),
             raw=data,
+            weights=data.get("weights"),
         )
 
     @property
@@ -67,13 +70,13 @@ class JobStatus:
         return self.state in TERMINAL
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, JobClientError) and exc.status_code in (502, 503, 504)
+class JobClient(ApiClient):
+    """The job API's client. Only a proxy's or a restarting service's 502/503/504 are retried: a submission
+    carries its idempotency key, so a retried one is the same job."""
 
+    retry_status = frozenset({502, 503, 504})
+    error = JobClientError
 
-class JobClient:
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
@@ -83,36 +86,9 @@ class JobClient:
         retries: int = 3,
         client: httpx.Client | None = None,
     ) -> None:
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = client or httpx.Client(base_url=base_url, timeout=timeout_s)
-        self.retries = retries
-
-    def __enter__(self) -> JobClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.http.close()
-
-    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        for attempt in Retrying(
-            stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception(_transient),
-            reraise=True,
-        ):
-            with attempt:
-                resp = self.http.request(method, url, headers=self.headers, **kwargs)
-                if resp.status_code >= 400:
-                    try:
-                        detail = resp.json().get("detail", resp.text)
-                    except ValueError:
-                        detail = resp.text
-                    raise JobClientError(resp.status_code, detail)
-                return resp
-        raise AssertionError("unreachable")  # pragma: no cover
+        super().__init__(
+            base_url, token=token, timeout_s=timeout_s, attempts=retries + 1, wait_s=0.2, max_wait_s=5, client=client
+        )
 
     def submit(
         self,
@@ -141,14 +117,14 @@ class JobClient:
         ):
             if value is not None:
                 body[key] = value
-        return JobStatus.from_json(self._call("POST", "/v1/jobs", json=body).json())
+        return JobStatus.from_json(self.request("POST", "/v1/jobs", json=body).json())
 
     def get(self, job_id: str) -> JobStatus:
-        return JobStatus.from_json(self._call("GET", f"/v1/jobs/{job_id}").json())
+        return JobStatus.from_json(self.request("GET", f"/v1/jobs/{job_id}").json())
 
     def result(self, job_id: str) -> bytes:
         """The job's image (PNG bytes); a job not done yet is a JobClientError 409."""
-        return self._call("GET", f"/v1/jobs/{job_id}/result").content
+        return self.request("GET", f"/v1/jobs/{job_id}/result").content
 
     def wait(self, job_id: str, *, timeout_s: float = 600.0, poll_s: float = 0.5) -> JobStatus:
         """Poll until the job ends; raises JobFailedError if it ended without a result."""

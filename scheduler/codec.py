@@ -1,23 +1,31 @@
 """Bytes for what crosses process boundaries: intermediates (tensors + values) and result images (PNG).
 
-Intermediates are a small header (JSON) and the raw tensor bytes: no pickle (a shared Redis must not hand a
-worker code to run), any dtype torch has (bf16 and fp8 included, which numpy lacks), and no torch import for
-values that hold none (no-op pools). Images are encoded by a minimal PNG writer (zlib), so the result path
-needs neither Pillow nor torch.
+Intermediates are a safetensors blob: no pickle (a shared Redis must not hand a worker code to run), every
+dtype torch has (bf16 and fp8 included, which numpy lacks), and no torch import for values that hold none
+(no-op pools). The JSON values and which tensors were numpy arrays ride in the blob's metadata. Images are PNGs
+written by Pillow (no torch on the result path).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import struct
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image, PngImagePlugin
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_numpy
+from safetensors.numpy import save as save_numpy
 
-MAGIC = b"SCHT1"
-_LEN = struct.Struct(">I")
+VALUES = "scheduler.values"
+"""Metadata key: the JSON values of the mapping (everything that is not a tensor)."""
+NUMPY = "scheduler.numpy"
+"""Metadata key: the names of the tensors that were numpy arrays (they come back as numpy arrays)."""
+TORCH = "scheduler.torch"
+"""Metadata key: "1" when the blob holds torch tensors (unpacking it needs torch)."""
 
 
 class CodecError(ValueError):
@@ -30,63 +38,51 @@ def _is_torch(value: Any) -> bool:
 
 def pack(values: Mapping[str, Any]) -> bytes:
     """One flat mapping of name -> torch tensor, numpy array, or JSON value, as bytes."""
-    meta: dict[str, Any] = {}
-    tensors: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    offset = 0
-    for name, value in values.items():
-        if _is_torch(value):
-            import torch  # a worker-only path: only tensors lead here
+    arrays = {k: np.ascontiguousarray(v) for k, v in values.items() if isinstance(v, np.ndarray)}
+    tensors = {k: v for k, v in values.items() if _is_torch(v)}
+    plain = {k: v for k, v in values.items() if k not in arrays and k not in tensors}
+    metadata = {
+        VALUES: json.dumps(plain, separators=(",", ":")),
+        NUMPY: json.dumps(sorted(arrays)),
+        TORCH: "1" if tensors else "0",
+    }
+    if not tensors:
+        return save_numpy(arrays, metadata=metadata)
+    import torch  # a worker-only path: only tensors lead here
+    from safetensors.torch import save as save_torch
 
-            t = value.detach().to("cpu").contiguous()
-            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-            entry: dict[str, Any] = {
-                "name": name,
-                "kind": "torch",
-                "dtype": str(t.dtype).removeprefix("torch."),
-                "shape": list(t.shape),
-            }
-        elif isinstance(value, np.ndarray):
-            arr = np.ascontiguousarray(value)
-            raw = arr.tobytes()
-            entry = {"name": name, "kind": "numpy", "dtype": arr.dtype.str, "shape": list(arr.shape)}
-        else:
-            meta[name] = value
-            continue
-        entry.update(offset=offset, nbytes=len(raw))
-        tensors.append(entry)
-        blobs.append(raw)
-        offset += len(raw)
-    header = json.dumps({"meta": meta, "tensors": tensors}, separators=(",", ":")).encode()
-    return b"".join([MAGIC, _LEN.pack(len(header)), header, *blobs])
+    # each tensor copied to its own CPU storage: safetensors refuses tensors that share one (views of a batch)
+    out = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
+    out.update({k: torch.from_numpy(a) for k, a in arrays.items()})
+    return save_torch(out, metadata=metadata)
 
 
 def unpack(data: bytes) -> dict[str, Any]:
     """The mapping `pack` wrote (torch tensors come back on the CPU)."""
-    if not data.startswith(MAGIC):
-        raise CodecError("not an intermediate written by scheduler.codec.pack")
-    start = len(MAGIC) + _LEN.size
-    (hlen,) = _LEN.unpack_from(data, len(MAGIC))
-    header = json.loads(data[start : start + hlen])
-    body = memoryview(data)[start + hlen :]
-    out: dict[str, Any] = dict(header["meta"])
-    for entry in header["tensors"]:
-        raw = body[entry["offset"] : entry["offset"] + entry["nbytes"]]
-        if entry["kind"] == "torch":
-            import torch
+    metadata = _metadata(data)
+    out: dict[str, Any] = json.loads(metadata[VALUES])
+    numpy_names = set(json.loads(metadata[NUMPY]))
+    if metadata.get(TORCH) != "1":
+        out.update(load_numpy(bytes(data)))
+        return out
+    from safetensors.torch import load as load_torch
 
-            dtype = getattr(torch, entry["dtype"])
-            flat = (
-                torch.frombuffer(bytearray(raw), dtype=torch.uint8) if len(raw) else torch.empty(0, dtype=torch.uint8)
-            )
-            out[entry["name"]] = flat.view(dtype).reshape(entry["shape"])
-        else:
-            out[entry["name"]] = np.frombuffer(raw, dtype=np.dtype(entry["dtype"])).reshape(entry["shape"]).copy()
+    for name, tensor in load_torch(bytes(data)).items():
+        out[name] = tensor.numpy() if name in numpy_names else tensor
     return out
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return _LEN.pack(len(payload)) + kind + payload + _LEN.pack(zlib.crc32(kind + payload) & 0xFFFFFFFF)
+def _metadata(data: bytes) -> dict[str, str]:
+    """The blob's safetensors metadata (the format: a little-endian u64 header length, then the JSON header)."""
+    try:
+        (length,) = struct.unpack_from("<Q", data, 0)
+        header = json.loads(bytes(data[8 : 8 + length]))
+        metadata = header["__metadata__"]
+        if VALUES in metadata and NUMPY in metadata:
+            return dict(metadata)
+    except (struct.error, ValueError, KeyError, TypeError, SafetensorError):
+        pass
+    raise CodecError("not an intermediate written by scheduler.codec.pack (a safetensors blob with its metadata)")
 
 
 def encode_png(pixels: np.ndarray, level: int = 6, *, text: Mapping[str, str] | None = None) -> bytes:
@@ -94,32 +90,23 @@ def encode_png(pixels: np.ndarray, level: int = 6, *, text: Mapping[str, str] | 
     arr = np.asarray(pixels)
     if arr.dtype != np.uint8:
         raise ValueError(f"PNG pixels must be uint8, not {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
         raise ValueError(f"PNG pixels must be (H, W[, 1|3|4]), not {arr.shape}")
-    h, w, c = arr.shape
-    color = {1: 0, 3: 2, 4: 6}[c]
-    rows = np.zeros((h, 1 + w * c), dtype=np.uint8)  # filter byte 0 (None) per row
-    rows[:, 1:] = arr.reshape(h, w * c)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
-    return b"".join(
-        [
-            b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", ihdr),
-            *(
-                _chunk(b"tEXt", k.encode("latin-1")[:79] + b"\0" + v.encode("latin-1", "replace"))
-                for k, v in (text or {}).items()
-            ),
-            _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
-            _chunk(b"IEND", b""),
-        ]
-    )
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=level, pnginfo=info)
+    return buf.getvalue()
 
 
 def decode_png_size(data: bytes) -> tuple[int, int]:
     """(width, height) of a PNG, from its header."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
-        raise CodecError("not a PNG")
-    w, h = struct.unpack(">II", data[16:24])
-    return int(w), int(h)
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            width, height = img.size
+    except (OSError, ValueError) as exc:
+        raise CodecError("not a PNG") from exc
+    return int(width), int(height)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, CompiledBatches
+from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, BatchingPolicy, CompiledBatches
 from planner.core.config import default_data_dir, default_database_url
 from planner.core.errors import ConfigError
 
@@ -94,14 +94,20 @@ class SchedulerSettings(BaseSettings):
         description="serve models with no folder on random weights (timing only: images are noise); the folders "
         "come from --model-dir or GFP_MODEL_DIRS (docs/models.md)",
     )
-    batch_wait_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, description="the longest a batch waits to fill up")
+    batch_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        description=f"the longest a batch waits to fill up; default: the plan's `batching` (the scenario's), else "
+        f"{DEFAULT_BATCH_WAIT_S} s. Set, it overrides the plan's (which was simulated with its own)",
+    )
     max_batch: int | None = Field(default=None, ge=1, description="cap on the plan's batch (default: the plan's)")
-    compiled_batches: CompiledBatches = Field(
-        default=DEFAULT_COMPILED_BATCHES,
+    compiled_batches: CompiledBatches | None = Field(
+        default=None,
         description="batch sizes a compiled (static-shape) stage runs at, each compiled when its group loads, "
         "before the worker takes jobs; a short batch is padded up to the next one. pow2: 1, 2, 4, ... and the "
         "plan's batch; plan: the plan's batch only; off: no padding (a new size compiles when first formed, "
-        "while its jobs wait)",
+        f"while its jobs wait). Default: the plan's `batching` (the scenario's), else {DEFAULT_COMPILED_BATCHES}; "
+        "set, it overrides the plan's",
     )
     model_cache_size: int = Field(default=2, ge=1, description="stage groups resident on one GPU at once")
     heartbeat_s: float = Field(default=5.0, gt=0, description="worker registry, samples and drift check period")
@@ -109,6 +115,11 @@ class SchedulerSettings(BaseSettings):
         default=15.0,
         gt=0,
         description="a worker silent this long is gone (three missed heartbeats); its running jobs are sent again",
+    )
+    rebalance_in_workers: bool = Field(
+        default=True,
+        description="workers take turns at the rebalance pass (moving jobs off lost hosts, resending lost ones) "
+        "every heartbeat; false when `scheduler rebalance --loop` runs it as its own process",
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port (None: off)")
     throughput_window_s: float = Field(default=60.0, gt=0, description="window of the achieved throughput")
@@ -135,6 +146,14 @@ class SchedulerSettings(BaseSettings):
                 "the router's backlog counters and the intermediates need a Redis."
             )
         return self
+
+    def batching(self, planned: BatchingPolicy | None) -> BatchingPolicy:
+        """The policy this worker runs: its own settings where set, else the plan's, else the defaults."""
+        base = planned or BatchingPolicy()
+        return BatchingPolicy(
+            compiled_batches=base.compiled_batches if self.compiled_batches is None else self.compiled_batches,
+            batch_wait_s=base.batch_wait_s if self.batch_wait_s is None else self.batch_wait_s,
+        )
 
     @property
     def broker_is_redis(self) -> bool:

@@ -9,7 +9,9 @@ lost. The router stops choosing the pool too (the `unavailable` set) until a wor
 the lost workers had taken come back to the pool's queue after the visibility timeout and are moved on the
 next pass.
 
-One worker at a time runs a pass (a Redis lock), every heartbeat; `scheduler rebalance` runs one by hand.
+One worker at a time runs a pass (a Redis lock, `RebalanceTurns`), every heartbeat, on its own thread;
+`scheduler rebalance` runs one by hand, `scheduler rebalance --loop` as its own process (then
+`SCHEDULER_REBALANCE_IN_WORKERS=false` leaves it to that process).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import Any
@@ -30,7 +32,7 @@ from planner.db import models as m
 from planner.db.base import utcnow
 from scheduler.dispatch import Dispatcher, DispatchError
 from scheduler.routing import JobShape, NoCapacityError, NoRouteError, RoutingTable, decide_group, job_salt
-from scheduler.state import WorkerInfo
+from scheduler.state import SchedulerState, WorkerInfo
 
 log = logging.getLogger("scheduler.rebalance")
 
@@ -280,3 +282,33 @@ def rebalance_once(dispatcher: Dispatcher, *, now: float | None = None) -> Rebal
                 report.moved[pool] = n
     report.redispatched = resend_forgotten(dispatcher) + resend_lost(dispatcher, workers)
     return report
+
+
+class RebalanceTurns:
+    """Passes taken in turn by everyone offering them (each worker, every heartbeat, and `scheduler rebalance
+    --loop`): whoever holds the Redis lock runs the pass, the others skip it. The dispatcher is built on first
+    use (a worker that never wins a turn never connects a producer)."""
+
+    def __init__(self, make_dispatcher: Callable[[], Dispatcher], *, holder: str, lock_s: float) -> None:
+        self.make_dispatcher = make_dispatcher
+        self.holder = holder
+        self.lock_s = lock_s
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = self.make_dispatcher()
+        return self._dispatcher
+
+    def take_turn(self, state: SchedulerState) -> RebalanceReport | None:
+        """One pass if no one else is running one (None if someone is)."""
+        if not state.try_lock("rebalance", self.lock_s, self.holder):
+            return None
+        try:
+            report = rebalance_once(self.dispatcher)
+        finally:
+            state.unlock("rebalance", self.holder)
+        if report.moved or report.redispatched:
+            log.warning("rebalance: moved %s, resent %d", report.moved, report.redispatched)
+        return report

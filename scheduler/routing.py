@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import inf
 
+from planner.core.batching import BatchingPolicy
 from planner.core.errors import InputError, UnavailableError, UnroutableError
 
 DENOISER = "denoiser"
@@ -67,6 +68,8 @@ class RoutingTable:
     plan_id: int | None
     version: int
     pools: tuple[Pool, ...]
+    batching: BatchingPolicy | None = None
+    """The batching policy the plan was simulated with (its JSON's `batching`); None: the plan names none."""
     _groups: dict[str, tuple[tuple[Pool, ...], ...]] = field(default_factory=dict, compare=False, repr=False)
     _by_name: dict[str, Pool] = field(default_factory=dict, compare=False, repr=False)
 

@@ -14,7 +14,7 @@ Item keys (what flows between stages, and between groups through the intermediat
 - text_encoder adds `prompt_embeds` (+ `pooled_prompt_embeds` for SDXL and Flux, and the `negative_*` pair for
   CFG models): one tensor per item, (tokens, width); Qwen-Image's and Z-Image's are each prompt's own length;
 - denoiser adds `latents`: as the model's pipeline leaves them with `output_type="latent"` (packed tokens for
-  Flux and Qwen-Image; (channels, height / 8, width / 8) otherwise; unpacked on synthetic weights);
+  Flux and Qwen-Image; (channels, height / 8, width / 8) otherwise), on real and synthetic weights alike;
 - vae_decoder adds `image`: (H, W, 3) uint8 numpy array;
 - every stage sets `weights`: `real`, or `synthetic` once any stage ran on random weights (the PNG records it).
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import redis
@@ -36,6 +36,9 @@ class WorkerInfo:
     pid: int = 0
     ready: bool = False
     started_at: float = 0.0  # wall time this process started: a restart under the same name is a new worker
+    refused: dict[str, str] = field(default_factory=dict)
+    """Pools this worker was given but does not serve, with why (a model folder missing a part, a corrupt file):
+    an operator reading the registry sees them without the worker's log."""
 
 
 class SchedulerState:
@@ -101,6 +104,7 @@ class SchedulerState:
                     d.get("pid", 0),
                     d.get("ready", False),
                     float(d.get("started_at", 0.0)),
+                    dict(d.get("refused") or {}),
                 )
             )
         return out

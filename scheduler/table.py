@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from planner.core.batching import BatchingPolicy
 from planner.db import models as m
 from scheduler.routing import EMPTY_TABLE, Pool, RoutingTable
 
@@ -81,7 +82,9 @@ def load_table(session: Session, *, fleet: str) -> RoutingTable:
     for e in entries:
         h, w, steps = refs.get(e.workload_name, (None, None, None))
         pools.append(_pool(e, ref_height=h, ref_width=w, ref_steps=steps or default_steps.get(e.model_id)))
-    return RoutingTable(plan_id=plan_id, version=plan_id, pools=tuple(pools))
+    policy = (plan.result or {}).get("batching")
+    batching = BatchingPolicy.from_dict(policy) if isinstance(policy, dict) else None
+    return RoutingTable(plan_id=plan_id, version=plan_id, pools=tuple(pools), batching=batching)
 
 
 def find_pool(session: Session, *, fleet: str, pool: str) -> Pool | None:

@@ -15,7 +15,8 @@ the stage's own modules, no other stage's weights). Each stage is then a call of
   `image_processor.postprocess`.
 What stays ours is what diffusers does not do: the item hand-off between split stages (one tensor per item),
 padding Qwen-Image's text to a warmed length for a compiled denoiser, the recipe's context, and warm-up inputs.
-Random weights (`--synthetic`) have no tokenizer files: `stagekit.synthetic` serves them with a stand-in.
+Random weights (`--synthetic`) run the same stage classes on the same pipeline class, built by
+`stagekit.synthetic` from the random modules, offline tokenizers and the catalog's scheduler config.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ import torch
 
 from planner import catalog
 from planner.catalog.schema import ModelSpec
+from stagekit import synthetic
 from stagekit.errors import UnsupportedModelError
 from stagekit.interface import Item, StageFn, mark_weights
-from stagekit.pipelines import StageUnsupported, tiny_shapes
+from stagekit.pipelines import StageRunner, StageUnsupported, tiny_shapes
 from stagekit.recipes import PreparedStage, RecipeOptions, prepare, reset_cache
 from stagekit.sources import PIPELINES, ModelSource, ModelSourceError
-from stagekit.synthetic import example_conditioning_items, latent_shape, synthetic_stage, text_bucket
 
 EMBED_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
 DEFAULT_NEGATIVE = {"qwen-image": " "}
 """The negative prompt of a CFG model whose pipeline runs CFG only when given one (Qwen-Image's model card uses
 " "): the plan measured two transformer passes per step, and a job without a negative prompt gets them too."""
+QWEN_MAX_SEQUENCE = 512
+"""QwenImagePipeline keeps at most max_sequence_length (512) tokens of each prompt's conditioning."""
 
 
 def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Module], dtype: torch.dtype) -> Any:
@@ -72,17 +75,27 @@ def load_pipeline(spec: ModelSpec, folder: Path, modules: dict[str, torch.nn.Mod
 
 
 class PipelineStage:
-    """One stage of a model's pipeline in one recipe's form, on real weights."""
+    """One stage of a model's pipeline in one recipe's form: from the model's folder, or on random weights (None)."""
 
-    weights = "real"
-
-    def __init__(self, spec: ModelSpec, prepared: PreparedStage, folder: Path) -> None:
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage, folder: Path | None) -> None:
         self.spec = spec
         self.prepared = prepared
-        self.device = prepared.runner.setup.device
-        self.dtype = prepared.runner.setup.dtype
+        setup = prepared.runner.setup
+        self.device, self.dtype = setup.device, setup.dtype
         self.static_shapes = prepared.compiled  # compiled modules are static-shape: GroupRunner pads batches
-        self.pipe = load_pipeline(spec, folder, self.modules_for_pipeline(), self.dtype)
+        self.weights = "real" if folder is not None else "synthetic"
+        modules = self.modules_for_pipeline()
+        self.pipe = (
+            load_pipeline(spec, folder, modules, self.dtype)
+            if folder is not None
+            else synthetic.pipeline(spec, modules, tiny=setup.tiny)
+        )
+        self.pipe.set_progress_bar_config(disable=True)  # a worker's log is not a terminal
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The stage's prepared modules (the pipeline holds these objects; a VAE stage's stays apart)."""
+        return self.prepared.modules
 
     def modules_for_pipeline(self) -> dict[str, torch.nn.Module]:
         return dict(self.prepared.modules)
@@ -139,20 +152,56 @@ class TextStage(PipelineStage):
             raise UnsupportedModelError(f"model {self.spec.id!r}: no text stage for architecture {arch!r}")
         return {k: list(v) for k, v in out.items()}
 
+    def __init__(self, spec: ModelSpec, prepared: PreparedStage, folder: Path | None) -> None:
+        super().__init__(spec, prepared, folder)
+        if self.static_shapes and spec.architecture == "qwen-image":
+            base, prefix = prepared.runner.setup.text_tokens, int(self.pipe.prompt_template_encode_start_idx)
+            self.pipe.tokenizer = BucketedTokenizer(self.pipe.tokenizer, base=base, prefix=prefix)
+
+    def groups(self, negs: list[str | None]) -> list[list[int]]:
+        """Items encoded together: SDXL encodes an absent negative as zeros, a given one (even "") as text, so one
+        call per kind; a compiled encoder runs the whole batch (its warmed size) once, absent negatives zeroed."""
+        if self.static_shapes:
+            return [list(range(len(negs)))]
+        return [[i for i, n in enumerate(negs) if n is None], [i for i, n in enumerate(negs) if n is not None]]
+
+    def zeroes_absent_negatives(self) -> bool:
+        return bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))
+
     def __call__(self, batch: Sequence[Item]) -> list[Item]:
         negs = [self.negative(item) for item in batch]
-        # SDXL encodes an absent negative as zeros, a given one (even "") as text: one call per kind
-        groups = [[i for i, n in enumerate(negs) if n is None], [i for i, n in enumerate(negs) if n is not None]]
         rows: list[Item] = [{} for _ in batch]
         with torch.inference_mode(), self._ctx():
-            for idx in (g for g in groups if g):
+            for idx in (g for g in self.groups(negs) if g):
                 prompts = [str(batch[i].get("prompt") or "") for i in idx]
-                neg = None if negs[idx[0]] is None or not self.spec.cfg else [str(negs[i]) for i in idx]
+                given = self.spec.cfg and any(negs[i] is not None for i in idx)
+                neg = [str(negs[i] or "") for i in idx] if given else None
                 for key, values in self.encode(prompts, neg).items():
                     for j, i in enumerate(idx):
-                        rows[i][key] = values[j]
+                        absent = key.startswith("negative_") and negs[i] is None and self.zeroes_absent_negatives()
+                        rows[i][key] = torch.zeros_like(values[j]) if absent else values[j]
         self._sync()
-        return mark_weights([{**item, **row} for item, row in zip(batch, rows, strict=True)], "real")
+        return mark_weights([{**item, **row} for item, row in zip(batch, rows, strict=True)], self.weights)
+
+
+class BucketedTokenizer:
+    """Qwen-Image's tokenizer for a compiled text encoder: a batch is padded (right, masked) to the probe's text
+    length or a doubling of it (`text_bucket`), not to its longest prompt, so new prompt lengths reuse the warmed
+    graphs; the pipeline keeps each prompt's own tokens (a causal encoder's are unchanged by right padding)."""
+
+    def __init__(self, tokenizer: Any, *, base: int, prefix: int) -> None:
+        self.tokenizer, self.base, self.prefix = tokenizer, base, prefix
+
+    def __call__(self, text: Any, **kwargs: Any) -> Any:
+        if kwargs.get("padding") is True:
+            limit = kwargs.get("max_length")
+            longest = max(len(ids) for ids in self.tokenizer(text, truncation=True, max_length=limit).input_ids)
+            length = self.prefix + text_bucket(longest - self.prefix, self.base)
+            kwargs = {**kwargs, "padding": "max_length", "max_length": min(length, limit or length)}
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
 
 
 class DenoiserStage(PipelineStage):
@@ -182,7 +231,7 @@ class DenoiserStage(PipelineStage):
             {**{k: v for k, v in item.items() if not k.endswith("prompt_embeds")}, "latents": latents[i]}
             for i, item in enumerate(batch)
         ]
-        return mark_weights(out, "real")
+        return mark_weights(out, self.weights)
 
     def conditioning(self, batch: Sequence[Item]) -> dict[str, Any]:
         """The pipeline's embedding arguments from the items' rows (stacked; Qwen-Image padded and masked)."""
@@ -213,6 +262,57 @@ class DenoiserStage(PipelineStage):
 
 def first_keys(batch: Sequence[Item]) -> set[str]:
     return set(batch[0]) if batch else set()
+
+
+def text_bucket(n: int, base: int) -> int:
+    """The padded text length of a compiled denoiser for a batch whose longest prompt has `n` tokens: `base` (the
+    probe's length) doubled until it holds `n`, at most Qwen-Image's longest sequence (and never below `n`)."""
+    size = max(base, 1)
+    while size < n:
+        size *= 2
+    return max(n, min(size, QWEN_MAX_SEQUENCE))
+
+
+def latent_shape(spec: ModelSpec, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, h, w) of an unpacked latent: packed models' sides are even (2 x (side // 16))."""
+    f = spec.vae_scale_factor
+    if spec.architecture in ("sd", "sdxl"):
+        return spec.latent_channels, height // f, width // f
+    return spec.latent_channels, 2 * (height // (f * 2)), 2 * (width // (f * 2))
+
+
+CONDITIONING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "sd": {"prompt_embeds": ("encoder_hidden_states",)},
+    "sdxl": {"prompt_embeds": ("encoder_hidden_states",), "pooled_prompt_embeds": ("added_cond_kwargs", "text_embeds")},
+    "flux": {"prompt_embeds": ("encoder_hidden_states",), "pooled_prompt_embeds": ("pooled_projections",)},
+    "qwen-image": {"prompt_embeds": ("encoder_hidden_states",)},
+    "z-image": {"prompt_embeds": ("cap_feats",)},
+}
+"""Where each text-stage output is in the denoiser module's keyword arguments (`StageRunner.example_conditioning`)."""
+
+
+def example_conditioning_items(
+    spec: ModelSpec, runner: StageRunner, n: int, *, height: int, width: int, steps: int
+) -> list[Item]:
+    """`n` denoiser inputs as a text stage hands them over, random conditioning of the shapes the denoiser module
+    takes (a compiled stage's warm-up; a probe's inputs): one row per item, `negative_*` for CFG."""
+    cond = runner.example_conditioning(n * (2 if spec.cfg else 1))
+    cols: dict[str, Any] = {}
+    for key, path in CONDITIONING_COLUMNS[spec.architecture].items():
+        value: Any = cond
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            cols[key] = value
+    out = []
+    for i in range(n):
+        item: Item = {"prompt": "a warm-up image", "seed": i, "height": height, "width": width, "steps": steps}
+        for key, rows in cols.items():
+            item[key] = rows[i]
+            if spec.cfg:
+                item[f"negative_{key}"] = rows[n + i]
+        out.append(item)
+    return out
 
 
 class VaeStage(PipelineStage):
@@ -262,7 +362,7 @@ class VaeStage(PipelineStage):
             {**{k: v for k, v in item.items() if k != "latents"}, "image": np.ascontiguousarray(pixels[i])}
             for i, item in enumerate(batch)
         ]
-        return mark_weights(out, "real")
+        return mark_weights(out, self.weights)
 
     def example_items(self, n: int, *, height: int, width: int, steps: int) -> list[Item]:
         """`n` items as the denoiser hands them over (zero latents, packed as the pipeline leaves them)."""
@@ -295,12 +395,12 @@ def probe_prompt(tokenizer: Any, tokens: int, i: int) -> str:
     return " ".join(out)
 
 
-def attach_served(prepared: PreparedStage, spec: ModelSpec, folder: Path, *, height: int, width: int) -> None:
-    """Make the prepared runner's timed call the serving stage on real weights, so a probe times what a worker
-    runs: the text stage tokenizes and calls `encode_prompt` on prompts of the catalog's `text_tokens`; the
-    denoiser calls the pipeline for one step (`num_inference_steps=1`: one transformer/UNet call, CFG included,
-    plus the pipeline's per-call work) on conditioning of the text stage's shapes; the VAE stage un-scales,
-    decodes and post-processes."""
+def attach_served(prepared: PreparedStage, spec: ModelSpec, folder: Path | None, *, height: int, width: int) -> None:
+    """Make the prepared runner's timed call the serving stage (on the folder's weights, or random ones for None),
+    so a probe times what a worker runs: the text stage tokenizes and calls `encode_prompt` on prompts of the
+    catalog's `text_tokens`; the denoiser calls the pipeline for one step (`num_inference_steps=1`: one
+    transformer/UNet call, CFG included, plus the pipeline's per-call work) on conditioning of the text stage's
+    shapes; the VAE stage un-scales, decodes and post-processes."""
     stage: Any = STAGES[prepared.runner.setup.stage](spec, prepared, folder)
     tokens = prepared.runner.setup.text_tokens
 
@@ -331,8 +431,8 @@ def build_stage(
 ) -> StageFn:
     """A model's serving stage in a recipe's form: `prepare` (then compile), then the pipeline around it.
 
-    `source` None or without a folder: random weights (`stagekit.synthetic`); only a caller that was asked for
-    `--synthetic` passes that.
+    `source` None or without a folder: random weights (the same stages on `stagekit.synthetic`'s pipeline); only a
+    caller that was asked for `--synthetic` passes that.
     """
     try:
         spec = catalog.models()[model_id]
@@ -361,7 +461,5 @@ def build_stage(
         prepared.apply_compile()
     except StageUnsupported as exc:
         raise UnsupportedModelError(f"model {model_id!r} stage {stage!r} recipe {recipe!r}: {exc}") from exc
-    if folder is None:
-        return synthetic_stage(spec, stage, prepared)
     fn: StageFn = STAGES[stage](spec, prepared, folder)  # type: ignore[assignment]
     return fn

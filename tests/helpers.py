@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,16 @@ class CliResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+def recommend(url: str, *args: str) -> CliResult:
+    """`planner recommend --database-url URL ARGS...` in-process."""
+    return invoke("recommend", "--database-url", url, *args)
+
+
+def recommend_json(url: str, *args: str) -> dict[str, Any]:
+    """The plan `planner recommend ... --format json` prints (the command must succeed)."""
+    result = recommend(url, *args, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data

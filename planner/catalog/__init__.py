@@ -1,6 +1,14 @@
 """The catalogs (GPU families, models, recipes) shipped as data files."""
 
-from planner.catalog.loader import component_config, gpu_families, known_model, match_family, models, recipes
+from planner.catalog.loader import (
+    component_config,
+    gpu_families,
+    known_model,
+    match_family,
+    models,
+    recipes,
+    scheduler_config,
+)
 from planner.catalog.schema import STAGES, Component, GpuFamily, ModelSpec, Price, Recipe, StageSpec
 
 __all__ = [
@@ -17,4 +25,5 @@ __all__ = [
     "match_family",
     "models",
     "recipes",
+    "scheduler_config",
 ]

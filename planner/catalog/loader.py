@@ -83,6 +83,10 @@ def models(data_dir: Path | None = None) -> dict[str, ModelSpec]:
     for spec in found.values():
         if spec.distilled_from is not None and spec.distilled_from not in found:
             problems.append(f"  model {spec.id!r} field distilled_from: no model {spec.distilled_from!r}")
+        if spec.scheduler is not None and not (root / "configs" / spec.scheduler).is_file():
+            problems.append(
+                f"  model {spec.id!r} field scheduler: {spec.scheduler} is not a file under {root / 'configs'}"
+            )
         groups = [(f"stage {s.name}", s.components) for s in spec.stages]
         if spec.tiny_vae is not None:
             groups.append(("tiny_vae", spec.tiny_vae.components))
@@ -114,6 +118,20 @@ def component_config(component: Component, *, tiny: bool = False, data_dir: Path
     except (OSError, json.JSONDecodeError) as exc:
         raise CatalogError(
             f"cannot read config {path} of component {component.name!r}: {exc}. Restore it or fix its JSON."
+        ) from exc
+    return data
+
+
+def scheduler_config(spec: ModelSpec, data_dir: Path | None = None) -> dict[str, Any]:
+    """The model's published scheduler config (`_class_name` the diffusers class; other `_`-keys metadata)."""
+    if spec.scheduler is None:
+        raise CatalogError(f"model {spec.id!r} names no scheduler config: add `scheduler:` to its models.yaml entry")
+    path = _dir(data_dir) / "configs" / spec.scheduler
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(
+            f"cannot read scheduler config {path} of model {spec.id!r}: {exc}. Restore it or fix its JSON."
         ) from exc
     return data
 

@@ -224,6 +224,11 @@ class ModelSpec(_Strict):
     vae_scale_factor: PositiveInt = 8
     stages: list[StageSpec]
     weights_repo: str = Field(default="", description="where the real weights are published (not fetched)")
+    scheduler: str | None = Field(
+        default=None,
+        description="path of the model's published scheduler config (diffusers scheduler_config.json, `_class_name` "
+        "names the class), relative to catalog/data/configs: what a pipeline on random weights samples with",
+    )
     notes: str = ""
     tiny_vae: StageVariant | None = Field(
         default=None,

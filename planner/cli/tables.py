@@ -1,58 +1,45 @@
 """Plain tables (title, columns, rows of text) on the terminal, at widths that fit it.
 
-Every CLI table goes through here so that all of them behave alike on a narrow terminal: text wraps between
-words, a number or an id is never split or cut, and a table that cannot fit even so prints one record per
-row. The width is the console's (`COLUMNS`, or 80 when the output is not a terminal).
+Every CLI table goes through here so that all of them behave alike on a narrow terminal: rich fits the columns
+(text wraps between words, a number or an id is never split or cut), and a table whose narrowest columns do not
+fit even so prints one record per row. The width is the console's (`COLUMNS`, or 80 when not a terminal).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Sequence
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 Rows = Sequence[Sequence[str]]
 
 
-def _longest_word(text: str) -> int:
-    return max((len(w) for w in text.split()), default=0)
-
-
-def column_widths(
-    columns: Sequence[str], rows: Rows, width: int, *, whole: Collection[int] = (), gap: int = 2
-) -> list[int] | None:
-    """Widths that fit `width`: every column at its natural width when the table fits; else each at its
-    narrowest (a `whole` column its longest cell, another its longest word, a header its longest word), the
-    room left shared among the columns that can wrap, in proportion to what they lack. None when even the
-    narrowest widths do not fit."""
-    cols = range(len(columns))
-    natural = [
-        max(len(line) for cell in (columns[i], *(r[i] for r in rows)) for line in cell.splitlines() or [""])
-        for i in cols
-    ]
-    narrowest = [
-        max(
-            _longest_word(columns[i]),
-            max((len(r[i]) if i in whole else min(_longest_word(r[i]), 24) for r in rows), default=0),
+def fit_table(columns: Sequence[str], rows: Rows, *, right: Collection[int] = (), whole: Collection[int] = ()) -> Table:
+    """A table rich fits to the console: a column in `whole` (and a number, `right`) never narrower than its
+    longest cell and never wrapped; the others wrap between words (folding a word longer than the column)."""
+    keep = {*right, *whole}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for i, col in enumerate(columns):
+        longest = max((len(r[i]) for r in rows), default=0)
+        table.add_column(
+            Text(col),
+            justify="right" if i in right else "left",
+            no_wrap=i in keep,
+            min_width=longest if i in keep else None,
+            overflow="fold",
         )
-        for i in cols
-    ]
-    room = width - gap * (len(columns) - 1)
-    if sum(natural) <= room:
-        return natural
-    widths = list(narrowest)
-    left = room - sum(widths)
-    if left < 0:
-        return None
-    lack = [natural[i] - widths[i] for i in cols]
-    total_lack = sum(lack)
-    if left > 0 and total_lack > 0:
-        for i in cols:
-            widths[i] += left * lack[i] // total_lack
-    return widths
+    return table
+
+
+def fits(table: Table, out: Console) -> bool:
+    """Whether the table fits the console with every column at least its narrowest (else: records)."""
+    unbounded = out.options.update_width(sys.maxsize)  # measured at the console's width, the minimum is capped by it
+    return Measurement.get(out, unbounded, table).minimum <= out.width
 
 
 def render_table(
@@ -68,18 +55,15 @@ def render_table(
 ) -> None:
     """Numbers (`right`) right-aligned and never split, like the ids in `whole`; total rows bold under a rule."""
     out.print(Text(title, style="bold"), soft_wrap=True)
-    widths = column_widths(columns, rows, out.width, whole={*right, *whole})
-    if widths is None:
-        _render_records(columns, rows, out, totals)
-    else:
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
-        for i, (col, w) in enumerate(zip(columns, widths, strict=True)):
-            table.add_column(Text(col), justify="right" if i in right else "left", overflow="fold", width=w)
-        for i, row in enumerate(rows):
-            if i in totals and i > 0:
-                table.rows[-1].end_section = True
-            table.add_row(*(Text(cell) for cell in row), style="bold" if i in totals else None)
+    table = fit_table(columns, rows, right=right, whole=whole)
+    for i, row in enumerate(rows):
+        if i in totals and i > 0:
+            table.rows[-1].end_section = True
+        table.add_row(*(Text(cell) for cell in row), style="bold" if i in totals else None)
+    if fits(table, out):
         out.print(table)
+    else:
+        _render_records(columns, rows, out, totals)
     if caption:
         out.print(Text(caption, style="dim"), soft_wrap=True)
 

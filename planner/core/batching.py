@@ -1,17 +1,49 @@
 """The batching policy the workers run and the solver's simulation assumes: one home, read by both.
 
-The scheduler's workers (scheduler/batching.py, scheduler/worker.py) pad a short batch of a compiled stage up to
+The scheduler's workers (scheduler/batching.py, scheduler/worker/) pad a short batch of a compiled stage up to
 the next warmed size, and the solver's p95 simulation (planner.solver.simulate) replays the same padding; both
 read the functions and the defaults here, so a plan simulates what the workers run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal, get_args
 
 CompiledBatches = Literal["pow2", "plan", "off"]
 """Which batch sizes a compiled (static-shape) stage runs at; see `shape_batches`."""
+
+DEFAULT_COMPILED_BATCHES: Final[CompiledBatches] = "pow2"
+"""The padding workers run and the simulation assumes when no scenario sets one."""
+DEFAULT_BATCH_WAIT_S: Final[float] = 0.05
+"""The longest a batch waits to fill up, when no scenario sets it."""
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """How a fleet's workers form batches: the one value the solver's simulation assumes and the workers run.
+
+    A scenario's `batching:` section sets it; the plan solved from that scenario carries it (the plan JSON's
+    `batching`, present when set) and the workers serving that plan read it from the routing table. A worker's
+    own `SCHEDULER_COMPILED_BATCHES` / `SCHEDULER_BATCH_WAIT_S` overrides it (and says the plan assumed otherwise).
+    """
+
+    compiled_batches: CompiledBatches = DEFAULT_COMPILED_BATCHES
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchingPolicy:
+        """The policy a plan JSON carries; unknown or bad values fall back to the defaults, key by key."""
+        compiled = data.get("compiled_batches", DEFAULT_COMPILED_BATCHES)
+        wait = data.get("batch_wait_s", DEFAULT_BATCH_WAIT_S)
+        return cls(
+            compiled_batches=compiled if compiled in get_args(CompiledBatches) else DEFAULT_COMPILED_BATCHES,
+            batch_wait_s=float(wait) if isinstance(wait, int | float) and wait >= 0 else DEFAULT_BATCH_WAIT_S,
+        )
 
 
 def shape_batches(limit: int, policy: CompiledBatches) -> tuple[int, ...]:
@@ -42,10 +74,3 @@ def shape_batches(limit: int, policy: CompiledBatches) -> tuple[int, ...]:
 def padded_size(n: int, sizes: Sequence[int]) -> int:
     """The smallest of `sizes` that holds `n` items; `n` itself when none does (or there are none)."""
     return min((s for s in sizes if s >= n), default=n)
-
-
-DEFAULT_COMPILED_BATCHES: Final[CompiledBatches] = "pow2"
-"""The workers' default padding (SchedulerSettings.compiled_batches) and the simulation's (SolverOptions)."""
-DEFAULT_BATCH_WAIT_S: Final[float] = 0.05
-"""The longest a batch waits to fill up: the workers' default (SchedulerSettings.batch_wait_s) and the
-simulation's (SolverOptions)."""

@@ -15,6 +15,7 @@ from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from planner.core import solver_defaults
 from planner.core.errors import ConfigError
 
 DEFAULT_ADMIN_TOKEN = "change-me"
@@ -69,7 +70,9 @@ class Settings(BaseSettings):
         default=15.0, ge=0, description="how often the service writes hosts' computed status to the store; 0: never"
     )
     memory_reserve_gib: float = Field(
-        default=2.0, ge=0, description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)"
+        default=solver_defaults.MEMORY_RESERVE_GIB,
+        ge=0,
+        description="GPU memory a plan leaves free (CUDA context, allocator fragmentation)",
     )
     max_page_size: int = Field(default=1000, ge=1)
     dev_mode: bool = Field(

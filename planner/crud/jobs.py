@@ -243,7 +243,13 @@ def claim_job(session: Session, *, job_id: str, worker: str, pool: str, max_atte
 
 
 def complete_job(
-    session: Session, *, job_id: str, result_path: str, result_sha256: str | None, worker: str | None = None
+    session: Session,
+    *,
+    job_id: str,
+    result_path: str,
+    result_sha256: str | None,
+    worker: str | None = None,
+    weights: str | None = None,
 ) -> bool:
     """Record a job's result once: True for the one caller that moved it to done, False for every other."""
     now = utcnow()
@@ -251,6 +257,7 @@ def complete_job(
         "state": "done",
         "result_path": result_path,
         "result_sha256": result_sha256,
+        "weights": weights,
         "error": None,
         "finished_at": now,
         "updated_at": now,

@@ -34,33 +34,16 @@ from sqlalchemy.orm import Session
 from planner.catalog.schema import STAGE_ALIASES, STAGES
 from planner.core.errors import ConflictError, InputError
 from planner.db import models as m
-from planner.measurements.contract import ALL_COLUMNS, MeasurementRow
+from planner.measurements.contract import ALL_COLUMNS, OPTIONAL_COLUMNS, MeasurementRow
 from planner.measurements.csvio import CsvValidationError, LocatedRow, RowError, format_value, read_csv
 
 RUN_NAMESPACE = uuid.UUID("6f1c1d2e-8a53-4c5e-9a43-6c0de1a5e0b1")
-PROVENANCE_FIELDS = (
-    "gpu_name",
-    "driver",
-    "cuda",
-    "torch",
-    "diffusers",
-    "torchao",
-    "agent_version",
-    "host",
-    # Optional measurement columns without a table column of their own: kept in the provenance JSON.
-    "compile_s",
-    "cache_skip_rate",
-    "psnr_image_min",
-    "ssim_image_min",
-    "ssim_image_std",
-    "lpips_image",
-    "quality_reference",
-    "quality_prompts",
-    "quality_prompt_set",
-    "sm_clock_mhz",
-    "throttle_reasons",
-    "cpu_model",
-)
+STORED_ELSEWHERE = ("gpu_memory_gib",)
+"""Optional columns that are not a measurement's: `gpu_memory_gib` defines a new family (stored with it)."""
+PROVENANCE_FIELDS = tuple(c for c in OPTIONAL_COLUMNS if not hasattr(m.Measurement, c) and c not in STORED_ELSEWHERE)
+"""Optional columns without a table column of their own (the software, the host, the extra quality and clock
+figures): kept in the measurement's provenance JSON. Derived from the contract, so a new optional column is
+stored without a second list to update."""
 
 
 @dataclass

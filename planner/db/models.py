@@ -534,6 +534,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     result_path: Mapped[str | None] = mapped_column(Text)
     result_sha256: Mapped[str | None] = mapped_column(String(64))
+    weights: Mapped[str | None] = mapped_column(String(16))
+    """Which weights made the image: `real` (the model's folder) or `synthetic` (random weights: noise)."""
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -69,6 +69,9 @@ class JobOut(BaseModel):
     steps: int | None
     error: str | None
     result_sha256: str | None
+    weights: str | None = Field(
+        default=None, description="which weights made the image: real (the model's folder) or synthetic (noise)"
+    )
     result_url: str | None = Field(default=None, description="where the image is, once done")
     created_at: datetime
     started_at: datetime | None

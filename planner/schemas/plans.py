@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner.core import solver_defaults
 from planner.schemas.common import (
     Ident,
     JsonObject,
@@ -127,9 +128,9 @@ class SolveIn(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"time_limit_s": 30, "activate": False}]})
 
-    time_limit_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
-    mip_rel_gap: float = Field(default=1e-3, ge=0, le=0.5, allow_inf_nan=False)
-    share_gpus: bool = True
+    time_limit_s: float = Field(default=solver_defaults.TIME_LIMIT_S, gt=0, le=3600, allow_inf_nan=False)
+    mip_rel_gap: float = Field(default=solver_defaults.MIP_REL_GAP, ge=0, le=0.5, allow_inf_nan=False)
+    share_gpus: bool = solver_defaults.SHARE_GPUS
     allow_estimates: bool = Field(
         default=False,
         description="also plan on families no agent measured (roofline transfers), labelled; default: measured only",

@@ -873,6 +873,7 @@ def solve(problem: Problem, *, builder: OptionBuilder | None = None) -> Plan:
     workloads = [_with_users_objective(wp, problem) for wp in workloads]
     return Plan(
         feasible=True,
+        batching=problem.options.batching,  # the workers serving the plan run what it was simulated with
         total_cost_per_hour=core.cost,
         gpus=core.gpus,
         workloads=tuple(workloads),

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from planner.core.batching import BatchingPolicy
 from planner.perf.model import EVIDENCE_RANK
 from planner.solver.quality import QualityLine
 from planner.solver.replan import Moves
@@ -385,6 +386,9 @@ class Plan:
     distilled_quality: tuple[dict[str, Any], ...] = ()
     """Published figures comparing a served distilled variant with its base model, or a row saying there are none
     (planner.solver.distilled); filled by callers, like `opportunities`."""
+    batching: BatchingPolicy | None = None
+    """The workers' batching policy the plan was simulated with, when the scenario set one (the JSON's
+    `batching`, which the workers serving the plan run); None: the defaults (planner.core.batching)."""
 
     def workload(self, name: str) -> WorkloadPlan:
         for w in self.workloads:
@@ -431,6 +435,7 @@ class Plan:
             "quality": [q.to_dict() for q in self.quality],
             "replan": self.replan.to_dict() if self.replan else None,
             "distilled_quality": list(self.distilled_quality),
+            **({"batching": self.batching.to_dict()} if self.batching is not None else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

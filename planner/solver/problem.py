@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from planner.catalog.schema import GpuFamily, ModelSpec, Price, Recipe
-from planner.core.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_COMPILED_BATCHES, CompiledBatches
+from planner.core import solver_defaults as defaults
+from planner.core.batching import BatchingPolicy, CompiledBatches
 from planner.core.errors import InputError
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv
@@ -121,9 +122,9 @@ class Workload:
 class SolverOptions:
     """Knobs of option generation and the MILP; defaults are the documented behaviour."""
 
-    memory_reserve_gib: float = 2.0
-    share_gpus: bool = True
-    share_max_utilization: float = 0.7
+    memory_reserve_gib: float = defaults.MEMORY_RESERVE_GIB
+    share_gpus: bool = defaults.SHARE_GPUS
+    share_max_utilization: float = defaults.SHARE_MAX_UTILIZATION
     share_max_fraction: float = 0.5
     exact_packing_max_items: int = 24
     exact_packing_retry_max_items: int = 400
@@ -133,27 +134,26 @@ class SolverOptions:
     bound_time_limit_s: float = 3.0
     """Time for the lower bound's MILP (planner.solver.milp.relaxation_bound); its dual bound at the limit is
     still a bound, only a looser one."""
-    mip_rel_gap: float = 1e-3
-    time_limit_s: float = 60.0
+    mip_rel_gap: float = defaults.MIP_REL_GAP
+    time_limit_s: float = defaults.TIME_LIMIT_S
     verbose: bool = False
     baselines: bool = True
     sensitivity: bool = True
-    what_if_rates: tuple[float, ...] = (0.5, 2.0)
+    what_if_rates: tuple[float, ...] = defaults.WHAT_IF_RATES
     latency_repair_rounds: int = 4
     max_latency_extra_replicas: int = 64
     simulate_p95: bool = True
     """Simulate the scheduler's batching on the solved plan's pools (planner.solver.simulate) and report that
     p95 next to the analytic bound."""
-    simulated_p95_binds: bool = True
+    simulated_p95_binds: bool = defaults.SIMULATED_P95_BINDS
     """Hold the plan to the simulated p95 too: where the simulation misses an objective that the bound meets,
     solve again with the bound held to a tighter objective (planner.solver.engine, step 5). Needs
     `simulate_p95`."""
     simulation_repair_rounds: int = 3
     """Re-solves at most, each tightening a missing workload's bound objective by objective / simulated p95."""
-    batch_wait_s: float = DEFAULT_BATCH_WAIT_S
-    """The workers' `batch_wait_s` the simulation assumes (the same default as SchedulerSettings')."""
-    compiled_batches: CompiledBatches = DEFAULT_COMPILED_BATCHES
-    """The workers' `compiled_batches` padding the simulation assumes (the same default as SchedulerSettings')."""
+    batching: BatchingPolicy | None = None
+    """The workers' batching policy the simulation assumes, as a scenario's `batching:` section set it (the plan
+    carries it to the workers); None: planner.core.batching's defaults, which workers run when a plan has none."""
     running: RunningPlan | None = field(default=None, compare=False)
     """The plan that runs now (`planner recommend --from plan.json`): the re-solve weighs each replica it moves
     against its saving (planner.solver.replan); None solves from scratch."""
@@ -164,6 +164,31 @@ class SolverOptions:
     inputs: Literal["scenario", "flags", "any"] = "any"
     """How the user gave the workloads, so an infeasible answer's fix names the scenario key (`p95_latency_s`)
     or the `planner recommend` flag (`--p95`) they used; `any` names both."""
+
+    @property
+    def policy(self) -> BatchingPolicy:
+        return self.batching or BatchingPolicy()
+
+    @property
+    def batch_wait_s(self) -> float:
+        """The workers' `batch_wait_s` the simulation assumes."""
+        return self.policy.batch_wait_s
+
+    @property
+    def compiled_batches(self) -> CompiledBatches:
+        """The workers' `compiled_batches` padding the simulation assumes."""
+        return self.policy.compiled_batches
+
+
+def options_from_scenario(scenario: Scenario, base: SolverOptions | None = None) -> SolverOptions:
+    """The options a scenario sets over `base` (default `SolverOptions()`): the `solver:` keys it gives (each
+    named as the option it sets) and its `batching:` section. The one mapping from a scenario to options."""
+    given = scenario.solver.model_dump(exclude_unset=True)
+    if "what_if_rates" in given:
+        given["what_if_rates"] = tuple(given["what_if_rates"])
+    if scenario.batching is not None:
+        given["batching"] = scenario.batching.policy()
+    return replace(base or SolverOptions(), **given)
 
 
 @dataclass(frozen=True)
@@ -267,15 +292,7 @@ def build_problem(
         settings=perf_settings or PerfSettings(estimates=scenario.allow_estimates),
         override_rows=scenario_rows,
     )
-    sec = scenario.solver
-    opts = options or SolverOptions(
-        memory_reserve_gib=sec.memory_reserve_gib,
-        share_gpus=sec.share_gpus,
-        share_max_utilization=sec.share_max_utilization,
-        mip_rel_gap=sec.mip_rel_gap,
-        time_limit_s=sec.time_limit_s,
-        what_if_rates=tuple(sec.what_if_rates),
-    )
+    opts = options or options_from_scenario(scenario)
     workloads = [Workload.from_spec(w, models) for w in scenario.workloads]
     return Problem(
         families=fleet,

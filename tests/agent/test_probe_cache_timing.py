@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agent.probe import CACHE_TRAJECTORY_STEPS, _SkipCounter, cache_timer
+from agent.probe_cell import CACHE_TRAJECTORY_STEPS, SkipCounter, cache_timer
 from agent.timing import TimerOptions
 
 GPU_TIMER = TimerOptions(warmup_calls=2, warmup_s=0.5, calls_per_window=1, min_window_s=0.3, min_windows=3)
@@ -57,7 +57,7 @@ class _CachedModel(nn.Module):
 
 def test_the_skip_rate_counts_only_timed_steps() -> None:
     model = _CachedModel()
-    counter = _SkipCounter(model)
+    counter = SkipCounter(model)
     x = torch.zeros(1, 4)
     model.compute_last = True
     for _ in range(5):  # warm-up: a trajectory's first steps, which a cache never skips

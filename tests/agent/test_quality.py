@@ -1,4 +1,4 @@
-"""PSNR and SSIM written in torch: known values."""
+"""PSNR and SSIM (torchmetrics behind the agent's API): known values."""
 
 from __future__ import annotations
 

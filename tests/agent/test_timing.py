@@ -7,14 +7,8 @@ import time
 
 import torch
 
-from agent.timing import SMOKE_TIMER, TimerOptions, measure, percentile
+from agent.timing import SMOKE_TIMER, TimerOptions, measure
 from stagekit.flops import classify, count_cost
-
-
-def test_percentile() -> None:
-    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
-    assert percentile([1.0, 2.0], 95) == 1.95
-    assert percentile([7.0], 95) == 7.0
 
 
 def test_measure_a_steady_call_is_stable_and_close() -> None:

@@ -3,8 +3,6 @@ their source, what to probe next, stated latency, scaled resolutions, start-up, 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,43 +11,13 @@ import pytest
 from planner.catalog import models
 from planner.catalog.quality import published_quality
 from planner.core.config import get_settings
-from planner.crud.seed import seed
-from planner.db import migrate
-from planner.db.session import make_engine
 from planner.solver.distilled import distilled_quality, warning_lines
 from planner.solver.plan import Plan, WorkloadPlan
-from tests.helpers import CliResult, invoke
+from tests.helpers import invoke, recommend, recommend_json
+
+pytestmark = pytest.mark.usefixtures("reference_settings")
 
 MEASURED = {"h100-sxm-80gb", "h200-141gb"}
-
-
-@pytest.fixture(scope="module")
-def reference_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'planner.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    seed(engine, reference=True)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(autouse=True)
-def with_reference_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PLANNER_SEED_REFERENCE_DATA", "true")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def recommend(url: str, *args: str) -> CliResult:
-    return invoke("recommend", "--database-url", url, *args)
-
-
-def plan_json(url: str, *args: str) -> dict[str, Any]:
-    result = recommend(url, *args, "--format", "json")
-    assert result.returncode == 0, result.stdout + result.stderr
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
 
 
 def groups(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -61,7 +29,7 @@ def measured_plan(reference_url: str) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLANNER_SEED_REFERENCE_DATA", "true")
         get_settings.cache_clear()
-        return plan_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10")
+        return recommend_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10")
 
 
 def test_the_default_plan_rests_on_measurements_and_ranks_what_to_probe(measured_plan: dict[str, Any]) -> None:
@@ -120,7 +88,7 @@ def test_with_estimates_allowed_the_extrapolated_plan_comes_back_labelled(
     """What must hold, 2: --allow-estimates gives the plan the planner made before evidence came first (MI300X,
     transferred from the H200), labelled as such first in `warnings`. 15 GPUs since the transfer's uncertainty is
     fitted to measured errors (issue 29: 0.08 + 0.5 cross-vendor here, 16 GPUs at the hand-set 0.10 + 0.15 x d)."""
-    plan = plan_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10", "--allow-estimates")
+    plan = recommend_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10", "--allow-estimates")
     assert plan["gpus"] == {"mi300x-192gb": 15}
     assert plan["total_cost_per_hour"] == pytest.approx(25.65)
     assert all(g["evidence"].startswith("transferred from h200-141gb") for g in groups(plan))
@@ -148,7 +116,9 @@ def test_the_table_leads_with_evidence_and_prices(reference_url: str) -> None:
 @pytest.mark.parametrize(("height", "width"), [(768, 768), (1024, 768)])
 def test_an_unmeasured_resolution_is_scaled_from_the_measured_one(reference_url: str, height: int, width: int) -> None:
     """What must hold, 4: SDXL at 768x768 and 1024x768 get plans whose evidence says `scaled from 1024x1024`."""
-    plan = plan_json(reference_url, "--model", "sdxl", "--rate", "5", "--height", str(height), "--width", str(width))
+    plan = recommend_json(
+        reference_url, "--model", "sdxl", "--rate", "5", "--height", str(height), "--width", str(width)
+    )
     evidence = [g["evidence"] for g in groups(plan)]
     assert any(e.startswith("scaled from 1024x1024") for e in evidence), evidence
     assert all(e == "measured" or e.startswith(("scaled from 1024x1024", "interpolated")) for e in evidence)
@@ -164,7 +134,7 @@ def test_several_resolutions_of_one_model_in_one_scenario(reference_url: str, tm
         "  - {name: small, model: sdxl, height: 768, width: 768, rate: 4, p95_latency_s: 20}\n"
         "  - {name: wide, model: sdxl, height: 768, width: 1344, rate: 2, p95_latency_s: 20}\n"
     )
-    plan = plan_json(reference_url, "--scenario", str(scenario))
+    plan = recommend_json(reference_url, "--scenario", str(scenario))
     by_name = {w["name"]: w for w in plan["workloads"]}
     assert all(g["evidence"] in ("measured", "interpolated") for g in by_name["square"]["groups"])
     for name in ("small", "wide"):
@@ -176,7 +146,7 @@ def test_no_objective_says_so_and_never_meets_it(reference_url: str) -> None:
     out = recommend(reference_url, "--model", "sdxl", "--rate", "10").stdout
     assert "No p95 objective was given" in out
     assert "Meets the p95 objective" not in out
-    plan = plan_json(reference_url, "--model", "sdxl", "--rate", "10")
+    plan = recommend_json(reference_url, "--model", "sdxl", "--rate", "10")
     (note,) = [w for w in plan["warnings"] if "no p95 latency objective was given" in w]
     assert "its p95 is" in note
 
@@ -191,7 +161,7 @@ def test_a_scenario_picks_the_offering_and_overrides_a_price_with_its_source(
         "  - {family: h200-141gb, price_per_hour: 2.5, price_source: 'our 2026 contract with X'}\n"
         "workloads:\n  - {name: w, model: sdxl, rate: 4, p95_latency_s: 20}\n"
     )
-    plan = plan_json(reference_url, "--scenario", str(scenario))
+    plan = recommend_json(reference_url, "--scenario", str(scenario))
     assert plan["offering"] == "spot"
     h100, h200 = plan["prices"]["h100-sxm-80gb"], plan["prices"]["h200-141gb"]
     assert (h100["price_per_hour"], h100["kind"], h100["provider"]) == (2.69, "spot", "runpod")
@@ -207,8 +177,8 @@ def test_a_scenario_picks_the_offering_and_overrides_a_price_with_its_source(
 
 
 def test_a_start_up_cap_leaves_slow_to_compile_recipes_out(reference_url: str) -> None:
-    free = plan_json(reference_url, "--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb")
-    capped = plan_json(
+    free = recommend_json(reference_url, "--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb")
+    capped = recommend_json(
         reference_url, "--model", "sdxl", "--rate", "10", "--family", "h100-sxm-80gb", "--max-startup", "30"
     )
     assert max(g["startup_s"] for g in groups(free)) > 30
@@ -236,7 +206,7 @@ def _distilled(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_distilled_variant_states_its_published_trade_against_the_base(reference_url: str) -> None:
-    plan = plan_json(reference_url, "--model", "sdxl-lightning", "--model", "sdxl", "--rate", "10", "--p95", "10")
+    plan = recommend_json(reference_url, "--model", "sdxl-lightning", "--model", "sdxl", "--rate", "10", "--p95", "10")
     assert [w["model"] for w in plan["workloads"]] == ["sdxl-lightning"]
     rows = _distilled(plan)
     assert set(rows) == {"image_reward", "pick_score", "aesthetic_score"}
@@ -249,11 +219,12 @@ def test_a_distilled_variant_states_its_published_trade_against_the_base(referen
     assert len(warning) == 1
     assert "image_reward 0.72 against 0.87 (worse)" in warning[0]
     # The base model itself has nothing to declare.
-    assert plan_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10")["distilled_quality"] == []
+    assert recommend_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10")["distilled_quality"] == []
 
 
 def test_fid_is_better_when_lower_and_a_variant_without_figures_reads_unknown(reference_url: str) -> None:
-    schnell = plan_json(reference_url, "--model", "flux-schnell", "--rate", "2", "--p95", "30", "--allow-estimates")
+    args = ("--model", "flux-schnell", "--rate", "2", "--p95", "30", "--allow-estimates")
+    schnell = recommend_json(reference_url, *args)
     fid = _distilled(schnell)["fid"]
     assert (fid["value"], fid["baseline"], fid["against_baseline"]) == (7.94, 10.15, "better")
     assert fid["compared_model"] == "flux-dev"

@@ -13,20 +13,17 @@ import io
 import json
 import re
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from planner.core.config import get_settings
-from planner.crud.seed import seed
-from planner.db import migrate
-from planner.db.session import make_engine
 from planner.recommend.export import CSV_COLUMNS
 from planner.schemas.plans import PlanResult
-from tests.helpers import CliResult, invoke, run_cli
+from tests.helpers import invoke, recommend, run_cli
+
+pytestmark = pytest.mark.usefixtures("reference_settings")
 
 PLAN_KEYS = [
     "schema_version",
@@ -50,30 +47,6 @@ PLAN_KEYS = [
 ]
 WORKLOAD_KEYS = {"name": str, "topology": str, "cost_per_hour": float, "cost_per_image": float, "groups": list}
 GROUP_KEYS = {"stages": list, "family": str, "recipes": dict, "batch": int, "replicas": int, "throughput": float}
-
-
-@pytest.fixture(scope="module")
-def reference_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An embedded store migrated and seeded with the catalogs and the shipped reference measurements."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'planner.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    seed(engine, reference=True)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(autouse=True)
-def with_reference_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """These tests plan from the shipped data: the settings must say so (their cache is cleared both ways)."""
-    monkeypatch.setenv("PLANNER_SEED_REFERENCE_DATA", "true")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def recommend(url: str, *args: str) -> CliResult:
-    return invoke("recommend", "--database-url", url, *args)
 
 
 def check_contract_3(plan: dict[str, Any]) -> None:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from planner.core.config import get_settings
-from planner.crud.seed import seed
-from planner.db import migrate
-from planner.db.session import make_engine
-from tests.helpers import invoke
+from tests.helpers import recommend
+
+pytestmark = pytest.mark.usefixtures("reference_settings")
 
 GOLDEN = Path(__file__).parent / "golden"
 VOLATILE = {"solve_s", "build_s"}  # wall times of the solver: the only keys that differ run to run
@@ -56,24 +53,6 @@ CASES: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def reference_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('golden') / 'planner.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    seed(engine, reference=True)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(autouse=True)
-def with_reference_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PLANNER_SEED_REFERENCE_DATA", "true")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
 def scrub(value: Any) -> Any:
     """The plan without its wall times."""
     if isinstance(value, dict):
@@ -85,7 +64,7 @@ def scrub(value: Any) -> Any:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_plan_is_unchanged(reference_url: str, case: str) -> None:
-    result = invoke("recommend", "--database-url", reference_url, "--format", "json", *CASES[case])
+    result = recommend(reference_url, "--format", "json", *CASES[case])
     assert result.returncode == 0, result.stdout + result.stderr
     plan = scrub(json.loads(result.stdout))
     path = GOLDEN / f"{case}.json"

@@ -3,8 +3,9 @@
 A folder is what `DiffusionPipeline.save_pretrained` writes (`model_index.json`, `tokenizer*/`, `text_encoder*/`,
 `unet/` or `transformer/`, `vae/`, `scheduler/`): the catalog's tiny configs with seeded random weights, real
 tokenizer classes (CLIP byte-pair, T5 unigram, Qwen2 byte-level BPE) whose vocabularies this module writes, and
-each model's published scheduler settings. A user's folder is loaded through the same `from_pretrained` path, so
-tests of serving, probing and quality run the code a real model takes, only at tiny shapes.
+each model's published scheduler settings (the catalog's `scheduler:` config). A user's folder is loaded through
+the same `from_pretrained` path, so tests of serving, probing and quality run the code a real model takes, only at
+tiny shapes.
 
     build_folder("sdxl", root) -> root / "sdxl"          # one model
     tiny_model_dirs (session fixture) -> TinyFolders      # folders built once per session, on first use
@@ -15,7 +16,6 @@ Nothing is downloaded: the tokenizers are made from vocabularies written here.
 from __future__ import annotations
 
 import json
-import math
 import string
 import zlib
 from collections.abc import Callable
@@ -47,92 +47,6 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 """The Qwen chat template's shape (role turns, generation prompt), as Z-Image's pipeline applies it."""
-
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    # stable-diffusion-v1-5 scheduler/scheduler_config.json
-    "sd15": (
-        "PNDMScheduler",
-        {
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "num_train_timesteps": 1000,
-            "set_alpha_to_one": False,
-            "skip_prk_steps": True,
-            "steps_offset": 1,
-            "clip_sample": False,
-        },
-    ),
-    # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
-    "sdxl": (
-        "EulerDiscreteScheduler",
-        {
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "num_train_timesteps": 1000,
-            "prediction_type": "epsilon",
-            "steps_offset": 1,
-            "timestep_spacing": "leading",
-            "interpolation_type": "linear",
-        },
-    ),
-    # ByteDance/SDXL-Lightning's usage: EulerDiscrete with trailing timesteps
-    "sdxl-lightning": (
-        "EulerDiscreteScheduler",
-        {
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "num_train_timesteps": 1000,
-            "prediction_type": "epsilon",
-            "steps_offset": 1,
-            "timestep_spacing": "trailing",
-        },
-    ),
-    "flux-dev": (
-        "FlowMatchEulerDiscreteScheduler",
-        {
-            "num_train_timesteps": 1000,
-            "shift": 3.0,
-            "use_dynamic_shifting": True,
-            "base_shift": 0.5,
-            "max_shift": 1.15,
-            "base_image_seq_len": 256,
-            "max_image_seq_len": 4096,
-        },
-    ),
-    "flux-schnell": ("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 1.0}),
-    "qwen-image": (
-        "FlowMatchEulerDiscreteScheduler",
-        {
-            "num_train_timesteps": 1000,
-            "shift": 1.0,
-            "use_dynamic_shifting": True,
-            "base_shift": 0.5,
-            "max_shift": 0.9,
-            "base_image_seq_len": 256,
-            "max_image_seq_len": 8192,
-            "shift_terminal": 0.02,
-            "time_shift_type": "exponential",
-        },
-    ),
-    "qwen-image-lightning": (
-        "FlowMatchEulerDiscreteScheduler",
-        {
-            "num_train_timesteps": 1000,
-            "shift": 1.0,
-            "use_dynamic_shifting": True,
-            "base_shift": math.log(3),
-            "max_shift": math.log(3),
-            "base_image_seq_len": 256,
-            "max_image_seq_len": 8192,
-            "time_shift_type": "exponential",
-        },
-    ),
-    "z-image-turbo": ("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0}),
-}
-"""Each model's scheduler class and config (the published scheduler_config.json values)."""
 
 
 # -- tokenizers ---------------------------------------------------------------------------------------------
@@ -238,10 +152,10 @@ def _components(spec: ModelSpec, seed: int) -> dict[str, torch.nn.Module]:
 
 
 def _scheduler(model_id: str) -> Any:
-    import diffusers
+    """The model's published scheduler, from the catalog's copy of its config (as random weights get it)."""
+    from stagekit.synthetic import scheduler_for
 
-    name, cfg = SCHEDULERS[model_id]
-    return getattr(diffusers, name).from_config(cfg)
+    return scheduler_for(known_model(model_id))
 
 
 def pipeline(model_id: str, *, seed: int = 0) -> Any:

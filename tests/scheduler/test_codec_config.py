@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zlib
 
 import numpy as np
 import pytest
@@ -34,18 +33,33 @@ def test_pack_round_trips_torch_dtypes_numpy_lacks() -> None:
     assert out["empty"].shape == (0,)
 
 
+def test_pack_keeps_numpy_beside_torch_and_views_of_one_batch() -> None:
+    torch = pytest.importorskip("torch")
+    batch = torch.arange(12, dtype=torch.float32).reshape(2, 6)
+    values = {"cond": batch[0], "uncond": batch[1], "ids": np.arange(3, dtype=np.int64), "seed": 7}
+    out = codec.unpack(codec.pack(values))
+    assert torch.equal(out["cond"], batch[0])
+    assert torch.equal(out["uncond"], batch[1])
+    assert isinstance(out["ids"], np.ndarray)
+    np.testing.assert_array_equal(out["ids"], values["ids"])
+    assert out["seed"] == 7
+
+
 def test_png_is_valid() -> None:
+    Image = pytest.importorskip("PIL.Image")
     pixels = np.random.default_rng(0).integers(0, 256, size=(16, 24, 3), dtype=np.uint8)
     data = codec.encode_png(pixels)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert codec.decode_png_size(data) == (24, 16)
-    # decode the IDAT by hand: filter byte 0 + raw rows
-    idat_len = int.from_bytes(data[33:37], "big")
-    raw = zlib.decompress(data[41 : 41 + idat_len])
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(16, 1 + 24 * 3)
-    assert (rows[:, 0] == 0).all()
-    np.testing.assert_array_equal(rows[:, 1:].reshape(16, 24, 3), pixels)
+    with Image.open(io.BytesIO(data)) as img:
+        np.testing.assert_array_equal(np.asarray(img), pixels)
+    gray = pixels[:, :, :1]
+    with Image.open(io.BytesIO(codec.encode_png(gray))) as img:
+        np.testing.assert_array_equal(np.asarray(img), gray[:, :, 0])
     with pytest.raises(ValueError, match="uint8"):
         codec.encode_png(pixels.astype(np.float32))
+    with pytest.raises(codec.CodecError):
+        codec.decode_png_size(b"GIF89a")
 
 
 def test_png_text_says_what_made_the_image() -> None:

@@ -106,14 +106,14 @@ def test_worker_warms_before_taking_jobs_and_follows_the_plans_batch(
         te, dn, vae = made
         assert dn.sizes == [1, 2, 4]  # compiled at every size before the first job
         key = BatchKey(pooldef.name, 64, 64, 2)
-        assert runtime._prepare_key(key) == 0.0  # nothing left to warm
-        out = runtime._run_batch(key, items(3))
+        assert runtime.pools.prepare(key) == 0.0  # nothing left to warm
+        out = runtime.pools.run_batch(key, items(3))
         assert len(out) == 3
         assert (te.sizes[-1], dn.sizes[-1], vae.sizes[-1]) == (3, 4, 3)
         create_plan(engine, fleet_name, [PoolDef(**{**pooldef.__dict__, "batch": 16})])
         runtime.tick()
-        runtime._prepare_key(key)  # before the next batch: only the sizes the larger batch adds
-        added = [n for n in shape_batches(runtime._max_batch(pooldef.name), "pow2") if n > 4]
+        runtime.pools.prepare(key)  # before the next batch: only the sizes the larger batch adds
+        added = [n for n in shape_batches(runtime.pools.max_batch(pooldef.name), "pow2") if n > 4]
         assert added
         assert dn.sizes == [1, 2, 4, 4, *added]
     finally:
@@ -152,8 +152,8 @@ def test_a_warm_up_that_fails_at_one_size_leaves_the_sizes_that_fit_serving(
     try:
         key = BatchKey(pooldef.name, 64, 64, 2)
         for n in (1, 3, 2):
-            runtime._prepare_key(key)
-            out = runtime._run_batch(key, items(n))
+            runtime.pools.prepare(key)
+            out = runtime.pools.run_batch(key, items(n))
             assert len(out) == n
         dn = made[1]
         assert dn.sizes.count(4) == 1  # the failed size was tried once, at the warm-up
@@ -166,8 +166,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from stagekit import serving  # noqa: E402
-from stagekit import synthetic as diffusion  # noqa: E402
-from stagekit.pipelines import QWEN_TEMPLATE_TOKENS  # noqa: E402
 from stagekit.recipes import RecipeOptions  # noqa: E402
 
 
@@ -207,8 +205,8 @@ def test_a_short_batch_after_warm_up_compiles_nothing(model: str) -> None:
 
 
 def test_text_bucket() -> None:
-    assert [diffusion.text_bucket(n, 16) for n in (1, 16, 17, 32, 33, 100)] == [16, 16, 32, 32, 64, 128]
-    assert diffusion.text_bucket(5000, 16) == 5000  # beyond the longest sequence: as it is
+    assert [serving.text_bucket(n, 16) for n in (1, 16, 17, 32, 33, 100)] == [16, 16, 32, 32, 64, 128]
+    assert serving.text_bucket(5000, 16) == 5000  # beyond the longest sequence: as it is
 
 
 @pytest.mark.slow
@@ -224,13 +222,14 @@ def test_qwen_image_compiled_denoiser_sees_few_text_lengths() -> None:
     compiled = GroupRunner(GroupSpec("qwen-image", tuple(ALL), (), True, "cpu"), [te, dn, vae])
     compiled.batch_sizes = (2,)
     compiled.warm(height=64, width=64, steps=2)
-    base = te.runner.setup.text_tokens
+    base = te.prepared.runner.setup.text_tokens
 
     def batch(words: int) -> list[dict[str, Any]]:
         return [dict(i, prompt=" ".join(["fox"] * words) + f" {k}") for k, i in enumerate(items(2))]
 
     def length(b: list[dict[str, Any]]) -> int:
-        return max(len(te.prepare(i)["_ids_text_encoder"]) for i in b) - QWEN_TEMPLATE_TOKENS
+        """The longest prompt conditioning of the batch (its tokens and the template's closing ones)."""
+        return max(int(o["prompt_embeds"].shape[0]) for o in te(b))
 
     short = [batch(2), batch(base // 2)]  # both within the probe's length
     long = [batch(base + 2), batch(base + base // 2)]  # both within its double
@@ -314,7 +313,7 @@ def test_a_static_shape_text_encoder_gives_the_plain_ones_embeddings(model: str)
     static.static_shapes = True
     batch = items(3, negative="blurry")
     batch[1]["negative_prompt"] = None
-    a, b = (fn([fn.prepare(i) for i in batch]) for fn in (plain, static))
+    a, b = (fn(batch) for fn in (plain, static))
     for x, y in zip(a, b, strict=True):
         assert sorted(x) == sorted(y)
         for k, v in x.items():

@@ -1,18 +1,17 @@
-"""The worker's stage code against the diffusers pipelines, and against the agent's recipe code.
+"""The worker's stage code on random weights (`--synthetic`) against the diffusers pipelines, and against the
+agent's recipe code.
 
 - Parity: for every architecture, the worker's text_encoder -> denoiser -> vae_decoder (fp32, 3 steps) gives
-  the image the diffusers 0.42 pipeline gives with the same modules, scheduler, seed noise and token ids (a
-  tokenizer object that tokenizes as the worker's stand-in does): text conditioning, sampler, timestep
-  conventions, guidance, latent packing and VAE un-scaling are the pipeline's.
+  the image the model's diffusers pipeline gives when called whole on the same modules (the pipeline object
+  `stagekit.synthetic` builds: offline tokenizers, the catalog's scheduler config) with the same prompt, negative
+  prompt, seed and steps: on random weights the worker runs the pipeline's own code, as on a user's folder.
 - The modules the worker runs are the ones `stagekit.recipes.prepare` built and nothing else (a spy on prepare;
   fused QKV, int8 layers, compile): a regression that builds modules on its own fails here.
-- Recipes a device cannot run fail with the agent's reason; the UNet's timestep mapping is exact.
+- Recipes a device cannot run fail with the agent's reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,154 +28,36 @@ from stagekit import (  # noqa: E402
     quant,
     recipes,
     serving,
+    synthetic,
 )
-from stagekit import synthetic as diffusion  # noqa: E402
 from stagekit.recipes import PreparedStage, RecipeOptions  # noqa: E402
 
 
-class _Encoding(dict[str, Any]):
-    def to(self, device: Any) -> _Encoding:
-        return _Encoding({k: v.to(device) for k, v in self.items()})
-
-    def __getattr__(self, key: str) -> Any:
-        return self[key]
-
-
-class FakeTokenizer:
-    """What a diffusers pipeline calls as its tokenizer, tokenizing as the worker's stand-in does."""
-
-    added_tokens_encoder: dict[str, int] = {}  # noqa: RUF012
-
-    def __init__(self, tok: diffusion.Tokenizer, template: str | None = None) -> None:
-        self.tok = dataclasses.replace(tok, length=None)
-        self.model_max_length = tok.length or 77
-        self.template = template
-
-    def tokenize(self, text: str) -> list[str]:
-        return text.split()
-
-    def batch_decode(self, ids: Any, **kwargs: Any) -> list[str]:
-        return ["" for _ in ids]
-
-    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
-        return "\x00" + messages[0]["content"]  # the stand-in adds the template's tokens itself
-
-    def _prompt(self, text: str) -> str:
-        if self.template is not None:
-            before, after = self.template.split("{}")
-            assert text.startswith(before)
-            assert text.endswith(after)
-            return text[len(before) : len(text) - len(after)]
-        return text.removeprefix("\x00")
-
-    def __call__(
-        self,
-        text: str | Sequence[str],
-        padding: bool | str = False,
-        max_length: int | None = None,
-        truncation: bool = False,
-        **kwargs: Any,
-    ) -> _Encoding:
-        texts = [text] if isinstance(text, str) else list(text)
-        rows = [self.tok(self._prompt(t)) for t in texts]
-        if truncation and max_length:
-            rows = [r[:max_length] for r in rows]
-        n = max_length if padding == "max_length" and max_length else max(len(r) for r in rows)
-        pad = self.tok.pad
-        return _Encoding(
-            input_ids=torch.tensor([r + [pad] * (n - len(r)) for r in rows]),
-            attention_mask=torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows]),
-        )
-
-
 def _pipeline_images(batch: list[dict[str, Any]], runner: GroupRunner) -> np.ndarray:
-    """The diffusers pipeline's images (N, H, W, 3) in 0..255 for the batch, on the worker's modules."""
-    te, dn, vae = runner.fns
-    spec = dn.spec  # type: ignore[attr-defined]
-    mods = {**te.modules, **dn.modules, **vae.modules}  # type: ignore[attr-defined]
-    toks = {name: FakeTokenizer(t) for name, t in te.tokenizers.items()}  # type: ignore[attr-defined]
-    noise = dn.noise(batch, 64, 64)  # type: ignore[attr-defined]
-    prompts = [i["prompt"] for i in batch]
-    negatives = [i["negative_prompt"] or "" for i in batch]
-    arch = spec.architecture
-    pipe: Any
-    calls: list[dict[str, Any]]
-    if arch in ("sd", "sdxl"):
-        unet_sampler = diffusers.EulerDiscreteScheduler.from_config(diffusion.UNET_SAMPLER)
-    if arch == "sd":
-        pipe = diffusers.StableDiffusionPipeline(
-            vae=mods["vae"],
-            text_encoder=mods["text_encoder"],
-            tokenizer=toks["text_encoder"],
-            unet=mods["unet"],
-            scheduler=unet_sampler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        calls = [{"prompt": prompts, "negative_prompt": negatives, "latents": noise}]
-    elif arch == "sdxl":
-        pipe = diffusers.StableDiffusionXLPipeline(
-            vae=mods["vae"],
-            text_encoder=mods["text_encoder"],
-            text_encoder_2=mods["text_encoder_2"],
-            tokenizer=toks["text_encoder"],
-            tokenizer_2=toks["text_encoder_2"],
-            unet=mods["unet"],
-            scheduler=unet_sampler,
-        )
-        # one image per call: the pipeline zeroes a whole call's negatives when negative_prompt is None
-        calls = [
-            {"prompt": item["prompt"], "negative_prompt": item["negative_prompt"], "latents": noise[k : k + 1]}
-            for k, item in enumerate(batch)
-        ]
-    elif arch == "flux":
-        pipe = diffusers.FluxPipeline(
-            scheduler=dn.sampler(),  # type: ignore[attr-defined]
-            vae=mods["vae"],
-            text_encoder=mods["text_encoder"],
-            tokenizer=toks["text_encoder"],
-            text_encoder_2=mods["text_encoder_2"],
-            tokenizer_2=toks["text_encoder_2"],
-            transformer=mods["transformer"],
-        )
-        t5_tokens = te.tokenizers["text_encoder_2"].length  # type: ignore[attr-defined]
-        latents = pipe._pack_latents(noise, len(batch), 16, 8, 8)
-        calls = [{"prompt": prompts, "latents": latents, "max_sequence_length": t5_tokens}]
-    elif arch == "qwen-image":
-        tok = FakeTokenizer(te.tokenizers["text_encoder"])  # type: ignore[attr-defined]
-        pipe = diffusers.QwenImagePipeline(
-            scheduler=dn.sampler(),  # type: ignore[attr-defined]
-            vae=mods["vae"],
-            text_encoder=mods["text_encoder"],
-            tokenizer=tok,
-            transformer=mods["transformer"],
-        )
-        tok.template = pipe.prompt_template_encode
-        latents = pipe._pack_latents(noise, len(batch), 16, 8, 8)
-        calls = [{"prompt": prompts, "negative_prompt": negatives, "latents": latents}]
-    else:
-        pipe = diffusers.ZImagePipeline(
-            scheduler=dn.sampler(),  # type: ignore[attr-defined]
-            vae=mods["vae"],
-            text_encoder=mods["text_encoder"],
-            tokenizer=toks["text_encoder"],
-            transformer=mods["transformer"],
-        )
-        calls = [{"prompt": prompts, "latents": noise}]
-    # Qwen-Image's guidance is true CFG (true_cfg_scale); the others' guidance_scale
-    guidance = (
-        {"true_cfg_scale": spec.guidance_scale} if arch == "qwen-image" else {"guidance_scale": spec.guidance_scale}
-    )
+    """The diffusers pipeline's images (N, H, W, 3) in 0..255, called whole on the worker's modules, per item."""
+    stages: list[Any] = list(runner.fns)
+    spec = stages[0].spec
+    modules = {name: m for s in stages for name, m in s.prepared.modules.items()}
+    pipe = synthetic.pipeline(spec, modules, tiny=True)
     pipe.set_progress_bar_config(disable=True)
-    steps = batch[0]["steps"]
-    images = torch.cat(
-        [
-            pipe(**call, **guidance, num_inference_steps=steps, height=64, width=64, output_type="pt").images
-            for call in calls
-        ]
-    )
-    return (images.permute(0, 2, 3, 1) * 255).numpy()  # type: ignore[no-any-return]
+    guidance = "true_cfg_scale" if spec.architecture == "qwen-image" else "guidance_scale"
+    images = []
+    for item in batch:
+        negative = item["negative_prompt"]
+        if negative is None:
+            negative = serving.DEFAULT_NEGATIVE.get(spec.architecture)
+        out = pipe(
+            item["prompt"],
+            negative_prompt=negative if spec.cfg else None,
+            generator=torch.Generator("cpu").manual_seed(item["seed"]),
+            num_inference_steps=item["steps"],
+            height=item["height"],
+            width=item["width"],
+            output_type="np",
+            **{guidance: spec.guidance_scale},
+        ).images[0]
+        images.append((out * 255).round())
+    return np.stack(images)
 
 
 @pytest.mark.slow
@@ -185,20 +66,39 @@ def test_worker_images_are_the_diffusers_pipelines(model: str) -> None:
     runner = group(model, FP32)
     batch = items(2, steps=3)
     batch[1]["negative_prompt"] = "blurry, low quality"  # one row with a negative prompt, one without
-    ours = np.stack([o["image"] for o in runner.run([runner.prepare(i) for i in batch])]).astype(np.float64)
+    out = runner.run([runner.prepare(i) for i in batch])
+    ours = np.stack([o["image"] for o in out]).astype(np.float64)
     with torch.inference_mode():
         theirs = _pipeline_images(batch, runner)
+    assert {o["weights"] for o in out} == {"synthetic"}
     assert ours.std() > 1.0  # not a flat image: the comparison means something
-    assert np.abs(ours - theirs).max() <= 1.0  # the worker rounds to uint8; the pipeline's floats do not
+    assert np.abs(ours - theirs).max() <= 1.0  # batched (ours) and one by one (theirs): float noise only
+    assert np.abs(ours[0] - ours[1]).max() > 10  # two prompts, two seeds: two images
 
 
-def test_unet_timestep_mapping_is_exact() -> None:
-    """denoiser_call gives a UNet t * 999: every trailing timestep comes back exactly (float32)."""
-    for steps in range(1, 101):
-        sched: Any = diffusers.EulerDiscreteScheduler.from_config(diffusion.UNET_SAMPLER)
-        sched.set_timesteps(steps)
-        for t in sched.timesteps:
-            assert torch.full((), diffusion.unet_time(float(t)) * 999.0).item() == t.item()
+def test_synthetic_tokenizers_keep_the_pipelines_token_counts() -> None:
+    """Probe prompts are one token per word, and Qwen-Image's template prefix is the 34 tokens its pipeline drops
+    (as with Qwen's own tokenizer), so a synthetic text stage encodes the lengths the catalog assumes; every id
+    is inside the text encoder's vocabulary, CLIP's end token last (the pooled output is read at the highest id)."""
+    for model_id in ("sd15", "flux-dev", "qwen-image"):
+        for tiny in (True, False):
+            spec = serving.catalog.models()[model_id]
+            pipe = synthetic.pipeline(spec, {}, tiny=tiny)
+            prompt = serving.PROBE_PROMPTS[0]
+            words = len(prompt.split())
+            for comp in (c for s in spec.stages for c in s.components if c.name.startswith("text_encoder")):
+                tok = getattr(pipe, comp.name.replace("text_encoder", "tokenizer"))
+                ids = tok(prompt).input_ids
+                vocab = synthetic._vocab_size(comp, tiny)
+                assert max(ids) < vocab
+                if comp.class_name.startswith("CLIP"):
+                    assert ids == [vocab - 2, *ids[1:-1], vocab - 1]
+                    assert len(ids) == words + 2
+                elif comp.class_name.startswith("T5"):
+                    assert len(ids) == words + 1  # </s>
+            if spec.architecture == "qwen-image":
+                prefix = pipe.prompt_template_encode.split("{}")[0]
+                assert len(pipe.tokenizer(prefix).input_ids) == pipe.prompt_template_encode_start_idx == 34
 
 
 @pytest.fixture
@@ -224,14 +124,16 @@ def test_worker_modules_are_what_agent_recipes_prepare_built(prepared: list[Prep
     for fn, made in zip(runner.fns, prepared, strict=True):
         stage: Any = fn
         assert stage.prepared is made
-        assert stage.runner is made.runner
-        assert all(stage.modules[name] is module for name, module in made.modules.items())
-    unet: Any = runner.fns[1].modules["unet"]  # type: ignore[attr-defined]
+    pipes: list[Any] = [fn.pipe for fn in runner.fns]  # type: ignore[attr-defined]
+    assert pipes[0].text_encoder is prepared[0].modules["text_encoder"]
+    assert pipes[0].text_encoder_2 is prepared[0].modules["text_encoder_2"]
+    assert pipes[1].unet is prepared[1].modules["unet"]
+    unet: Any = pipes[1].unet
     assert "fused QKV projections" in prepared[1].notes
     fused = [m for m in unet.modules() if type(m).__name__ == "Attention"]
     assert fused
     assert all(getattr(m, "fused_projections", False) for m in fused)
-    assert type(runner.fns[2].modules["vae"]).__name__ == "AutoencoderTiny"  # type: ignore[attr-defined]
+    assert type(runner.fns[2].vae).__name__ == "AutoencoderTiny"  # type: ignore[attr-defined]
     out = runner.run([runner.prepare(i) for i in items(1)])
     assert out[0]["image"].shape == (64, 64, 3)
 
@@ -241,13 +143,13 @@ def test_quantized_recipe_runs_the_agents_int8_layers(prepared: list[PreparedSta
     options = RecipeOptions(quant_min_features=16)
     te = serving.build_stage("flux-dev", "text_encoder", "bf16", True, "cpu")
     dn: Any = serving.build_stage("flux-dev", "denoiser", "int8", True, "cpu", options=options)
-    transformer = dn.modules["transformer"]
+    transformer = dn.pipe.transformer
     assert transformer is prepared[-1].modules["transformer"]
     layers = [m for m in transformer.modules() if isinstance(m, quant.Int8DynamicLinear)]
     assert layers
     assert any(f"{len(layers)} Linear layers int8-dynamic" in note for note in prepared[-1].notes)
-    out = dn(te([te.prepare(i) for i in items(2)]))  # type: ignore[attr-defined]
-    assert all(o["latents"].shape == (16, 8, 8) and torch.isfinite(o["latents"]).all() for o in out)
+    out = dn(te(items(2)))
+    assert all(o["latents"].shape == (16, 64) and torch.isfinite(o["latents"]).all() for o in out)  # packed
 
 
 def test_compiling_recipe_is_compiled_by_the_agent(prepared: list[PreparedStage]) -> None:

@@ -68,6 +68,7 @@ def test_co_located_and_split_jobs_end_to_end(
             png = client.result(job.id)
             assert decode_png_size(png) == (64, 64)
             assert b"tEXtweights\x00synthetic" in png  # the stand-in models' noise says so
+            assert job.weights == "synthetic"  # and so does the job's stored row
         assert {j.pool for j in done[:4]} == {co.name}
         assert {j.pool for j in done[4:]} == {dn.name}  # the pool of the last group that ran it
         assert all(j.attempts == 1 for j in done[:4])

@@ -13,16 +13,21 @@ and takes no job of theirs.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
+from scheduler.cli import app as scheduler_app
 from scheduler.client import JobClient
 from scheduler.config import SchedulerSettings
+from scheduler.state import SchedulerState
 from tests.conftest import BACKENDS
 from tests.models.tiny_folders import ARCHITECTURE_MODELS, TinyFolders, copy_folder, reference_image
 from tests.scheduler.api_app import TOKEN, make_app
@@ -92,7 +97,24 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         assert f"pool {bad[m].name} refused" in log, log[-4000:]
         assert named in log
     assert "corrupt safetensors file" in log
+    # ... and say so in their heartbeat too: the worker registry an operator (or the rebalancer) reads
+    state = SchedulerState(redis.Redis.from_url(real.state_redis_url), real.key_prefix)
+    registry = {w.name: w for w in state.workers()}
+    refused = registry[a.name].refused
+    assert set(refused) == {bad[m].name for m in broken}
+    for m, (_, named) in broken.items():
+        assert named in refused[bad[m].name]
     assert "part 'tokenizer_2'" in log
+    # `scheduler workers` shows an operator the same, and exits 1 while a pool is refused.
+    shown = CliRunner().invoke(
+        scheduler_app,
+        ["workers"],
+        env={"SCHEDULER_REDIS_URL": real.state_redis_url, "SCHEDULER_KEY_PREFIX": real.key_prefix},
+    )
+    assert shown.exit_code == 1, shown.output
+    listed = {w["name"]: w for w in json.loads(shown.stdout)}
+    assert set(listed[a.name]["refused"]) == set(refused)
+    assert "part 'tokenizer_2'" in shown.stdout
     assert "weights=real" in log
     assert "weights=synthetic" not in log
 
@@ -116,6 +138,7 @@ def test_real_folders_served_co_located_and_split_equal_the_diffusers_pipeline(
         for k, job in submitted.items():
             done = client.wait(job.id, timeout_s=400, poll_s=0.25)
             assert done.state == "done", (k, done, a.log()[-3000:], b.log()[-3000:])
+            assert done.weights == "real"  # the job's row says which weights made it
             png = client.result(job.id)
             assert Image.open(io.BytesIO(png)).text == {"weights": "real", "model": k[1], "seed": "1"}
             images[k] = pixels(png)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from planner.core.batching import BatchingPolicy
 from planner.core.config import Settings
 from planner.core.errors import InputError
 from planner.measurements.csvio import write_rows
 from planner.planning import solver_options
 from planner.scenario import load_scenario, parse_scenario
-from planner.solver import build_problem, solve
+from planner.solver import SolverOptions, build_problem, solve
 from tests.solver.factory import RECIPES, family, model, pipeline_rows
 
 CONTRACT = """\
@@ -176,3 +177,41 @@ def test_scenario_to_plan_end_to_end(tmp_path: Path) -> None:
     plan = solve(problem)
     assert plan.feasible
     assert {w.name for w in plan.workloads} == {"prod", "typo"}
+
+
+def test_both_routes_from_a_scenario_to_options_agree(tmp_path: Path) -> None:
+    """`build_problem` (tests, benchmarks) and the store's `solver_options` map a scenario the same way: every
+    `solver:` key it gives (simulated_p95_binds included) and its `batching:` policy; the defaults where absent."""
+    text = (
+        "fleet: [{family: gpu-a, price_per_hour: 2}]\n"
+        "workloads: [{name: a, model: m, rate: 1}]\n"
+        "solver: {simulated_p95_binds: false, time_limit_s: 30}\n"
+        "batching: {compiled_batches: plan, batch_wait_s: 0.2}\n"
+    )
+    sc = parse_scenario(text)
+    built = build_problem(sc, [], families={"gpu-a": family("gpu-a")}, models={"m": model()}, recipes=RECIPES).options
+    stored = solver_options(sc, Settings())
+    for opts in (built, stored):
+        assert not opts.simulated_p95_binds
+        assert opts.time_limit_s == 30
+        assert opts.compiled_batches == "plan"
+        assert opts.batch_wait_s == 0.2
+    assert built == stored
+    plain = parse_scenario(text.split("solver:")[0])
+    defaults = build_problem(plain, [], families={"gpu-a": family("gpu-a")}, models={"m": model()}, recipes=RECIPES)
+    assert defaults.options == SolverOptions()
+    assert defaults.options.batching is None
+
+
+def test_a_plan_carries_the_batching_policy_its_scenario_set() -> None:
+    """The workers read the policy from the plan in force; a scenario without `batching:` adds no key (the
+    defaults, which workers run when a plan names none), so plans of such scenarios are unchanged."""
+    fleet = "fleet: [{family: gpu-a, price_per_hour: 2}]\nworkloads: [{name: a, model: m, steps: 10, rate: 1}]\n"
+    rows = pipeline_rows("gpu-a")
+    kwargs = {"families": {"gpu-a": family("gpu-a")}, "models": {"m": model()}, "recipes": RECIPES}
+    plain = solve(build_problem(parse_scenario(fleet), rows, **kwargs)).to_dict()
+    assert "batching" not in plain
+    chosen = parse_scenario(fleet + "batching: {compiled_batches: off}\n")
+    carried = solve(build_problem(chosen, rows, **kwargs)).to_dict()
+    assert carried["batching"] == {"compiled_batches": "off", "batch_wait_s": 0.05}
+    assert BatchingPolicy.from_dict(carried["batching"]) == BatchingPolicy(compiled_batches="off")

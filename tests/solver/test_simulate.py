@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from planner.core.batching import BatchingPolicy
 from planner.solver import Plan, Problem, SolverOptions, solve
 from planner.solver.plan import GroupPlan
 from planner.solver.simulate import linear_curve, pool_curve, simulate_pool
@@ -135,9 +137,14 @@ def test_a_compiled_stage_runs_a_short_batch_at_its_padded_size() -> None:
 
 
 def test_the_assumed_worker_settings_are_the_schedulers_defaults() -> None:
+    """With no policy in the scenario (so none in the plan), the simulation and a worker of default settings run
+    one policy; with one, the worker runs the plan's."""
     opts, workers = SolverOptions(), SchedulerSettings()
-    assert opts.batch_wait_s == workers.batch_wait_s
-    assert opts.compiled_batches == workers.compiled_batches
+    assert workers.batching(None) == opts.policy
+    assert opts.batch_wait_s == workers.batching(None).batch_wait_s
+    assert opts.compiled_batches == workers.batching(None).compiled_batches
+    chosen = BatchingPolicy(compiled_batches="plan", batch_wait_s=0.2)
+    assert workers.batching(chosen) == replace(opts, batching=chosen).policy
 
 
 def _flat(p95: float | None, *, available: int | None = None, **options: Any) -> Plan:
