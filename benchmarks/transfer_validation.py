@@ -35,7 +35,12 @@ from planner.catalog import loader
 from planner.measurements.contract import MeasurementRow
 from planner.measurements.csvio import read_csv
 from planner.perf import PerfModel, PerfSettings
-from planner.perf.roofline import OverheadScaling
+from planner.perf.roofline import (
+    TRANSFER_DISTANCE_UNCERTAINTY,
+    TRANSFER_MIN_UNCERTAINTY,
+    OverheadScaling,
+    family_distance,
+)
 
 BASELINE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "h100-baseline.json"
 H100 = "h100-sxm-80gb"
@@ -232,59 +237,237 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class PublishedSet:
+    """Latencies one source gives for several families on one workload: a ratio of two of them divides out the
+    source's software stack, which our measured H100 does not share (the absolute errors above carry it)."""
+
+    label: str
+    model: str
+    steps: int
+    recipe: str
+    """The recipe whose transfer the figures are compared with (the nearest the source's run has here)."""
+    part: str
+    """"pipeline" (steps x denoiser + VAE decode), "denoiser" (steps x denoiser) or "vae_decoder"."""
+    ms: dict[str, float]
+    source: str
+
+
+A10, A100 = "a10-24gb", "a100-80gb"
+SAME_SOURCE: tuple[PublishedSet, ...] = (
+    PublishedSet(
+        "SDXL 30 steps, PyTorch baseline (fp16)",
+        "sdxl",
+        30,
+        "fp16",
+        "pipeline",
+        {A10: 9399, A100: 3704, H100: 2496},
+        "facts §5 TRT card",
+    ),
+    PublishedSet(
+        "SDXL 30 steps, TensorRT (vs the fp16 transfer)",
+        "sdxl",
+        30,
+        "fp16",
+        "pipeline",
+        {A10: 8160, A100: 2742, H100: 1471},
+        "facts §5 TRT card",
+    ),
+    PublishedSet(
+        "SDXL UNet 40 steps + CLIP, TensorRT (earlier card revision)",
+        "sdxl",
+        40,
+        "fp16",
+        "denoiser",
+        {A10: 12588, A100: 3367, H100: 1779},
+        "facts §5 TRT card",
+    ),
+    PublishedSet(
+        "SDXL-LCM UNet 4 steps, TensorRT (vs sdxl-lightning bf16: no CFG)",
+        "sdxl-lightning",
+        4,
+        "bf16",
+        "denoiser",
+        {A100: 192.02, H100: 102.8},
+        "facts §4 TRT card",
+    ),
+    PublishedSet(
+        "SDXL VAE decode 1024^2, TensorRT (LCM card)",
+        "sdxl",
+        1,
+        "bf16",
+        "vae_decoder",
+        {A100: 228.34, H100: 126.95},
+        "facts §4 TRT card",
+    ),
+)
+"""Every pair of per-GPU figures one source in ../shared/reference/diffusion-facts.md gives. None for the L4, L40S
+or A10G: the reference has none, and no citable same-source figure was found for them (a search of public pages
+found pages naming such benchmarks, none whose figures could be read and cited)."""
+CROSS_SOURCE: tuple[tuple[str, str, int, str, tuple[str, float, str], tuple[str, float, str]], ...] = (
+    (
+        "Flux-dev 28 steps, bf16",
+        "flux-dev",
+        28,
+        "bf16",
+        (A100, 13843, "facts §2c ParaAttention"),
+        (H100, 6573, "facts §2a diffusers-torchao"),
+    ),
+    (
+        "SDXL 30 steps, bf16 + SDPA / fp16 baseline",
+        "sdxl",
+        30,
+        "bf16",
+        (A100, 3310, "facts §1 fast_diffusion"),
+        (H100, 2496, "facts §5 TRT card"),
+    ),
+)
+"""Pairs of figures from two sources: their software stacks differ, so the ratio is printed, not checked."""
+
+
+@dataclass(frozen=True)
+class RatioCheck:
+    """One predicted / actual cross-family ratio and the uncertainty the model attaches to it."""
+
+    label: str
+    slow: str
+    fast: str
+    actual: float
+    predicted: float
+    uncertainty: float
+    kind: str
+    source_of_slow: str
+    distance: float | None
+    """The roofline distance of the slow family's transfer, where the fast family is its measured source."""
+
+    @property
+    def error(self) -> float:
+        return self.predicted / self.actual - 1
+
+    @property
+    def inside(self) -> bool:
+        return abs(self.error) <= self.uncertainty + 1e-9
+
+
+def part_ms(perf: PerfModel, family: str, pub: PublishedSet) -> tuple[float, float, str] | None:
+    """The latency of `pub`'s part on `family` at batch 1, 1024^2: ms, uncertainty, basis."""
+    if pub.part == "pipeline":
+        got = pipeline_ms(perf, family, pub.model, pub.steps, pub.recipe)
+        if got is None:
+            return None
+        cell = perf.latency(family, pub.model, "denoiser", pub.recipe, 1, 1024, 1024)
+        return got[0], got[1], cell.basis if cell is not None else got[2]
+    stage = "denoiser" if pub.part == "denoiser" else "vae_decoder"
+    cell = perf.latency(family, pub.model, stage, pub.recipe, 1, 1024, 1024)
+    if cell is None:
+        return None
+    calls = pub.steps if stage == "denoiser" else 1
+    return calls * cell.latency_ms, cell.uncertainty, cell.basis
+
+
+def ratio_checks(perf: PerfModel, rows: list[MeasurementRow], families: dict[str, Any]) -> list[RatioCheck]:
+    """Every same-source published pair (slower / faster family), then each measured family other than the H100
+    predicted from the H100's cells alone (its own rows left out)."""
+    checks: list[RatioCheck] = []
+    for pub in SAME_SOURCE:
+        ranked = sorted(pub.ms, key=lambda f: -pub.ms[f])
+        for k, slow in enumerate(ranked):
+            for fast in ranked[k + 1 :]:
+                check = _check(perf, pub, slow, fast, pub.ms[slow] / pub.ms[fast], "published", families)
+                if check is not None:
+                    checks.append(check)
+    measured = {r.gpu_family for r in rows} - {H100}
+    for fam in sorted(measured):
+        alone = replace_rows(perf, [r for r in rows if r.gpu_family != fam])
+        for label, model, steps, recipe in (
+            ("SDXL 30 steps, fp16", "sdxl", 30, "fp16"),
+            ("Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16"),
+        ):
+            pub = PublishedSet(label, model, steps, recipe, "pipeline", {}, "measured")
+            have, h100 = part_ms(perf, fam, pub), part_ms(perf, H100, pub)
+            if have is None or h100 is None or not have[2].startswith("measured"):
+                continue
+            check = _check(alone, pub, fam, H100, have[0] / h100[0], "measured", families)
+            if check is not None:
+                checks.append(check)
+    return checks
+
+
+def replace_rows(perf: PerfModel, rows: list[MeasurementRow]) -> PerfModel:
+    return PerfModel(rows, families=perf.families, models=perf.models, recipes=perf.recipes, settings=perf.settings)
+
+
+def _check(
+    perf: PerfModel, pub: PublishedSet, slow: str, fast: str, actual: float, kind: str, families: dict[str, Any]
+) -> RatioCheck | None:
+    a, b = part_ms(perf, slow, pub), part_ms(perf, fast, pub)
+    if a is None or b is None:
+        return None
+    distance = None
+    if a[2].startswith(f"transferred from {fast}") and b[2].startswith("measured"):
+        distance = family_distance(perf.ceilings[fast], perf.ceilings[slow], perf.precision_of(pub.recipe) or "bf16")
+    return RatioCheck(pub.label, slow, fast, actual, a[0] / b[0], a[1] + b[1], kind, a[2], distance)
+
+
+def fitted_distance_uncertainty(checks: list[RatioCheck]) -> float | None:
+    """The transfer uncertainty per unit of roofline distance that covers every checked error: the largest
+    |error| / distance over the checks whose slower family was transferred from the faster, measured one
+    (planner.perf.roofline.TRANSFER_DISTANCE_UNCERTAINTY is this, rounded up to 0.01)."""
+    slopes = [abs(c.error) / c.distance for c in checks if c.distance]
+    return max(slopes) if slopes else None
+
+
+def fitted_min_uncertainty(checks: list[RatioCheck]) -> float | None:
+    """The least transfer uncertainty: the largest |error| among the checks at the smallest distance
+    (planner.perf.roofline.TRANSFER_MIN_UNCERTAINTY is this, rounded up to 0.01)."""
+    near = [c for c in checks if c.distance]
+    if not near:
+        return None
+    nearest = min(c.distance for c in near if c.distance)
+    return max(abs(c.error) for c in near if c.distance is not None and c.distance <= nearest + 1e-9)
+
+
 def cross_family_ratios(
     perf: PerfModel,
     rows: list[MeasurementRow],
     families: dict[str, Any],
     models: dict[str, Any],
     recipes: dict[str, Any],
-) -> None:
-    """Family X / H100 pipeline ratios, predicted against published or measured, each with the uncertainty the
-    model attaches to X's transferred cells: a ratio divides the software stack out, which the absolute errors
-    above carry. Published pairs: those where one source gives both families. Measured pairs: a family the
-    data measures (the H200), predicted from the H100 cells alone (its own rows left out)."""
-    print("Cross-family ratios (X / H100, the same source for both):\n")
-    print("| workload | X | published or measured | predicted | predicted / actual | uncertainty | inside |")
-    print("|---|---|---|---|---|---|---|")
-    pairs = [p for p in PUBLISHED if p.ms and p.h100_same_source_ms and p.family != H100]
-    for pub in pairs:
-        if pub.source != next(q.source for q in PUBLISHED if q.family == H100 and q.model == pub.model):
-            continue  # the H100 figure is another source's: no ratio
-        _ratio_row(
-            perf,
-            pub.label,
-            pub.family,
-            pub.model,
-            pub.steps,
-            pub.denoiser_recipe,
-            pub.ms / pub.h100_same_source_ms,
-            "published",
+) -> list[RatioCheck]:
+    """Print every cross-family ratio the reference gives, predicted against published or measured, each with the
+    uncertainty the model attaches (the sum of the two cells'); then the pairs from two sources, unchecked; then
+    the distance slope the checked errors call for against the model's."""
+    checks = ratio_checks(perf, rows, families)
+    print("Cross-family ratios (slower / faster family, one source for both):\n")
+    head = "| workload | pair | published or measured | predicted | predicted / actual | uncertainty | inside |"
+    print(head + " slower from |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in checks:
+        print(
+            f"| {c.label} | {c.slow} / {c.fast} | {c.actual:.3f} ({c.kind}) | {c.predicted:.3f} | {c.error:+.1%} | "
+            f"±{c.uncertainty:.1%} | {'yes' if c.inside else 'NO'} | {c.source_of_slow} |"
         )
-    measured = {r.gpu_family for r in rows} - {H100}
-    for fam in sorted(measured):
-        alone = PerfModel([r for r in rows if r.gpu_family != fam], families=families, models=models, recipes=recipes)
-        for label, model, steps, recipe in (
-            ("SDXL 30 steps, fp16", "sdxl", 30, "fp16"),
-            ("Flux-dev 28 steps, bf16", "flux-dev", 28, "bf16"),
-        ):
-            have = pipeline_ms(perf, fam, model, steps, recipe)
-            h100 = pipeline_ms(perf, H100, model, steps, recipe)
-            if have is None or h100 is None or have[2] != "measured":
-                continue
-            _ratio_row(alone, label, fam, model, steps, recipe, have[0] / h100[0], "measured")
-
-
-def _ratio_row(
-    perf: PerfModel, label: str, fam: str, model: str, steps: int, recipe: str, actual: float, kind: str
-) -> None:
-    got, h100 = pipeline_ms(perf, fam, model, steps, recipe), pipeline_ms(perf, H100, model, steps, recipe)
-    if got is None or h100 is None:
-        print(f"| {label} | {fam} | {actual:.2f} ({kind}) | - | - | - | no estimate |")
-        return
-    predicted, u = got[0] / h100[0], got[1]
-    err = predicted / actual - 1
-    inside = "yes" if abs(err) <= u + 1e-9 else "NO"
-    print(f"| {label} | {fam} | {actual:.3f} ({kind}) | {predicted:.3f} | {err:+.1%} | ±{u:.1%} | {inside} |")
+    print("\nPairs from two sources (software stacks differ; printed, not checked):\n")
+    print("| workload | pair | published | predicted | predicted / published |")
+    print("|---|---|---|---|---|")
+    for label, model, steps, recipe, (slow, slow_ms, slow_src), (fast, fast_ms, fast_src) in CROSS_SOURCE:
+        pub = PublishedSet(label, model, steps, recipe, "pipeline", {}, "")
+        a, b = part_ms(perf, slow, pub), part_ms(perf, fast, pub)
+        predicted = "-" if a is None or b is None else f"{a[0] / b[0]:.3f}"
+        error = "-" if a is None or b is None else f"{a[0] / b[0] / (slow_ms / fast_ms) - 1:+.1%}"
+        print(
+            f"| {label} | {slow} / {fast} | {slow_ms / fast_ms:.3f} ({slow_src} / {fast_src}) | {predicted} | {error} |"
+        )
+    slope, floor = fitted_distance_uncertainty(checks), fitted_min_uncertainty(checks)
+    inside = sum(c.inside for c in checks)
+    print(f"\n{inside} of {len(checks)} checked ratios inside their uncertainty.")
+    if slope is not None and floor is not None:
+        print(
+            f"Transfer uncertainty = max({TRANSFER_MIN_UNCERTAINTY:.2f}, {TRANSFER_DISTANCE_UNCERTAINTY:.2f} x "
+            f"roofline distance) (planner.perf.roofline); the checked errors call for at least max({floor:.3f}, "
+            f"{slope:.3f} x distance)."
+        )
+    return checks
 
 
 if __name__ == "__main__":

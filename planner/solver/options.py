@@ -223,9 +223,10 @@ class OptionBuilder:
             keys = {wi: self._cache_key(context, wi, problem.workloads[wi]) for wi in span}
             todo = [wi for wi in span if keys[wi] is None or keys[wi] not in self._workload_cache]
             built = self._build_workloads(problem, flt, todo)
+            # Every part of the span is taken before the cache changes: clearing it below must not drop a hit.
+            span_parts = {wi: built[wi] if wi in built else self._workload_cache[keys[wi]] for wi in span}  # type: ignore[index]
             for wi in span:
-                key = keys[wi]
-                part = built[wi] if wi in built else self._workload_cache[key]  # type: ignore[index]
+                key, part = keys[wi], span_parts[wi]
                 if key is not None and wi in built:
                     if len(self._workload_cache) > WORKLOAD_CACHE_FACTOR * max(n, 1):
                         self._workload_cache.clear()

@@ -28,10 +28,6 @@ def build_options(problem: Problem, builder: OptionBuilder, flt: OptionFilter) -
     return builder.build(problem, flt, stop_when_unserved=flt != OptionFilter())
 
 
-def _used_fluid_packing(core: Core) -> bool:
-    return core.milp is not None and bool(core.milp.shared_fluid or core.milp.fluid_pools)
-
-
 def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFilter, core: Core) -> Core:
     """The cheaper of `core` and the same problem packed exactly, where `core` packed fluidly.
 
@@ -41,13 +37,13 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     `exact_packing_retry_max_items` candidates the exact bin-packing MILP usually proves its optimum in well
     under a second; it gets `exact_packing_retry_s`, and whichever plan is cheaper is kept. A fluid solve that
     found no plan at all is retried too: on a fleet with limited availability its rounding can call a fleet short
-    that an exact packing fits (tests/solver/test_milp_exhaustive.py found one)."""
+    that an exact packing fits (tests/solver/test_milp_exhaustive.py found one). A fluid plan without any shared
+    GPU is retried as well: the fluid columns are a heuristic subset (one slot per group, family and class, priced
+    by size), so a plan that shares no GPU there can still lose to one that shares (issue 29)."""
     opts = problem.options
-    fluid_infeasible = (
-        not core.feasible and core.milp is not None and core.option_set.shared_candidates > opts.exact_packing_max_items
-    )
     if (
-        not (fluid_infeasible or (core.feasible and _used_fluid_packing(core)))
+        core.milp is None
+        or core.option_set.shared_candidates <= opts.exact_packing_max_items
         or core.option_set.shared_candidates > opts.exact_packing_retry_max_items
         or opts.exact_packing_max_items >= opts.exact_packing_retry_max_items
     ):
@@ -58,11 +54,22 @@ def _exact_packing_retry(problem: Problem, builder: OptionBuilder, flt: OptionFi
     )
     progress(problem, f"packing {core.option_set.shared_candidates} shared candidates exactly")
     alt = _solve_once(exact, builder, flt)
-    if alt.feasible and (not core.feasible or weighted(problem, alt) < weighted(problem, core) * (1 - 1e-9)):
+    over = core.feasible and _over_availability(problem, core)
+    proven_infeasible = not alt.feasible and alt.milp is not None and alt.milp.status == "infeasible"
+    if (
+        alt.feasible and (not core.feasible or over or weighted(problem, alt) < weighted(problem, core) * (1 - 1e-9))
+    ) or (
+        over and proven_infeasible
+    ):  # a fluid plan whose first-fit packing broke availability loses to the exact answer, even "no plan"
         alt.build_s += core.build_s
         alt.solve_s += core.solve_s
         return alt
     return core
+
+
+def _over_availability(problem: Problem, core: Core) -> bool:
+    """Whether a plan uses more GPUs of a family than the fleet has (first-fit packing past the fluid count)."""
+    return any((avail := problem.families[fid].available) is not None and n > avail for fid, n in core.gpus.items())
 
 
 def _solve_once(

@@ -85,18 +85,19 @@ def test_the_default_plan_rests_on_measurements_and_ranks_what_to_probe(measured
 def test_with_estimates_allowed_the_extrapolated_plan_comes_back_labelled(
     reference_url: str, measured_plan: dict[str, Any]
 ) -> None:
-    """What must hold, 2: --allow-estimates gives the plan the planner made before evidence came first (16
-    MI300X, transferred from the H200), labelled as such first in `warnings`."""
+    """What must hold, 2: --allow-estimates gives the plan the planner made before evidence came first (MI300X,
+    transferred from the H200), labelled as such first in `warnings`. 15 GPUs since the transfer's uncertainty is
+    fitted to measured errors (issue 29: 0.08 + 0.5 cross-vendor here, 16 GPUs at the hand-set 0.10 + 0.15 x d)."""
     plan = recommend_json(reference_url, "--model", "sdxl", "--rate", "10", "--p95", "10", "--allow-estimates")
-    assert plan["gpus"] == {"mi300x-192gb": 16}
-    assert plan["total_cost_per_hour"] == pytest.approx(27.36)
+    assert plan["gpus"] == {"mi300x-192gb": 15}
+    assert plan["total_cost_per_hour"] == pytest.approx(25.65)
     assert all(g["evidence"].startswith("transferred from h200-141gb") for g in groups(plan))
     assert plan["warnings"][0].startswith("This plan rests on ESTIMATES")
     assert "mi300x-192gb" in plan["warnings"][0]
     assert plan["evidence"] == {
         "groups": {"transferred": 1},
         "measured_only": False,
-        "largest_uncertainty": pytest.approx(0.6391, abs=0.01),
+        "largest_uncertainty": pytest.approx(0.58, abs=0.01),  # 0.5 cross-vendor + the 0.08 floor
         "estimates_allowed": True,
     }
     assert plan["total_cost_per_hour"] < measured_plan["total_cost_per_hour"]

@@ -61,3 +61,30 @@ def test_prints_a_markdown_table_from_a_measurements_csv(tmp_path: Path, capsys:
     assert "a100-80gb" in out
     assert "transferred" in out
     assert "mean |error|" in out
+
+
+def test_every_cross_family_ratio_is_inside_the_uncertainty_fitted_to_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """On the shipped measurements, every same-source published pair and every measured family predicted from the
+    H100 alone gives a ratio inside the uncertainty the model attaches; and the transfer's distance slope is the
+    fit to those errors (slope and floor each at least what the errors call for, less than 0.01 above it)."""
+    from planner.catalog import loader
+    from planner.measurements.csvio import read_csv
+    from planner.perf import PerfModel
+    from planner.perf.roofline import TRANSFER_DISTANCE_UNCERTAINTY, TRANSFER_MIN_UNCERTAINTY
+
+    module = _script()
+    rows = [located.row for located in read_csv(Path("planner/reference/measurements.csv"))]
+    families = dict(loader.gpu_families())
+    perf = PerfModel(rows, families=families, models=dict(loader.models()), recipes=dict(loader.recipes()))
+    checks = module.ratio_checks(perf, rows, families)
+    pairs = {(c.label, c.slow, c.fast) for c in checks}
+    expected_published = sum(len(p.ms) * (len(p.ms) - 1) // 2 for p in module.SAME_SOURCE)
+    assert sum(c.kind == "published" for c in checks) == expected_published == len(pairs) - 2
+    assert any(c.kind == "measured" and c.slow == "h200-141gb" for c in checks)
+    assert [c for c in checks if not c.inside] == []
+    fitted = module.fitted_distance_uncertainty(checks)
+    assert fitted is not None
+    assert fitted <= TRANSFER_DISTANCE_UNCERTAINTY < fitted + 0.01
+    floor = module.fitted_min_uncertainty(checks)
+    assert floor is not None
+    assert floor <= TRANSFER_MIN_UNCERTAINTY < floor + 0.01
