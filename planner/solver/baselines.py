@@ -127,6 +127,8 @@ def reported_baselines(found: list[BaselineCore], cost: float) -> list[Baseline]
             out.append(Baseline(name, description, False, None, None, note="infeasible on this fleet"))
             continue
         saving = 1 - cost / core.cost if core.cost > 0 else 0.0
+        if -1e-9 < saving < 0:  # equal within the float tolerance `no_dearer_than_baselines` compares with
+            saving = 0.0
         note = f"family {label}" if label != "mix" else ""
         out.append(Baseline(name, description, True, core.cost, saving, gpus=dict(core.gpus), note=note))
     return out

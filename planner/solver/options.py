@@ -391,7 +391,9 @@ class OptionBuilder:
         availability limit is dropped too (`_fluid_slots`). A batch's options depend on the batch and the mode
         alone, so a workload built in an earlier solve reuses them."""
         fluid = sum(len(sb.rows) for sb in batches) > problem.options.exact_packing_max_items
-        todo = [sb for sb in batches if not self._cached_shared(sb, fluid)]
+        # The hits are taken first: clearing the cache below must not drop one of this call's batches.
+        found_for = {id(sb): self._shared_cache[id(sb)][2] for sb in batches if self._cached_shared(sb, fluid)}
+        todo = [sb for sb in batches if id(sb) not in found_for]
         if todo:
             sizes = [len(sb.rows) for sb in todo]
             owner = np.repeat(np.arange(len(todo)), sizes)
@@ -405,7 +407,8 @@ class OptionBuilder:
                 self._shared_cache.clear()
             for sb, found in zip(todo, made, strict=True):
                 self._shared_cache[id(sb)] = (sb, fluid, found)
-        return [o for sb in batches for o in self._shared_cache[id(sb)][2]]
+                found_for[id(sb)] = found
+        return [o for sb in batches for o in found_for[id(sb)]]
 
     def _cached_shared(self, sb: SharedBatch, fluid: bool) -> bool:
         hit = self._shared_cache.get(id(sb))
