@@ -92,8 +92,7 @@ def test_probe_on_a_real_folder_stores_real_rows_in_the_planner(
             headers={"Authorization": f"Bearer {TOKEN}"},
         )
         assert defined.status_code in (200, 201), defined.text
-        client = PlannerClient("http://testserver", attempts=1)
-        client._http = api
+        client = PlannerClient("http://testserver", attempts=1, client=api)
         reg = client.register({"name": f"real-{uuid.uuid4().hex[:6]}", "gpus": []}, enrollment_token=TOKEN)
         client.token = reg["token"]
         run_id = rows[0].probe_run
