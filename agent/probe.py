@@ -11,8 +11,8 @@ a cell that cannot run here is `unsupported` with the reason; any other error is
 The sweep then goes on. It stops cleanly at its time budget, and a rerun with the same output resumes:
 cells already present are skipped. The budget is a deadline, not only a start limit: a cell is not started when
 the group's previous cell says it would end past the budget (`predicted_cell_s`), because a device call is killed
-at a hard limit and a cell cut off there is lost (a 2026-11-26 H200 call started Qwen-Image's step-cache cell at
-batch 8 with 150 s of budget left; it needed about 300 s).
+at a hard limit and a cell cut off there is lost (benchmarks/results/h200-campaign/README.md has the call that
+lost one).
 """
 
 from __future__ import annotations
