@@ -112,13 +112,15 @@ def recipes(data_dir: Path | None = None) -> dict[str, Recipe]:
 def component_config(component: Component, *, tiny: bool = False, data_dir: Path | None = None) -> dict[str, Any]:
     """The architecture config of a component as a dict, metadata keys (`_...`) kept for the builders."""
     rel = component.tiny_config if tiny else component.config
-    path = _dir(data_dir) / "configs" / rel
+    return _read_config(_dir(data_dir) / "configs" / rel, f"config {{path}} of component {component.name!r}")
+
+
+def _read_config(path: Path, what: str) -> dict[str, Any]:
+    """A shipped JSON config; `what` names it in the error (`{path}` is filled in)."""
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CatalogError(
-            f"cannot read config {path} of component {component.name!r}: {exc}. Restore it or fix its JSON."
-        ) from exc
+        raise CatalogError(f"cannot read {what.format(path=path)}: {exc}. Restore it or fix its JSON.") from exc
     return data
 
 
@@ -126,14 +128,7 @@ def scheduler_config(spec: ModelSpec, data_dir: Path | None = None) -> dict[str,
     """The model's published scheduler config (`_class_name` the diffusers class; other `_`-keys metadata)."""
     if spec.scheduler is None:
         raise CatalogError(f"model {spec.id!r} names no scheduler config: add `scheduler:` to its models.yaml entry")
-    path = _dir(data_dir) / "configs" / spec.scheduler
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CatalogError(
-            f"cannot read scheduler config {path} of model {spec.id!r}: {exc}. Restore it or fix its JSON."
-        ) from exc
-    return data
+    return _read_config(_dir(data_dir) / "configs" / spec.scheduler, f"scheduler config {{path}} of model {spec.id!r}")
 
 
 def match_family(product_name: str, data_dir: Path | None = None) -> GpuFamily | None:
